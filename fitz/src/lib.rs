@@ -1,0 +1,2 @@
+//! The Fitz client SDK (under construction).
+#![forbid(unsafe_code)]

@@ -1,0 +1,2 @@
+//! Embeddable Fitz-compatible broker (under construction).
+#![forbid(unsafe_code)]

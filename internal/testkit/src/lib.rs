@@ -1,0 +1,2 @@
+//! Test fixtures (under construction).
+#![forbid(unsafe_code)]

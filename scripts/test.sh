@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# What CI runs: format check, clippy with warnings denied, the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+jobs="${FITZ_JOBS:-2}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy (warnings denied)"
+cargo clippy --workspace --all-targets -j "$jobs" -- -D warnings
+
+step "cargo test"
+cargo test --workspace -j "$jobs"
+
+step "cargo doc (warnings denied)"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -j "$jobs"
+
+step "benchmarks compile"
+cargo bench --workspace --no-run -j "$jobs"
+
+step "ok"
