@@ -363,7 +363,8 @@ impl ReplyBody for ListOk {
         put_cursor(buf, self.next);
     }
     fn decode_body(r: &mut Reader) -> Result<Self> {
-        let n = r.count(36)?;
+        // Smallest item: three empty strings (3 × 4) + u64 + u64 + u32 = 32 bytes.
+        let n = r.count(32)?;
         let mut items = Vec::with_capacity(n);
         for _ in 0..n {
             items.push(LeaseInfo {

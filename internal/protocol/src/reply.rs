@@ -358,6 +358,7 @@ impl<const T: u16> Message for Notify<T> {
     const TYPE: u16 = T;
 
     fn encode_payload(&self, buf: &mut BytesMut) {
+        buf.reserve(16 + self.route.len() + self.payload.len());
         buf.put_u64(self.sub_id);
         buf.put_str_field(&self.route);
         buf.put_bytes_field(&self.payload);
