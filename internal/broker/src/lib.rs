@@ -1,2 +1,50 @@
-//! Embeddable Fitz-compatible broker (under construction).
+//! `fitz-broker`: an embeddable broker speaking the Fitz wire protocol, for
+//! the SDK's tests, tour and benchmarks, and usable by the official
+//! `cntryl-fitz` 0.2.0 client in place of the real broker.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), fitz_broker::StartError> {
+//! use std::time::{Duration, SystemTime};
+//! let broker = fitz_broker::Broker::builder()
+//!     .auth(fitz_broker::AuthConfig::anonymous())
+//!     .clock(fitz_broker::Clock::manual(SystemTime::now()))
+//!     .start()
+//!     .await?;
+//! println!("{} {}", broker.tcp_url(), broker.ws_url());
+//! broker.clock().advance(Duration::from_secs(301)); // idle KV transactions expire now
+//! broker.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Layout: [`transport`](crate::Broker) listeners accept connections; a
+//! connection task runs the CONNECT handshake and the read loop, handing
+//! each decoded request to [`engines`] after the route-shape and permission
+//! checks; engines answer through a [`Reply`] into the session's bounded
+//! outbound queue ([`session`]), drained by a writer task. Time comes from
+//! [`Clock`], expiries from [`Timers`]; registrations from [`registry`];
+//! durable data through [`storage`].
 #![forbid(unsafe_code)]
+#![deny(missing_docs)]
+#![cfg_attr(
+    not(test),
+    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
+)]
+
+pub mod auth;
+mod broker;
+pub mod clock;
+pub mod config;
+mod connection;
+pub mod engines;
+pub mod registry;
+pub mod session;
+pub mod storage;
+mod transport;
+
+pub use auth::{Access, AuthConfig, Family, Grant, Permission, Permissions};
+pub use broker::{Broker, BrokerBuilder, SessionInfo, StartError};
+pub use clock::{Clock, Timers};
+pub use config::{Command, Config, ConfigError};
+pub use connection::{CAPABILITIES, CONNECT_REQUIRED};
+pub use session::{CloseReason, Delivery, OutboundLimits, Reply, Session, SessionId, Transport};
+pub use storage::StorageMode;

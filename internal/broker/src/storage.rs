@@ -1,0 +1,167 @@
+//! Durable storage of committed data (KV now; queue messages, stream
+//! records and schedules later).
+//!
+//! Engines keep their authoritative state in memory and write every commit
+//! through a [`Backend`] as one atomic [`Batch`] *before* they make it
+//! visible and reply. A persistent backend appends the batch to its log and,
+//! for [`Durability::Sync`], returns only after the data is on stable storage
+//! (fsync); at startup engines rebuild their state with
+//! [`Backend::load`]. The memory backend keeps nothing and loads nothing.
+//!
+//! Keys are namespaced by [`Keyspace`] and carry the route family and route,
+//! so one backend serves every domain. Helpers such as [`kv_key`] fix each
+//! domain's key layout.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::{BufMut, Bytes, BytesMut};
+pub use fitz_protocol::kv::Durability;
+
+use crate::auth::Family;
+
+/// The data of one domain inside a backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Keyspace {
+    /// Committed KV pairs: key = [`kv_key`].
+    Kv,
+    /// Queue messages.
+    Queue,
+    /// Stream records and counters.
+    Stream,
+    /// Schedule definitions and claims.
+    Schedule,
+    /// Broker metadata (format version, counters).
+    Meta,
+}
+
+/// One write of a batch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Insert or replace.
+    Put(Keyspace, Bytes, Bytes),
+    /// Remove (absent keys are fine).
+    Delete(Keyspace, Bytes),
+}
+
+/// Writes applied atomically: all or none survive a crash.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Batch {
+    /// The writes in order.
+    pub ops: Vec<Op>,
+}
+
+impl Batch {
+    /// True when there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// A storage failure; engines answer it with their backend error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StorageError(pub String);
+
+impl std::fmt::Display for StorageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "storage: {}", self.0)
+    }
+}
+
+impl std::error::Error for StorageError {}
+
+/// A place committed data survives in.
+pub trait Backend: Send + Sync + 'static {
+    /// False for the memory backend: engines skip building batches.
+    fn is_durable(&self) -> bool;
+
+    /// Applies `batch` atomically. With [`Durability::Sync`] it returns only
+    /// once the batch is on stable storage; with `Buffered` the batch may be
+    /// lost in a crash but is never partially applied.
+    fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StorageError>;
+
+    /// Every stored pair of `keyspace`, in key order (startup recovery).
+    fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError>;
+}
+
+/// Keeps nothing: committed state lives only in the engines' memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct MemoryBackend;
+
+impl Backend for MemoryBackend {
+    fn is_durable(&self) -> bool {
+        false
+    }
+
+    fn commit(&self, _batch: Batch, _durability: Durability) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    fn load(&self, _keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
+        Ok(Vec::new())
+    }
+}
+
+/// `FITZ_STORAGE_MODE` / `FITZ_STORAGE_PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StorageMode {
+    /// Nothing survives a restart.
+    #[default]
+    Memory,
+    /// A local disk log under the path (not implemented yet).
+    Local(PathBuf),
+}
+
+/// Opens the backend for `mode`.
+pub fn open(mode: &StorageMode) -> Result<Arc<dyn Backend>, StorageError> {
+    match mode {
+        StorageMode::Memory => Ok(Arc::new(MemoryBackend)),
+        StorageMode::Local(path) => Err(StorageError(format!(
+            "storage mode `local` ({}) is not yet supported by this broker; use `memory`",
+            path.display()
+        ))),
+    }
+}
+
+/// Key of one committed KV pair: `[u32 family][u32 route_len][route][key]`,
+/// so a resource's pairs are contiguous and in key order.
+pub fn kv_key(family: Family, route: &str, key: &[u8]) -> Bytes {
+    let mut b = BytesMut::with_capacity(8 + route.len() + key.len());
+    b.put_u32(family);
+    b.put_u32(u32::try_from(route.len()).unwrap_or(u32::MAX));
+    b.put_slice(route.as_bytes());
+    b.put_slice(key);
+    b.freeze()
+}
+
+/// Splits a [`kv_key`] back into family, route and user key.
+pub fn split_kv_key(stored: &Bytes) -> Option<(Family, String, Bytes)> {
+    let family = u32::from_be_bytes(stored.get(0..4)?.try_into().ok()?);
+    let len = u32::from_be_bytes(stored.get(4..8)?.try_into().ok()?) as usize;
+    let route = std::str::from_utf8(stored.get(8..8 + len)?)
+        .ok()?
+        .to_owned();
+    Some((family, route, stored.slice(8 + len..)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kv_keys_round_trip() {
+        let k = kv_key(7, "kv://a/b/c", b"\x00key");
+        assert_eq!(
+            split_kv_key(&k),
+            Some((7, "kv://a/b/c".to_string(), Bytes::from_static(b"\x00key")))
+        );
+        assert!(split_kv_key(&Bytes::from_static(b"\x00\x00")).is_none());
+    }
+
+    #[test]
+    fn local_mode_is_refused_clearly() {
+        let err = open(&StorageMode::Local("./.fitz".into())).err().unwrap();
+        assert!(err.0.contains("not yet supported"));
+        assert!(!open(&StorageMode::Memory).unwrap().is_durable());
+    }
+}

@@ -1,0 +1,351 @@
+//! Listeners and frame I/O: raw TCP with 4-byte length prefixes, and HTTP
+//! with the `/ws` WebSocket upgrade and the probes.
+//!
+//! The HTTP side parses the request head itself (`httparse`) and completes
+//! the RFC 6455 handshake with tungstenite's accept-key helper: the broker
+//! serves four fixed paths and never a request body, so a full HTTP stack
+//! (hyper) would add a large dependency for nothing.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fitz_protocol::frame::FrameDecoder;
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+
+use crate::broker::Shared;
+use crate::connection;
+use crate::session::{CloseReason, Transport};
+
+/// Largest HTTP request head accepted.
+const MAX_HTTP_HEAD: usize = 8 * 1024;
+/// Time a client has to send its HTTP request head.
+const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bytes read from a TCP socket per call when no frame is pending.
+const READ_CHUNK: usize = 16 * 1024;
+/// Close reason sent when the broker stops.
+pub(crate) const SHUTDOWN: CloseReason = CloseReason::new("broker shutting down");
+
+type Ws = WebSocketStream<TcpStream>;
+
+/// What reading the next frame produced.
+pub(crate) enum ReadEvent {
+    /// One whole transport frame.
+    Frame(Bytes),
+    /// The peer closed the connection.
+    Closed,
+    /// The peer broke the transport rules; close with this reason.
+    Violation(CloseReason),
+}
+
+/// The reading half of a connection.
+pub(crate) enum FrameReader {
+    Tcp {
+        rd: OwnedReadHalf,
+        buf: BytesMut,
+        decoder: FrameDecoder,
+    },
+    Ws(SplitStream<Ws>),
+}
+
+impl FrameReader {
+    /// The next frame. Cancel-safe: partial TCP input stays buffered.
+    pub(crate) async fn next(&mut self) -> ReadEvent {
+        match self {
+            FrameReader::Tcp { rd, buf, decoder } => loop {
+                match decoder.decode(buf) {
+                    Ok(Some(frame)) => return ReadEvent::Frame(frame),
+                    Ok(None) => {}
+                    Err(e) => return ReadEvent::Violation(format!("frame error: {e}").into()),
+                }
+                if buf.capacity() - buf.len() < 1024 {
+                    buf.reserve(READ_CHUNK);
+                }
+                match rd.read_buf(buf).await {
+                    Ok(0) | Err(_) => return ReadEvent::Closed,
+                    Ok(_) => {}
+                }
+            },
+            FrameReader::Ws(stream) => loop {
+                match stream.next().await {
+                    Some(Ok(Message::Binary(b))) => {
+                        if b.is_empty() {
+                            return ReadEvent::Violation("frame error: zero-length frame".into());
+                        }
+                        return ReadEvent::Frame(b);
+                    }
+                    Some(Ok(Message::Text(_))) => {
+                        return ReadEvent::Violation(
+                            "text frames are not supported: send binary frames".into(),
+                        );
+                    }
+                    // Pings are answered by tungstenite itself.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) | None => return ReadEvent::Closed,
+                    Some(Err(e)) => {
+                        return ReadEvent::Violation(format!("websocket error: {e}").into());
+                    }
+                }
+            },
+        }
+    }
+}
+
+/// The writing half of a connection.
+pub(crate) enum FrameWriter {
+    Tcp(OwnedWriteHalf),
+    Ws(SplitSink<Ws, Message>),
+}
+
+impl FrameWriter {
+    /// Writes a batch of prefixed frames: as-is on TCP (one write), one
+    /// binary message per frame on WebSocket (one flush).
+    pub(crate) async fn write_batch(&mut self, batch: Bytes) -> io::Result<()> {
+        match self {
+            FrameWriter::Tcp(w) => w.write_all(&batch).await,
+            FrameWriter::Ws(sink) => {
+                for frame in crate::session::frames(&batch) {
+                    sink.feed(Message::Binary(frame))
+                        .await
+                        .map_err(io::Error::other)?;
+                }
+                sink.flush().await.map_err(io::Error::other)
+            }
+        }
+    }
+
+    /// Closes the transport: a Close frame carrying `reason` on WebSocket
+    /// (cut to the 123 bytes a close reason may hold), a write shutdown on TCP.
+    pub(crate) async fn close(&mut self, reason: &CloseReason) {
+        match self {
+            FrameWriter::Tcp(w) => {
+                let _ = w.shutdown().await;
+            }
+            FrameWriter::Ws(sink) => {
+                let code = if *reason == SHUTDOWN {
+                    CloseCode::Away
+                } else {
+                    CloseCode::Policy
+                };
+                let mut text = reason.as_str();
+                let mut cut = text.len().min(123);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                text = &text[..cut];
+                let frame = CloseFrame {
+                    code,
+                    reason: text.into(),
+                };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                let _ = sink.close().await;
+            }
+        }
+    }
+}
+
+/// Accepts raw TCP connections until shutdown.
+pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let (rd, wr) = stream.into_split();
+                let reader = FrameReader::Tcp {
+                    rd,
+                    buf: BytesMut::with_capacity(READ_CHUNK),
+                    decoder: FrameDecoder::new(shared.config.max_frame),
+                };
+                let sh = shared.clone();
+                shared.tasks.spawn(connection::serve(
+                    sh,
+                    reader,
+                    FrameWriter::Tcp(wr),
+                    Transport::Tcp,
+                    Some(peer),
+                ));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "TCP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Accepts HTTP connections until shutdown.
+pub(crate) async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
+    loop {
+        let accepted = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let sh = shared.clone();
+                shared.tasks.spawn(async move {
+                    if let Err(e) = http_connection(stream, peer, sh).await {
+                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
+                    }
+                });
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A parsed request head.
+struct Head {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+}
+
+impl Head {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn header_has_token(&self, name: &str, token: &str) -> bool {
+        self.header(name)
+            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+    }
+}
+
+/// Reads the request head; returns it with any bytes that followed it.
+async fn read_head(stream: &mut TcpStream) -> io::Result<Option<(Head, Vec<u8>)>> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        let mut chunk = [0u8; 1024];
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let head = Head {
+                    method: req.method.unwrap_or("").to_owned(),
+                    path: req.path.unwrap_or("").to_owned(),
+                    headers: req
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8_lossy(h.value).into_owned(),
+                            )
+                        })
+                        .collect(),
+                };
+                return Ok(Some((head, buf[len..].to_vec())));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < MAX_HTTP_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(io::Error::other("request head too large"));
+            }
+            Err(e) => return Err(io::Error::other(e)),
+        }
+    }
+}
+
+async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
+    let resp = format!(
+        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(resp.as_bytes()).await?;
+    stream.shutdown().await
+}
+
+async fn http_connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) -> io::Result<()> {
+    let head = tokio::select! {
+        () = shared.shutdown.cancelled() => return Ok(()),
+        h = tokio::time::timeout(HTTP_HEAD_TIMEOUT, read_head(&mut stream)) => h,
+    };
+    let Ok(head) = head else {
+        return respond(
+            &mut stream,
+            "408 Request Timeout",
+            r#"{"status":"timeout"}"#,
+        )
+        .await;
+    };
+    let Some((head, rest)) = head? else {
+        return Ok(());
+    };
+    let path = head.path.split('?').next().unwrap_or("");
+    let get = head.method == "GET" || head.method == "HEAD";
+    match path {
+        "/healthz" | "/readyz" | "/livez" if get => {
+            respond(&mut stream, "200 OK", r#"{"status":"ok"}"#).await
+        }
+        "/ws" if head.method == "GET" => {
+            let key = head.header("sec-websocket-key").map(str::to_owned);
+            let upgrade = head.header_has_token("upgrade", "websocket")
+                && head.header_has_token("connection", "upgrade")
+                && head.header("sec-websocket-version") == Some("13");
+            let Some(key) = key.filter(|_| upgrade) else {
+                return respond(
+                    &mut stream,
+                    "400 Bad Request",
+                    r#"{"status":"error","error":"websocket upgrade required"}"#,
+                )
+                .await;
+            };
+            let accept = derive_accept_key(key.trim().as_bytes());
+            let resp = format!(
+                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
+                 sec-websocket-accept: {accept}\r\n\r\n"
+            );
+            stream.write_all(resp.as_bytes()).await?;
+            let max = shared.config.max_frame;
+            let config = WebSocketConfig::default()
+                .max_message_size(Some(max))
+                .max_frame_size(Some(max));
+            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
+                .await;
+            let (sink, stream) = ws.split();
+            connection::serve(
+                shared,
+                FrameReader::Ws(stream),
+                FrameWriter::Ws(sink),
+                Transport::WebSocket,
+                Some(peer),
+            )
+            .await;
+            Ok(())
+        }
+        _ => respond(&mut stream, "404 Not Found", r#"{"status":"not found"}"#).await,
+    }
+}
