@@ -1,0 +1,363 @@
+//! [`Client`] and its builder.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fitz_protocol::Capabilities;
+use fitz_protocol::control::normalize_service_name;
+use fitz_protocol::frame::DEFAULT_MAX_FRAME;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::connection::{Config, Connection, DebugSnapshot};
+use crate::endpoint::{Endpoint, Scheme};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Events, State};
+use crate::notice::Notice;
+use crate::options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
+use crate::token::{StaticToken, TokenProvider};
+use crate::transport::{Connector, tls};
+
+/// A connection to a Fitz broker, shared by every domain client.
+///
+/// Cheap to clone: clones share one connection task. Build one with
+/// [`Client::builder`] (or [`Client::anonymous`]), call [`Client::connect`],
+/// then use the domain views such as [`Client::notice`].
+///
+/// ```no_run
+/// # async fn demo() -> fitz::Result<()> {
+/// use futures_util::StreamExt;
+///
+/// let client = fitz::Client::anonymous("tcp://127.0.0.1:4191")?;
+/// client.connect().await?;
+/// let mut sub = client.notice().subscribe("notice://prod/app/*").await?;
+/// client.notice().publish("notice://prod/app/deploys", "v42").await?;
+/// if let Some(msg) = sub.next().await {
+///     let msg = msg?;
+///     println!("{} → {:?}", msg.route(), msg.payload());
+/// }
+/// client.close().await;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    conn: Connection,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoint", &self.conn.shared().config.endpoint.to_string())
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Client {
+    /// Starts configuring a client for `url` (`tcp://`, `tls://`, `ws://`,
+    /// `wss://`) whose CONNECT tokens come from `tokens`.
+    pub fn builder(url: impl Into<String>, tokens: impl TokenProvider) -> ClientBuilder {
+        ClientBuilder::new(url.into(), Arc::new(tokens))
+    }
+
+    /// A client with default options and the empty (anonymous) token.
+    pub fn anonymous(url: impl Into<String>) -> Result<Self> {
+        Self::builder(url, StaticToken::anonymous()).build()
+    }
+
+    /// Connects once: opens the transport, sends CONNECT with a fresh token
+    /// and waits for SERVER_HELLO, all within the connect timeout.
+    ///
+    /// * `Ok(())` once the session is ready (immediately if it already is;
+    ///   after the restore if a reconnect is under way).
+    /// * [`ErrorKind::Auth`]: the broker closed the connection after CONNECT.
+    ///   The client is now closed for good; not retryable.
+    /// * [`ErrorKind::Connection`] / [`ErrorKind::Timeout`] /
+    ///   [`ErrorKind::Protocol`]: this attempt failed, the client stays
+    ///   `Disconnected`; call again or use [`Client::connect_when_ready`].
+    /// * [`ErrorKind::Closed`]: the client was closed.
+    ///
+    /// Once connected, a lost session is re-established automatically per
+    /// the [`ReconnectPolicy`].
+    pub async fn connect(&self) -> Result<()> {
+        self.conn.connect().await
+    }
+
+    /// Connects, retrying failed attempts with exponential backoff (250 ms
+    /// doubling to 2 s) until `timeout` has passed. Stops at once on an
+    /// authentication rejection or when the client is closed; otherwise the
+    /// last attempt's error (or [`ErrorKind::Timeout`]) is returned.
+    pub async fn connect_when_ready(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        let mut delay = Duration::from_millis(250);
+        loop {
+            let err = match tokio::time::timeout_at(deadline, self.connect()).await {
+                Err(_) => {
+                    return Err(Error::timed_out(format!(
+                        "not connected within {timeout:?}"
+                    )));
+                }
+                Ok(Ok(())) => return Ok(()),
+                Ok(Err(e)) => e,
+            };
+            if matches!(
+                err.kind(),
+                ErrorKind::Auth | ErrorKind::Closed | ErrorKind::InvalidArgument
+            ) || Instant::now() + delay >= deadline
+            {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, ?delay, "connect_when_ready: retrying");
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Closes the client for good. Idempotent and prompt, even during a
+    /// reconnect backoff: outstanding requests fail with
+    /// [`ErrorKind::Closed`], subscriptions end with that error, the
+    /// transport is closed (after a short best-effort flush), and every
+    /// stateful handle becomes stale.
+    pub async fn close(&self) {
+        self.conn.close().await;
+    }
+
+    /// The current state (never blocks).
+    pub fn state(&self) -> State {
+        *self.conn.state().borrow()
+    }
+
+    /// A receiver that observes state changes. A `watch` keeps only the
+    /// latest value: a slow observer may skip intermediate states.
+    pub fn watch_state(&self) -> watch::Receiver<State> {
+        self.conn.state()
+    }
+
+    /// What the broker advertised in the current session's SERVER_HELLO;
+    /// `None` while no session is up.
+    pub fn server_capabilities(&self) -> Option<Capabilities> {
+        self.conn.capabilities()
+    }
+
+    /// Lifecycle events (connected, disconnected, reconnect scheduled,
+    /// restored, restore failed, slow consumer, auth rejected, closed). Each
+    /// call returns an independent receiver that sees events from now on.
+    pub fn events(&self) -> Events {
+        Events::new(self.conn.events(), self.state() == State::Closed)
+    }
+
+    /// The Notice domain: fire-and-forget fan-out.
+    pub fn notice(&self) -> Notice {
+        Notice::new(self.conn.clone())
+    }
+
+    /// Counters of the connection task's internal books, for tests and
+    /// debugging (leak checks). Not a stable API.
+    #[doc(hidden)]
+    pub async fn debug_snapshot(&self) -> Result<DebugSnapshot> {
+        self.conn.debug_snapshot().await
+    }
+
+    #[allow(dead_code)] // for the domain clients
+    pub(crate) fn connection(&self) -> &Connection {
+        &self.conn
+    }
+}
+
+/// Options for a [`Client`]. Every option has a sensible default.
+#[must_use]
+pub struct ClientBuilder {
+    url: String,
+    tokens: Arc<dyn TokenProvider>,
+    connector: Option<Arc<dyn Connector>>,
+    tls: TlsConfig,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    reconnect: ReconnectPolicy,
+    max_frame: usize,
+    max_in_flight: usize,
+    subscription: SubscriptionOptions,
+    service_name: Option<String>,
+    ping_interval: Duration,
+    dead_peer_timeout: Duration,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("url", &self.url)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("request_timeout", &self.request_timeout)
+            .field("reconnect", &self.reconnect)
+            .field("max_frame", &self.max_frame)
+            .field("max_in_flight", &self.max_in_flight)
+            .field("subscription", &self.subscription)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClientBuilder {
+    fn new(url: String, tokens: Arc<dyn TokenProvider>) -> Self {
+        Self {
+            url,
+            tokens,
+            connector: None,
+            tls: TlsConfig::default(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            reconnect: ReconnectPolicy::default(),
+            max_frame: DEFAULT_MAX_FRAME,
+            max_in_flight: 1024,
+            subscription: SubscriptionOptions::default(),
+            service_name: None,
+            ping_interval: Duration::from_secs(10),
+            dead_peer_timeout: Duration::from_secs(30),
+        }
+    }
+
+    /// Bounds one connection attempt end to end: token, transport (TCP, TLS,
+    /// WebSocket upgrade), CONNECT and the wait for SERVER_HELLO. Default 10 s.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = timeout;
+        self
+    }
+
+    /// Default timeout of each request, from the call to the reply (waiting
+    /// for an in-flight slot included). Default 30 s.
+    pub fn request_timeout(mut self, timeout: Duration) -> Self {
+        self.request_timeout = timeout;
+        self
+    }
+
+    /// Reconnection after an established session drops.
+    pub fn reconnect(mut self, policy: ReconnectPolicy) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// Largest transport frame sent or accepted, in bytes (default 1 MiB, the
+    /// broker's default; not negotiated). An inbound frame announcing more
+    /// drops the connection before anything is allocated for it.
+    pub fn max_frame(mut self, bytes: usize) -> Self {
+        self.max_frame = bytes;
+        self
+    }
+
+    /// Requests and sends admitted at once (default 1024). When all slots
+    /// are taken a caller waits for one, up to its request timeout, and then
+    /// fails with a retryable [`ErrorKind::Backpressure`] error (nothing was
+    /// sent).
+    pub fn max_in_flight(mut self, requests: usize) -> Self {
+        self.max_in_flight = requests;
+        self
+    }
+
+    /// Notifications buffered per subscription (default 256).
+    pub fn subscription_buffer(mut self, notifications: usize) -> Self {
+        self.subscription.buffer = notifications;
+        self
+    }
+
+    /// What a subscription does when its buffer is full (default
+    /// [`Overflow::Error`]).
+    pub fn overflow(mut self, policy: Overflow) -> Self {
+        self.subscription.overflow = policy;
+        self
+    }
+
+    /// A service name reported with SESSION_METADATA when the broker
+    /// advertises support (display metadata, not identity). Trimmed; must be
+    /// 1–128 bytes without control characters.
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// Trust anchors for `tls://` and `wss://` (default: the system roots).
+    pub fn tls(mut self, config: TlsConfig) -> Self {
+        self.tls = config;
+        self
+    }
+
+    /// Opens the raw byte stream with `connector` instead of a TCP
+    /// connection (custom transports, in-memory tests); see
+    /// [`crate::transport::memory`].
+    pub fn connector(mut self, connector: impl Connector) -> Self {
+        self.connector = Some(Arc::new(connector));
+        self
+    }
+
+    /// WebSocket only: after this much inbound silence a ping is sent (and on
+    /// TCP the OS keepalive probes at this interval). Default 10 s.
+    pub fn ping_interval(mut self, interval: Duration) -> Self {
+        self.ping_interval = interval;
+        self
+    }
+
+    /// WebSocket only: inbound silence after which the broker is presumed
+    /// dead and the connection dropped (then reconnected). Default 30 s.
+    pub fn dead_peer_timeout(mut self, timeout: Duration) -> Self {
+        self.dead_peer_timeout = timeout;
+        self
+    }
+
+    /// Validates the options and starts the connection task (in the current
+    /// tokio runtime; it does not connect yet).
+    pub fn build(self) -> Result<Client> {
+        let endpoint = Endpoint::parse(&self.url)?;
+        if endpoint.scheme == Scheme::Memory && self.connector.is_none() {
+            return Err(Error::invalid("memory:// URLs need a connector"));
+        }
+        if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
+            return Err(Error::invalid("timeouts must be positive"));
+        }
+        // Room for the largest record plus a correlation label.
+        if self.max_frame < 4096 || self.max_frame > u32::MAX as usize {
+            return Err(Error::invalid("max_frame must be between 4 KiB and 4 GiB"));
+        }
+        if self.max_in_flight == 0 || self.max_in_flight > tokio::sync::Semaphore::MAX_PERMITS {
+            return Err(Error::invalid("max_in_flight must be at least 1"));
+        }
+        if self.subscription.buffer == 0 {
+            return Err(Error::invalid("subscription_buffer must be at least 1"));
+        }
+        if self.ping_interval.is_zero() || self.dead_peer_timeout <= self.ping_interval {
+            return Err(Error::invalid(
+                "dead_peer_timeout must be longer than a positive ping_interval",
+            ));
+        }
+        let service_name = match &self.service_name {
+            None => None,
+            Some(name) => Some(
+                normalize_service_name(name)
+                    .ok_or_else(|| {
+                        Error::invalid(
+                            "service name must be 1–128 bytes without control characters",
+                        )
+                    })?
+                    .to_owned(),
+            ),
+        };
+        let tls = if endpoint.is_tls() {
+            Some(tls::client_config(&self.tls)?)
+        } else {
+            None
+        };
+        let conn = Connection::spawn(Config {
+            endpoint,
+            tokens: self.tokens,
+            connector: self.connector,
+            tls,
+            connect_timeout: self.connect_timeout,
+            request_timeout: self.request_timeout,
+            reconnect: self.reconnect,
+            max_frame: self.max_frame,
+            max_in_flight: self.max_in_flight,
+            subscription: self.subscription,
+            service_name,
+            ping_interval: self.ping_interval,
+            dead_peer_timeout: self.dead_peer_timeout,
+        })?;
+        Ok(Client { conn })
+    }
+}

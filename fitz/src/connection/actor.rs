@@ -1,0 +1,846 @@
+//! The connection actor: one task per client.
+//!
+//! It moves between three modes:
+//!
+//! * **idle** (`Disconnected`): waits for `connect()`; requests fail at once;
+//! * **pending** (connecting, handshaking, backing off): requests are filed
+//!   and wait (their deadlines still run) for the session to become ready;
+//! * **session**: reads frames, writes batches, routes replies and
+//!   notifications, restores registrations after a reconnect and only then
+//!   reports `Authenticated` and lets queued work out.
+//!
+//! In every mode it keeps draining its command channels, so callers are
+//! answered (or time out) even while the broker is unreachable, and `close()`
+//! is honoured at once, including in the middle of a backoff.
+
+use std::future::poll_fn;
+use std::pin::pin;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use fitz_protocol::control::{self, ServerHello};
+use fitz_protocol::frame::encode_frame_with;
+use fitz_protocol::record::{Labelled, LabelledRecords, Side, decode_single_record};
+use fitz_protocol::{Capabilities, Message, WireError, types};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, sleep_until};
+
+use super::command::{Command, Control, Outbound, Reply};
+use super::registry::{Registry, Wire};
+use super::requests::{Book, Finished, Internal, Session};
+use super::{DebugSnapshot, Shared};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, State};
+use crate::transport::{Failure, Inbound, OpenSettings, Transport};
+
+/// Stop admitting new frames while this much output is unwritten: the
+/// broker is not reading, and memory must stay bounded.
+const HIGH_WATER: usize = 256 * 1024;
+
+/// Commands taken per wake-up: one batch, one write.
+const BATCH: usize = 128;
+
+/// How long `close()` waits for the goodbye (flush, Close frame / FIN).
+const GOODBYE: std::time::Duration = std::time::Duration::from_millis(500);
+
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    state: watch::Sender<State>,
+    commands: mpsc::Receiver<Command>,
+    control: mpsc::Receiver<Control>,
+) {
+    let mut actor = Actor {
+        shared,
+        state,
+        commands,
+        control,
+        book: Book::default(),
+        registry: Registry::default(),
+        finished: Vec::new(),
+        connect_waiters: Vec::new(),
+        restoring: 0,
+        restored: 0,
+        shut_down: false,
+    };
+    actor.idle().await;
+}
+
+/// How an attempt or a session ended.
+enum End {
+    /// The client is closing (or closed for good).
+    Closed,
+    /// Give up for now: back to idle.
+    Idle,
+}
+
+enum Mode<'a> {
+    Idle,
+    Pending,
+    Session {
+        session: Session,
+        ready: bool,
+        transport: &'a mut Transport,
+    },
+}
+
+struct Actor {
+    shared: Arc<Shared>,
+    state: watch::Sender<State>,
+    commands: mpsc::Receiver<Command>,
+    control: mpsc::Receiver<Control>,
+    book: Book,
+    registry: Registry,
+    /// Internal requests that finished; drained by [`Actor::settle`].
+    finished: Vec<Finished>,
+    /// `connect()` callers waiting for the current attempt.
+    connect_waiters: Vec<oneshot::Sender<Result<()>>>,
+    /// Restores outstanding on the current session; it becomes ready at 0.
+    restoring: usize,
+    /// Restores that succeeded on the current session.
+    restored: usize,
+    shut_down: bool,
+}
+
+impl Actor {
+    fn set_state(&self, s: State) {
+        self.state.send_replace(s);
+    }
+
+    // ----- idle -----
+
+    async fn idle(&mut self) {
+        let close = self.shared.close.clone();
+        loop {
+            let cmd = tokio::select! {
+                _ = close.cancelled() => break,
+                cmd = self.commands.recv() => cmd,
+                Some(ctl) = self.control.recv() => {
+                    self.on_control(ctl, &mut Mode::Idle);
+                    continue;
+                }
+            };
+            match cmd {
+                None => break, // every handle is gone
+                Some(Command::Connect(reply)) => {
+                    self.connect_waiters.push(reply);
+                    if let End::Closed = self.connect_loop(false).await {
+                        break;
+                    }
+                }
+                Some(cmd) => self.on_command(cmd, &mut Mode::Idle),
+            }
+        }
+        self.shutdown(None, Error::closed()).await;
+    }
+
+    /// Connects, serves, and reconnects until told to stop.
+    async fn connect_loop(&mut self, mut reconnecting: bool) -> End {
+        let policy = self.shared.config.reconnect;
+        let mut attempt: u32 = 0;
+        loop {
+            match self.attempt().await {
+                Err(None) => return End::Closed,
+                Ok((mut transport, hello)) => {
+                    attempt = 0;
+                    match self.serve(&mut transport, hello, reconnecting).await {
+                        None => {
+                            self.shutdown(Some(&mut transport), Error::closed()).await;
+                            return End::Closed;
+                        }
+                        Some(lost) => {
+                            tracing::warn!(error = %lost, "fitz session lost");
+                            self.shared.emit(Event::Disconnected { reason: lost });
+                        }
+                    }
+                    reconnecting = true;
+                    if !policy.enabled {
+                        return self
+                            .give_up(Error::connection("connection lost; reconnect is disabled"));
+                    }
+                }
+                Err(Some(failure)) => {
+                    if failure.peer_closed {
+                        let error = Error::auth(format!(
+                            "the broker closed the connection during the handshake: {}",
+                            failure.error.message()
+                        ));
+                        tracing::warn!(error = %error, "fitz authentication rejected");
+                        self.shared.emit(Event::AuthRejected {
+                            error: error.clone(),
+                        });
+                        self.shutdown(None, error).await;
+                        return End::Closed;
+                    }
+                    tracing::debug!(error = %failure.error, "fitz connection attempt failed");
+                    if !reconnecting || !policy.enabled {
+                        return self.give_up(failure.error);
+                    }
+                }
+            }
+            attempt += 1;
+            if policy.exhausted(attempt) {
+                return self.give_up(Error::connection("reconnect attempts exhausted"));
+            }
+            let delay = policy.delay(attempt);
+            self.set_state(State::Reconnecting);
+            self.shared
+                .emit(Event::ReconnectScheduled { attempt, delay });
+            if !self.backoff(delay).await {
+                return End::Closed;
+            }
+        }
+    }
+
+    /// Back to idle: waiting work fails, registrations stay for a later
+    /// `connect()`.
+    fn give_up(&mut self, error: Error) -> End {
+        self.set_state(State::Disconnected);
+        let generation = self.shared.generation();
+        let err = error.clone();
+        self.book.fail_session(
+            generation,
+            move |_| err.clone().applied_if(false),
+            &mut self.finished,
+        );
+        self.settle(&mut Mode::Idle);
+        for w in self.connect_waiters.drain(..) {
+            let _ = w.send(Err(error.clone()));
+        }
+        End::Idle
+    }
+
+    async fn backoff(&mut self, delay: std::time::Duration) -> bool {
+        let close = self.shared.close.clone();
+        let mut wake = pin!(tokio::time::sleep(delay));
+        loop {
+            let deadline = self.book.next_deadline();
+            tokio::select! {
+                () = &mut wake => return true,
+                _ = close.cancelled() => {
+                    self.shutdown(None, Error::closed()).await;
+                    return false;
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd, &mut Mode::Pending),
+                    None => {
+                        self.shutdown(None, Error::closed()).await;
+                        return false;
+                    }
+                },
+                Some(ctl) = self.control.recv() => self.on_control(ctl, &mut Mode::Pending),
+                () = sleep_until(deadline.unwrap_or_else(far_future)), if deadline.is_some() => {
+                    self.book.expire(Instant::now(), None, &mut bytes::BytesMut::new(), &mut self.finished);
+                    self.settle(&mut Mode::Pending);
+                }
+            }
+        }
+    }
+
+    /// One connection attempt, bounded by the connect timeout. `Err(None)`:
+    /// closing.
+    async fn attempt(&mut self) -> std::result::Result<(Transport, ServerHello), Option<Failure>> {
+        self.set_state(State::Connecting);
+        let deadline = Instant::now() + self.shared.config.connect_timeout;
+        let close = self.shared.close.clone();
+        let mut handshake = pin!(handshake(self.shared.clone(), self.state.clone(), deadline));
+        loop {
+            let book_deadline = self.book.next_deadline();
+            tokio::select! {
+                r = &mut handshake => return r.map_err(Some),
+                _ = close.cancelled() => {
+                    self.shutdown(None, Error::closed()).await;
+                    return Err(None);
+                }
+                cmd = self.commands.recv() => match cmd {
+                    Some(cmd) => self.on_command(cmd, &mut Mode::Pending),
+                    None => {
+                        self.shutdown(None, Error::closed()).await;
+                        return Err(None);
+                    }
+                },
+                Some(ctl) = self.control.recv() => self.on_control(ctl, &mut Mode::Pending),
+                () = sleep_until(book_deadline.unwrap_or_else(far_future)), if book_deadline.is_some() => {
+                    self.book.expire(Instant::now(), None, &mut bytes::BytesMut::new(), &mut self.finished);
+                    self.settle(&mut Mode::Pending);
+                }
+            }
+        }
+    }
+
+    // ----- session -----
+
+    /// Serves one session. Returns why it ended: `Some(reason)` when the
+    /// connection was lost, `None` when the client is closing.
+    async fn serve(
+        &mut self,
+        transport: &mut Transport,
+        hello: ServerHello,
+        reconnected: bool,
+    ) -> Option<Error> {
+        let caps = hello.capabilities;
+        let session = Session {
+            correlated: caps.contains(Capabilities::CORRELATION),
+            generation: self.shared.generation(),
+            max_frame: transport.max_frame(),
+        };
+        self.shared.set_capabilities(Some((hello.version, caps)));
+        let mut metadata_sent = self.send_metadata(transport, caps, false);
+
+        // Pinned once: re-creating it every iteration would re-register a
+        // waiter (and take the token's lock) on the hot path.
+        let close = self.shared.close.clone();
+        let mut closing = pin!(close.cancelled());
+        let (ping_interval, dead_after) = (
+            self.shared.config.ping_interval,
+            self.shared.config.dead_peer_timeout,
+        );
+        let websocket = transport.is_websocket();
+
+        let mut mode = Mode::Session {
+            session,
+            ready: false,
+            transport,
+        };
+        // Restore before anything else may use the session (pipelined: every
+        // SUBSCRIBE is written now, the answers are collected as they come).
+        self.restored = 0;
+        self.restoring = {
+            let mut wire = wire(&self.shared, &mut self.book, &mut self.finished, &mut mode);
+            self.registry.restore_all(&mut wire)
+        };
+
+        let mut batch = Vec::with_capacity(BATCH);
+        let mut last_inbound = Instant::now();
+        let mut pinged = false;
+        let mut timer = pin!(sleep_until(far_future()));
+        let mut timer_at = far_future();
+        let lost = loop {
+            self.settle(&mut mode);
+            if self.restoring == 0 && matches!(mode, Mode::Session { ready: false, .. }) {
+                let restored = reconnected.then_some(self.restored);
+                self.become_ready(&mut mode, caps, reconnected, restored);
+            }
+            if let Mode::Session {
+                session,
+                ready: true,
+                transport,
+            } = &mut mode
+                && self.book.has_backlog()
+            {
+                let session = *session;
+                self.book
+                    .admit_backlog(&session, transport.out(), HIGH_WATER, &mut self.finished);
+                self.settle(&mut mode);
+            }
+
+            // One timer serves request deadlines and WebSocket liveness. It is
+            // re-armed only when something earlier than `timer_at` appears or
+            // when it fires, so the hot path rarely touches the timer wheel.
+            let liveness =
+                websocket.then(|| last_inbound + if pinged { dead_after } else { ping_interval });
+            let wanted = [self.book.next_deadline(), liveness]
+                .into_iter()
+                .flatten()
+                .min()
+                .unwrap_or_else(far_future);
+            if wanted < timer_at {
+                timer_at = wanted;
+                timer.as_mut().reset(wanted);
+            }
+
+            let Mode::Session { transport, .. } = &mut mode else {
+                break None;
+            };
+            tokio::select! {
+                () = &mut closing => break None,
+                n = self.commands.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break None; // every handle is gone
+                    }
+                    for cmd in batch.drain(..) {
+                        self.on_command(cmd, &mut mode);
+                    }
+                    // Write the batch now rather than on the next wake-up.
+                    if let Mode::Session { transport, .. } = &mut mode
+                        && let Err(f) = transport.write_now()
+                    {
+                        break Some(f.error);
+                    }
+                }
+                Some(ctl) = self.control.recv() => self.on_control(ctl, &mut mode),
+                io = poll_fn(|cx| transport.poll_io(cx)) => {
+                    last_inbound = Instant::now();
+                    pinged = false;
+                    match io {
+                        Err(failure) => break Some(failure.error),
+                        Ok(Inbound::Activity) => {}
+                        Ok(Inbound::Frame(frame)) => {
+                            if let Err(e) = self.on_frames(frame, &mut mode, &mut metadata_sent) {
+                                break Some(e);
+                            }
+                            // Replies can release queued requests (legacy lanes).
+                            if let Mode::Session { transport, .. } = &mut mode
+                                && let Err(f) = transport.write_now()
+                            {
+                                break Some(f.error);
+                            }
+                        }
+                    }
+                }
+                () = &mut timer => {
+                    timer_at = far_future();
+                    let now = Instant::now();
+                    if let Mode::Session { session, transport, .. } = &mut mode {
+                        let session = *session;
+                        self.book.expire(now, Some(&session), transport.out(), &mut self.finished);
+                        if websocket {
+                            if now >= last_inbound + dead_after {
+                                break Some(Error::connection(format!(
+                                    "nothing from the broker for {dead_after:?}: dead peer"
+                                )));
+                            }
+                            if !pinged && now >= last_inbound + ping_interval {
+                                transport.queue_ping();
+                                pinged = true;
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        if lost.is_some() {
+            self.session_lost();
+        }
+        lost
+    }
+
+    /// Everything tied to the lost session fails; registrations wait for the
+    /// next one.
+    fn session_lost(&mut self) {
+        let ended = self.shared.generation();
+        self.shared.advance_generation();
+        self.shared.set_capabilities(None);
+        self.set_state(State::Reconnecting);
+        self.book
+            .fail_session(ended, Error::connection_lost, &mut self.finished);
+        self.settle(&mut Mode::Pending);
+        self.registry.session_lost();
+        self.restoring = 0;
+    }
+
+    /// Handles a frame and every further frame already buffered.
+    fn on_frames(
+        &mut self,
+        first: Bytes,
+        mode: &mut Mode<'_>,
+        metadata_sent: &mut bool,
+    ) -> Result<()> {
+        self.on_frame(first, mode, metadata_sent)?;
+        loop {
+            let Mode::Session { transport, .. } = mode else {
+                return Ok(());
+            };
+            match transport.next_buffered() {
+                Ok(Some(frame)) => self.on_frame(frame, mode, metadata_sent)?,
+                Ok(None) => return Ok(()),
+                Err(failure) => return Err(failure.error),
+            }
+        }
+    }
+
+    fn become_ready(
+        &mut self,
+        mode: &mut Mode<'_>,
+        caps: Capabilities,
+        reconnected: bool,
+        restored: Option<usize>,
+    ) {
+        if let Mode::Session { ready, .. } = mode {
+            *ready = true;
+        }
+        self.set_state(State::Authenticated);
+        tracing::info!(?caps, reconnected, "fitz session ready");
+        if let Some(count) = restored {
+            self.shared.emit(Event::Restored { count });
+        }
+        self.shared.emit(Event::Connected {
+            capabilities: caps,
+            reconnected,
+        });
+        for w in self.connect_waiters.drain(..) {
+            let _ = w.send(Ok(()));
+        }
+    }
+
+    /// SESSION_METADATA once per connection, only when the broker takes it.
+    fn send_metadata(&self, transport: &mut Transport, caps: Capabilities, already: bool) -> bool {
+        if already || !caps.contains(Capabilities::SESSION_METADATA) {
+            return already;
+        }
+        let Some(name) = &self.shared.config.service_name else {
+            return false;
+        };
+        let msg = control::SessionMetadata {
+            service_name: name.as_str().into(),
+        };
+        let max = transport.max_frame();
+        if let Err(e) = encode_frame_with(transport.out(), max, |b| msg.encode_record(b)) {
+            tracing::warn!(error = %e, "SESSION_METADATA not sent");
+        }
+        true
+    }
+
+    /// Handles one inbound frame. An error drops the connection.
+    fn on_frame(
+        &mut self,
+        frame: Bytes,
+        mode: &mut Mode<'_>,
+        metadata_sent: &mut bool,
+    ) -> Result<()> {
+        let Mode::Session {
+            session, transport, ..
+        } = mode
+        else {
+            return Ok(());
+        };
+        let session = *session;
+        for labelled in LabelledRecords::new(frame, Side::Client) {
+            let Labelled {
+                correlation,
+                record,
+            } = labelled
+                .map_err(|e| Error::protocol(format!("malformed frame from the broker: {e}")))?;
+            if record.ty == types::SERVER_HELLO {
+                // A later hello may update the capabilities; the regime stays
+                // the one negotiated at the handshake.
+                let hello = ServerHello::decode(record.payload)
+                    .map_err(|e| Error::protocol(format!("malformed SERVER_HELLO: {e}")))?;
+                self.shared
+                    .set_capabilities(Some((hello.version, hello.capabilities)));
+                *metadata_sent = self.send_metadata(transport, hello.capabilities, *metadata_sent);
+                continue;
+            }
+            let unclaimed = self.book.on_record(
+                correlation,
+                record.ty,
+                record.payload,
+                &session,
+                transport.out(),
+                &mut self.finished,
+            );
+            if let Some(payload) = unclaimed {
+                let mut wire = Wire {
+                    shared: &self.shared,
+                    book: &mut self.book,
+                    out: Some(transport.out()),
+                    session: Some(session),
+                    ready: false,
+                    finished: &mut self.finished,
+                };
+                if !self
+                    .registry
+                    .dispatch_notify(record.ty, &payload, &mut wire)
+                    && !self.registry.dispatch_push(record.ty, &payload)
+                {
+                    tracing::trace!(
+                        ty = record.ty,
+                        name = types::name(record.ty),
+                        late = correlation.is_some(),
+                        "dropping an unclaimed record"
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    // ----- commands -----
+
+    fn on_command(&mut self, cmd: Command, mode: &mut Mode<'_>) {
+        match cmd {
+            Command::Connect(reply) => match mode {
+                Mode::Session { ready: true, .. } => {
+                    let _ = reply.send(Ok(()));
+                }
+                _ => self.connect_waiters.push(reply),
+            },
+            Command::Request(out) | Command::Send(out) => {
+                if let Mode::Idle = mode {
+                    reject(out, Error::not_connected());
+                    return;
+                }
+                let id = self.book.file(out);
+                match mode {
+                    Mode::Session {
+                        session,
+                        ready: true,
+                        transport,
+                    } if !self.book.has_backlog() && transport.pending_out() < HIGH_WATER => {
+                        let session = *session;
+                        self.book
+                            .admit(id, &session, transport.out(), &mut self.finished);
+                    }
+                    _ => self.book.defer(id),
+                }
+            }
+            Command::Register(reg) => {
+                if let Mode::Idle = mode {
+                    let _ = reg.reply.send(Err(Error::not_connected()));
+                    return;
+                }
+                let mut wire = wire(&self.shared, &mut self.book, &mut self.finished, mode);
+                self.registry.register(reg, &mut wire);
+            }
+            Command::Push(push) => self.registry.add_push(push),
+            Command::EndRegistrations {
+                subscribe_type,
+                reply,
+            } => {
+                self.registry.end_type(subscribe_type);
+                let _ = reply.send(());
+            }
+            Command::Inspect(reply) => {
+                let (pending, tombstones, backlog) = self.book.counts();
+                let (registrations, sinks, push_handlers) = self.registry.counts();
+                let _ = reply.send(DebugSnapshot {
+                    pending,
+                    tombstones,
+                    backlog,
+                    registrations,
+                    sinks,
+                    push_handlers,
+                    free_permits: self.shared.inflight.available_permits(),
+                });
+            }
+        }
+        self.settle(mode);
+    }
+
+    fn on_control(&mut self, ctl: Control, mode: &mut Mode<'_>) {
+        match ctl {
+            Control::Unsubscribe { sink, reply } => {
+                let mut wire = wire(&self.shared, &mut self.book, &mut self.finished, mode);
+                self.registry.unsubscribe(sink, reply, &mut wire);
+            }
+            Control::DropPush { sink } => self.registry.drop_push(sink),
+        }
+        self.settle(mode);
+    }
+
+    /// Applies finished internal requests (their outcomes may file more).
+    fn settle(&mut self, mode: &mut Mode<'_>) {
+        let mut work = std::mem::take(&mut self.finished);
+        while !work.is_empty() {
+            for (internal, result) in work.drain(..) {
+                let mut wire = wire(&self.shared, &mut self.book, &mut self.finished, mode);
+                match internal {
+                    Internal::Subscribe(reg) => self.registry.subscribed(reg, result, &mut wire),
+                    Internal::Restore(reg) => {
+                        if self.registry.restored(reg, result, &mut wire) {
+                            self.restored += 1;
+                        }
+                        self.restoring = self.restoring.saturating_sub(1);
+                    }
+                    Internal::Unsubscribe(reply) => {
+                        let outcome = match result {
+                            Ok(payload) => ack(payload),
+                            // The session died with the registration on it.
+                            Err(e) if e.kind() == ErrorKind::Connection => Ok(()),
+                            Err(e) => Err(e),
+                        };
+                        if let Some(r) = reply {
+                            let _ = r.send(outcome);
+                        }
+                    }
+                }
+            }
+            std::mem::swap(&mut work, &mut self.finished);
+        }
+        // Keep the allocation.
+        self.finished = work;
+    }
+
+    /// Ends everything: the client is closed.
+    async fn shutdown(&mut self, transport: Option<&mut Transport>, error: Error) {
+        if std::mem::replace(&mut self.shut_down, true) {
+            return;
+        }
+        let first = !self
+            .shared
+            .closed
+            .swap(true, std::sync::atomic::Ordering::AcqRel);
+        if first {
+            self.shared.advance_generation();
+        }
+        self.shared.set_capabilities(None);
+        self.book.fail_all(
+            |_| {
+                if error.kind() == ErrorKind::Closed {
+                    Error::closed()
+                } else {
+                    error.clone()
+                }
+            },
+            &mut self.finished,
+        );
+        self.settle(&mut Mode::Idle);
+        self.registry.close_all(&error);
+        for w in self.connect_waiters.drain(..) {
+            let _ = w.send(Err(error.clone()));
+        }
+        self.commands.close();
+        self.control.close();
+        while let Ok(cmd) = self.commands.try_recv() {
+            match cmd {
+                Command::Request(out) | Command::Send(out) => reject(out, Error::closed()),
+                Command::Connect(r) => {
+                    let _ = r.send(Err(error.clone()));
+                }
+                Command::Register(r) => {
+                    let _ = r.reply.send(Err(Error::closed()));
+                }
+                Command::Push(p) => {
+                    let _ = p.reply.send(Err(Error::closed()));
+                }
+                Command::EndRegistrations { reply, .. } => {
+                    let _ = reply.send(());
+                }
+                Command::Inspect(reply) => {
+                    let _ = reply.send(DebugSnapshot::default());
+                }
+            }
+        }
+        if let Some(t) = transport {
+            let _ = tokio::time::timeout(GOODBYE, t.goodbye()).await;
+        }
+        self.set_state(State::Closed);
+        self.shared.emit(Event::Closed);
+    }
+}
+
+fn far_future() -> Instant {
+    // ~30 years: "never" for a timer that must exist.
+    Instant::now() + std::time::Duration::from_secs(86_400 * 365 * 30)
+}
+
+/// The registry's view of the wire, borrowed field by field so the registry
+/// itself stays free to borrow.
+fn wire<'w>(
+    shared: &'w Shared,
+    book: &'w mut Book,
+    finished: &'w mut Vec<Finished>,
+    mode: &'w mut Mode<'_>,
+) -> Wire<'w> {
+    let (out, session, ready) = match mode {
+        Mode::Session {
+            session,
+            ready,
+            transport,
+        } => (Some(transport.out()), Some(*session), *ready),
+        _ => (None, None, false),
+    };
+    Wire {
+        shared,
+        book,
+        out,
+        session,
+        ready,
+        finished,
+    }
+}
+
+/// Answers an item that will never be written.
+fn reject(out: Outbound, error: Error) {
+    match out.reply {
+        Reply::Once(tx) => {
+            let _ = tx.send(Err(error));
+        }
+        Reply::Frames { tx, .. } => {
+            let _ = tx.try_send(Err(error));
+        }
+        Reply::Written(tx) => {
+            let _ = tx.send(Err(error));
+        }
+    }
+}
+
+/// An acknowledgement reply: status 0, or an error envelope.
+fn ack(payload: Bytes) -> Result<()> {
+    match payload.first() {
+        Some(0) => Ok(()),
+        _ => match WireError::decode(payload) {
+            Ok(e) => Err(Error::broker(&e)),
+            Err(e) => Err(Error::malformed_reply(e)),
+        },
+    }
+}
+
+/// Token, transport, CONNECT, SERVER_HELLO: one attempt, bounded by
+/// `deadline`. A peer that closes after CONNECT rejected the token.
+async fn handshake(
+    shared: Arc<Shared>,
+    state: watch::Sender<State>,
+    deadline: Instant,
+) -> std::result::Result<(Transport, ServerHello), Failure> {
+    let cfg = &shared.config;
+    let timed_out = |what: &str| {
+        Failure::error(Error::timed_out(format!(
+            "{what} within the connect timeout of {:?}",
+            cfg.connect_timeout
+        )))
+    };
+    let token = match tokio::time::timeout_at(deadline, cfg.tokens.token()).await {
+        Err(_) => return Err(timed_out("no token from the token provider")),
+        Ok(Err(e)) => {
+            return Err(Failure::error(Error::connection(format!(
+                "the token provider failed: {e}"
+            ))));
+        }
+        Ok(Ok(t)) => t,
+    };
+    let settings = OpenSettings {
+        connector: cfg.connector.as_deref(),
+        tls: cfg.tls.as_ref(),
+        max_frame: cfg.max_frame,
+        keepalive: Some(cfg.ping_interval),
+    };
+    let mut transport =
+        match tokio::time::timeout_at(deadline, Transport::open(&cfg.endpoint, &settings)).await {
+            Err(_) => return Err(timed_out("transport not open")),
+            Ok(Err(e)) => return Err(Failure::error(e)),
+            Ok(Ok(t)) => t,
+        };
+    state.send_replace(State::Connected);
+
+    let connect = control::Connect {
+        token: Bytes::from(token),
+    };
+    let max = transport.max_frame();
+    encode_frame_with(transport.out(), max, |b| connect.encode_record(b))
+        .map_err(|e| Failure::error(Error::encode(e)))?;
+    state.send_replace(State::Authenticating);
+
+    let frame = match tokio::time::timeout_at(deadline, async {
+        transport.flush().await?;
+        transport.read_frame().await
+    })
+    .await
+    {
+        Err(_) => return Err(timed_out("no SERVER_HELLO")),
+        Ok(Err(f)) => return Err(f),
+        Ok(Ok(f)) => f,
+    };
+    // The hello must be alone in its frame and unlabelled.
+    let record = decode_single_record(frame)
+        .map_err(|e| Failure::error(Error::protocol(format!("malformed handshake frame: {e}"))))?;
+    if record.ty != types::SERVER_HELLO {
+        return Err(Failure::error(Error::protocol(format!(
+            "expected SERVER_HELLO, the broker sent {} ({})",
+            record.ty,
+            types::name(record.ty)
+        ))));
+    }
+    let hello = ServerHello::decode(record.payload)
+        .map_err(|e| Failure::error(Error::protocol(format!("malformed SERVER_HELLO: {e}"))))?;
+    Ok((transport, hello))
+}

@@ -1,0 +1,100 @@
+//! Messages from handles to the connection actor.
+//!
+//! Two bounded channels carry them:
+//!
+//! * `commands` (capacity: max in-flight + 64): everything a caller awaits.
+//!   Requests and sends hold an in-flight permit, so at most
+//!   `max_in_flight` of them can be queued or outstanding at once and a
+//!   sender waits only briefly for a slot.
+//! * `control` (capacity 1024): unsubscribes, including the best-effort ones
+//!   sent with `try_send` from `Drop`. If it is ever full the drop is lost,
+//!   and the actor cleans up anyway the next time a notification finds the
+//!   consumer gone.
+
+use bytes::Bytes;
+use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::time::Instant;
+
+use super::mailbox::MailboxTx;
+use super::{PushKey, RegistrationSpec};
+use crate::error::Result;
+use crate::events::SubscriptionId;
+
+pub(crate) enum Command {
+    /// Start connecting (`Client::connect`).
+    Connect(oneshot::Sender<Result<()>>),
+    /// A request expecting one or more reply frames.
+    Request(Outbound),
+    /// A fire-and-forget record.
+    Send(Outbound),
+    /// Register (or join) a restorable subscription.
+    Register(RegisterCmd),
+    /// Install a raw push handler.
+    Push(PushCmd),
+    /// End every registration of one subscribe type without unsubscribing on
+    /// the wire (after e.g. Notice UNSUBSCRIBE_ALL was acknowledged).
+    EndRegistrations {
+        subscribe_type: u16,
+        reply: oneshot::Sender<()>,
+    },
+    /// Test and debugging inspection.
+    Inspect(oneshot::Sender<super::DebugSnapshot>),
+}
+
+/// How the answer to a request travels back.
+pub(crate) enum Reply {
+    /// Exactly one reply frame.
+    Once(oneshot::Sender<Result<Bytes>>),
+    /// Every reply frame until `is_final` says so.
+    Frames {
+        tx: mpsc::Sender<Result<Bytes>>,
+        is_final: fn(&Bytes) -> bool,
+    },
+    /// A send: acknowledged once written to the outbound buffer.
+    Written(oneshot::Sender<Result<()>>),
+}
+
+/// A request or send on its way to the wire.
+pub(crate) struct Outbound {
+    /// Correlation id (requests) or local id (sends); never reused, never 0.
+    pub id: u64,
+    pub ty: u16,
+    /// The whole encoded record.
+    pub record: Bytes,
+    pub deadline: Instant,
+    /// The session generation it was issued for.
+    pub generation: u64,
+    /// Pinned to `generation`: a handle from an earlier session is stale.
+    pub pinned: bool,
+    pub reply: Reply,
+    pub permit: OwnedSemaphorePermit,
+}
+
+pub(crate) struct RegisterCmd {
+    pub spec: &'static RegistrationSpec,
+    /// The whole encoded SUBSCRIBE record; re-sent verbatim on restore.
+    pub record: Bytes,
+    pub sink: SubscriptionId,
+    pub mailbox: MailboxTx,
+    pub reply: oneshot::Sender<Result<()>>,
+}
+
+pub(crate) struct PushCmd {
+    pub ty: u16,
+    pub key: PushKey,
+    pub sink: SubscriptionId,
+    pub mailbox: MailboxTx,
+    pub reply: oneshot::Sender<Result<()>>,
+}
+
+pub(crate) enum Control {
+    /// A subscription handle is done with its registration.
+    Unsubscribe {
+        sink: SubscriptionId,
+        /// `Some` for an explicit `unsubscribe().await`, answered once the
+        /// broker acknowledged (or immediately when other handles share it).
+        reply: Option<oneshot::Sender<Result<()>>>,
+    },
+    /// A push handler was dropped.
+    DropPush { sink: SubscriptionId },
+}

@@ -1,0 +1,723 @@
+//! The connection actor and the internal API the domain clients build on.
+//!
+//! One task per [`crate::Client`] (see `actor.rs`) owns the transport, the
+//! read and write buffers, the pending-request book, the registration
+//! registry and the state `watch`. Everything else holds a [`Connection`]: a
+//! cheap clone with two bounded channels into the actor and a few atomics
+//! (generation, capabilities, id counter). No lock sits on the request or
+//! notification path.
+//!
+//! # Internal API for domain clients
+//!
+//! A domain (`kv.rs`, `queue.rs`, …) is a thin typed view holding a
+//! `Connection`. It validates routes locally, encodes with `fitz-protocol`,
+//! and uses these calls; it never touches wire ids, correlation or framing.
+//!
+//! | call | for |
+//! |---|---|
+//! | [`Connection::call`]`::<M, R>(&msg)` | one request, one reply decoded as `R: ReplyBody`; broker errors become [`ErrorKind::Broker`](crate::ErrorKind::Broker) |
+//! | [`Connection::request`] / [`Connection::request_with`] | the raw reply payload, for replies whose layout depends on the request (`decode_reply_with`) |
+//! | [`Connection::request_frames`] | a request answered by several frames (Lease ACQUIRE: `Queued`, later the grant, same correlation) |
+//! | [`Connection::send`] | fire-and-forget (Notice PUBLISH, RPC REQUEST/RESPONSE/CANCEL); never labelled |
+//! | [`Connection::register`] | a restorable subscription or worker registration → [`Subscription<T>`] |
+//! | [`Connection::push_handler`] | raw pushes of one type (RPC 302/303/305) by UUID, route pattern, or all |
+//! | [`Connection::end_registrations`] | end every local registration of a subscribe type (Notice UNSUBSCRIBE_ALL) |
+//! | [`Connection::capabilities`] / [`Connection::generation`] / [`Connection::check_generation`] | capability gating and stale-handle fencing |
+//!
+//! ## A request
+//!
+//! ```text
+//! let ok: kv::BeginOk = self.conn.call(&kv::Begin { route: route.into(), mode }).await?;
+//! let tx = Transaction { conn: self.conn.clone(), id: ok.tx_id, generation: self.conn.generation() };
+//! // later, in Transaction::get: a request pinned to the session that owns tx_id
+//! let payload = self.conn.request_with(&kv::Get { .. }, RequestOptions::pinned(self.generation)).await?;
+//! let reply = fitz_protocol::decode_reply::<kv::GetOk>(payload).map_err(Error::malformed_reply)?;
+//! ```
+//!
+//! ## A multi-frame request
+//!
+//! ```text
+//! fn lease_final(p: &Bytes) -> bool { !is_queued_kind(p) }   // a cheap peek, runs in the actor
+//! let mut frames = self.conn.request_frames(&acquire, lease_final, RequestOptions::timeout(wait + grace)).await?;
+//! while let Some(frame) = frames.next().await { let frame = frame?; /* Queued, then the grant */ }
+//! ```
+//!
+//! The pending entry lives until `is_final` returns true for a frame, so a
+//! deferred grant arrives on the same correlation. A *labelled* reply whose id
+//! is no longer pending (its caller gave up) is not garbage: it is routed like
+//! an unlabelled push of its type, i.e. to a [`PushKey::Any`] handler of that
+//! type if one is installed, else dropped with a `trace!` record.
+//!
+//! ## A subscription, restored after reconnect
+//!
+//! ```text
+//! static WATCH: RegistrationSpec = RegistrationSpec {
+//!     name: "kv watch",
+//!     subscribe_type: types::KV_SUBSCRIBE,
+//!     notify_type: Some(types::KV_NOTIFY),
+//!     ack: |p| decode_ack::<kv::SubscribeOk>(p, |ok| ok.sub_id),
+//!     // KV unsubscribes by the original pattern: reuse the SUBSCRIBE payload.
+//!     unsubscribe: |_wire_id, payload| record_with_payload(types::KV_UNSUBSCRIBE, payload),
+//! };
+//! let reg = Registration::new(&WATCH, &kv::Subscribe::new(pattern), decode_change, options)?;
+//! let sub: Subscription<KvChange> = self.conn.register(reg).await?;
+//! // Subscription<T>: Stream<Item = Result<T>>, id(), dropped(), unsubscribe().await
+//! ```
+//!
+//! Identical SUBSCRIBE records share one wire registration, reference-counted
+//! per client: a second `register` sends nothing, and the wire UNSUBSCRIBE
+//! goes out when the last handle unsubscribes or is dropped. After a
+//! reconnect the actor re-sends every live SUBSCRIBE record verbatim
+//! (pipelined; labelled when the broker correlates), swaps in the new wire id,
+//! and only then reports `Authenticated`. A failed restore ends the affected
+//! subscriptions with the error and emits [`crate::Event::RestoreFailed`].
+//!
+//! ## An RPC push handler
+//!
+//! ```text
+//! // worker deliveries: every 302 whose route matches the worker's pattern
+//! let deliveries = conn.push_handler(types::RPC_REQUEST, PushKey::Pattern(pattern.into()), opts).await?;
+//! // a caller's responses and lifecycle: by its 16-byte UUID (ended when the session drops)
+//! let responses = conn.push_handler(types::RPC_RESPONSE, PushKey::Uuid(caller_id), opts).await?;
+//! ```
+//!
+//! Pair the worker handler with a `register` of the 300 SUBSCRIBE_WORKER
+//! record (`notify_type: None`, `ack` returning `Ok(None)`) so the worker is
+//! restored after a reconnect.
+//!
+//! # Policies
+//!
+//! * **In-flight limit**: every request and send takes a permit of a
+//!   semaphore of `max_in_flight` permits, released when the reply arrives
+//!   (or the send is written, or the request fails). When none is free the
+//!   caller **waits**, up to its request timeout, then fails with a retryable
+//!   [`ErrorKind::Backpressure`](crate::ErrorKind::Backpressure) error;
+//!   nothing was sent. A request abandoned after it was written keeps its
+//!   permit until the broker answers it: it is still on the wire.
+//! * **Timeouts** are enforced by the actor (it knows whether the request was
+//!   written, hence `maybe_applied()`). In the uncorrelated regime a timed-out
+//!   request that was written stays as a tombstone until its late answer
+//!   arrives and is swallowed.
+//! * **Generations**: every connection loss and `close()` advances the
+//!   generation. A request issued for an earlier generation and not yet
+//!   written fails instead of being replayed; with
+//!   [`RequestOptions::pinned`] it fails [`ErrorKind::Stale`](crate::ErrorKind::Stale).
+
+mod actor;
+#[doc(hidden)]
+pub mod bench;
+mod command;
+mod mailbox;
+mod registry;
+mod requests;
+mod subscription;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use fitz_protocol::{Capabilities, Message, ReplyBody};
+use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+use crate::events::{Event, State, SubscriptionId};
+use crate::options::{ReconnectPolicy, SubscriptionOptions};
+use crate::token::TokenProvider;
+use crate::transport::Connector;
+
+use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
+pub(crate) use mailbox::{MailboxRx, mailbox};
+pub(crate) use subscription::{PushStream, ReplyFrames, Subscription};
+
+/// Everything the actor needs to connect; fixed at `build()`.
+pub(crate) struct Config {
+    pub endpoint: Endpoint,
+    pub tokens: Arc<dyn TokenProvider>,
+    pub connector: Option<Arc<dyn Connector>>,
+    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
+    pub connect_timeout: Duration,
+    pub request_timeout: Duration,
+    pub reconnect: ReconnectPolicy,
+    pub max_frame: usize,
+    pub max_in_flight: usize,
+    pub subscription: SubscriptionOptions,
+    pub service_name: Option<String>,
+    pub ping_interval: Duration,
+    pub dead_peer_timeout: Duration,
+}
+
+/// State shared by the handles and the actor: atomics only.
+pub(crate) struct Shared {
+    pub config: Config,
+    /// Advances on every connection loss and on close.
+    generation: AtomicU64,
+    /// Bit 63: a hello was seen on the current session; bits 32..48: protocol
+    /// version; bits 0..32: capabilities.
+    capabilities: AtomicU64,
+    /// Correlation and local ids: start at 1, never reset, never 0.
+    next_id: AtomicU64,
+    next_handle: AtomicU64,
+    closed: AtomicBool,
+    close: CancellationToken,
+    inflight: Arc<Semaphore>,
+    state: watch::Receiver<State>,
+    events: broadcast::Sender<Event>,
+}
+
+const CAPS_KNOWN: u64 = 1 << 63;
+
+impl Shared {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Advances the generation; returns the new one.
+    pub fn advance_generation(&self) -> u64 {
+        self.generation.fetch_add(1, Ordering::AcqRel) + 1
+    }
+
+    pub fn set_capabilities(&self, hello: Option<(u16, Capabilities)>) {
+        let v = hello.map_or(0, |(version, caps)| {
+            CAPS_KNOWN | (u64::from(version) << 32) | u64::from(caps.0)
+        });
+        self.capabilities.store(v, Ordering::Release);
+    }
+
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        let v = self.capabilities.load(Ordering::Acquire);
+        (v & CAPS_KNOWN != 0).then_some(Capabilities((v & 0xFFFF_FFFF) as u32))
+    }
+
+    pub fn next_id(&self) -> u64 {
+        // Wrapping past u64::MAX would take centuries; skip 0 regardless.
+        loop {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            if id != 0 {
+                return id;
+            }
+        }
+    }
+
+    pub fn next_handle(&self) -> SubscriptionId {
+        SubscriptionId(self.next_handle.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub fn emit(&self, event: Event) {
+        // No receivers is fine: events are optional to observe.
+        let _ = self.events.send(event);
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+}
+
+/// A session generation captured by a stateful handle (KV transaction, stream
+/// append session, queue reservation, lease). Compare with
+/// [`Connection::check_generation`] or pin requests with
+/// [`RequestOptions::pinned`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Generation(pub(crate) u64);
+
+/// Per-request options.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RequestOptions {
+    /// Overrides the client's request timeout; covers the whole exchange
+    /// (waiting for an in-flight slot, the write, every reply frame).
+    pub timeout: Option<Duration>,
+    /// Fails with `Stale` instead of being written on another session.
+    pub generation: Option<Generation>,
+}
+
+#[allow(dead_code)] // constructors for the domain clients
+impl RequestOptions {
+    pub fn timeout(timeout: Duration) -> Self {
+        Self {
+            timeout: Some(timeout),
+            generation: None,
+        }
+    }
+
+    pub fn pinned(generation: Generation) -> Self {
+        Self {
+            timeout: None,
+            generation: Some(generation),
+        }
+    }
+
+    #[must_use]
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = Some(timeout);
+        self
+    }
+}
+
+/// How a domain's registrations behave on the wire. One `static` per kind.
+pub(crate) struct RegistrationSpec {
+    /// For logs and debugging.
+    pub name: &'static str,
+    /// The SUBSCRIBE record type (109, 207, 300, 407, 501, 607, 703).
+    pub subscribe_type: u16,
+    /// NOTIFY type routed by its leading `u64 sub_id` (111, 209, 409, 504,
+    /// 609, 705); `None` when deliveries come through a push handler (RPC).
+    pub notify_type: Option<u16>,
+    /// Decodes the SUBSCRIBE reply payload: `Ok(Some(wire_id))`, `Ok(None)`
+    /// for an acknowledgement without id, or the failure.
+    pub ack: fn(Bytes) -> Result<Option<u64>>,
+    /// Builds the whole UNSUBSCRIBE record from the current wire id and the
+    /// original SUBSCRIBE payload; `None` when there is nothing to send.
+    pub unsubscribe: fn(Option<u64>, &Bytes) -> Option<Bytes>,
+}
+
+/// A registration request: spec, SUBSCRIBE record, item decoder, buffering.
+pub(crate) struct Registration<T> {
+    pub spec: &'static RegistrationSpec,
+    pub record: Bytes,
+    /// Turns one NOTIFY payload into an item; runs in the consumer's task.
+    pub decode: fn(Bytes) -> Result<T>,
+    pub options: SubscriptionOptions,
+}
+
+impl<T> Registration<T> {
+    pub fn new<M: Message>(
+        spec: &'static RegistrationSpec,
+        subscribe: &M,
+        decode: fn(Bytes) -> Result<T>,
+        options: SubscriptionOptions,
+    ) -> Result<Self> {
+        Ok(Self {
+            spec,
+            record: encode_record(subscribe)?,
+            decode,
+            options,
+        })
+    }
+}
+
+/// Which pushes of a type a push handler receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(dead_code)] // variants for the RPC client
+pub(crate) enum PushKey {
+    /// Pushes carrying this 16-byte UUID: the leading field of 302 and 303,
+    /// the field after the kind byte of 305. Session-scoped: the handler ends
+    /// with a connection error when the session drops.
+    Uuid([u8; 16]),
+    /// 302 deliveries whose route (after the UUID) matches this pattern. Every
+    /// matching handler receives the delivery. Survives reconnects.
+    Pattern(String),
+    /// Every push of the type nobody else claimed, including late labelled
+    /// replies. Survives reconnects.
+    Any,
+}
+
+/// Debug counters of the actor's books (tests assert leaks with these).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[doc(hidden)]
+pub struct DebugSnapshot {
+    /// Outstanding requests and sends, written or not (tombstones included).
+    pub pending: usize,
+    /// Written uncorrelated requests nobody waits for any more.
+    pub tombstones: usize,
+    /// Items waiting for the session to become ready or the buffer to drain.
+    pub backlog: usize,
+    /// Live registrations (wire subscriptions).
+    pub registrations: usize,
+    /// Local subscription handles across all registrations.
+    pub sinks: usize,
+    /// Installed push handlers.
+    pub push_handlers: usize,
+    /// Free in-flight permits.
+    pub free_permits: usize,
+}
+
+/// Encodes one record into a fresh buffer.
+pub(crate) fn encode_record<M: Message>(msg: &M) -> Result<Bytes> {
+    let mut buf = BytesMut::new();
+    msg.encode_record(&mut buf).map_err(Error::encode)?;
+    Ok(buf.freeze())
+}
+
+/// The handle every domain client holds. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Connection {
+    shared: Arc<Shared>,
+    commands: mpsc::Sender<Command>,
+    control: mpsc::Sender<Control>,
+}
+
+impl Connection {
+    /// Spawns the actor on the current tokio runtime.
+    pub fn spawn(config: Config) -> Result<Self> {
+        let runtime = tokio::runtime::Handle::try_current()
+            .map_err(|_| Error::invalid("a Client must be built inside a tokio runtime"))?;
+        let (state_tx, state_rx) = watch::channel(State::Disconnected);
+        let (events, _) = broadcast::channel(256);
+        let (commands, command_rx) = mpsc::channel(config.max_in_flight + 64);
+        let (control, control_rx) = mpsc::channel(1024);
+        let shared = Arc::new(Shared {
+            inflight: Arc::new(Semaphore::new(config.max_in_flight)),
+            config,
+            generation: AtomicU64::new(0),
+            capabilities: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+            next_handle: AtomicU64::new(1),
+            closed: AtomicBool::new(false),
+            close: CancellationToken::new(),
+            state: state_rx,
+            events,
+        });
+        runtime.spawn(actor::run(shared.clone(), state_tx, command_rx, control_rx));
+        Ok(Self {
+            shared,
+            commands,
+            control,
+        })
+    }
+
+    pub fn shared(&self) -> &Shared {
+        &self.shared
+    }
+
+    pub(crate) fn shared_arc(&self) -> Arc<Shared> {
+        self.shared.clone()
+    }
+
+    pub fn capabilities(&self) -> Option<Capabilities> {
+        self.shared.capabilities()
+    }
+
+    #[allow(dead_code)] // for the stateful domain handles
+    pub fn generation(&self) -> Generation {
+        Generation(self.shared.generation())
+    }
+
+    /// `Err(Stale)` when `g` is not the current session's generation.
+    #[allow(dead_code)] // for the stateful domain handles
+    pub fn check_generation(&self, g: Generation) -> Result<()> {
+        if self.shared.is_closed() {
+            Err(Error::closed())
+        } else if self.shared.generation() != g.0 {
+            Err(Error::stale())
+        } else {
+            Ok(())
+        }
+    }
+
+    pub fn state(&self) -> watch::Receiver<State> {
+        self.shared.state.clone()
+    }
+
+    pub fn events(&self) -> broadcast::Receiver<Event> {
+        self.shared.events.subscribe()
+    }
+
+    // ----- lifecycle (used by Client) -----
+
+    pub async fn connect(&self) -> Result<()> {
+        if self.shared.is_closed() {
+            return Err(Error::closed());
+        }
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Connect(tx))
+            .await
+            .map_err(|_| Error::closed())?;
+        rx.await.map_err(|_| Error::closed())?
+    }
+
+    pub async fn close(&self) {
+        if !self.shared.closed.swap(true, Ordering::AcqRel) {
+            // Stale handles fail at once, before the actor even wakes.
+            self.shared.advance_generation();
+            self.shared.close.cancel();
+        }
+        let mut state = self.shared.state.clone();
+        // Err: the actor is gone, which is closed enough.
+        let _ = state.wait_for(|s| *s == State::Closed).await;
+    }
+
+    // ----- requests -----
+
+    /// Sends `msg` and returns the reply payload (status byte included).
+    #[allow(dead_code)] // for the domain clients
+    pub async fn request<M: Message>(&self, msg: &M) -> Result<Bytes> {
+        self.request_with(msg, RequestOptions::default()).await
+    }
+
+    pub async fn request_with<M: Message>(&self, msg: &M, opts: RequestOptions) -> Result<Bytes> {
+        let record = encode_record(msg)?;
+        self.request_record(M::TYPE, record, opts).await
+    }
+
+    /// A request whose record is already encoded.
+    pub async fn request_record(
+        &self,
+        ty: u16,
+        record: Bytes,
+        opts: RequestOptions,
+    ) -> Result<Bytes> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Command::Request, ty, record, opts, Reply::Once(tx))
+            .await?;
+        // The actor enforces the deadline and always answers; a dropped
+        // sender means it is gone.
+        rx.await.map_err(|_| Error::closed())?
+    }
+
+    /// Request + `decode_reply::<R>` + error mapping.
+    pub async fn call<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<R> {
+        self.call_with(msg, RequestOptions::default()).await
+    }
+
+    /// [`Connection::call`] with options (timeout, generation pinning).
+    pub async fn call_with<M: Message, R: ReplyBody>(
+        &self,
+        msg: &M,
+        opts: RequestOptions,
+    ) -> Result<R> {
+        let payload = self.request_with(msg, opts).await?;
+        decode_body::<R>(payload)
+    }
+
+    /// A request answered by several frames; see the module docs.
+    #[allow(dead_code)] // for the Lease client
+    pub async fn request_frames<M: Message>(
+        &self,
+        msg: &M,
+        is_final: fn(&Bytes) -> bool,
+        opts: RequestOptions,
+    ) -> Result<ReplyFrames> {
+        let record = encode_record(msg)?;
+        let (tx, rx) = mpsc::channel(4);
+        self.submit(
+            Command::Request,
+            M::TYPE,
+            record,
+            opts,
+            Reply::Frames { tx, is_final },
+        )
+        .await?;
+        Ok(ReplyFrames::new(rx))
+    }
+
+    /// Fire-and-forget: resolves once the record is in the outbound buffer of
+    /// an authenticated session (or fails if that cannot happen in time).
+    pub async fn send<M: Message>(&self, msg: &M) -> Result<()> {
+        let record = encode_record(msg)?;
+        self.send_record(M::TYPE, record, RequestOptions::default())
+            .await
+    }
+
+    pub async fn send_record(&self, ty: u16, record: Bytes, opts: RequestOptions) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(Command::Send, ty, record, opts, Reply::Written(tx))
+            .await?;
+        rx.await.map_err(|_| Error::closed())?
+    }
+
+    async fn submit(
+        &self,
+        wrap: fn(Outbound) -> Command,
+        ty: u16,
+        record: Bytes,
+        opts: RequestOptions,
+        reply: Reply,
+    ) -> Result<()> {
+        if self.shared.is_closed() {
+            return Err(Error::closed());
+        }
+        let generation = match opts.generation {
+            Some(g) if g.0 != self.shared.generation() => return Err(Error::stale()),
+            Some(g) => g.0,
+            None => self.shared.generation(),
+        };
+        let timeout = opts.timeout.unwrap_or(self.shared.config.request_timeout);
+        let deadline = Instant::now() + timeout;
+        // Fast paths first: a timer is only armed when we actually wait.
+        let permit = match self.shared.inflight.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                match tokio::time::timeout_at(
+                    deadline,
+                    self.shared.inflight.clone().acquire_owned(),
+                )
+                .await
+                {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Error::closed()),
+                    Err(_) => {
+                        return Err(Error::backpressure(
+                            "the in-flight request limit stayed full for the whole request timeout",
+                        ));
+                    }
+                }
+            }
+        };
+        let out = Outbound {
+            id: self.shared.next_id(),
+            ty,
+            record,
+            deadline,
+            generation,
+            pinned: opts.generation.is_some(),
+            reply,
+            permit,
+        };
+        let cmd = match self.commands.try_send(wrap(out)) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::closed()),
+            Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
+        };
+        match tokio::time::timeout_at(deadline, self.commands.send(cmd)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(Error::closed()),
+            Err(_) => Err(Error::backpressure(
+                "the connection's command queue stayed full for the whole request timeout",
+            )),
+        }
+    }
+
+    // ----- registrations -----
+
+    /// Registers (or joins) a restorable subscription.
+    pub async fn register<T>(&self, reg: Registration<T>) -> Result<Subscription<T>> {
+        if self.shared.is_closed() {
+            return Err(Error::closed());
+        }
+        let (mailbox_tx, mailbox_rx) = mailbox(reg.options);
+        let sink = self.shared.next_handle();
+        let (tx, rx) = oneshot::channel();
+        // The actor applies the request timeout to the SUBSCRIBE it sends.
+        let cmd = Command::Register(RegisterCmd {
+            spec: reg.spec,
+            record: reg.record,
+            sink,
+            mailbox: mailbox_tx,
+            reply: tx,
+        });
+        self.commands.send(cmd).await.map_err(|_| Error::closed())?;
+        // Build the handle first: if this future is dropped while waiting,
+        // its Drop unsubscribes.
+        let sub = Subscription::new(self.clone(), sink, mailbox_rx, reg.decode);
+        rx.await.map_err(|_| Error::closed())??;
+        Ok(sub)
+    }
+
+    /// Installs a raw push handler; see [`PushKey`].
+    #[allow(dead_code)] // for the RPC client
+    pub async fn push_handler(
+        &self,
+        ty: u16,
+        key: PushKey,
+        options: SubscriptionOptions,
+    ) -> Result<PushStream> {
+        if self.shared.is_closed() {
+            return Err(Error::closed());
+        }
+        let (mailbox_tx, mailbox_rx) = mailbox(options);
+        let sink = self.shared.next_handle();
+        let (tx, rx) = oneshot::channel();
+        let cmd = Command::Push(PushCmd {
+            ty,
+            key,
+            sink,
+            mailbox: mailbox_tx,
+            reply: tx,
+        });
+        self.commands.send(cmd).await.map_err(|_| Error::closed())?;
+        let stream = PushStream::new(self.clone(), sink, mailbox_rx);
+        rx.await.map_err(|_| Error::closed())??;
+        Ok(stream)
+    }
+
+    /// Ends every local registration of `spec`'s subscribe type, without
+    /// sending UNSUBSCRIBE (the caller already told the broker).
+    pub async fn end_registrations(&self, spec: &'static RegistrationSpec) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::EndRegistrations {
+                subscribe_type: spec.subscribe_type,
+                reply: tx,
+            })
+            .await
+            .map_err(|_| Error::closed())?;
+        rx.await.map_err(|_| Error::closed())
+    }
+
+    /// Explicit unsubscribe, answered after the broker acknowledged.
+    pub(crate) async fn unsubscribe(&self, sink: SubscriptionId) -> Result<()> {
+        let (tx, rx) = oneshot::channel();
+        self.control
+            .send(Control::Unsubscribe {
+                sink,
+                reply: Some(tx),
+            })
+            .await
+            .map_err(|_| Error::closed())?;
+        match rx.await {
+            Ok(r) => r,
+            // The actor is gone, and with it the session and the registration.
+            Err(_) => Ok(()),
+        }
+    }
+
+    /// Best-effort, from `Drop`: never blocks, never spawns.
+    pub(crate) fn unsubscribe_in_background(&self, sink: SubscriptionId) {
+        let _ = self
+            .control
+            .try_send(Control::Unsubscribe { sink, reply: None });
+    }
+
+    pub(crate) fn drop_push_handler(&self, sink: SubscriptionId) {
+        let _ = self.control.try_send(Control::DropPush { sink });
+    }
+
+    /// Test and debugging inspection of the actor's books.
+    pub async fn debug_snapshot(&self) -> Result<DebugSnapshot> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::Inspect(tx))
+            .await
+            .map_err(|_| Error::closed())?;
+        rx.await.map_err(|_| Error::closed())
+    }
+}
+
+/// A [`RegistrationSpec::ack`] for replies whose body carries the wire id:
+/// `ack: |p| decode_ack::<kv::SubscribeOk>(p, |ok| ok.sub_id)`.
+pub(crate) fn decode_ack<R: ReplyBody>(payload: Bytes, id: fn(&R) -> u64) -> Result<Option<u64>> {
+    decode_body::<R>(payload).map(|r| Some(id(&r)))
+}
+
+/// A [`RegistrationSpec::ack`] for acknowledgements without an id (RPC
+/// SUBSCRIBE_WORKER): status 0, or the broker's error.
+#[allow(dead_code)] // for the RPC client
+pub(crate) fn ack_only(payload: Bytes) -> Result<Option<u64>> {
+    decode_body::<fitz_protocol::Ack<0>>(payload).map(|_| None)
+}
+
+/// A whole record of type `ty` around an existing payload (for UNSUBSCRIBE
+/// records that repeat the SUBSCRIBE pattern).
+#[allow(dead_code)] // for the domain clients
+pub(crate) fn record_with_payload(ty: u16, payload: &Bytes) -> Option<Bytes> {
+    let mut b = BytesMut::with_capacity(payload.len() + 5);
+    fitz_protocol::record::encode_raw_record(&mut b, ty, payload).ok()?;
+    Some(b.freeze())
+}
+
+/// Decodes a reply payload of a [`ReplyBody`] type into a result.
+pub(crate) fn decode_body<R: ReplyBody>(payload: Bytes) -> Result<R> {
+    match fitz_protocol::decode_reply::<R>(payload) {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) => Err(Error::broker(&e)),
+        Err(e) => Err(Error::malformed_reply(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,543 @@
+//! Live registrations and push handlers, owned by the actor.
+//!
+//! A *registration* is one wire subscription: its spec, the SUBSCRIBE record
+//! to replay after a reconnect, the current wire id, and the local *sinks*
+//! (subscription handles) it feeds. Identical SUBSCRIBE records share one
+//! registration; the wire UNSUBSCRIBE goes out when its last sink leaves.
+//!
+//! Notifications are routed by `(notify type, wire id)` straight to the
+//! sinks' mailboxes: a hash lookup and a lock-free push per sink, never a
+//! wait, never an allocation.
+
+use std::collections::HashMap;
+
+use bytes::{Bytes, BytesMut};
+use fitz_protocol::wire::Reader;
+use fitz_protocol::{route, types};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+
+use super::command::{PushCmd, RegisterCmd};
+use super::mailbox::{MailboxTx, Pushed};
+use super::requests::{Book, Finished, IdMap, Internal, Session};
+use super::{PushKey, RegistrationSpec, Shared};
+use crate::error::{Error, ErrorKind, Result};
+use crate::events::{Event, SubscriptionId};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// First SUBSCRIBE outstanding (or waiting for the session).
+    Subscribing,
+    Live,
+    /// Re-SUBSCRIBE outstanding after a reconnect.
+    Restoring,
+    /// The session that knew it is gone; restore on the next one.
+    Lost,
+}
+
+struct Sink {
+    id: SubscriptionId,
+    tx: MailboxTx,
+    /// Inside an overflow episode (DropOldest): the event was emitted.
+    overflowing: bool,
+}
+
+struct Reg {
+    spec: &'static RegistrationSpec,
+    record: Bytes,
+    wire_id: Option<u64>,
+    phase: Phase,
+    sinks: Vec<Sink>,
+    /// Callers of `register` waiting for the first acknowledgement.
+    waiters: Vec<oneshot::Sender<Result<()>>>,
+}
+
+impl Reg {
+    fn payload(&self) -> Bytes {
+        let header = fitz_protocol::record::type_len(self.spec.subscribe_type) + 2;
+        self.record.slice(header.min(self.record.len())..)
+    }
+
+    fn prune_gone(&mut self) {
+        self.sinks.retain(|s| s.tx.is_receiver_alive());
+    }
+}
+
+struct PushSink {
+    id: SubscriptionId,
+    key: PushKey,
+    tx: MailboxTx,
+}
+
+/// Where new internal requests go: the book, and the wire if a session is up.
+pub(super) struct Wire<'a> {
+    pub shared: &'a Shared,
+    pub book: &'a mut Book,
+    pub out: Option<&'a mut BytesMut>,
+    pub session: Option<Session>,
+    /// Authenticated and restored: user work may flow.
+    pub ready: bool,
+    pub finished: &'a mut Vec<Finished>,
+}
+
+impl Wire<'_> {
+    fn file(&mut self, ty: u16, record: Bytes, internal: Internal) {
+        let id = self.shared.next_id();
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        let generation = self
+            .session
+            .map_or_else(|| self.shared.generation(), |s| s.generation);
+        // Restores and unsubscribes belong to the session at hand; a first
+        // SUBSCRIBE waits, like user requests, until the session is ready.
+        let now = matches!(internal, Internal::Restore(_) | Internal::Unsubscribe(_)) || self.ready;
+        self.book
+            .file_internal(id, ty, record, deadline, generation, internal);
+        match (&self.session, self.out.as_deref_mut()) {
+            (Some(s), Some(out)) if now => self.book.admit(id, s, out, self.finished),
+            _ => self.book.defer(id),
+        }
+    }
+}
+
+#[derive(Default)]
+pub(super) struct Registry {
+    regs: IdMap<u64, Reg>,
+    by_record: HashMap<(u16, Bytes), u64>,
+    routes: IdMap<(u16, u64), u64>,
+    sink_index: IdMap<u64, u64>,
+    push: IdMap<u16, Vec<PushSink>>,
+    push_index: IdMap<u64, u16>,
+    next_reg: u64,
+}
+
+impl Registry {
+    pub fn register(&mut self, cmd: RegisterCmd, wire: &mut Wire<'_>) {
+        let sink = Sink {
+            id: cmd.sink,
+            tx: cmd.mailbox,
+            overflowing: false,
+        };
+        let key = (cmd.spec.subscribe_type, cmd.record.clone());
+        if let Some(&reg_id) = self.by_record.get(&key)
+            && let Some(reg) = self.regs.get_mut(&reg_id)
+        {
+            self.sink_index.insert(sink.id.0, reg_id);
+            reg.sinks.push(sink);
+            match reg.phase {
+                Phase::Subscribing => reg.waiters.push(cmd.reply),
+                // Restoring/Lost: it exists locally and will be live again.
+                _ => {
+                    let _ = cmd.reply.send(Ok(()));
+                }
+            }
+            return;
+        }
+        self.next_reg += 1;
+        let reg_id = self.next_reg;
+        self.sink_index.insert(sink.id.0, reg_id);
+        self.by_record.insert(key, reg_id);
+        self.regs.insert(
+            reg_id,
+            Reg {
+                spec: cmd.spec,
+                record: cmd.record.clone(),
+                wire_id: None,
+                phase: Phase::Subscribing,
+                sinks: vec![sink],
+                waiters: vec![cmd.reply],
+            },
+        );
+        wire.file(
+            cmd.spec.subscribe_type,
+            cmd.record,
+            Internal::Subscribe(reg_id),
+        );
+    }
+
+    /// The first SUBSCRIBE was answered (or failed).
+    pub fn subscribed(&mut self, reg_id: u64, result: Result<Bytes>, wire: &mut Wire<'_>) {
+        let Some(reg) = self.regs.get_mut(&reg_id) else {
+            return;
+        };
+        match result.and_then(reg.spec.ack) {
+            Ok(wire_id) => {
+                reg.phase = Phase::Live;
+                reg.wire_id = wire_id;
+                if let (Some(id), Some(ty)) = (wire_id, reg.spec.notify_type) {
+                    self.routes.insert((ty, id), reg_id);
+                }
+                for w in reg.waiters.drain(..) {
+                    let _ = w.send(Ok(()));
+                }
+                self.release_if_unused(reg_id, wire);
+            }
+            Err(e) => {
+                for w in reg.waiters.drain(..) {
+                    let _ = w.send(Err(e.clone()));
+                }
+                // The handles got the error from `register`; end them quietly.
+                self.remove(reg_id, None);
+            }
+        }
+    }
+
+    /// A re-SUBSCRIBE after reconnect was answered (or failed). Returns true
+    /// when the registration is live again.
+    pub fn restored(&mut self, reg_id: u64, result: Result<Bytes>, wire: &mut Wire<'_>) -> bool {
+        let Some(reg) = self.regs.get_mut(&reg_id) else {
+            return false;
+        };
+        match result.and_then(reg.spec.ack) {
+            Ok(wire_id) => {
+                reg.phase = Phase::Live;
+                reg.wire_id = wire_id;
+                if let (Some(id), Some(ty)) = (wire_id, reg.spec.notify_type) {
+                    self.routes.insert((ty, id), reg_id);
+                }
+                self.release_if_unused(reg_id, wire);
+                true
+            }
+            Err(e) if e.kind() == ErrorKind::Connection => {
+                // This session died too; try again on the next one.
+                reg.phase = Phase::Lost;
+                false
+            }
+            Err(e) => {
+                tracing::warn!(registration = reg.spec.name, error = %e, "restore failed");
+                for s in &reg.sinks {
+                    wire.shared.emit(Event::RestoreFailed {
+                        subscription: s.id,
+                        error: e.clone(),
+                    });
+                }
+                self.remove(reg_id, Some(e));
+                false
+            }
+        }
+    }
+
+    /// Re-subscribes every registration lost with the previous session.
+    /// Returns how many restores were sent.
+    pub fn restore_all(&mut self, wire: &mut Wire<'_>) -> usize {
+        let mut ids: Vec<u64> = self
+            .regs
+            .iter()
+            .filter(|(_, r)| r.phase == Phase::Lost)
+            .map(|(id, _)| *id)
+            .collect();
+        // Registration order, for reproducible traffic.
+        ids.sort_unstable();
+        let mut sent = 0;
+        for id in ids {
+            let Some(reg) = self.regs.get_mut(&id) else {
+                continue;
+            };
+            reg.prune_gone();
+            if reg.sinks.is_empty() {
+                self.remove(id, None);
+                continue;
+            }
+            reg.phase = Phase::Restoring;
+            let (ty, record) = (reg.spec.subscribe_type, reg.record.clone());
+            wire.file(ty, record, Internal::Restore(id));
+            sent += 1;
+        }
+        sent
+    }
+
+    /// The session is gone: wire ids are meaningless now.
+    pub fn session_lost(&mut self) {
+        self.routes.clear();
+        for reg in self.regs.values_mut() {
+            if matches!(reg.phase, Phase::Live | Phase::Restoring) {
+                reg.phase = Phase::Lost;
+                reg.wire_id = None;
+            }
+        }
+        // Handlers keyed by a UUID belong to calls of the lost session.
+        let mut ended = Vec::new();
+        for sinks in self.push.values_mut() {
+            sinks.retain(|s| {
+                let session_scoped = matches!(s.key, PushKey::Uuid(_));
+                if session_scoped {
+                    s.tx.close(Some(Error::connection_lost(true)));
+                    ended.push(s.id.0);
+                }
+                !session_scoped
+            });
+        }
+        for id in ended {
+            self.push_index.remove(&id);
+        }
+        self.push.retain(|_, v| !v.is_empty());
+    }
+
+    /// A handle left. Sends UNSUBSCRIBE when it was the last one.
+    pub fn unsubscribe(
+        &mut self,
+        sink: SubscriptionId,
+        reply: Option<oneshot::Sender<Result<()>>>,
+        wire: &mut Wire<'_>,
+    ) {
+        let Some(reg_id) = self.sink_index.remove(&sink.0) else {
+            if let Some(r) = reply {
+                let _ = r.send(Ok(()));
+            }
+            return;
+        };
+        if let Some(reg) = self.regs.get_mut(&reg_id) {
+            reg.sinks.retain(|s| {
+                let keep = s.id != sink;
+                if !keep {
+                    s.tx.close(None);
+                }
+                keep
+            });
+        }
+        self.release_if_unused_with(reg_id, reply, wire);
+    }
+
+    fn release_if_unused(&mut self, reg_id: u64, wire: &mut Wire<'_>) {
+        self.release_if_unused_with(reg_id, None, wire);
+    }
+
+    /// Drops a registration nobody listens to any more, unsubscribing on the
+    /// wire when it is live. `reply` learns the outcome.
+    fn release_if_unused_with(
+        &mut self,
+        reg_id: u64,
+        reply: Option<oneshot::Sender<Result<()>>>,
+        wire: &mut Wire<'_>,
+    ) {
+        let Some(reg) = self.regs.get_mut(&reg_id) else {
+            if let Some(r) = reply {
+                let _ = r.send(Ok(()));
+            }
+            return;
+        };
+        reg.prune_gone();
+        if !reg.sinks.is_empty() {
+            if let Some(r) = reply {
+                let _ = r.send(Ok(()));
+            }
+            return;
+        }
+        match reg.phase {
+            // The answer is still coming: decide when it arrives.
+            Phase::Subscribing | Phase::Restoring => {
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Phase::Lost => {
+                self.remove(reg_id, None);
+                if let Some(r) = reply {
+                    let _ = r.send(Ok(()));
+                }
+            }
+            Phase::Live => {
+                let record = (reg.spec.unsubscribe)(reg.wire_id, &reg.payload());
+                let ty = record.as_ref().and_then(|r| record_type(r));
+                self.remove(reg_id, None);
+                match (record, ty, wire.session.is_some()) {
+                    (Some(record), Some(ty), true) => {
+                        wire.file(ty, record, Internal::Unsubscribe(reply));
+                    }
+                    _ => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Ok(()));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Removes a registration, ending its sinks with `error` (or cleanly).
+    fn remove(&mut self, reg_id: u64, error: Option<Error>) {
+        let Some(reg) = self.regs.remove(&reg_id) else {
+            return;
+        };
+        self.by_record
+            .remove(&(reg.spec.subscribe_type, reg.record.clone()));
+        if let (Some(id), Some(ty)) = (reg.wire_id, reg.spec.notify_type) {
+            self.routes.remove(&(ty, id));
+        }
+        for s in &reg.sinks {
+            self.sink_index.remove(&s.id.0);
+            s.tx.close(error.clone());
+        }
+    }
+
+    /// Ends every registration of one subscribe type without unsubscribing.
+    pub fn end_type(&mut self, subscribe_type: u16) {
+        let ids: Vec<u64> = self
+            .regs
+            .iter()
+            .filter(|(_, r)| r.spec.subscribe_type == subscribe_type)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.remove(id, None);
+        }
+    }
+
+    /// The client closed: every stream ends with `error`.
+    pub fn close_all(&mut self, error: &Error) {
+        let ids: Vec<u64> = self.regs.keys().copied().collect();
+        for id in ids {
+            if let Some(reg) = self.regs.get_mut(&id) {
+                for w in reg.waiters.drain(..) {
+                    let _ = w.send(Err(error.clone()));
+                }
+            }
+            self.remove(id, Some(error.clone()));
+        }
+        for sinks in self.push.values() {
+            for s in sinks {
+                s.tx.close(Some(error.clone()));
+            }
+        }
+        self.push.clear();
+        self.push_index.clear();
+    }
+
+    /// Routes a notification by its leading `u64 sub_id`. False when no
+    /// registration claims it.
+    pub fn dispatch_notify(&mut self, ty: u16, payload: &Bytes, wire: &mut Wire<'_>) -> bool {
+        let Some(head) = payload.first_chunk::<8>() else {
+            return false;
+        };
+        let Some(&reg_id) = self.routes.get(&(ty, u64::from_be_bytes(*head))) else {
+            return false;
+        };
+        let Some(reg) = self.regs.get_mut(&reg_id) else {
+            return false;
+        };
+        let mut lost_sinks = false;
+        let mut i = 0;
+        while i < reg.sinks.len() {
+            let sink = &mut reg.sinks[i];
+            match sink.tx.push(payload.clone()) {
+                Pushed::Delivered => sink.overflowing = false,
+                Pushed::DroppedOldest => {
+                    if !sink.overflowing {
+                        sink.overflowing = true;
+                        wire.shared.emit(Event::SlowConsumer {
+                            subscription: sink.id,
+                            dropped: sink.tx.dropped(),
+                        });
+                    }
+                }
+                Pushed::Overflowed => {
+                    tracing::debug!(subscription = %sink.id, "subscription overflowed; ending it");
+                    wire.shared.emit(Event::SlowConsumer {
+                        subscription: sink.id,
+                        dropped: sink.tx.dropped(),
+                    });
+                    let gone = reg.sinks.swap_remove(i);
+                    self.sink_index.remove(&gone.id.0);
+                    lost_sinks = true;
+                    continue;
+                }
+                Pushed::ReceiverGone => {
+                    let gone = reg.sinks.swap_remove(i);
+                    self.sink_index.remove(&gone.id.0);
+                    lost_sinks = true;
+                    continue;
+                }
+            }
+            i += 1;
+        }
+        if lost_sinks {
+            self.release_if_unused(reg_id, wire);
+        }
+        true
+    }
+
+    pub fn add_push(&mut self, cmd: PushCmd) {
+        self.push_index.insert(cmd.sink.0, cmd.ty);
+        self.push.entry(cmd.ty).or_default().push(PushSink {
+            id: cmd.sink,
+            key: cmd.key,
+            tx: cmd.mailbox,
+        });
+        let _ = cmd.reply.send(Ok(()));
+    }
+
+    pub fn drop_push(&mut self, sink: SubscriptionId) {
+        let Some(ty) = self.push_index.remove(&sink.0) else {
+            return;
+        };
+        if let Some(sinks) = self.push.get_mut(&ty) {
+            sinks.retain(|s| s.id != sink);
+            if sinks.is_empty() {
+                self.push.remove(&ty);
+            }
+        }
+    }
+
+    /// Routes a push (RPC traffic, late replies) to its handlers. False when
+    /// none claimed it.
+    pub fn dispatch_push(&mut self, ty: u16, payload: &Bytes) -> bool {
+        let Some(sinks) = self.push.get_mut(&ty) else {
+            return false;
+        };
+        let uuid = push_uuid(ty, payload);
+        let route = (ty == types::RPC_REQUEST)
+            .then(|| push_route(payload))
+            .flatten();
+        let mut claimed = false;
+        let mut any = Vec::new();
+        for (i, s) in sinks.iter().enumerate() {
+            let hit = match &s.key {
+                PushKey::Uuid(u) => uuid.as_ref() == Some(u),
+                PushKey::Pattern(p) => route.as_deref().is_some_and(|r| route::matches(p, r)),
+                PushKey::Any => {
+                    any.push(i);
+                    false
+                }
+            };
+            if hit {
+                claimed = true;
+                s.tx.push(payload.clone());
+            }
+        }
+        if !claimed {
+            for i in any {
+                claimed = true;
+                sinks[i].tx.push(payload.clone());
+            }
+        }
+        sinks.retain(|s| s.tx.is_receiver_alive() && !s.tx.is_closed());
+        claimed
+    }
+
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let sinks = self.regs.values().map(|r| r.sinks.len()).sum();
+        let push = self.push.values().map(Vec::len).sum();
+        (self.regs.len(), sinks, push)
+    }
+}
+
+/// The type of an encoded record (1 or 3 type bytes).
+fn record_type(record: &[u8]) -> Option<u16> {
+    match record {
+        [0xFF, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        [t, ..] => Some(u16::from(*t)),
+        [] => None,
+    }
+}
+
+/// The UUID a push of `ty` carries: the leading field of 302/303, after the
+/// kind byte of 305.
+fn push_uuid(ty: u16, payload: &[u8]) -> Option<[u8; 16]> {
+    let at = usize::from(ty == types::RPC_LIFECYCLE);
+    payload.get(at..at + 16)?.try_into().ok()
+}
+
+/// The route of an RPC REQUEST delivery: the string after the UUID.
+fn push_route(payload: &Bytes) -> Option<fitz_protocol::Str> {
+    let mut r = Reader::new(payload.slice(16.min(payload.len())..));
+    r.str().ok()
+}

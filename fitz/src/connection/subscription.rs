@@ -1,0 +1,177 @@
+//! Handles the actor delivers to: subscriptions, push streams, multi-frame
+//! replies.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use futures_core::Stream;
+use tokio::sync::mpsc;
+
+use super::{Connection, MailboxRx};
+use crate::error::{Error, Result};
+use crate::events::SubscriptionId;
+
+/// A live, restorable subscription yielding decoded notifications.
+///
+/// The stream survives reconnects (the wire id changes underneath). It ends
+/// after an error item (overflow under `Overflow::Error`, a failed restore,
+/// the client closing) or cleanly (`None`) when the registration was ended
+/// on purpose. Dropping it unsubscribes in the background.
+pub(crate) struct Subscription<T> {
+    conn: Connection,
+    sink: SubscriptionId,
+    mailbox: MailboxRx,
+    decode: fn(Bytes) -> Result<T>,
+    /// Unsubscribed explicitly: Drop has nothing left to do.
+    detached: bool,
+}
+
+impl<T> Subscription<T> {
+    pub(super) fn new(
+        conn: Connection,
+        sink: SubscriptionId,
+        mailbox: MailboxRx,
+        decode: fn(Bytes) -> Result<T>,
+    ) -> Self {
+        Self {
+            conn,
+            sink,
+            mailbox,
+            decode,
+            detached: false,
+        }
+    }
+
+    pub fn id(&self) -> SubscriptionId {
+        self.sink
+    }
+
+    /// Notifications discarded under `Overflow::DropOldest` so far.
+    pub fn dropped(&self) -> u64 {
+        self.mailbox.dropped()
+    }
+
+    /// Unsubscribes and waits for the broker's acknowledgement (immediate
+    /// when other handles still share the wire registration).
+    pub async fn unsubscribe(mut self) -> Result<()> {
+        self.detached = true;
+        if self.mailbox.is_finished() {
+            return Ok(());
+        }
+        self.conn.unsubscribe(self.sink).await
+    }
+
+    pub fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        match self.mailbox.poll_recv(cx) {
+            Poll::Ready(Some(Ok(payload))) => Poll::Ready(Some((self.decode)(payload))),
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<T> Stream for Subscription<T> {
+    type Item = Result<T>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
+        // Subscription is Unpin: every field is.
+        self.get_mut().poll_item(cx)
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        if !self.detached {
+            self.conn.unsubscribe_in_background(self.sink);
+        }
+    }
+}
+
+impl<T> fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("id", &self.sink)
+            .finish()
+    }
+}
+
+/// Raw pushes matched by a [`super::PushKey`]: whole record payloads.
+#[allow(dead_code)] // for the RPC client
+pub(crate) struct PushStream {
+    conn: Connection,
+    sink: SubscriptionId,
+    mailbox: MailboxRx,
+}
+
+#[allow(dead_code)] // for the RPC client
+impl PushStream {
+    pub(super) fn new(conn: Connection, sink: SubscriptionId, mailbox: MailboxRx) -> Self {
+        Self {
+            conn,
+            sink,
+            mailbox,
+        }
+    }
+
+    pub fn id(&self) -> SubscriptionId {
+        self.sink
+    }
+
+    pub fn dropped(&self) -> u64 {
+        self.mailbox.dropped()
+    }
+}
+
+impl Stream for PushStream {
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.get_mut().mailbox.poll_recv(cx)
+    }
+}
+
+impl Drop for PushStream {
+    fn drop(&mut self) {
+        self.conn.drop_push_handler(self.sink);
+    }
+}
+
+/// The frames answering one multi-frame request, in arrival order. Ends
+/// after the final frame or an error. Dropping it abandons the request (its
+/// remaining frames are discarded).
+#[allow(dead_code)] // for the Lease client
+pub(crate) struct ReplyFrames {
+    rx: mpsc::Receiver<Result<Bytes>>,
+}
+
+#[allow(dead_code)] // for the Lease client
+impl ReplyFrames {
+    pub(super) fn new(rx: mpsc::Receiver<Result<Bytes>>) -> Self {
+        Self { rx }
+    }
+
+    /// The next frame; `None` after the final one.
+    pub async fn next(&mut self) -> Option<Result<Bytes>> {
+        self.rx.recv().await
+    }
+}
+
+impl Stream for ReplyFrames {
+    type Item = Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        self.get_mut().rx.poll_recv(cx)
+    }
+}
+
+#[allow(dead_code)]
+fn _assert_send() {
+    fn is_send<T: Send>() {}
+    is_send::<Subscription<Bytes>>();
+    is_send::<PushStream>();
+    is_send::<ReplyFrames>();
+    let _ = Error::closed;
+}

@@ -1,0 +1,258 @@
+//! Notice: fire-and-forget fan-out (types 500–504).
+//!
+//! Publishing sends one record and waits for nothing from the broker (which
+//! drops notices silently under pressure: best effort by design).
+//! Subscriptions are live streams restored after a reconnect; two
+//! subscriptions to the same pattern on one client share one broker
+//! registration, and unsubscribing one never silences the other.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use fitz_protocol::route::{self, Scheme};
+use fitz_protocol::{Message, Str, notice, types};
+use futures_core::Stream;
+
+use crate::connection::{
+    Connection, Registration, RegistrationSpec, Subscription, decode_ack, encode_record,
+};
+use crate::error::{Error, Result};
+use crate::events::SubscriptionId;
+use crate::options::SubscriptionOptions;
+
+/// Segments of a notice route one publishes to: `notice://realm/area/resource`.
+const PUBLISH_DEPTH: usize = 3;
+
+static NOTICE: RegistrationSpec = RegistrationSpec {
+    name: "notice subscription",
+    subscribe_type: types::NOTICE_SUBSCRIBE,
+    notify_type: Some(types::NOTICE_NOTIFY),
+    ack: |payload| decode_ack::<notice::SubscribeReply>(payload, |ok| ok.sub_id),
+    // Notice unsubscribes by wire id, not by pattern.
+    unsubscribe: |wire_id, _| {
+        wire_id.and_then(|sub_id| encode_record(&notice::Unsubscribe { sub_id }).ok())
+    },
+};
+
+/// The Notice domain of a [`crate::Client`] (see [`crate::Client::notice`]).
+#[derive(Clone)]
+pub struct Notice {
+    conn: Connection,
+}
+
+impl fmt::Debug for Notice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Notice")
+    }
+}
+
+impl Notice {
+    pub(crate) fn new(conn: Connection) -> Self {
+        Self { conn }
+    }
+
+    /// Publishes `payload` to every subscription matching `route`, a concrete
+    /// `notice://realm/area/resource` route (checked locally; nothing is sent
+    /// when it is invalid).
+    ///
+    /// Resolves once the record is queued for writing on a ready session; the
+    /// broker sends no reply. Payloads are limited by the 64 KiB record size.
+    pub async fn publish(&self, route: &str, payload: impl Into<Bytes>) -> Result<()> {
+        validate_publish_route(route)?;
+        let msg = notice::Publish {
+            route: Str::from(route),
+            payload: payload.into(),
+        };
+        self.conn.send(&msg).await
+    }
+
+    /// Subscribes to `pattern` (`*` = one segment, `**` = any number; any
+    /// depth) with the client's default buffering.
+    pub async fn subscribe(&self, pattern: &str) -> Result<NoticeSubscription> {
+        let options = self.conn.shared().config.subscription;
+        self.subscribe_with(pattern, options).await
+    }
+
+    /// Subscribes with explicit buffering for this subscription.
+    pub async fn subscribe_with(
+        &self,
+        pattern: &str,
+        options: SubscriptionOptions,
+    ) -> Result<NoticeSubscription> {
+        route::validate_pattern(pattern, Scheme::Notice).map_err(Error::route)?;
+        let reg = Registration::new(
+            &NOTICE,
+            &notice::Subscribe::new(pattern),
+            decode_notify,
+            options,
+        )?;
+        let inner = self.conn.register(reg).await?;
+        Ok(NoticeSubscription {
+            inner,
+            pattern: pattern.to_owned(),
+        })
+    }
+
+    /// Removes every Notice subscription of this client on the broker
+    /// (UNSUBSCRIBE_ALL) and, once the broker acknowledged, ends every local
+    /// Notice subscription stream.
+    pub async fn unsubscribe_all(&self) -> Result<()> {
+        self.conn
+            .call::<_, notice::UnsubscribeAllOk>(&notice::UnsubscribeAll)
+            .await?;
+        self.conn.end_registrations(&NOTICE).await
+    }
+}
+
+fn validate_publish_route(route: &str) -> Result<()> {
+    let shape = route::validate_concrete(route, Scheme::Notice).map_err(Error::route)?;
+    if shape.segments != PUBLISH_DEPTH {
+        return Err(Error::route(route::RouteError::WrongDepth {
+            expected: PUBLISH_DEPTH,
+            found: shape.segments,
+        }));
+    }
+    Ok(())
+}
+
+fn decode_notify(payload: Bytes) -> Result<NoticeMessage> {
+    let n = notice::Notify::decode(payload)
+        .map_err(|e| Error::protocol(format!("malformed NOTICE NOTIFY: {e}")).with_source(e))?;
+    Ok(NoticeMessage {
+        route: n.route,
+        payload: n.payload,
+    })
+}
+
+/// One delivered notice.
+#[derive(Clone, PartialEq, Eq)]
+pub struct NoticeMessage {
+    route: Str,
+    payload: Bytes,
+}
+
+impl NoticeMessage {
+    /// The concrete route it was published to.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// The published payload (shares the received frame's memory).
+    pub fn payload(&self) -> &Bytes {
+        &self.payload
+    }
+
+    /// Takes the payload.
+    pub fn into_payload(self) -> Bytes {
+        self.payload
+    }
+}
+
+impl fmt::Debug for NoticeMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NoticeMessage")
+            .field("route", &&*self.route)
+            .field("payload", &self.payload)
+            .finish()
+    }
+}
+
+/// A live Notice subscription: a `Stream` of [`NoticeMessage`]s.
+///
+/// It keeps working across reconnects. Items are `Err` only as the last item
+/// before the stream ends: on overflow under [`crate::Overflow::Error`], when
+/// the subscription could not be restored after a reconnect, or when the
+/// client closed. After [`Notice::unsubscribe_all`] it ends without an error.
+/// Dropping it unsubscribes in the background.
+pub struct NoticeSubscription {
+    inner: Subscription<NoticeMessage>,
+    pattern: String,
+}
+
+impl NoticeSubscription {
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        &self.pattern
+    }
+
+    /// This subscription's id in [`crate::Event`]s.
+    pub fn id(&self) -> SubscriptionId {
+        self.inner.id()
+    }
+
+    /// Notices discarded so far under [`crate::Overflow::DropOldest`].
+    pub fn dropped(&self) -> u64 {
+        self.inner.dropped()
+    }
+
+    /// Unsubscribes and waits for the broker's acknowledgement (immediate
+    /// when another subscription of this client shares the pattern).
+    pub async fn unsubscribe(self) -> Result<()> {
+        self.inner.unsubscribe().await
+    }
+}
+
+impl Stream for NoticeSubscription {
+    type Item = Result<NoticeMessage>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        self.get_mut().inner.poll_item(cx)
+    }
+}
+
+impl fmt::Debug for NoticeSubscription {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NoticeSubscription")
+            .field("id", &self.id())
+            .field("pattern", &self.pattern)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_routes_are_concrete_and_three_deep() {
+        assert!(validate_publish_route("notice://prod/app/deploys").is_ok());
+        for bad in [
+            "notice://prod/app",
+            "notice://prod/app/deploys/extra",
+            "notice://prod/app/*",
+            "kv://prod/app/deploys",
+            "notice://prod//deploys",
+        ] {
+            let e = validate_publish_route(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad}");
+        }
+    }
+
+    #[test]
+    fn unsubscribe_uses_the_wire_id() {
+        let record = (NOTICE.unsubscribe)(Some(7), &Bytes::new()).unwrap();
+        assert_eq!(
+            &record[..],
+            &[0xFF, 0x01, 0xF6, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]
+        );
+        assert!((NOTICE.unsubscribe)(None, &Bytes::new()).is_none());
+    }
+
+    #[test]
+    fn acks_decode_both_forms_and_errors() {
+        assert_eq!(
+            (NOTICE.ack)(Bytes::from_static(&[0, 1, 0, 0, 0, 0, 0, 0, 0, 9])).unwrap(),
+            Some(9)
+        );
+        assert_eq!(
+            (NOTICE.ack)(Bytes::from_static(&[0, 0, 0, 0, 0, 0, 0, 0, 9])).unwrap(),
+            Some(9)
+        );
+        let mut err = bytes::BytesMut::new();
+        fitz_protocol::WireError::coded(3002, "bad").encode(&mut err);
+        let e = (NOTICE.ack)(err.freeze()).unwrap_err();
+        assert_eq!(e.code(), Some(3002));
+    }
+}

@@ -1,0 +1,330 @@
+//! Byte transports under the connection actor.
+//!
+//! Every transport carries the same Fitz frames: TCP, TLS and in-memory
+//! streams prefix each frame with a `u32` length; WebSocket sends one binary
+//! message per frame. The actor only ever sees the private `Transport`, which
+//!
+//! * reads **whole frames only** (bytes accumulate in a read buffer, so a
+//!   cancelled read loses nothing), rejecting an oversized length prefix
+//!   before allocating for it;
+//! * writes from one outbound buffer the actor fills with length-prefixed
+//!   frames, so a batch of commands costs one `write` call on a stream (on
+//!   WebSocket each frame becomes its own message, flushed once per batch).
+//!
+//! The public part of this module lets callers plug in their own byte stream
+//! ([`Connector`]) and build an in-memory client/broker pair ([`memory`]).
+
+mod stream;
+pub(crate) mod tls;
+mod ws;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncWrite, DuplexStream};
+use tokio::sync::mpsc;
+
+use crate::endpoint::{Endpoint, Scheme};
+use crate::error::{Error, Result};
+
+pub(crate) use stream::StreamIo;
+pub(crate) use ws::WsIo;
+
+/// A bidirectional byte stream a [`Connector`] may return.
+pub trait AsyncStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> AsyncStream for T {}
+
+/// A boxed [`AsyncStream`].
+pub type BoxedStream = Box<dyn AsyncStream>;
+
+/// The future a [`Connector`] returns.
+pub type ConnectFuture<'a> = Pin<Box<dyn Future<Output = io::Result<BoxedStream>> + Send + 'a>>;
+
+/// Opens the raw byte stream to the broker in place of a TCP connection.
+///
+/// TLS (`tls://`, `wss://`) and the WebSocket handshake (`ws://`, `wss://`)
+/// still run on top of the returned stream as the URL says; a `memory://` URL
+/// uses the stream as-is with TCP framing. See [`memory`] for an in-process
+/// pair, and [`crate::ClientBuilder::connector`].
+pub trait Connector: Send + Sync + 'static {
+    /// Opens one connection. Called on every connection attempt.
+    fn connect(&self) -> ConnectFuture<'_>;
+}
+
+/// Creates an in-memory connector and the listener its connections arrive on.
+///
+/// Each [`Connector::connect`] creates a `tokio::io::duplex` pair with
+/// `buffer` bytes in each direction and hands the far end to the listener
+/// (at most 16 unaccepted connections queue; a further connect fails with
+/// `ConnectionRefused`, as does any connect once the listener is dropped).
+///
+/// ```
+/// # async fn demo() -> fitz::Result<()> {
+/// let (connector, mut listener) = fitz::transport::memory(64 * 1024);
+/// let client = fitz::Client::builder("memory://test", fitz::StaticToken::anonymous())
+///     .connector(connector)
+///     .build()?;
+/// // A scripted broker would now `listener.accept().await` and speak Fitz.
+/// # drop((client, listener)); Ok(()) }
+/// ```
+pub fn memory(buffer: usize) -> (MemoryConnector, MemoryListener) {
+    let (tx, rx) = mpsc::channel(16);
+    (
+        MemoryConnector {
+            tx,
+            buffer: buffer.max(1),
+        },
+        MemoryListener { rx },
+    )
+}
+
+/// The client half of [`memory`].
+#[derive(Debug, Clone)]
+pub struct MemoryConnector {
+    tx: mpsc::Sender<DuplexStream>,
+    buffer: usize,
+}
+
+impl Connector for MemoryConnector {
+    fn connect(&self) -> ConnectFuture<'_> {
+        Box::pin(async move {
+            let (client, server) = tokio::io::duplex(self.buffer);
+            self.tx
+                .try_send(server)
+                .map_err(|_| io::Error::from(io::ErrorKind::ConnectionRefused))?;
+            Ok(Box::new(client) as BoxedStream)
+        })
+    }
+}
+
+/// The broker half of [`memory`].
+#[derive(Debug)]
+pub struct MemoryListener {
+    rx: mpsc::Receiver<DuplexStream>,
+}
+
+impl MemoryListener {
+    /// Waits for the next connection; `None` once every connector is gone.
+    pub async fn accept(&mut self) -> Option<DuplexStream> {
+        self.rx.recv().await
+    }
+}
+
+/// What one poll of the transport produced.
+#[derive(Debug)]
+pub(crate) enum Inbound {
+    /// A whole frame body.
+    Frame(Bytes),
+    /// Proof of life without a frame (WebSocket ping, pong or text).
+    Activity,
+}
+
+/// Why a transport stopped.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    /// The peer closed or reset the connection (during the handshake this
+    /// means the broker rejected CONNECT).
+    pub peer_closed: bool,
+    pub error: Error,
+}
+
+impl Failure {
+    pub fn closed(reason: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            peer_closed: true,
+            error: Error::connection(reason),
+        }
+    }
+
+    pub fn error(error: Error) -> Self {
+        Self {
+            peer_closed: false,
+            error,
+        }
+    }
+
+    fn io(context: &'static str, err: io::Error) -> Self {
+        use io::ErrorKind::*;
+        let peer_closed = matches!(
+            err.kind(),
+            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
+        );
+        Self {
+            peer_closed,
+            error: Error::io(context, err),
+        }
+    }
+}
+
+enum Io {
+    Stream(StreamIo),
+    Ws(Box<WsIo>),
+}
+
+/// One open connection: framed reads, batched writes.
+pub(crate) struct Transport {
+    io: Io,
+    /// Outbound frames, each `[u32 BE length][records]`.
+    out: BytesMut,
+    max_frame: usize,
+}
+
+impl Transport {
+    /// Opens the byte stream, TLS and WebSocket layers the endpoint asks for.
+    pub async fn open(endpoint: &Endpoint, settings: &OpenSettings<'_>) -> Result<Self> {
+        let raw: BoxedStream = match settings.connector {
+            Some(c) => c
+                .connect()
+                .await
+                .map_err(|e| Error::io("connect failed", e))?,
+            None if endpoint.scheme == Scheme::Memory => {
+                return Err(Error::invalid("memory:// URLs need a connector"));
+            }
+            None => stream::connect_tcp(endpoint, settings.keepalive).await?,
+        };
+        let raw = if endpoint.is_tls() {
+            let config = settings
+                .tls
+                .ok_or_else(|| Error::invalid("TLS is not configured"))?;
+            tls::handshake(config, &endpoint.host, raw).await?
+        } else {
+            raw
+        };
+        let io = match endpoint.scheme {
+            Scheme::Ws | Scheme::Wss => Io::Ws(Box::new(
+                WsIo::handshake(endpoint, raw, settings.max_frame).await?,
+            )),
+            _ => Io::Stream(StreamIo::new(raw, settings.max_frame)),
+        };
+        Ok(Self {
+            io,
+            out: BytesMut::with_capacity(8 * 1024),
+            max_frame: settings.max_frame,
+        })
+    }
+
+    /// The outbound buffer: append whole length-prefixed frames
+    /// (`fitz_protocol::frame::encode_frame_with`).
+    pub fn out(&mut self) -> &mut BytesMut {
+        &mut self.out
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Bytes waiting to be written.
+    pub fn pending_out(&self) -> usize {
+        self.out.len() + self.io_pending()
+    }
+
+    fn io_pending(&self) -> usize {
+        match &self.io {
+            Io::Stream(_) => 0,
+            Io::Ws(ws) => ws.unflushed(),
+        }
+    }
+
+    /// Asks for a liveness probe (a WebSocket ping); no-op on streams.
+    pub fn queue_ping(&mut self) {
+        if let Io::Ws(ws) = &mut self.io {
+            ws.queue_ping();
+        }
+    }
+
+    pub fn is_websocket(&self) -> bool {
+        matches!(self.io, Io::Ws(_))
+    }
+
+    /// Makes write progress, then returns the next inbound frame or activity.
+    /// Cancel-safe: all state lives in `self`.
+    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<Inbound, Failure>> {
+        let write = match &mut self.io {
+            Io::Stream(s) => s.poll_write_out(cx, &mut self.out),
+            Io::Ws(ws) => ws.poll_write_out(cx, &mut self.out),
+        };
+        if let Poll::Ready(Err(f)) = write {
+            return Poll::Ready(Err(f));
+        }
+        match &mut self.io {
+            Io::Stream(s) => s.poll_read_frame(cx).map(|r| r.map(Inbound::Frame)),
+            Io::Ws(ws) => ws.poll_read(cx),
+        }
+    }
+
+    /// Writes what the socket takes right now, without waiting. A `Pending`
+    /// write is picked up by the next [`Self::poll_io`], which registers
+    /// for writability.
+    pub fn write_now(&mut self) -> std::result::Result<(), Failure> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let mut cx = Context::from_waker(futures_util::task::noop_waker_ref());
+        let r = match &mut self.io {
+            Io::Stream(s) => s.poll_write_out(&mut cx, &mut self.out),
+            Io::Ws(ws) => ws.poll_write_out(&mut cx, &mut self.out),
+        };
+        match r {
+            Poll::Ready(Err(f)) => Err(f),
+            _ => Ok(()),
+        }
+    }
+
+    /// The next frame already buffered, without reading the socket.
+    pub fn next_buffered(&mut self) -> std::result::Result<Option<Bytes>, Failure> {
+        match &mut self.io {
+            Io::Stream(s) => s.next_buffered(),
+            Io::Ws(_) => Ok(None),
+        }
+    }
+
+    /// Writes everything buffered.
+    pub async fn flush(&mut self) -> std::result::Result<(), Failure> {
+        std::future::poll_fn(|cx| {
+            let r = match &mut self.io {
+                Io::Stream(s) => s.poll_write_out(cx, &mut self.out),
+                Io::Ws(ws) => ws.poll_write_out(cx, &mut self.out),
+            };
+            match r {
+                Poll::Ready(Ok(())) if self.out.is_empty() && self.io_pending() == 0 => {
+                    Poll::Ready(Ok(()))
+                }
+                Poll::Ready(Ok(())) => Poll::Pending,
+                other => other,
+            }
+        })
+        .await
+    }
+
+    /// Reads the next frame (handshake use; the actor uses [`Self::poll_io`]).
+    pub async fn read_frame(&mut self) -> std::result::Result<Bytes, Failure> {
+        loop {
+            match std::future::poll_fn(|cx| self.poll_io(cx)).await? {
+                Inbound::Frame(f) => return Ok(f),
+                Inbound::Activity => continue,
+            }
+        }
+    }
+
+    /// Best-effort goodbye: flush, then close (WebSocket Close / TCP FIN).
+    pub async fn goodbye(&mut self) {
+        let _ = self.flush().await;
+        match &mut self.io {
+            Io::Stream(s) => s.shutdown().await,
+            Io::Ws(ws) => ws.shutdown().await,
+        }
+    }
+}
+
+/// What [`Transport::open`] needs besides the URL.
+pub(crate) struct OpenSettings<'a> {
+    pub connector: Option<&'a dyn Connector>,
+    pub tls: Option<&'a std::sync::Arc<tokio_rustls::rustls::ClientConfig>>,
+    pub max_frame: usize,
+    /// TCP keepalive idle time and probe interval (dead-peer detection on TCP).
+    pub keepalive: Option<std::time::Duration>,
+}

@@ -1,0 +1,159 @@
+//! Fitz over WebSocket: one binary message per frame, no length prefix.
+//!
+//! Text messages are ignored, pings are answered by tungstenite itself (it
+//! queues the pong while reading and sends it with the next write or flush),
+//! and a Close message ends the connection with the broker's reason.
+
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use bytes::{Buf, Bytes, BytesMut};
+use futures_util::{Sink, Stream};
+use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::{BoxedStream, Failure, Inbound};
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+
+pub(crate) struct WsIo {
+    ws: WebSocketStream<BoxedStream>,
+    max_frame: usize,
+    ping_queued: bool,
+    needs_flush: bool,
+}
+
+impl WsIo {
+    pub async fn handshake(
+        endpoint: &Endpoint,
+        raw: BoxedStream,
+        max_frame: usize,
+    ) -> Result<Self> {
+        let config = WebSocketConfig::default()
+            .max_message_size(Some(max_frame))
+            .max_frame_size(Some(max_frame));
+        let (ws, _response) =
+            tokio_tungstenite::client_async_with_config(endpoint.to_string(), raw, Some(config))
+                .await
+                .map_err(|e| {
+                    Error::connection(format!("WebSocket upgrade failed: {e}")).with_source(e)
+                })?;
+        Ok(Self {
+            ws,
+            max_frame,
+            ping_queued: false,
+            needs_flush: false,
+        })
+    }
+
+    pub fn unflushed(&self) -> usize {
+        usize::from(self.needs_flush)
+    }
+
+    pub fn queue_ping(&mut self) {
+        self.ping_queued = true;
+    }
+
+    /// Turns each length-prefixed frame of `out` into one binary message
+    /// (zero-copy: the message shares `out`'s allocation), then flushes once.
+    pub fn poll_write_out(
+        &mut self,
+        cx: &mut Context<'_>,
+        out: &mut BytesMut,
+    ) -> Poll<std::result::Result<(), Failure>> {
+        if self.ping_queued {
+            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(failure)?;
+            Pin::new(&mut self.ws)
+                .start_send(Message::Ping(Bytes::new()))
+                .map_err(failure)?;
+            self.ping_queued = false;
+            self.needs_flush = true;
+        }
+        while out.len() >= 4 {
+            let len = u32::from_be_bytes([out[0], out[1], out[2], out[3]]) as usize;
+            if out.len() < 4 + len {
+                // The actor only appends whole frames; a short tail is a bug.
+                return Poll::Ready(Err(Failure::error(Error::protocol(
+                    "internal: partial frame in the outbound buffer",
+                ))));
+            }
+            ready!(Pin::new(&mut self.ws).poll_ready(cx)).map_err(failure)?;
+            out.advance(4);
+            let frame = out.split_to(len).freeze();
+            Pin::new(&mut self.ws)
+                .start_send(Message::Binary(frame))
+                .map_err(failure)?;
+            self.needs_flush = true;
+        }
+        if self.needs_flush {
+            ready!(Pin::new(&mut self.ws).poll_flush(cx)).map_err(failure)?;
+            self.needs_flush = false;
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::result::Result<Inbound, Failure>> {
+        loop {
+            let msg = match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
+                None => return Poll::Ready(Err(Failure::closed("WebSocket ended"))),
+                Some(Err(e)) => return Poll::Ready(Err(failure(e))),
+                Some(Ok(m)) => m,
+            };
+            return Poll::Ready(match msg {
+                Message::Binary(frame) if frame.is_empty() => {
+                    Err(Failure::error(Error::protocol("empty WebSocket frame")))
+                }
+                Message::Binary(frame) if frame.len() > self.max_frame => {
+                    Err(Failure::error(Error::protocol(format!(
+                        "inbound frame of {} bytes exceeds the limit of {}",
+                        frame.len(),
+                        self.max_frame
+                    ))))
+                }
+                Message::Binary(frame) => Ok(Inbound::Frame(frame)),
+                Message::Ping(_) | Message::Pong(_) | Message::Text(_) => Ok(Inbound::Activity),
+                Message::Close(frame) => {
+                    let reason = match frame {
+                        Some(f) if !f.reason.is_empty() => {
+                            format!("broker closed the WebSocket ({}): {}", f.code, f.reason)
+                        }
+                        Some(f) => format!("broker closed the WebSocket ({})", f.code),
+                        None => "broker closed the WebSocket".to_owned(),
+                    };
+                    Err(Failure::closed(reason))
+                }
+                Message::Frame(_) => continue,
+            });
+        }
+    }
+
+    pub async fn shutdown(&mut self) {
+        let _ = self.ws.close(None).await;
+    }
+}
+
+fn failure(e: WsError) -> Failure {
+    match e {
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Failure::closed("WebSocket closed"),
+        WsError::Io(io) => Failure::io("WebSocket I/O failed", io),
+        WsError::Capacity(c) => Failure::error(Error::protocol(format!(
+            "inbound WebSocket message too large: {c}"
+        ))),
+        WsError::Protocol(p) => {
+            // A reset without a closing handshake is how a dead broker looks.
+            let closed = matches!(
+                p,
+                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
+            );
+            Failure {
+                peer_closed: closed,
+                error: Error::protocol(format!("WebSocket protocol error: {p}")),
+            }
+        }
+        other => Failure::error(Error::connection(format!("WebSocket failed: {other}"))),
+    }
+}

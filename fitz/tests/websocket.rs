@@ -1,0 +1,78 @@
+//! WebSocket details against a scripted server: text frames are ignored,
+//! pings are answered, binary messages carry one frame each, and a Close
+//! frame ends the session with the broker's reason.
+
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fitz::{Client, Event, ReconnectPolicy, State, StaticToken};
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+fn hello() -> Bytes {
+    let mut b = BytesMut::new();
+    b.put_u8(4); // SERVER_HELLO
+    b.put_u16(6);
+    b.put_u16(1);
+    b.put_u32(1);
+    b.freeze()
+}
+
+#[tokio::test]
+async fn websocket_text_is_ignored_pings_are_answered_and_close_carries_its_reason() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        // CONNECT arrives as one binary message: [01][00 00] for the empty token.
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => assert_eq!(&b[..], &[1, 0, 0]),
+            other => panic!("{other:?}"),
+        }
+        ws.send(Message::Text("not fitz".into())).await.unwrap();
+        ws.send(Message::Ping(Bytes::from_static(b"hb")))
+            .await
+            .unwrap();
+        ws.send(Message::Binary(hello())).await.unwrap();
+        // Our ping was answered.
+        loop {
+            match ws.next().await.unwrap().unwrap() {
+                Message::Pong(p) => {
+                    assert_eq!(&p[..], b"hb");
+                    break;
+                }
+                Message::Binary(_) | Message::Ping(_) => {}
+                other => panic!("{other:?}"),
+            }
+        }
+        ws.close(Some(CloseFrame {
+            code: CloseCode::Away,
+            reason: "maintenance".into(),
+        }))
+        .await
+        .unwrap();
+    });
+    let client = Client::builder(url, StaticToken::anonymous())
+        .reconnect(ReconnectPolicy::disabled())
+        .build()
+        .unwrap();
+    let mut events = client.events();
+    client.connect().await.unwrap();
+    let reason = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            if let Some(Event::Disconnected { reason }) = events.recv().await {
+                return reason;
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert!(reason.message().contains("maintenance"), "{reason}");
+    server.await.unwrap();
+    let mut w = client.watch_state();
+    w.wait_for(|s| *s == State::Disconnected).await.unwrap();
+}
