@@ -151,6 +151,36 @@ impl Client {
         Notice::new(self.conn.clone())
     }
 
+    /// The KV domain: transactions and change watches.
+    pub fn kv(&self) -> crate::kv::Kv {
+        crate::kv::Kv::new(self.conn.clone())
+    }
+
+    /// The Queue domain: enqueue, reserve, complete, availability watches, workers.
+    pub fn queue(&self) -> crate::queue::Queue {
+        crate::queue::Queue::new(self.conn.clone())
+    }
+
+    /// The RPC domain: calls and workers.
+    pub fn rpc(&self) -> crate::rpc::Rpc {
+        crate::rpc::Rpc::new(self.conn.clone())
+    }
+
+    /// The Lease domain: exclusive ownership with fencing tokens.
+    pub fn lease(&self) -> crate::lease::Lease {
+        crate::lease::Lease::new(self.conn.clone())
+    }
+
+    /// The Stream domain: append sessions, reads and commit watches.
+    pub fn stream(&self) -> crate::stream::Stream {
+        crate::stream::Stream::new(self.conn.clone())
+    }
+
+    /// The Schedule domain: cron schedules and their fires.
+    pub fn schedule(&self) -> crate::schedule::Schedule {
+        crate::schedule::Schedule::new(self.conn.clone())
+    }
+
     /// Counters of the connection task's internal books, for tests and
     /// debugging (leak checks). Not a stable API.
     #[doc(hidden)]

@@ -44,8 +44,14 @@ mod connection;
 mod endpoint;
 mod error;
 mod events;
+pub mod kv;
+pub mod lease;
 pub mod notice;
 mod options;
+pub mod queue;
+pub mod rpc;
+pub mod schedule;
+pub mod stream;
 mod token;
 pub mod transport;
 
@@ -56,8 +62,14 @@ pub use fitz_protocol::Capabilities;
 /// The broker's error-code registry: named constants, names, retryability
 /// and whether a failed operation may have been applied.
 pub use fitz_protocol::codes;
+pub use kv::Kv;
+pub use lease::Lease;
 pub use notice::{Notice, NoticeMessage, NoticeSubscription};
 pub use options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
+pub use queue::Queue;
+pub use rpc::Rpc;
+pub use schedule::Schedule;
+pub use stream::Stream;
 pub use token::{StaticToken, TokenError, TokenFuture, TokenProvider};
 
 #[doc(hidden)]
