@@ -172,8 +172,8 @@ impl Client {
     }
 
     /// The Stream domain: append sessions, reads and commit watches.
-    pub fn stream(&self) -> crate::stream::Stream {
-        crate::stream::Stream::new(self.conn.clone())
+    pub fn stream(&self) -> crate::stream::Streams {
+        crate::stream::Streams::new(self.conn.clone())
     }
 
     /// The Schedule domain: cron schedules and their fires.

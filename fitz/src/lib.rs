@@ -69,7 +69,7 @@ pub use options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
 pub use queue::Queue;
 pub use rpc::Rpc;
 pub use schedule::Schedule;
-pub use stream::Stream;
+pub use stream::Streams;
 pub use token::{StaticToken, TokenError, TokenFuture, TokenProvider};
 
 #[doc(hidden)]

@@ -6,18 +6,18 @@ use crate::connection::Connection;
 
 /// The Stream domain of a [`crate::Client`] (see [`crate::Client::stream`]).
 #[derive(Clone)]
-pub struct Stream {
+pub struct Streams {
     #[allow(dead_code)] // filled in by the domain's implementation
     conn: Connection,
 }
 
-impl fmt::Debug for Stream {
+impl fmt::Debug for Streams {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Stream")
+        f.write_str("Streams")
     }
 }
 
-impl Stream {
+impl Streams {
     pub(crate) fn new(conn: Connection) -> Self {
         Self { conn }
     }
