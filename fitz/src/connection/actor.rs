@@ -758,9 +758,10 @@ fn reject(out: Outbound, error: Error) {
         Reply::Frames { tx, .. } => {
             let _ = tx.try_send(Err(error));
         }
-        Reply::Written(tx) => {
+        Reply::Written(tx) | Reply::Detached(Some(tx)) => {
             let _ = tx.send(Err(error));
         }
+        Reply::Detached(None) => {}
     }
 }
 

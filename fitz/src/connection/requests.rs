@@ -82,6 +82,8 @@ enum Waiter {
         is_final: fn(&Bytes) -> bool,
     },
     Written(oneshot::Sender<Result<()>>),
+    /// A detached send (see `Reply::Detached`).
+    Detached(Option<oneshot::Sender<Result<()>>>),
     Internal(Internal),
     /// Written, but nobody waits: swallow the answer.
     Tombstone,
@@ -93,6 +95,7 @@ impl Waiter {
             Reply::Once(tx) => Self::Once(tx),
             Reply::Frames { tx, is_final } => Self::Frames { tx, is_final },
             Reply::Written(tx) => Self::Written(tx),
+            Reply::Detached(tx) => Self::Detached(tx),
         }
     }
 
@@ -102,8 +105,8 @@ impl Waiter {
             Self::Once(tx) => tx.is_closed(),
             Self::Frames { tx, .. } => tx.is_closed(),
             Self::Written(tx) => tx.is_closed(),
-            // The actor's own work is never abandoned.
-            Self::Internal(_) => false,
+            // The actor's own work and detached sends are never abandoned.
+            Self::Internal(_) | Self::Detached(_) => false,
             Self::Tombstone => true,
         }
     }
@@ -156,14 +159,16 @@ pub(super) struct Book {
 impl Book {
     /// Files a caller's request or send.
     pub fn file(&mut self, out: Outbound) -> u64 {
-        let send = matches!(out.reply, Reply::Written(_));
+        let send = matches!(out.reply, Reply::Written(_) | Reply::Detached(_));
+        // A detached send waits as long as its session lives.
+        let deadline = (!matches!(out.reply, Reply::Detached(_))).then_some(out.deadline);
         self.insert(
             out.id,
             Entry {
                 ty: out.ty,
                 waiter: Waiter::from_reply(out.reply),
                 record: Some(out.record),
-                deadline: Some(out.deadline),
+                deadline,
                 generation: out.generation,
                 pinned: out.pinned,
                 send,
@@ -501,9 +506,10 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
                 let _ = tx.try_send(Err(e));
             }
         }
-        Waiter::Written(tx) => {
+        Waiter::Written(tx) | Waiter::Detached(Some(tx)) => {
             let _ = tx.send(result.map(drop));
         }
+        Waiter::Detached(None) => {}
         Waiter::Internal(i) => finished.push((i, result)),
         Waiter::Tombstone => {}
     }
