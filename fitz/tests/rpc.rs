@@ -1,0 +1,895 @@
+//! RPC: against scripted brokers (exact bytes, both capability regimes,
+//! faults) and against the embedded broker over TCP and WebSocket.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use fitz::rpc::{CallOptions, CancelOutcome, CancelReason, HandlerError, RpcRequest};
+use fitz::{Client, ErrorKind, ReconnectPolicy, StaticToken};
+use fitz_protocol::rpc::{
+    self as wire, Cancel, CancelStatus, Lifecycle, Response, RpcId, SignalReason, SubscribeWorker,
+};
+use fitz_protocol::{Message, WireError, types};
+use fitz_testkit::peer::{CAP_CORRELATION, Peer, Request, payloads};
+use futures_util::StreamExt;
+use tokio::sync::{mpsc, oneshot};
+
+const WAIT: Duration = Duration::from_secs(10);
+/// Correlation and RPC cancellation (bits 0 and 3).
+const CANCEL_CAPS: u32 = CAP_CORRELATION | 8;
+
+fn fast_reconnect() -> ReconnectPolicy {
+    ReconnectPolicy {
+        base_delay: Duration::from_millis(10),
+        max_delay: Duration::from_millis(50),
+        ..ReconnectPolicy::default()
+    }
+}
+
+async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
+    tokio::time::timeout(WAIT, fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
+}
+
+// ===================================================================
+// Scripted broker
+// ===================================================================
+
+struct Scripted {
+    client: Client,
+    peer: Peer,
+    listener: fitz::transport::MemoryListener,
+}
+
+async fn scripted(caps: u32) -> Scripted {
+    let (connector, mut listener) = fitz::transport::memory(1 << 20);
+    let client = Client::builder("memory://rpc", StaticToken::anonymous())
+        .connector(connector)
+        .reconnect(fast_reconnect())
+        .request_timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let c = client.clone();
+    let connecting = tokio::spawn(async move { c.connect().await });
+    let mut peer = Peer::new(listener.accept().await.unwrap());
+    peer.handshake(caps).await.unwrap();
+    connecting.await.unwrap().unwrap();
+    Scripted {
+        client,
+        peer,
+        listener,
+    }
+}
+
+impl Scripted {
+    async fn next(&mut self, ty: u16) -> Request {
+        let r = within("a record from the client", self.peer.read_request())
+            .await
+            .unwrap();
+        assert_eq!(r.ty, ty, "{r:?}");
+        r
+    }
+
+    /// Proves nothing else was written before: a notice goes out and is the
+    /// next record the broker reads.
+    async fn expect_quiet(&mut self) {
+        self.client
+            .notice()
+            .publish("notice://rpc/test/marker", "m")
+            .await
+            .unwrap();
+        self.next(types::NOTICE_PUBLISH).await;
+    }
+
+    /// Reads a SUBSCRIBE_WORKER, acknowledges it, returns its payload.
+    async fn accept_worker(&mut self) -> SubscribeWorker {
+        let r = self.next(types::RPC_SUBSCRIBE_WORKER).await;
+        self.peer.reply(&r, &[0, 0, 0, 0, 0]).await.unwrap();
+        SubscribeWorker::decode(r.payload).unwrap()
+    }
+
+    async fn push(&mut self, ty: u16, msg: &impl Message) {
+        self.peer.send_record(ty, &msg.to_payload()).await.unwrap();
+    }
+
+    async fn deliver(
+        &mut self,
+        id: [u8; 16],
+        route: &str,
+        body: &'static [u8],
+        budget: Option<u32>,
+    ) {
+        let d = wire::Request {
+            id: RpcId(id),
+            route: route.into(),
+            body: Bytes::from_static(body),
+            budget_ms: budget,
+        };
+        self.push(types::RPC_REQUEST, &d).await;
+    }
+
+    async fn respond(&mut self, id: RpcId, sequence: u64, end: bool, body: impl Into<Bytes>) {
+        let r = Response {
+            id,
+            sequence,
+            end,
+            body: body.into(),
+        };
+        self.push(types::RPC_RESPONSE, &r).await;
+    }
+
+    async fn read_response(&mut self) -> Response {
+        Response::decode(self.next(types::RPC_RESPONSE).await.payload).unwrap()
+    }
+
+    async fn read_cancel(&mut self) -> Cancel {
+        Cancel::decode(self.next(types::RPC_CANCEL).await.payload).unwrap()
+    }
+
+    /// The session drops; the client reconnects to a fresh peer.
+    async fn reconnect(&mut self, caps: u32) {
+        let old = std::mem::replace(&mut self.peer, Peer::new(tokio::io::duplex(1).0));
+        old.close().await;
+        self.peer = Peer::new(within("a reconnect", self.listener.accept()).await.unwrap());
+        self.peer.handshake(caps).await.unwrap();
+    }
+}
+
+fn error_body(code: u32, message: &str) -> Bytes {
+    Bytes::from(payloads::error(code, message))
+}
+
+fn coded(body: &Bytes) -> (u32, String) {
+    let e = WireError::decode(body.clone()).unwrap();
+    (e.code, e.message.to_string())
+}
+
+#[tokio::test]
+async fn a_call_streams_chunks_in_order_and_carries_its_budget() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let rpc = s.client.rpc();
+    let mut call = rpc
+        .call_with(
+            "rpc://shop/cart/items/list",
+            "q",
+            CallOptions::timeout(Duration::from_secs(30)),
+        )
+        .await
+        .unwrap();
+    let r = s.next(types::RPC_REQUEST).await;
+    assert_eq!(r.correlation, None, "REQUEST is never labelled");
+    let req = wire::Request::decode(r.payload).unwrap();
+    assert_eq!(&*req.route, "rpc://shop/cart/items/list");
+    assert_eq!(&req.body[..], b"q");
+    let budget = req.budget_ms.expect("the budget extension");
+    assert!((29_000..=30_000).contains(&budget), "{budget}");
+    assert_eq!(req.id.0[6] >> 4, 4, "a v4 UUID");
+
+    s.respond(req.id, 0, false, "a").await;
+    s.respond(req.id, 1, false, "b").await;
+    s.respond(req.id, 2, true, "").await;
+    assert_eq!(&call.next().await.unwrap().unwrap()[..], b"a");
+    assert_eq!(&call.next().await.unwrap().unwrap()[..], b"b");
+    assert!(
+        call.next().await.is_none(),
+        "the empty final chunk only ends it"
+    );
+    assert!(call.is_finished());
+    // Finished: nothing to cancel, and nothing goes out.
+    assert_eq!(call.cancel().await, CancelOutcome::Finished);
+    drop(call);
+
+    // `request` collects; a single chunk comes back as is.
+    let collect = tokio::spawn(async move { rpc.request("rpc://shop/cart/get", "").await });
+    let req = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload).unwrap();
+    assert_eq!(req.budget_ms, None, "no timeout, no budget");
+    s.respond(req.id, 0, true, "whole").await;
+    assert_eq!(&collect.await.unwrap().unwrap()[..], b"whole");
+    s.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_legacy_broker_sees_legacy_bytes_and_cancel_is_unsupported() {
+    let mut s = scripted(CAP_CORRELATION).await;
+    let rpc = s.client.rpc();
+    let mut call = rpc
+        .call_with(
+            "rpc://prod/app/work",
+            "work",
+            CallOptions::timeout(Duration::from_secs(5)),
+        )
+        .await
+        .unwrap();
+    let r = s.next(types::RPC_REQUEST).await;
+    assert_eq!(r.payload.len(), 16 + 4 + 19 + 4 + 4, "no budget extension");
+    assert_eq!(call.cancel().await, CancelOutcome::Unsupported);
+    assert!(call.next().await.is_none());
+    drop(call);
+
+    let worker = {
+        let rpc = rpc.clone();
+        tokio::spawn(async move {
+            rpc.serve("rpc://prod/app/*", 4, |_req: RpcRequest| async {
+                Ok::<_, HandlerError>("ok")
+            })
+            .await
+        })
+    };
+    let r = s.next(types::RPC_SUBSCRIBE_WORKER).await;
+    assert_eq!(r.payload.len(), 4 + 16 + 4, "no registration extension");
+    s.peer.reply(&r, &[0, 0, 0, 0, 0]).await.unwrap();
+    let worker = worker.await.unwrap().unwrap();
+    assert!(!worker.supports_cancellation());
+    let id = [3u8; 16];
+    s.deliver(id, "rpc://prod/app/x", b"", None).await;
+    let resp = s.read_response().await;
+    assert_eq!((resp.id, resp.sequence, resp.end), (RpcId(id), 0, true));
+    assert_eq!(&resp.body[..], b"ok");
+    // No cleanup acknowledgement without the capability.
+    s.expect_quiet().await;
+    drop(worker);
+}
+
+#[tokio::test]
+async fn an_explicit_cancel_reports_what_the_broker_did() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let mut call = s.client.rpc().call("rpc://a/b", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    let cancelling = tokio::spawn(async move {
+        let first = call.cancel().await;
+        let again = call.cancel().await;
+        (first, again, call.next().await.is_none())
+    });
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::Caller {
+            id,
+            reason: wire::CancelReason::Explicit
+        }
+    );
+    // Someone else's outcome first: ignored.
+    let other = Lifecycle::CallerResult {
+        id: RpcId([9; 16]),
+        status: CancelStatus::Unknown,
+    };
+    s.push(types::RPC_LIFECYCLE, &other).await;
+    let ours = Lifecycle::CallerResult {
+        id,
+        status: CancelStatus::Forwarded,
+    };
+    s.push(types::RPC_LIFECYCLE, &ours).await;
+    let (first, again, ended) = within("the cancel outcome", cancelling).await.unwrap();
+    assert_eq!(first, CancelOutcome::Forwarded);
+    assert_eq!(again, CancelOutcome::Forwarded, "remembered, not re-sent");
+    assert!(ended);
+    s.expect_quiet().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_local_deadline_times_out_and_tells_the_broker_once() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let mut call = s
+        .client
+        .rpc()
+        .call_with(
+            "rpc://a/b",
+            "",
+            CallOptions::timeout(Duration::from_secs(2)),
+        )
+        .await
+        .unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.maybe_applied());
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::Caller {
+            id,
+            reason: wire::CancelReason::CallerDeadline
+        }
+    );
+    assert!(call.next().await.is_none());
+    assert_eq!(call.cancel().await, CancelOutcome::Unconfirmed);
+    drop(call);
+    s.expect_quiet().await;
+
+    // A deadline already passed sends nothing; more than a day is refused.
+    let rpc = s.client.rpc();
+    let past = tokio::time::Instant::now() - Duration::from_millis(1);
+    let e = rpc
+        .call_with("rpc://a/b", "", CallOptions::deadline(past))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout);
+    let e = rpc
+        .call_with(
+            "rpc://a/b",
+            "",
+            CallOptions::timeout(Duration::from_secs(86_401)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    s.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn dropping_an_unfinished_call_cancels_it_and_a_finished_one_does_not() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let rpc = s.client.rpc();
+    let call = rpc.call("rpc://a/b", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    drop(call);
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::Caller {
+            id,
+            reason: wire::CancelReason::Explicit
+        }
+    );
+
+    let mut call = rpc.call("rpc://a/b", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    s.respond(id, 0, true, "done").await;
+    assert_eq!(&call.next().await.unwrap().unwrap()[..], b"done");
+    drop(call);
+    s.expect_quiet().await;
+    assert_eq!(s.client.debug_snapshot().await.unwrap().push_handlers, 0);
+}
+
+#[tokio::test]
+async fn broker_failures_are_typed_and_gaps_are_protocol_errors() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let rpc = s.client.rpc();
+    let mut call = rpc.call("rpc://a/b", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    s.respond(
+        id,
+        0,
+        true,
+        error_body(6004, "No workers registered for route"),
+    )
+    .await;
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!((e.kind(), e.code()), (ErrorKind::Broker, Some(6004)));
+    assert!(e.is_retryable() && !e.maybe_applied());
+    assert!(call.next().await.is_none());
+
+    // A coded body outside 6001–6013 is data; a broker failure after
+    // streamed chunks is still a failure.
+    let mut call = rpc.call("rpc://a/b", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    s.respond(id, 0, false, error_body(4001, "not ours")).await;
+    s.respond(id, 0, true, error_body(6002, "worker gone"))
+        .await;
+    assert_eq!(
+        call.next().await.unwrap().unwrap(),
+        error_body(4001, "not ours")
+    );
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(6002));
+    assert!(e.maybe_applied(), "6002: the worker may have run");
+
+    // Out of order: a protocol error, and the call is cancelled.
+    let mut call = rpc.call("rpc://a/b", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    s.respond(id, 1, true, "late").await;
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(matches!(s.read_cancel().await, Cancel::Caller { id: i, .. } if i == id));
+
+    // Wildcards and other schemes never leave the client.
+    for bad in ["rpc://a/*", "rpc://a/**", "kv://a/b/c", "rpc://a//b"] {
+        let e = rpc.call(bad, "").await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+    }
+    s.expect_quiet().await;
+}
+
+#[tokio::test]
+async fn a_full_response_buffer_fails_the_call_and_cancels_it() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let mut call = s
+        .client
+        .rpc()
+        .call_with("rpc://a/b", "", CallOptions::new().with_buffer(2))
+        .await
+        .unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    for seq in 0..3 {
+        s.respond(id, seq, false, "x").await;
+    }
+    // What was buffered first, then the failure; the call is cancelled.
+    assert!(call.next().await.unwrap().is_ok());
+    assert!(call.next().await.unwrap().is_ok());
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Backpressure, "{e}");
+    assert!(e.maybe_applied());
+    assert!(call.next().await.is_none());
+    assert!(matches!(s.read_cancel().await, Cancel::Caller { id: i, .. } if i == id));
+}
+
+#[tokio::test]
+async fn a_call_in_flight_when_the_session_drops_may_have_been_applied() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let mut call = s.client.rpc().call("rpc://a/b", "").await.unwrap();
+    s.next(types::RPC_REQUEST).await;
+    s.reconnect(CANCEL_CAPS).await;
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(e.maybe_applied() && e.is_retryable());
+    // Its session is gone: no cancellation is sent for it.
+    assert_eq!(call.cancel().await, CancelOutcome::Finished);
+    drop(call);
+    s.expect_quiet().await;
+}
+
+// ----- workers against the scripted broker -----
+
+/// A handler that reports each request and waits for the test to say how
+/// to answer.
+type Orders = mpsc::UnboundedReceiver<(RpcRequest, oneshot::Sender<Result<Bytes, HandlerError>>)>;
+
+async fn spawn_worker(
+    s: &mut Scripted,
+    pattern: &'static str,
+    max: u32,
+) -> (fitz::rpc::WorkerHandle, SubscribeWorker, Orders) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let rpc = s.client.rpc();
+    let serving = tokio::spawn(async move {
+        rpc.serve(pattern, max, move |req: RpcRequest| {
+            let tx = tx.clone();
+            async move {
+                let (answer, wait) = oneshot::channel();
+                let _ = tx.send((req, answer));
+                wait.await
+                    .unwrap_or_else(|_| Err(HandlerError::failed("the test went away")))
+            }
+        })
+        .await
+    });
+    let registration = s.accept_worker().await;
+    (serving.await.unwrap().unwrap(), registration, rx)
+}
+
+#[tokio::test]
+async fn a_worker_answers_and_acknowledges_cleanup_with_the_capability() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let (worker, registration, mut orders) = spawn_worker(&mut s, "rpc://shop/*/add", 2).await;
+    assert_eq!(&*registration.pattern, "rpc://shop/*/add");
+    assert_eq!(registration.max_concurrent, 2);
+    assert_eq!(registration.extension_flags, Some(1), "[1][1] appended");
+    assert!(worker.supports_cancellation());
+
+    let id = [1u8; 16];
+    s.deliver(id, "rpc://shop/cart/add", b"sku", Some(60_000))
+        .await;
+    let (req, answer) = orders.recv().await.unwrap();
+    assert_eq!(req.route(), "rpc://shop/cart/add");
+    assert_eq!(&req.body()[..], b"sku");
+    let left = req.remaining().unwrap();
+    assert!(left <= Duration::from_secs(60) && left > Duration::from_secs(50));
+    assert_eq!(worker.in_flight(), 1);
+    answer.send(Ok(Bytes::from_static(b"added"))).unwrap();
+    let resp = s.read_response().await;
+    assert_eq!((resp.id, resp.sequence, resp.end), (RpcId(id), 0, true));
+    assert_eq!(&resp.body[..], b"added");
+    // Not yet: the handler's request is still alive in the test.
+    drop(req);
+    assert_eq!(s.read_cancel().await, Cancel::CleanupDone { id: RpcId(id) });
+    assert_eq!(worker.in_flight(), 0);
+    shut_down(worker, &mut s).await;
+}
+
+/// Graceful shutdown against the scripted broker: UNSUBSCRIBE_WORKER
+/// carries the pattern and is acknowledged.
+async fn shut_down(worker: fitz::rpc::WorkerHandle, s: &mut Scripted) {
+    let pattern = worker.pattern().to_owned();
+    let stopping = tokio::spawn(worker.shutdown());
+    let r = s.next(types::RPC_UNSUBSCRIBE_WORKER).await;
+    assert_eq!(
+        wire::UnsubscribeWorker::decode(r.payload.clone())
+            .unwrap()
+            .route,
+        pattern
+    );
+    s.peer.reply(&r, &[0]).await.unwrap();
+    within("shutdown", stopping).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn the_broker_can_cancel_a_running_request() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let (worker, _, mut orders) = spawn_worker(&mut s, "rpc://a/**", 1).await;
+    let id = [2u8; 16];
+    s.deliver(id, "rpc://a/b/c", b"", Some(30_000)).await;
+    let (req, answer) = orders.recv().await.unwrap();
+    assert!(!req.is_cancelled());
+    let signal = Lifecycle::WorkerSignal {
+        id: RpcId(id),
+        reason: SignalReason::Explicit,
+    };
+    s.push(types::RPC_LIFECYCLE, &signal).await;
+    within("the cancellation", req.cancelled()).await;
+    assert_eq!(req.cancel_reason(), Some(CancelReason::CallerCancelled));
+    // The broker ignores answers to a call it cancelled: none is sent, only
+    // the cleanup acknowledgement once the request is released.
+    answer.send(Ok(Bytes::from_static(b"ignored"))).unwrap();
+    drop(req);
+    assert_eq!(s.read_cancel().await, Cancel::CleanupDone { id: RpcId(id) });
+    s.expect_quiet().await;
+    shut_down(worker, &mut s).await;
+}
+
+#[tokio::test]
+async fn an_expired_budget_fires_the_token_and_ends_the_call() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let rpc = s.client.rpc();
+    let serving = tokio::spawn(async move {
+        rpc.serve("rpc://a/b", 1, |req: RpcRequest| async move {
+            req.cancelled().await;
+            assert_eq!(req.cancel_reason(), Some(CancelReason::Deadline));
+            // Drops without answering: the worker ends the call itself.
+            Ok::<_, HandlerError>(())
+        })
+        .await
+    });
+    s.accept_worker().await;
+    let worker = serving.await.unwrap().unwrap();
+    s.deliver([4; 16], "rpc://a/b", b"", Some(50)).await;
+    let resp = s.read_response().await;
+    assert!(resp.end);
+    assert_eq!(
+        resp.body,
+        Bytes::new(),
+        "the handler's Ok(()) is an empty final chunk"
+    );
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([4; 16]) }
+    );
+    drop(worker);
+}
+
+#[tokio::test]
+async fn deliveries_beyond_capacity_are_answered_overloaded() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let (worker, _, mut orders) = spawn_worker(&mut s, "rpc://a/b", 1).await;
+    s.deliver([1; 16], "rpc://a/b", b"", None).await;
+    let (req, answer) = orders.recv().await.unwrap();
+    s.deliver([2; 16], "rpc://a/b", b"", None).await;
+    let resp = s.read_response().await;
+    assert_eq!(
+        (resp.id, resp.sequence, resp.end),
+        (RpcId([2; 16]), 0, true)
+    );
+    assert_eq!(
+        coded(&resp.body),
+        (6003, "Local RPC worker is overloaded".to_owned())
+    );
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([2; 16]) }
+    );
+    // The first one's final chunk frees the slot (before its cleanup).
+    answer.send(Ok(Bytes::new())).unwrap();
+    assert_eq!(s.read_response().await.id, RpcId([1; 16]));
+    s.deliver([3; 16], "rpc://a/b", b"", None).await;
+    let (third, answer3) = orders.recv().await.unwrap();
+    drop(req);
+    answer3.send(Ok(Bytes::new())).unwrap();
+    drop(third);
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let r = s.peer.read_request().await.unwrap();
+        seen.push(r.ty);
+    }
+    seen.sort_unstable();
+    assert_eq!(
+        seen,
+        [types::RPC_RESPONSE, types::RPC_CANCEL, types::RPC_CANCEL]
+    );
+    shut_down(worker, &mut s).await;
+}
+
+#[tokio::test]
+async fn handler_failures_and_abandoned_requests_end_the_call() {
+    let mut s = scripted(CAP_CORRELATION).await;
+    let rpc = s.client.rpc();
+    let serving = tokio::spawn(async move {
+        rpc.serve("rpc://h/*", 8, |req: RpcRequest| async move {
+            match req.route() {
+                "rpc://h/denied" => Err(HandlerError::unauthorized("no")),
+                "rpc://h/parse" => {
+                    let n: u32 = std::str::from_utf8(req.body())
+                        .map_err(|e| HandlerError::failed(e.to_string()))?
+                        .parse()?;
+                    Ok(Bytes::from(n.to_string()))
+                }
+                "rpc://h/stream" => {
+                    let out = req.stream();
+                    out.send("1").await?;
+                    out.send("2").await?;
+                    // The Ok(()) ends it with an empty final chunk.
+                    Ok(Bytes::new())
+                }
+                "rpc://h/twice" => {
+                    req.respond("first").await?;
+                    let e = req.respond("second").await.unwrap_err();
+                    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+                    Ok(Bytes::from_static(b"ignored"))
+                }
+                "rpc://h/panic" => panic!("boom"),
+                _ => Ok(Bytes::new()),
+            }
+        })
+        .await
+    });
+    s.accept_worker().await;
+    let worker = serving.await.unwrap().unwrap();
+
+    s.deliver([1; 16], "rpc://h/denied", b"", None).await;
+    assert_eq!(
+        coded(&s.read_response().await.body),
+        (6009, "no".to_owned())
+    );
+    s.deliver([2; 16], "rpc://h/parse", b"x", None).await;
+    assert_eq!(coded(&s.read_response().await.body).0, 6010);
+    s.deliver([3; 16], "rpc://h/parse", b"7", None).await;
+    assert_eq!(&s.read_response().await.body[..], b"7");
+    s.deliver([4; 16], "rpc://h/stream", b"", None).await;
+    let chunks: Vec<_> = [
+        s.read_response().await,
+        s.read_response().await,
+        s.read_response().await,
+    ]
+    .into_iter()
+    .map(|r| (r.sequence, r.end, r.body))
+    .collect();
+    assert_eq!(
+        chunks,
+        [
+            (0, false, Bytes::from_static(b"1")),
+            (1, false, Bytes::from_static(b"2")),
+            (2, true, Bytes::new())
+        ]
+    );
+    s.deliver([5; 16], "rpc://h/twice", b"", None).await;
+    let r = s.read_response().await;
+    assert_eq!((&r.body[..], r.end), (&b"first"[..], true));
+    s.expect_quiet().await;
+    s.deliver([6; 16], "rpc://h/panic", b"", None).await;
+    let r = s.read_response().await;
+    assert_eq!(
+        coded(&r.body),
+        (6010, "the worker's handler panicked".to_owned())
+    );
+    assert!(
+        worker.is_running(),
+        "a panicking handler does not stop the worker"
+    );
+    drop(worker);
+}
+
+#[tokio::test]
+async fn overlapping_workers_share_no_delivery_and_patterns_are_unique() {
+    let mut s = scripted(CAP_CORRELATION).await;
+    let (wide, _, mut wide_orders) = spawn_worker(&mut s, "rpc://a/**", 4).await;
+    let (narrow, _, mut narrow_orders) = spawn_worker(&mut s, "rpc://a/b", 4).await;
+    let rpc = s.client.rpc();
+    let e = rpc
+        .serve("rpc://a/b", 1, |_r: RpcRequest| async {
+            Ok::<_, HandlerError>(())
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
+    for bad in ["rpc://a/b*", "notice://a/b/c"] {
+        let e = rpc
+            .serve(bad, 1, |_r: RpcRequest| async { Ok::<_, HandlerError>(()) })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
+    }
+    for max in [0, 1025] {
+        let e = rpc
+            .serve("rpc://z", max, |_r: RpcRequest| async {
+                Ok::<_, HandlerError>(())
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{max}");
+    }
+
+    s.deliver([1; 16], "rpc://a/b", b"", None).await;
+    s.deliver([2; 16], "rpc://a/c", b"", None).await;
+    let (to_narrow, a1) = narrow_orders.recv().await.unwrap();
+    let (to_wide, a2) = wide_orders.recv().await.unwrap();
+    assert_eq!(to_narrow.route(), "rpc://a/b");
+    assert_eq!(to_wide.route(), "rpc://a/c");
+    a1.send(Ok(Bytes::new())).unwrap();
+    a2.send(Ok(Bytes::new())).unwrap();
+    let mut ids = [s.read_response().await.id, s.read_response().await.id];
+    ids.sort();
+    assert_eq!(ids, [RpcId([1; 16]), RpcId([2; 16])], "one answer each");
+    s.expect_quiet().await;
+    assert!(narrow_orders.try_recv().is_err() && wide_orders.try_recv().is_err());
+    drop((to_narrow, to_wide));
+    shut_down(narrow, &mut s).await;
+    // The narrow pattern is free again; the wide worker now gets it all.
+    s.deliver([3; 16], "rpc://a/b", b"", None).await;
+    let (req, _answer) = wide_orders.recv().await.unwrap();
+    assert_eq!(req.route(), "rpc://a/b");
+    drop(wide);
+}
+
+#[tokio::test]
+async fn a_worker_is_restored_verbatim_and_forgets_the_old_session() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let (worker, registration, mut orders) = spawn_worker(&mut s, "rpc://a/*", 2).await;
+    s.deliver([1; 16], "rpc://a/b", b"", Some(60_000)).await;
+    let (old, old_answer) = orders.recv().await.unwrap();
+    s.reconnect(CANCEL_CAPS).await;
+    let restored = s.accept_worker().await;
+    assert_eq!(restored, registration, "the same bytes");
+    within("the old request's cancellation", old.cancelled()).await;
+    assert_eq!(old.cancel_reason(), Some(CancelReason::ConnectionLost));
+    let e = old.respond("too late").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale);
+    // Its handler ends; its answer goes nowhere.
+    old_answer.send(Ok(Bytes::from_static(b"lost"))).unwrap();
+    drop(old);
+
+    // The same handle serves the new session; nothing from the old one
+    // (answer, cleanup ack) reaches it.
+    s.deliver([2; 16], "rpc://a/b", b"", None).await;
+    let (fresh, answer) = orders.recv().await.unwrap();
+    answer.send(Ok(Bytes::from_static(b"again"))).unwrap();
+    let resp = s.read_response().await;
+    assert_eq!((resp.id, &resp.body[..]), (RpcId([2; 16]), &b"again"[..]));
+    drop(fresh);
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([2; 16]) }
+    );
+    assert!(worker.is_running());
+    shut_down(worker, &mut s).await;
+}
+
+#[tokio::test]
+async fn a_downstream_call_inherits_budget_and_cancellation() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let rpc = s.client.rpc();
+    let (done_tx, done_rx) = oneshot::channel();
+    let done_tx = Arc::new(std::sync::Mutex::new(Some(done_tx)));
+    let serving = tokio::spawn(async move {
+        let inner = rpc.clone();
+        rpc.serve("rpc://chain/b", 1, move |req: RpcRequest| {
+            let rpc = inner.clone();
+            let done_tx = done_tx.clone();
+            async move {
+                let mut child = rpc
+                    .call_from_request(&req, "rpc://chain/c", "child")
+                    .await?;
+                let outcome = child.next().await;
+                if let Some(tx) = done_tx.lock().unwrap().take() {
+                    let _ = tx.send(outcome.map(|r| r.map_err(|e| e.kind())));
+                }
+                // A parent already cancelled makes no further calls.
+                let e = rpc
+                    .call_from_request(&req, "rpc://chain/c", "")
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Cancelled);
+                Ok::<_, HandlerError>(())
+            }
+        })
+        .await
+    });
+    s.accept_worker().await;
+    let worker = serving.await.unwrap().unwrap();
+    s.deliver([1; 16], "rpc://chain/b", b"", Some(20_000)).await;
+    let child = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload).unwrap();
+    assert_eq!(&*child.route, "rpc://chain/c");
+    let budget = child.budget_ms.unwrap();
+    assert!((15_000..=20_000).contains(&budget), "inherited: {budget}");
+    let signal = Lifecycle::WorkerSignal {
+        id: RpcId([1; 16]),
+        reason: SignalReason::Explicit,
+    };
+    s.push(types::RPC_LIFECYCLE, &signal).await;
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::Caller {
+            id: child.id,
+            reason: wire::CancelReason::Explicit
+        },
+        "the child is cancelled with its parent"
+    );
+    let outcome = within("the child's end", done_rx).await.unwrap();
+    assert_eq!(outcome, Some(Err(ErrorKind::Cancelled)));
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([1; 16]) }
+    );
+    drop(worker);
+}
+
+#[tokio::test]
+async fn dropping_a_worker_unregisters_in_the_background() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let (worker, _, mut orders) = spawn_worker(&mut s, "rpc://a/b", 1).await;
+    s.deliver([1; 16], "rpc://a/b", b"", None).await;
+    let (req, answer) = orders.recv().await.unwrap();
+    drop(worker);
+    within("shutdown cancellation", req.cancelled()).await;
+    assert_eq!(req.cancel_reason(), Some(CancelReason::Shutdown));
+    let r = s.next(types::RPC_UNSUBSCRIBE_WORKER).await;
+    s.peer.reply(&r, &[0]).await.unwrap();
+    // Running handlers are left to finish.
+    answer.send(Ok(Bytes::from_static(b"late"))).unwrap();
+    assert_eq!(&s.read_response().await.body[..], b"late");
+    drop(req);
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([1; 16]) }
+    );
+}
+
+#[cfg(feature = "serde")]
+#[tokio::test]
+async fn json_calls_and_workers() {
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Add {
+        a: i64,
+        b: i64,
+    }
+    let mut s = scripted(CAP_CORRELATION).await;
+    let rpc = s.client.rpc();
+    let serving = tokio::spawn(async move {
+        rpc.serve_json(
+            "rpc://math/add",
+            2,
+            |add: Add, _req: RpcRequest| async move { Ok::<_, HandlerError>(add.a + add.b) },
+        )
+        .await
+    });
+    s.accept_worker().await;
+    let worker = serving.await.unwrap().unwrap();
+    s.deliver([1; 16], "rpc://math/add", br#"{"a":2,"b":3}"#, None)
+        .await;
+    assert_eq!(&s.read_response().await.body[..], b"5");
+    s.deliver([2; 16], "rpc://math/add", b"nope", None).await;
+    assert_eq!(coded(&s.read_response().await.body).0, 6010);
+
+    let rpc = s.client.rpc();
+    let calling = tokio::spawn(async move {
+        rpc.call_json::<_, i64>("rpc://math/add", &Add { a: 1, b: 1 })
+            .await
+    });
+    let req = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload).unwrap();
+    assert_eq!(&req.body[..], br#"{"a":1,"b":1}"#);
+    s.respond(req.id, 0, true, "2").await;
+    assert_eq!(calling.await.unwrap().unwrap(), 2);
+    drop(worker);
+}
