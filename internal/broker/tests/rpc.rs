@@ -784,6 +784,18 @@ async fn cleanup_ack_releases_credit(kind: Kind) {
     sync(&mut w).await;
     assert_eq!(broker.engines().rpc.live_calls(), 0);
     c.expect_quiet().await;
+    // An ack before any cancel (the worker's own deadline fired first)
+    // keeps the call; a later cancel then ends it at once, without grace.
+    c.send(None, &request(uuid(3), ROUTE, b"")).await;
+    let third = next_request(&mut w).await;
+    w.send(None, &Cancel::CleanupDone { id: third.id }).await;
+    sync(&mut w).await;
+    assert_eq!(broker.engines().rpc.live_calls(), 1);
+    assert_eq!(cancel(&mut c, uuid(3)).await, CancelStatus::Forwarded);
+    next_lifecycle(&mut w).await;
+    assert_eq!(broker.engines().rpc.live_calls(), 0);
+    c.send(None, &request(uuid(4), ROUTE, b"")).await;
+    next_request(&mut w).await;
 }
 
 async fn caller_disconnect_signals_supporting_workers(kind: Kind) {

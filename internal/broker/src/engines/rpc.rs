@@ -190,6 +190,8 @@ struct Running {
     worker_id: RpcId,
     supports_cancellation: bool,
     next_sequence: u64,
+    /// The worker acknowledged cleanup before any cancellation reached it.
+    cleaned_up: bool,
 }
 
 impl Call {
@@ -436,6 +438,7 @@ impl RpcEngine {
             worker_id,
             supports_cancellation: supports,
             next_sequence: 0,
+            cleaned_up: false,
         });
         st.by_worker_id.insert((family, worker_id), call_id);
         if worker.send_frame(None, |b| msg.encode_record(b)).is_err() {
@@ -614,12 +617,14 @@ impl RpcEngine {
     }
 
     /// Detaches the caller of a running call on a supporting worker, sends
-    /// the worker `reason` and starts the cleanup grace.
+    /// the worker `reason` and starts the cleanup grace. A worker that
+    /// already acknowledged cleanup (its own deadline fired first) is done:
+    /// the call ends and the credit comes back at once.
     fn signal(&self, st: &mut State, call_id: u64, reason: SignalReason, now: SystemTime) {
         let Some(call) = st.calls.get_mut(&call_id) else {
             return;
         };
-        let Phase::Running(r) = std::mem::replace(&mut call.phase, Phase::Queued) else {
+        let Phase::Running(r) = &call.phase else {
             return;
         };
         lifecycle(
@@ -629,9 +634,17 @@ impl RpcEngine {
                 reason,
             },
         );
+        if r.cleaned_up {
+            let reg = r.registration;
+            self.remove_call(st, call_id);
+            self.release(st, reg, now);
+            return;
+        }
         let grace = now + self.grace;
         call.caller = None;
-        call.phase = Phase::Cancelled(r, grace);
+        if let Phase::Running(r) = std::mem::replace(&mut call.phase, Phase::Queued) {
+            call.phase = Phase::Cancelled(r, grace);
+        }
         let deadline = call.deadline;
         st.deadlines.remove(&(deadline, call_id));
         st.graces.insert((grace, call_id));
@@ -679,11 +692,19 @@ impl RpcEngine {
                 let Some(&call_id) = st.by_worker_id.get(&(family, id)) else {
                     return;
                 };
-                // Acknowledgements of calls that were not cancelled (the
-                // official worker sends one after every invocation) and
-                // from other sessions are ignored.
-                let reg = match st.calls.get(&call_id).map(|c| &c.phase) {
+                // Acknowledgements from other sessions are ignored, and so
+                // are those of completed calls (the official worker sends one
+                // after every invocation): their id is already gone.
+                let reg = match st.calls.get_mut(&call_id).map(|c| &mut c.phase) {
                     Some(Phase::Cancelled(r, _)) if r.worker.id() == session.id() => r.registration,
+                    Some(Phase::Running(r)) if r.worker.id() == session.id() => {
+                        // The worker's own deadline fired before the broker's
+                        // signal reached it: the handler is gone but the call
+                        // keeps its credit until it is cancelled, times out or
+                        // ends, which then needs no further acknowledgement.
+                        r.cleaned_up = true;
+                        return;
+                    }
                     _ => return,
                 };
                 self.remove_call(&mut st, call_id);
