@@ -320,6 +320,45 @@ async fn a_local_deadline_times_out_and_tells_the_broker_once() {
     s.expect_quiet().await;
 }
 
+#[tokio::test(start_paused = true)]
+async fn the_brokers_timeout_at_the_end_of_the_budget_is_the_deadline() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let rpc = s.client.rpc();
+    let timeout = CallOptions::timeout(Duration::from_secs(10));
+    // Early: the broker's own limit, a broker error.
+    let mut call = rpc
+        .call_with("rpc://a/b", "", timeout.clone())
+        .await
+        .unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    s.respond(id, 0, true, error_body(6001, "broker timeout"))
+        .await;
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!((e.kind(), e.code()), (ErrorKind::Broker, Some(6001)));
+    // At the end of the budget it sent: this call's deadline, whoever
+    // noticed first, and no cancellation follows.
+    let mut call = rpc.call_with("rpc://a/b", "", timeout).await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    tokio::time::advance(Duration::from_secs(10)).await;
+    s.respond(id, 0, true, error_body(6001, "broker timeout"))
+        .await;
+    // A round trip answered after it: the frame is in the call's buffer
+    // before the call is polled (else the local timer may notice first).
+    let notice = s.client.notice();
+    let round_trip = tokio::spawn(async move { notice.unsubscribe_all().await });
+    let r = s.next(types::NOTICE_UNSUBSCRIBE_ALL).await;
+    s.peer.reply(&r, &[0]).await.unwrap();
+    round_trip.await.unwrap().unwrap();
+    let e = call.next().await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    drop(call);
+    s.expect_quiet().await;
+}
+
 #[tokio::test]
 async fn dropping_an_unfinished_call_cancels_it_and_a_finished_one_does_not() {
     let mut s = scripted(CANCEL_CAPS).await;
@@ -836,6 +875,42 @@ async fn a_downstream_call_inherits_budget_and_cancellation() {
 }
 
 #[tokio::test]
+async fn a_graceful_shutdown_drains_before_it_unregisters() {
+    let mut s = scripted(CANCEL_CAPS).await;
+    let (worker, _, mut orders) = spawn_worker(&mut s, "rpc://a/b", 4).await;
+    s.deliver([1; 16], "rpc://a/b", b"", None).await;
+    let (req, answer) = orders.recv().await.unwrap();
+    let mut stopping = Box::pin(worker.shutdown());
+    // Polled once: the stop is requested before anything else happens.
+    assert!(futures_util::FutureExt::now_or_never(stopping.as_mut()).is_none());
+    // Taken no more: refused at once, retryable, never run.
+    s.deliver([2; 16], "rpc://a/b", b"", None).await;
+    let refused = s.read_response().await;
+    assert_eq!(refused.id, RpcId([2; 16]));
+    assert_eq!(
+        coded(&refused.body),
+        (6003, "the RPC worker is shutting down".to_owned())
+    );
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([2; 16]) }
+    );
+    assert!(orders.try_recv().is_err());
+    // The running one finishes normally, then the worker unregisters.
+    assert!(!req.is_cancelled());
+    answer.send(Ok(Bytes::from_static(b"finished"))).unwrap();
+    drop(req);
+    assert_eq!(&s.read_response().await.body[..], b"finished");
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([1; 16]) }
+    );
+    let r = s.next(types::RPC_UNSUBSCRIBE_WORKER).await;
+    s.peer.reply(&r, &[0]).await.unwrap();
+    within("shutdown", stopping).await.unwrap();
+}
+
+#[tokio::test]
 async fn dropping_a_worker_unregisters_in_the_background() {
     let mut s = scripted(CANCEL_CAPS).await;
     let (worker, _, mut orders) = spawn_worker(&mut s, "rpc://a/b", 1).await;
@@ -892,4 +967,541 @@ async fn json_calls_and_workers() {
     s.respond(req.id, 0, true, "2").await;
     assert_eq!(calling.await.unwrap().unwrap(), 2);
     drop(worker);
+}
+
+// ===================================================================
+// The embedded broker (or the one named by FITZ_BROKER_*), TCP and WS
+// ===================================================================
+
+mod broker {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use fitz::rpc::{CallOptions, CancelOutcome, CancelReason, HandlerError, RpcRequest};
+    use fitz::{Client, ErrorKind, Event, StaticToken, codes};
+    use fitz_testkit::{Brokers, Proxy, jwt};
+    use futures_util::StreamExt;
+    use tokio::sync::{mpsc, watch};
+
+    use super::{fast_reconnect, within};
+
+    async fn client(url: &str) -> Client {
+        let c = Client::builder(url, StaticToken::anonymous())
+            .reconnect(fast_reconnect())
+            .build()
+            .unwrap();
+        c.connect().await.unwrap();
+        c
+    }
+
+    /// A unique route prefix per scenario: tests share the brokers' state.
+    fn routes(name: &str, url: &str) -> String {
+        let transport = if url.starts_with("ws") { "ws" } else { "tcp" };
+        format!("rpc://{name}/{transport}")
+    }
+
+    async fn wait_event(client: &mut fitz::Events, pred: impl Fn(&Event) -> bool) {
+        within("an event", async {
+            while let Some(ev) = client.recv().await {
+                if pred(&ev) {
+                    return;
+                }
+            }
+            panic!("events ended");
+        })
+        .await;
+    }
+
+    /// Requests that report themselves and wait until told how to answer.
+    type Held = mpsc::UnboundedReceiver<(RpcRequest, tokio::sync::oneshot::Sender<Bytes>)>;
+
+    async fn holding_worker(
+        client: &Client,
+        pattern: &str,
+        max: u32,
+    ) -> (fitz::WorkerHandle, Held) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let worker = client
+            .rpc()
+            .serve(pattern, max, move |req: RpcRequest| {
+                let tx = tx.clone();
+                async move {
+                    let (answer, wait) = tokio::sync::oneshot::channel();
+                    let _ = tx.send((req, answer));
+                    Ok::<_, HandlerError>(wait.await.unwrap_or_default())
+                }
+            })
+            .await
+            .unwrap();
+        (worker, rx)
+    }
+
+    #[tokio::test]
+    async fn round_trips_streams_and_typed_failures() {
+        let brokers = Brokers::start().await.unwrap();
+        for url in [&brokers.anon_tcp, &brokers.anon_ws] {
+            let base = routes("basics", url);
+            let server = client(url).await;
+            let caller = client(url).await;
+            assert!(
+                caller
+                    .server_capabilities()
+                    .unwrap()
+                    .contains(fitz::Capabilities::RPC_CANCELLATION)
+            );
+            let worker = server
+                .rpc()
+                .serve(&format!("{base}/*"), 8, |req: RpcRequest| async move {
+                    if req.route().ends_with("/stream") {
+                        let out = req.stream();
+                        for chunk in ["one", "two", "three"] {
+                            out.send(chunk).await?;
+                        }
+                        out.finish().await?;
+                        return Ok(Bytes::new());
+                    }
+                    let mut echo = b"echo:".to_vec();
+                    echo.extend_from_slice(req.body());
+                    Ok::<_, HandlerError>(Bytes::from(echo))
+                })
+                .await
+                .unwrap();
+            assert!(worker.supports_cancellation());
+            let rpc = caller.rpc();
+
+            let answer = rpc.request(&format!("{base}/echo"), "hi").await.unwrap();
+            assert_eq!(&answer[..], b"echo:hi", "{url}");
+
+            let mut call = rpc.call(&format!("{base}/stream"), "").await.unwrap();
+            let mut chunks = Vec::new();
+            while let Some(chunk) = call.next().await {
+                chunks.push(chunk.unwrap());
+            }
+            assert_eq!(chunks, ["one", "two", "three"], "{url}");
+
+            let e = rpc
+                .request(&format!("{base}-nobody/x"), "")
+                .await
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Broker, "{url}: {e}");
+            assert_eq!(e.code(), Some(codes::RPC_NO_WORKER));
+            assert!(e.is_retryable() && !e.maybe_applied());
+
+            let e = rpc.call(&format!("{base}/*"), "").await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::InvalidArgument, "wildcards stay local");
+
+            worker.shutdown().await.unwrap();
+            let e = rpc.request(&format!("{base}/echo"), "").await.unwrap_err();
+            assert_eq!(e.code(), Some(codes::RPC_NO_WORKER), "unregistered");
+            server.close().await;
+            caller.close().await;
+        }
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn the_concurrency_limit_holds() {
+        let brokers = Brokers::start().await.unwrap();
+        let url = &brokers.anon_tcp;
+        let route = format!("{}/limit", routes("limit", url));
+        let server = client(url).await;
+        let caller = client(url).await;
+        let running = Arc::new(AtomicUsize::new(0));
+        let peak = Arc::new(AtomicUsize::new(0));
+        let (gate_tx, gate) = watch::channel(false);
+        let (seen_tx, mut seen) = watch::channel(0usize);
+        let seen_tx = Arc::new(seen_tx);
+        let (r, p) = (running.clone(), peak.clone());
+        let worker = server
+            .rpc()
+            .serve(&route, 2, move |_req: RpcRequest| {
+                let (running, peak, mut gate, seen) =
+                    (r.clone(), p.clone(), gate.clone(), seen_tx.clone());
+                async move {
+                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                    peak.fetch_max(now, Ordering::SeqCst);
+                    seen.send_modify(|n| *n += 1);
+                    let _ = gate.wait_for(|open| *open).await;
+                    running.fetch_sub(1, Ordering::SeqCst);
+                    Ok::<_, HandlerError>("done")
+                }
+            })
+            .await
+            .unwrap();
+        let calls: Vec<_> = (0..5)
+            .map(|_| {
+                let rpc = caller.rpc();
+                let route = route.clone();
+                tokio::spawn(async move { rpc.request(&route, "").await })
+            })
+            .collect();
+        within("two running", seen.wait_for(|n| *n == 2))
+            .await
+            .unwrap();
+        assert_eq!(worker.in_flight(), 2);
+        gate_tx.send_replace(true);
+        for call in calls {
+            assert_eq!(&within("a call", call).await.unwrap().unwrap()[..], b"done");
+        }
+        assert_eq!(
+            peak.load(Ordering::SeqCst),
+            2,
+            "never more than max_concurrent"
+        );
+        worker.shutdown().await.unwrap();
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_worker_keeps_serving_after_the_connection_is_cut() {
+        let brokers = Brokers::start().await.unwrap();
+        for (url, addr) in [
+            (&brokers.anon_tcp, brokers.anon_tcp_addr().unwrap()),
+            (&brokers.anon_ws, brokers.anon_ws_addr().unwrap()),
+        ] {
+            let proxy = Proxy::start(addr).await.unwrap();
+            let proxied = if url.starts_with("ws") {
+                proxy.ws_url()
+            } else {
+                proxy.tcp_url()
+            };
+            let route = format!("{}/svc", routes("restore", url));
+            let server = client(&proxied).await;
+            let mut events = server.events();
+            let worker = server
+                .rpc()
+                .serve(&route, 4, |_req: RpcRequest| async {
+                    Ok::<_, HandlerError>("served")
+                })
+                .await
+                .unwrap();
+            let caller = client(url).await;
+            assert_eq!(
+                &caller.rpc().request(&route, "").await.unwrap()[..],
+                b"served"
+            );
+
+            proxy.cut_all();
+            wait_event(&mut events, |e| matches!(e, Event::Restored { count: 1 })).await;
+            // The same handle serves again.
+            assert_eq!(
+                &caller.rpc().request(&route, "").await.unwrap()[..],
+                b"served",
+                "{url}"
+            );
+            assert!(worker.is_running());
+            worker.shutdown().await.unwrap();
+            server.close().await;
+            caller.close().await;
+        }
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_call_in_flight_during_a_cut_fails_maybe_applied() {
+        let brokers = Brokers::start().await.unwrap();
+        for (url, addr) in [
+            (&brokers.anon_tcp, brokers.anon_tcp_addr().unwrap()),
+            (&brokers.anon_ws, brokers.anon_ws_addr().unwrap()),
+        ] {
+            let proxy = Proxy::start(addr).await.unwrap();
+            let proxied = if url.starts_with("ws") {
+                proxy.ws_url()
+            } else {
+                proxy.tcp_url()
+            };
+            let route = format!("{}/svc", routes("inflight", url));
+            let server = client(url).await;
+            let (worker, mut held) = holding_worker(&server, &route, 1).await;
+            let caller = client(&proxied).await;
+            let mut call = caller.rpc().call(&route, "").await.unwrap();
+            let (req, _answer) = within("the delivery", held.recv()).await.unwrap();
+            proxy.cut_all();
+            let e = within("the failure", call.next())
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Connection, "{url}: {e}");
+            assert!(e.maybe_applied(), "the request was written");
+            // The broker tells the worker its caller is gone.
+            within("the worker's signal", req.cancelled()).await;
+            assert_eq!(req.cancel_reason(), Some(CancelReason::CallerDisconnected));
+            drop(req);
+            drop(worker);
+            server.close().await;
+            caller.close().await;
+        }
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_deadline_times_out_the_caller_and_cancels_the_worker() {
+        let brokers = Brokers::start().await.unwrap();
+        for url in [&brokers.anon_tcp, &brokers.anon_ws] {
+            let route = format!("{}/slow", routes("deadline", url));
+            let server = client(url).await;
+            let (reasons_tx, mut reasons) = mpsc::unbounded_channel();
+            let worker = server
+                .rpc()
+                .serve(&route, 1, move |req: RpcRequest| {
+                    let reasons = reasons_tx.clone();
+                    async move {
+                        let budget = req.remaining();
+                        req.cancelled().await;
+                        let _ = reasons.send((budget, req.cancel_reason()));
+                        Ok::<_, HandlerError>(())
+                    }
+                })
+                .await
+                .unwrap();
+            let caller = client(url).await;
+            let started = tokio::time::Instant::now();
+            let mut call = caller
+                .rpc()
+                .call_with(&route, "", CallOptions::timeout(Duration::from_millis(300)))
+                .await
+                .unwrap();
+            let e = within("the timeout", call.next())
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Timeout, "{url}: {e}");
+            assert!(started.elapsed() < Duration::from_secs(2));
+            let (budget, reason) = within("the worker's signal", reasons.recv()).await.unwrap();
+            let budget = budget.expect("the budget reached the worker");
+            assert!(budget <= Duration::from_millis(300), "{budget:?}");
+            assert_eq!(reason, Some(CancelReason::Deadline));
+            // The credit comes back: the next call is served.
+            let mut next = caller
+                .rpc()
+                .call_with(&route, "", CallOptions::timeout(Duration::from_millis(300)))
+                .await
+                .unwrap();
+            assert_eq!(
+                within("the next call", next.next())
+                    .await
+                    .unwrap()
+                    .unwrap_err()
+                    .kind(),
+                ErrorKind::Timeout
+            );
+            within("the second signal", reasons.recv()).await.unwrap();
+            worker.shutdown().await.unwrap();
+            server.close().await;
+            caller.close().await;
+        }
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn cancel_is_forwarded_and_the_cleanup_frees_the_credit() {
+        let brokers = Brokers::start().await.unwrap();
+        for url in [&brokers.anon_tcp, &brokers.anon_ws] {
+            let route = format!("{}/job", routes("cancel", url));
+            let server = client(url).await;
+            let (worker, mut held) = holding_worker(&server, &route, 1).await;
+            let caller = client(url).await;
+            let rpc = caller.rpc();
+
+            let mut call = rpc.call(&route, "first").await.unwrap();
+            let (req, _answer) = within("the delivery", held.recv()).await.unwrap();
+            assert_eq!(
+                within("cancel", call.cancel()).await,
+                CancelOutcome::Forwarded
+            );
+            assert!(call.next().await.is_none());
+            within("the worker's signal", req.cancelled()).await;
+            assert_eq!(req.cancel_reason(), Some(CancelReason::CallerCancelled));
+            // Releasing the request acknowledges the cleanup; with
+            // max_concurrent 1 the next call is served only then.
+            drop((req, _answer));
+            let next = tokio::spawn(async move { rpc.request(&route, "second").await });
+            let (req, answer) = within("the next delivery", held.recv()).await.unwrap();
+            assert_eq!(&req.body()[..], b"second");
+            answer.send(Bytes::from_static(b"ok")).unwrap();
+            assert_eq!(
+                &within("the answer", next).await.unwrap().unwrap()[..],
+                b"ok"
+            );
+
+            // Dropping an unfinished call cancels it too.
+            let call = caller
+                .rpc()
+                .call(&format!("{}/job", routes("cancel", url)), "x")
+                .await
+                .unwrap();
+            let (req, _answer) = within("the delivery", held.recv()).await.unwrap();
+            drop(call);
+            within("the drop's signal", req.cancelled()).await;
+            assert_eq!(req.cancel_reason(), Some(CancelReason::CallerCancelled));
+            drop(req);
+            drop(worker);
+            server.close().await;
+            caller.close().await;
+        }
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_delivery_beyond_local_capacity_is_answered_overloaded() {
+        let brokers = Brokers::start().await.unwrap();
+        let url = &brokers.anon_tcp;
+        let base = routes("overload", url);
+        let server = client(url).await;
+        // Two registrations (credit 1 each) whose patterns overlap: the
+        // broker may charge either, but the specific worker serves the route.
+        let (wide, mut wide_held) = holding_worker(&server, &format!("{base}/**"), 1).await;
+        let (narrow, mut narrow_held) = holding_worker(&server, &format!("{base}/x"), 1).await;
+        let caller = client(url).await;
+        let route = format!("{base}/x");
+        let first = {
+            let rpc = caller.rpc();
+            let route = route.clone();
+            tokio::spawn(async move { rpc.request(&route, "").await })
+        };
+        let (req, answer) = within("the first delivery", narrow_held.recv())
+            .await
+            .unwrap();
+        let e = caller.rpc().request(&route, "").await.unwrap_err();
+        assert_eq!(e.code(), Some(codes::RPC_BACKPRESSURE), "{e}");
+        assert_eq!(e.message(), "Local RPC worker is overloaded");
+        assert!(e.is_retryable() && !e.maybe_applied());
+        answer.send(Bytes::from_static(b"one")).unwrap();
+        drop(req);
+        assert_eq!(&first.await.unwrap().unwrap()[..], b"one");
+        assert!(wide_held.try_recv().is_err(), "the wide worker saw nothing");
+        narrow.shutdown().await.unwrap();
+        wide.shutdown().await.unwrap();
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_chain_inherits_the_budget_and_stops_as_a_whole() {
+        let brokers = Brokers::start().await.unwrap();
+        let url = &brokers.anon_tcp;
+        let base = routes("chain", url);
+        let (route_b, route_c) = (format!("{base}/b"), format!("{base}/c"));
+        let (b_client, c_client, a_client) =
+            (client(url).await, client(url).await, client(url).await);
+
+        // C reports its arrivals, then how each ended.
+        let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+        let (c_tx, mut c_seen) = mpsc::unbounded_channel();
+        let c = c_client
+            .rpc()
+            .serve(&route_c, 1, move |req: RpcRequest| {
+                let (arrived, c_tx) = (arrived_tx.clone(), c_tx.clone());
+                async move {
+                    let budget = req.remaining();
+                    let _ = arrived.send(());
+                    req.cancelled().await;
+                    let _ = c_tx.send((budget, req.cancel_reason()));
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .await
+            .unwrap();
+        let b_rpc = b_client.rpc();
+        let b = b_client
+            .rpc()
+            .serve(&route_b, 1, move |req: RpcRequest| {
+                let (rpc, route_c) = (b_rpc.clone(), route_c.clone());
+                async move {
+                    let mut child = rpc.call_from_request(&req, &route_c, "child").await?;
+                    while let Some(chunk) = child.next().await {
+                        chunk?;
+                    }
+                    Ok::<_, HandlerError>(())
+                }
+            })
+            .await
+            .unwrap();
+
+        // A cancels: B is told, B's call to C is cancelled, C is told.
+        let mut call = a_client
+            .rpc()
+            .call_with(&route_b, "", CallOptions::timeout(Duration::from_secs(5)))
+            .await
+            .unwrap();
+        within("C's delivery", arrived.recv()).await.unwrap();
+        assert_eq!(
+            within("A's cancel", call.cancel()).await,
+            CancelOutcome::Forwarded
+        );
+        let (budget, reason) = within("C's signal", c_seen.recv()).await.unwrap();
+        let budget = budget.expect("C got a budget");
+        assert!(
+            budget <= Duration::from_secs(5) && budget > Duration::from_secs(3),
+            "{budget:?}"
+        );
+        assert_eq!(reason, Some(CancelReason::CallerCancelled));
+
+        // A's deadline passes: everyone stops within it.
+        let started = tokio::time::Instant::now();
+        let mut call = a_client
+            .rpc()
+            .call_with(
+                &route_b,
+                "",
+                CallOptions::timeout(Duration::from_millis(700)),
+            )
+            .await
+            .unwrap();
+        let e = within("A's timeout", call.next())
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Timeout);
+        within("C's delivery", arrived.recv()).await.unwrap();
+        let (_, reason) = within("C's signal", c_seen.recv()).await.unwrap();
+        // C's own budget runs out, or B's call to it is cancelled as B's
+        // budget runs out: either way the chain stops on time.
+        assert!(
+            matches!(
+                reason,
+                Some(CancelReason::Deadline | CancelReason::CallerCancelled)
+            ),
+            "{reason:?}"
+        );
+        assert!(started.elapsed() < Duration::from_millis(1500));
+
+        b.shutdown().await.unwrap();
+        c.shutdown().await.unwrap();
+        brokers.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_token_without_rpc_permission_gets_6009() {
+        let brokers = Brokers::start().await.unwrap();
+        for url in [&brokers.auth_tcp, &brokers.auth_ws] {
+            let token = jwt::scoped_token(&["kv://**#*"]);
+            let client = Client::builder(url.as_str(), StaticToken::new(token))
+                .build()
+                .unwrap();
+            client.connect().await.unwrap();
+            let e = client
+                .rpc()
+                .request("rpc://secure/app/op", "")
+                .await
+                .unwrap_err();
+            assert_eq!(
+                (e.kind(), e.code()),
+                (ErrorKind::Broker, Some(codes::RPC_UNAUTHORIZED)),
+                "{url}: {e}"
+            );
+            assert!(!e.is_retryable());
+            let e = client
+                .rpc()
+                .serve("rpc://secure/app/*", 1, |_r: RpcRequest| async {
+                    Ok::<_, HandlerError>(())
+                })
+                .await
+                .unwrap_err();
+            assert_eq!(e.code(), Some(codes::RPC_UNAUTHORIZED), "{url}: {e}");
+            client.close().await;
+        }
+        brokers.shutdown().await;
+    }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use fitz_protocol::route::{self, Scheme};
 use fitz_protocol::rpc::{self, Cancel, CancelStatus, Lifecycle, Response, RpcId};
-use fitz_protocol::{Message, Str, types};
+use fitz_protocol::{Message, Str, codes, types};
 use futures_core::Stream;
 use futures_util::StreamExt;
 use tokio::time::{Instant, Sleep};
@@ -204,6 +204,9 @@ pub struct RpcCall {
     cancel_sent: bool,
     outcome: Option<CancelOutcome>,
     deadline: Option<Pin<Box<Sleep>>>,
+    /// When the budget sent to the broker runs out (send time + budget): a
+    /// broker timeout (6001) from then on is this call's deadline passing.
+    budget_end: Option<Instant>,
     parent: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
 }
 
@@ -369,6 +372,13 @@ impl RpcCall {
         // Broker failures come as a terminal frame numbered 0, whatever was
         // streamed before.
         if let Some(error) = response.as_error() {
+            // The broker enforces the budget we sent: its timeout at the end
+            // of that budget is our deadline, whoever noticed first.
+            if error.code() == Some(codes::RPC_TIMEOUT)
+                && self.budget_end.is_some_and(|end| Instant::now() >= end)
+            {
+                return self.fail(deadline_passed());
+            }
             return self.fail(Error::broker(&error));
         }
         if response.sequence != self.next_seq {
@@ -438,8 +448,7 @@ impl Stream for RpcCall {
             && deadline.as_mut().poll(cx).is_ready()
         {
             this.cancel_in_background(rpc::CancelReason::CallerDeadline);
-            let error = Error::timed_out("the call's deadline passed").applied_if(true);
-            return Poll::Ready(this.fail(error));
+            return Poll::Ready(this.fail(deadline_passed()));
         }
         Poll::Pending
     }
@@ -517,19 +526,22 @@ pub(super) async fn start(
         cancel_sent: false,
         outcome: None,
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        budget_end: None,
         parent: options.parent.map(|t| Box::pin(t.cancelled_owned())),
     };
     let route = Str::from(route);
-    let sent = &mut call.sent;
+    let (sent, budget_end) = (&mut call.sent, &mut call.budget_end);
     let result = conn
         .send_committed(types::RPC_REQUEST, generation, || {
             // The budget is what remains right now, rounded down.
+            let now = Instant::now();
             let budget_ms = deadline.filter(|_| cancellable).map(|d| {
-                let ms = d.saturating_duration_since(Instant::now()).as_millis();
+                let ms = d.saturating_duration_since(now).as_millis();
                 u32::try_from(ms)
                     .unwrap_or(rpc::MAX_BUDGET_MS)
                     .min(rpc::MAX_BUDGET_MS)
             });
+            *budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
             let request = rpc::Request {
                 id,
                 route,
@@ -547,6 +559,10 @@ pub(super) async fn start(
         Err(e) if e.kind() == ErrorKind::Stale => Err(Error::connection_lost(false)),
         Err(e) => Err(e),
     }
+}
+
+fn deadline_passed() -> Error {
+    Error::timed_out("the call's deadline passed").applied_if(true)
 }
 
 /// A random RFC 4122 version 4 UUID.

@@ -13,6 +13,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -37,6 +38,9 @@ use crate::options::{Overflow, SubscriptionOptions};
 
 /// The answer a worker gives a delivery it has no room for.
 const OVERLOADED: &str = "Local RPC worker is overloaded";
+
+/// The answer a stopping worker gives a delivery.
+const SHUTTING_DOWN: &str = "the RPC worker is shutting down";
 
 /// Longest error message put on the wire (the record limit is 64 KiB).
 const MAX_MESSAGE: usize = 4096;
@@ -131,7 +135,7 @@ impl IntoBody for &'static [u8] {
 /// `6010` (backend failure: outcome unknown, not retryable). Any
 /// `std::error::Error` converts with `?`: a [`crate::Error`] carrying an RPC
 /// code (a failed downstream call) keeps that code, everything else becomes
-/// `6010` with the error's text.
+/// `6010` with the error's text (a downstream timeout becomes `6001`).
 ///
 /// ```
 /// use fitz::rpc::HandlerError;
@@ -204,10 +208,14 @@ impl HandlerError {
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(error: E) -> Self {
         let any: &dyn std::any::Any = &error;
-        if let Some(e) = any.downcast_ref::<Error>()
-            && let Some(code) = e.code().filter(|c| is_rpc_code(*c))
-        {
-            return Self::new(code, e.message());
+        if let Some(e) = any.downcast_ref::<Error>() {
+            if let Some(code) = e.code().filter(|c| is_rpc_code(*c)) {
+                return Self::new(code, e.message());
+            }
+            // A downstream call that ran out of (inherited) budget.
+            if e.kind() == crate::ErrorKind::Timeout {
+                return Self::timeout(e.message());
+            }
         }
         Self::failed(error.to_string())
     }
@@ -253,15 +261,13 @@ pub enum CancelReason {
     /// The caller cancelled the call (explicitly, by dropping it, or because
     /// its own parent was cancelled).
     CallerCancelled,
-    /// The caller's deadline passed.
-    CallerDeadline,
+    /// The call's time ran out: the caller's deadline (the broker said so),
+    /// the broker's own deadline, or the budget counted here (receipt time +
+    /// the remaining budget the caller sent) — whichever was noticed first;
+    /// they describe the same moment.
+    Deadline,
     /// The caller's connection ended.
     CallerDisconnected,
-    /// The broker's deadline for the call passed.
-    BrokerDeadline,
-    /// The call's budget ran out here (receipt time + the remaining budget
-    /// the caller sent).
-    Deadline,
     /// The session that delivered the call ended; the broker dropped the
     /// call, and nothing sent for it can arrive any more.
     ConnectionLost,
@@ -273,28 +279,20 @@ impl CancelReason {
     fn from_signal(reason: SignalReason) -> Self {
         match reason {
             SignalReason::Explicit => Self::CallerCancelled,
-            SignalReason::CallerDeadline => Self::CallerDeadline,
+            SignalReason::CallerDeadline | SignalReason::BrokerDeadline => Self::Deadline,
             SignalReason::CallerDisconnected => Self::CallerDisconnected,
-            SignalReason::BrokerDeadline => Self::BrokerDeadline,
         }
-    }
-
-    /// The broker cancelled the call: it ignores anything sent for it now.
-    fn is_broker_signal(self) -> bool {
-        matches!(
-            self,
-            Self::CallerCancelled
-                | Self::CallerDeadline
-                | Self::CallerDisconnected
-                | Self::BrokerDeadline
-        )
     }
 }
 
 /// A request's cancellation: shared with the worker task, which fires it.
 struct Cancellation {
     token: CancellationToken,
+    /// The first reason wins.
     reason: OnceLock<CancelReason>,
+    /// The broker cancelled the call (RPC_LIFECYCLE kind 2), whatever was
+    /// noticed first: it ignores anything sent for the call from now on.
+    by_broker: AtomicBool,
 }
 
 impl Cancellation {
@@ -302,13 +300,22 @@ impl Cancellation {
         Self {
             token: CancellationToken::new(),
             reason: OnceLock::new(),
+            by_broker: AtomicBool::new(false),
         }
     }
 
-    /// The first reason wins.
     fn fire(&self, reason: CancelReason) {
         let _ = self.reason.set(reason);
         self.token.cancel();
+    }
+
+    fn signalled(&self, reason: SignalReason) {
+        self.by_broker.store(true, Ordering::Release);
+        self.fire(CancelReason::from_signal(reason));
+    }
+
+    fn by_broker(&self) -> bool {
+        self.by_broker.load(Ordering::Acquire)
     }
 }
 
@@ -389,12 +396,7 @@ impl Invocation {
 
     /// The handler returned: its value ends the response unless it ended.
     async fn conclude(&self, outcome: std::result::Result<Bytes, HandlerError>) {
-        if self
-            .cancellation
-            .reason
-            .get()
-            .is_some_and(|r| r.is_broker_signal())
-        {
+        if self.cancellation.by_broker() {
             // The broker ignores it now; the cleanup ack is what counts.
             lock(&self.reply).finished = true;
             return;
@@ -416,7 +418,7 @@ impl Drop for Invocation {
         // Nobody answered: end the call rather than let it hang until the
         // broker's timeout. (Not when the broker cancelled it: it would
         // ignore the frame.)
-        if !state.finished && !reason.is_some_and(CancelReason::is_broker_signal) {
+        if !state.finished && !self.cancellation.by_broker() {
             let (code, message) = match reason {
                 Some(CancelReason::Deadline) => (
                     codes::RPC_TIMEOUT,
@@ -703,11 +705,12 @@ impl WorkerHandle {
         self.done.borrow().is_none()
     }
 
-    /// Stops gracefully: unregisters (UNSUBSCRIBE_WORKER, waiting for the
-    /// broker), serves what the broker delivered before it took the
-    /// unregistration, then waits for every running handler. Returns the
-    /// unregistration's error, or the error that had already ended the
-    /// worker.
+    /// Stops gracefully: takes no new request (one delivered meanwhile is
+    /// answered with the retryable `6003`, it never runs), waits for every
+    /// running handler, then unregisters (UNSUBSCRIBE_WORKER) and waits for
+    /// the broker. In that order because the broker fails the calls still
+    /// running on a registration it removes. Returns the unregistration's
+    /// error, or the error that had already ended the worker.
     pub async fn shutdown(self) -> Result<()> {
         self.stop.cancel();
         let mut done = self.done.clone();
@@ -864,10 +867,10 @@ struct Worker {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Serving,
-    /// UNSUBSCRIBE_WORKER sent; still serving what was delivered before.
-    Unregistering,
-    /// Unregistered: waiting for the running handlers.
+    /// Stopping: running handlers finish, new deliveries are refused.
     Draining,
+    /// Handlers done: UNSUBSCRIBE_WORKER sent, waiting for the broker.
+    Unregistering,
 }
 
 type Unsubscribing = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
@@ -883,37 +886,28 @@ impl Worker {
         let mut phase = Phase::Serving;
         let mut unsubscribing: Option<Unsubscribing> = None;
         let result = loop {
+            // Unregister only once the handlers are done: the broker fails
+            // the calls still running on a registration it removes.
             if phase == Phase::Draining && self.tasks.is_empty() {
-                break Ok(());
+                phase = Phase::Unregistering;
+                match streams.registration.take() {
+                    Some(registration) => {
+                        unsubscribing = Some(Box::pin(registration.unsubscribe()));
+                    }
+                    None => break Ok(()),
+                }
             }
             tokio::select! {
                 biased;
                 () = abort.cancelled() => break Ok(()),
-                () = stop.cancelled(), if phase == Phase::Serving => {
-                    phase = Phase::Unregistering;
-                    if let Some(registration) = streams.registration.take() {
-                        unsubscribing = Some(Box::pin(registration.unsubscribe()));
-                    }
-                }
-                unsubscribed = poll_opt(&mut unsubscribing) => {
-                    unsubscribing = None;
-                    // Everything the broker dispatched before it took the
-                    // unregistration is already buffered: serve it.
-                    while let Some(Some(Ok(payload))) = streams.deliveries.next().now_or_never() {
-                        self.on_delivery(payload, true);
-                    }
-                    phase = Phase::Draining;
-                    if let Err(e) = unsubscribed {
-                        self.finish_all(CancelReason::Shutdown);
-                        break Err(e);
-                    }
-                }
+                () = stop.cancelled(), if phase == Phase::Serving => phase = Phase::Draining,
+                unsubscribed = poll_opt(&mut unsubscribing) => break unsubscribed,
                 // Reaps finished handlers (their panics are caught in `run`).
                 Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
                 item = streams.deliveries.next() => match item {
                     Some(Ok(payload)) => {
                         self.note_dropped(streams.deliveries.dropped());
-                        self.on_delivery(payload, phase != Phase::Draining);
+                        self.on_delivery(payload, phase == Phase::Serving);
                     }
                     // The client closed.
                     Some(Err(e)) => break Err(e),
@@ -997,11 +991,8 @@ impl Worker {
             }
         };
         if !serve {
-            self.reject(
-                request.id,
-                codes::RPC_WORKER_NOT_FOUND,
-                "the worker unregistered",
-            );
+            // Never run: the caller may safely retry (another worker).
+            self.reject(request.id, codes::RPC_BACKPRESSURE, SHUTTING_DOWN);
             return;
         }
         let Ok(slot) = self.slots.clone().try_acquire_owned() else {
@@ -1066,7 +1057,7 @@ impl Worker {
         if let Ok(Lifecycle::WorkerSignal { id, reason }) = Lifecycle::decode(payload) {
             let found = lock(&self.active).get(&id).cloned();
             if let Some(c) = found {
-                c.fire(CancelReason::from_signal(reason));
+                c.signalled(reason);
             }
         }
     }
