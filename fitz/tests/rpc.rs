@@ -1104,53 +1104,54 @@ mod broker {
     #[tokio::test]
     async fn the_concurrency_limit_holds() {
         let brokers = Brokers::start().await.unwrap();
-        let url = &brokers.anon_tcp;
-        let route = format!("{}/limit", routes("limit", url));
-        let server = client(url).await;
-        let caller = client(url).await;
-        let running = Arc::new(AtomicUsize::new(0));
-        let peak = Arc::new(AtomicUsize::new(0));
-        let (gate_tx, gate) = watch::channel(false);
-        let (seen_tx, mut seen) = watch::channel(0usize);
-        let seen_tx = Arc::new(seen_tx);
-        let (r, p) = (running.clone(), peak.clone());
-        let worker = server
-            .rpc()
-            .serve(&route, 2, move |_req: RpcRequest| {
-                let (running, peak, mut gate, seen) =
-                    (r.clone(), p.clone(), gate.clone(), seen_tx.clone());
-                async move {
-                    let now = running.fetch_add(1, Ordering::SeqCst) + 1;
-                    peak.fetch_max(now, Ordering::SeqCst);
-                    seen.send_modify(|n| *n += 1);
-                    let _ = gate.wait_for(|open| *open).await;
-                    running.fetch_sub(1, Ordering::SeqCst);
-                    Ok::<_, HandlerError>("done")
-                }
-            })
-            .await
-            .unwrap();
-        let calls: Vec<_> = (0..5)
-            .map(|_| {
-                let rpc = caller.rpc();
-                let route = route.clone();
-                tokio::spawn(async move { rpc.request(&route, "").await })
-            })
-            .collect();
-        within("two running", seen.wait_for(|n| *n == 2))
-            .await
-            .unwrap();
-        assert_eq!(worker.in_flight(), 2);
-        gate_tx.send_replace(true);
-        for call in calls {
-            assert_eq!(&within("a call", call).await.unwrap().unwrap()[..], b"done");
+        for url in [&brokers.anon_tcp, &brokers.anon_ws] {
+            let route = format!("{}/limit", routes("limit", url));
+            let server = client(url).await;
+            let caller = client(url).await;
+            let running = Arc::new(AtomicUsize::new(0));
+            let peak = Arc::new(AtomicUsize::new(0));
+            let (gate_tx, gate) = watch::channel(false);
+            let (seen_tx, mut seen) = watch::channel(0usize);
+            let seen_tx = Arc::new(seen_tx);
+            let (r, p) = (running.clone(), peak.clone());
+            let worker = server
+                .rpc()
+                .serve(&route, 2, move |_req: RpcRequest| {
+                    let (running, peak, mut gate, seen) =
+                        (r.clone(), p.clone(), gate.clone(), seen_tx.clone());
+                    async move {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        peak.fetch_max(now, Ordering::SeqCst);
+                        seen.send_modify(|n| *n += 1);
+                        let _ = gate.wait_for(|open| *open).await;
+                        running.fetch_sub(1, Ordering::SeqCst);
+                        Ok::<_, HandlerError>("done")
+                    }
+                })
+                .await
+                .unwrap();
+            let calls: Vec<_> = (0..5)
+                .map(|_| {
+                    let rpc = caller.rpc();
+                    let route = route.clone();
+                    tokio::spawn(async move { rpc.request(&route, "").await })
+                })
+                .collect();
+            within("two running", seen.wait_for(|n| *n == 2))
+                .await
+                .unwrap();
+            assert_eq!(worker.in_flight(), 2);
+            gate_tx.send_replace(true);
+            for call in calls {
+                assert_eq!(&within("a call", call).await.unwrap().unwrap()[..], b"done");
+            }
+            assert_eq!(
+                peak.load(Ordering::SeqCst),
+                2,
+                "never more than max_concurrent"
+            );
+            worker.shutdown().await.unwrap();
         }
-        assert_eq!(
-            peak.load(Ordering::SeqCst),
-            2,
-            "never more than max_concurrent"
-        );
-        worker.shutdown().await.unwrap();
         brokers.shutdown().await;
     }
 
@@ -1347,128 +1348,130 @@ mod broker {
     #[tokio::test]
     async fn a_delivery_beyond_local_capacity_is_answered_overloaded() {
         let brokers = Brokers::start().await.unwrap();
-        let url = &brokers.anon_tcp;
-        let base = routes("overload", url);
-        let server = client(url).await;
-        // Two registrations (credit 1 each) whose patterns overlap: the
-        // broker may charge either, but the specific worker serves the route.
-        let (wide, mut wide_held) = holding_worker(&server, &format!("{base}/**"), 1).await;
-        let (narrow, mut narrow_held) = holding_worker(&server, &format!("{base}/x"), 1).await;
-        let caller = client(url).await;
-        let route = format!("{base}/x");
-        let first = {
-            let rpc = caller.rpc();
-            let route = route.clone();
-            tokio::spawn(async move { rpc.request(&route, "").await })
-        };
-        let (req, answer) = within("the first delivery", narrow_held.recv())
-            .await
-            .unwrap();
-        let e = caller.rpc().request(&route, "").await.unwrap_err();
-        assert_eq!(e.code(), Some(codes::RPC_BACKPRESSURE), "{e}");
-        assert_eq!(e.message(), "Local RPC worker is overloaded");
-        assert!(e.is_retryable() && !e.maybe_applied());
-        answer.send(Bytes::from_static(b"one")).unwrap();
-        drop(req);
-        assert_eq!(&first.await.unwrap().unwrap()[..], b"one");
-        assert!(wide_held.try_recv().is_err(), "the wide worker saw nothing");
-        narrow.shutdown().await.unwrap();
-        wide.shutdown().await.unwrap();
+        for url in [&brokers.anon_tcp, &brokers.anon_ws] {
+            let base = routes("overload", url);
+            let server = client(url).await;
+            // Two registrations (credit 1 each) whose patterns overlap: the
+            // broker may charge either, but the specific worker serves the route.
+            let (wide, mut wide_held) = holding_worker(&server, &format!("{base}/**"), 1).await;
+            let (narrow, mut narrow_held) = holding_worker(&server, &format!("{base}/x"), 1).await;
+            let caller = client(url).await;
+            let route = format!("{base}/x");
+            let first = {
+                let rpc = caller.rpc();
+                let route = route.clone();
+                tokio::spawn(async move { rpc.request(&route, "").await })
+            };
+            let (req, answer) = within("the first delivery", narrow_held.recv())
+                .await
+                .unwrap();
+            let e = caller.rpc().request(&route, "").await.unwrap_err();
+            assert_eq!(e.code(), Some(codes::RPC_BACKPRESSURE), "{e}");
+            assert_eq!(e.message(), "Local RPC worker is overloaded");
+            assert!(e.is_retryable() && !e.maybe_applied());
+            answer.send(Bytes::from_static(b"one")).unwrap();
+            drop(req);
+            assert_eq!(&first.await.unwrap().unwrap()[..], b"one");
+            assert!(wide_held.try_recv().is_err(), "the wide worker saw nothing");
+            narrow.shutdown().await.unwrap();
+            wide.shutdown().await.unwrap();
+        }
         brokers.shutdown().await;
     }
 
     #[tokio::test]
     async fn a_chain_inherits_the_budget_and_stops_as_a_whole() {
         let brokers = Brokers::start().await.unwrap();
-        let url = &brokers.anon_tcp;
-        let base = routes("chain", url);
-        let (route_b, route_c) = (format!("{base}/b"), format!("{base}/c"));
-        let (b_client, c_client, a_client) =
-            (client(url).await, client(url).await, client(url).await);
+        for url in [&brokers.anon_tcp, &brokers.anon_ws] {
+            let base = routes("chain", url);
+            let (route_b, route_c) = (format!("{base}/b"), format!("{base}/c"));
+            let (b_client, c_client, a_client) =
+                (client(url).await, client(url).await, client(url).await);
 
-        // C reports its arrivals, then how each ended.
-        let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
-        let (c_tx, mut c_seen) = mpsc::unbounded_channel();
-        let c = c_client
-            .rpc()
-            .serve(&route_c, 1, move |req: RpcRequest| {
-                let (arrived, c_tx) = (arrived_tx.clone(), c_tx.clone());
-                async move {
-                    let budget = req.remaining();
-                    let _ = arrived.send(());
-                    req.cancelled().await;
-                    let _ = c_tx.send((budget, req.cancel_reason()));
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .await
-            .unwrap();
-        let b_rpc = b_client.rpc();
-        let b = b_client
-            .rpc()
-            .serve(&route_b, 1, move |req: RpcRequest| {
-                let (rpc, route_c) = (b_rpc.clone(), route_c.clone());
-                async move {
-                    let mut child = rpc.call_from_request(&req, &route_c, "child").await?;
-                    while let Some(chunk) = child.next().await {
-                        chunk?;
+            // C reports its arrivals, then how each ended.
+            let (arrived_tx, mut arrived) = mpsc::unbounded_channel();
+            let (c_tx, mut c_seen) = mpsc::unbounded_channel();
+            let c = c_client
+                .rpc()
+                .serve(&route_c, 1, move |req: RpcRequest| {
+                    let (arrived, c_tx) = (arrived_tx.clone(), c_tx.clone());
+                    async move {
+                        let budget = req.remaining();
+                        let _ = arrived.send(());
+                        req.cancelled().await;
+                        let _ = c_tx.send((budget, req.cancel_reason()));
+                        Ok::<_, HandlerError>(())
                     }
-                    Ok::<_, HandlerError>(())
-                }
-            })
-            .await
-            .unwrap();
+                })
+                .await
+                .unwrap();
+            let b_rpc = b_client.rpc();
+            let b = b_client
+                .rpc()
+                .serve(&route_b, 1, move |req: RpcRequest| {
+                    let (rpc, route_c) = (b_rpc.clone(), route_c.clone());
+                    async move {
+                        let mut child = rpc.call_from_request(&req, &route_c, "child").await?;
+                        while let Some(chunk) = child.next().await {
+                            chunk?;
+                        }
+                        Ok::<_, HandlerError>(())
+                    }
+                })
+                .await
+                .unwrap();
 
-        // A cancels: B is told, B's call to C is cancelled, C is told.
-        let mut call = a_client
-            .rpc()
-            .call_with(&route_b, "", CallOptions::timeout(Duration::from_secs(5)))
-            .await
-            .unwrap();
-        within("C's delivery", arrived.recv()).await.unwrap();
-        assert_eq!(
-            within("A's cancel", call.cancel()).await,
-            CancelOutcome::Forwarded
-        );
-        let (budget, reason) = within("C's signal", c_seen.recv()).await.unwrap();
-        let budget = budget.expect("C got a budget");
-        assert!(
-            budget <= Duration::from_secs(5) && budget > Duration::from_secs(3),
-            "{budget:?}"
-        );
-        assert_eq!(reason, Some(CancelReason::CallerCancelled));
+            // A cancels: B is told, B's call to C is cancelled, C is told.
+            let mut call = a_client
+                .rpc()
+                .call_with(&route_b, "", CallOptions::timeout(Duration::from_secs(5)))
+                .await
+                .unwrap();
+            within("C's delivery", arrived.recv()).await.unwrap();
+            assert_eq!(
+                within("A's cancel", call.cancel()).await,
+                CancelOutcome::Forwarded
+            );
+            let (budget, reason) = within("C's signal", c_seen.recv()).await.unwrap();
+            let budget = budget.expect("C got a budget");
+            assert!(
+                budget <= Duration::from_secs(5) && budget > Duration::from_secs(3),
+                "{budget:?}"
+            );
+            assert_eq!(reason, Some(CancelReason::CallerCancelled));
 
-        // A's deadline passes: everyone stops within it.
-        let started = tokio::time::Instant::now();
-        let mut call = a_client
-            .rpc()
-            .call_with(
-                &route_b,
-                "",
-                CallOptions::timeout(Duration::from_millis(700)),
-            )
-            .await
-            .unwrap();
-        let e = within("A's timeout", call.next())
-            .await
-            .unwrap()
-            .unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::Timeout);
-        within("C's delivery", arrived.recv()).await.unwrap();
-        let (_, reason) = within("C's signal", c_seen.recv()).await.unwrap();
-        // C's own budget runs out, or B's call to it is cancelled as B's
-        // budget runs out: either way the chain stops on time.
-        assert!(
-            matches!(
-                reason,
-                Some(CancelReason::Deadline | CancelReason::CallerCancelled)
-            ),
-            "{reason:?}"
-        );
-        assert!(started.elapsed() < Duration::from_millis(1500));
+            // A's deadline passes: everyone stops within it.
+            let started = tokio::time::Instant::now();
+            let mut call = a_client
+                .rpc()
+                .call_with(
+                    &route_b,
+                    "",
+                    CallOptions::timeout(Duration::from_millis(700)),
+                )
+                .await
+                .unwrap();
+            let e = within("A's timeout", call.next())
+                .await
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Timeout);
+            within("C's delivery", arrived.recv()).await.unwrap();
+            let (_, reason) = within("C's signal", c_seen.recv()).await.unwrap();
+            // C's own budget runs out, or B's call to it is cancelled as B's
+            // budget runs out: either way the chain stops on time.
+            assert!(
+                matches!(
+                    reason,
+                    Some(CancelReason::Deadline | CancelReason::CallerCancelled)
+                ),
+                "{reason:?}"
+            );
+            assert!(started.elapsed() < Duration::from_millis(1500));
 
-        b.shutdown().await.unwrap();
-        c.shutdown().await.unwrap();
+            b.shutdown().await.unwrap();
+            c.shutdown().await.unwrap();
+        }
         brokers.shutdown().await;
     }
 

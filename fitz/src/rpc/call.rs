@@ -204,6 +204,7 @@ pub struct RpcCall {
     cancel_sent: bool,
     outcome: Option<CancelOutcome>,
     deadline: Option<Pin<Box<Sleep>>>,
+    deadline_at: Option<Instant>,
     /// When the budget sent to the broker runs out (send time + budget): a
     /// broker timeout (6001) from then on is this call's deadline passing.
     budget_end: Option<Instant>,
@@ -218,7 +219,7 @@ impl RpcCall {
 
     /// The call's local deadline, if it has one.
     pub fn deadline(&self) -> Option<Instant> {
-        self.deadline.as_ref().map(|s| s.deadline())
+        self.deadline_at
     }
 
     /// Cancels the call (RPC_CANCEL, reason "explicit") and waits, at most
@@ -526,6 +527,7 @@ pub(super) async fn start(
         cancel_sent: false,
         outcome: None,
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        deadline_at: deadline,
         budget_end: None,
         parent: options.parent.map(|t| Box::pin(t.cancelled_owned())),
     };

@@ -464,10 +464,12 @@ impl Drop for Invocation {
 /// Answer it once: [`RpcRequest::respond`] (one final chunk),
 /// [`RpcRequest::stream`] (chunks, then [`Responder::finish`]), or the
 /// handler's return value. When the request and every [`Responder`] of it
-/// are dropped without a final chunk, the call ends with error `6010`
-/// (`6001` after its deadline passed). Dropping them is also what tells a
-/// broker that supports cancellation that the request's cleanup is done, and
-/// releases its credit — keep the request while work for it still runs.
+/// are dropped without a final chunk, the worker ends the call itself with
+/// error `6010` — `6001` once its deadline passed, `6002` when the worker was
+/// dropped — unless the broker already cancelled it. Dropping them is also
+/// what tells a broker that supports cancellation that the request's cleanup
+/// is done, which releases its credit: keep the request while work for it
+/// still runs.
 pub struct RpcRequest {
     route: Str,
     body: Bytes,
