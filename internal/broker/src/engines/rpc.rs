@@ -1002,3 +1002,29 @@ impl Engine for RpcEngine {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_hash_separates_close_keys_and_seeds() {
+        let s = Seeded::default();
+        let h = |b: &[u8]| {
+            let mut x = s.build_hasher();
+            x.write(b);
+            x.finish()
+        };
+        assert_ne!(h(b"ab"), h(b"ab\0"));
+        assert_ne!(h(&[0; 16]), h(&[0; 17]));
+        let a = (1u32, RpcId([7; 16]));
+        assert_ne!(s.hash_one(a), Seeded::default().hash_one(a), "per-map seed");
+        let mut m: Map<(Family, RpcId), u64> = Map::default();
+        for i in 0..1000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            m.insert((1, RpcId(id)), u64::from(i));
+        }
+        assert_eq!(m.len(), 1000);
+    }
+}
