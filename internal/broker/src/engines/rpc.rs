@@ -70,7 +70,7 @@
 //! legacy workers run to their end with the responses discarded.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -121,17 +121,23 @@ pub struct RpcEngine {
     workers: Registry,
     /// Keys of the invocation-UUID mixer, random per broker.
     mixer: RandomState,
+    /// A random mask for the counter half of invocation UUIDs.
+    mask: u64,
     state: Mutex<State>,
 }
+
+/// The engine's maps hash with [`Seeded`]: SipHash was a quarter of the
+/// broker's instructions on the call path.
+type Map<K, V> = HashMap<K, V, Seeded>;
 
 #[derive(Default)]
 struct State {
     /// Credit of every registration, by registration id.
-    credit: HashMap<u64, Credit>,
-    calls: HashMap<u64, Call>,
-    by_caller: HashMap<(Family, RpcId), u64>,
-    by_worker_id: HashMap<(Family, RpcId), u64>,
-    queues: HashMap<Family, HashMap<Str, VecDeque<u64>>>,
+    credit: Map<u64, Credit>,
+    calls: Map<u64, Call>,
+    by_caller: Map<(Family, RpcId), u64>,
+    by_worker_id: Map<(Family, RpcId), u64>,
+    queues: Map<Family, Map<Str, VecDeque<u64>>>,
     queued: usize,
     /// Call deadlines (queued and running calls).
     deadlines: BTreeSet<(SystemTime, u64)>,
@@ -143,6 +149,79 @@ struct State {
     /// Dispatch counter stamping `Credit::last_used`.
     uses: u64,
     invocations: u64,
+}
+
+/// A fast keyed hash (folded 64×64→128 multiplies over 8-byte words) with
+/// a random seed per map. Caller UUIDs are chosen by clients, so the seed
+/// keeps colliding keys from being precomputed; the other keys are broker
+/// counters.
+#[derive(Clone, Copy)]
+struct Seeded(u64);
+
+impl Default for Seeded {
+    fn default() -> Self {
+        Seeded(RandomState::new().hash_one(0x5EED_u64) | 1)
+    }
+}
+
+impl BuildHasher for Seeded {
+    type Hasher = Folded;
+    fn build_hasher(&self) -> Folded {
+        Folded(self.0)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Folded(u64);
+
+impl Folded {
+    #[inline]
+    fn mix(&mut self, word: u64) {
+        const K: u64 = 0x9E37_79B9_7F4A_7C15;
+        let x = u128::from(self.0 ^ word) * u128::from(K);
+        self.0 = (x as u64) ^ ((x >> 64) as u64);
+    }
+}
+
+impl Hasher for Folded {
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            let mut w = [0u8; 8];
+            w.copy_from_slice(c);
+            self.mix(u64::from_le_bytes(w));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut w = [0u8; 8];
+            w[..rest.len()].copy_from_slice(rest);
+            // The length keeps "ab" and "ab\0" apart.
+            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+        }
+    }
+    #[inline]
+    fn write_u8(&mut self, n: u8) {
+        self.mix(n.into());
+    }
+    #[inline]
+    fn write_u32(&mut self, n: u32) {
+        self.mix(n.into());
+    }
+    #[inline]
+    fn write_u64(&mut self, n: u64) {
+        self.mix(n);
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.mix(n as u64);
+    }
+    #[inline]
+    fn finish(&self) -> u64 {
+        let mut h = *self;
+        h.mix(0x2D35_8DCC_AA6C_78A5);
+        h.0
+    }
 }
 
 struct Credit {
@@ -240,7 +319,7 @@ impl RpcEngine {
             let n = st.invocations;
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&self.mixer.hash_one(n).to_be_bytes());
-            id[8..].copy_from_slice(&(n ^ self.mixer.hash_one(0u64)).to_be_bytes());
+            id[8..].copy_from_slice(&(n ^ self.mask).to_be_bytes());
             let id = RpcId(id);
             // A caller may have chosen the same UUID for a legacy worker.
             if !st.by_worker_id.contains_key(&(family, id)) {
@@ -754,6 +833,7 @@ impl Engine for RpcEngine {
             grace: services.config.rpc_cancellation_grace,
             workers: Registry::new(services.ids.clone()),
             mixer: RandomState::new(),
+            mask: RandomState::new().hash_one(0u64),
             state: Mutex::new(State::default()),
         })
     }
@@ -920,5 +1000,31 @@ impl Engine for RpcEngine {
         if let Some(at) = next {
             self.arm(&mut st, at);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_hash_separates_close_keys_and_seeds() {
+        let s = Seeded::default();
+        let h = |b: &[u8]| {
+            let mut x = s.build_hasher();
+            x.write(b);
+            x.finish()
+        };
+        assert_ne!(h(b"ab"), h(b"ab\0"));
+        assert_ne!(h(&[0; 16]), h(&[0; 17]));
+        let a = (1u32, RpcId([7; 16]));
+        assert_ne!(s.hash_one(a), Seeded::default().hash_one(a), "per-map seed");
+        let mut m: Map<(Family, RpcId), u64> = Map::default();
+        for i in 0..1000u32 {
+            let mut id = [0u8; 16];
+            id[..4].copy_from_slice(&i.to_be_bytes());
+            m.insert((1, RpcId(id)), u64::from(i));
+        }
+        assert_eq!(m.len(), 1000);
     }
 }
