@@ -424,7 +424,7 @@ impl Actor {
         self.book
             .fail_session(ended, Error::connection_lost, &mut self.finished);
         self.settle(&mut Mode::Pending);
-        self.registry.session_lost();
+        self.registry.session_lost(self.shared.generation());
         self.restoring = 0;
     }
 

@@ -314,8 +314,9 @@ pub(crate) enum PushKey {
     /// a tie) — the broker charged one registration, so one worker must
     /// answer. One handler per pattern and type: installing a second one
     /// fails. When a session ends, each RPC_REQUEST pattern handler receives
-    /// an empty item (never a valid delivery) that marks the boundary in
-    /// order, so deliveries of the lost session can be told apart.
+    /// an 8-byte item (never a valid delivery): the generation of the next
+    /// session, big-endian. It marks the boundary in order, so deliveries of
+    /// the lost session can be told apart.
     Pattern(String),
     /// Every push of the type nobody else claimed, including late labelled
     /// replies. Survives reconnects.

@@ -247,8 +247,9 @@ impl Registry {
         sent
     }
 
-    /// The session is gone: wire ids are meaningless now.
-    pub fn session_lost(&mut self) {
+    /// The session is gone: wire ids are meaningless now. `next` is the
+    /// generation of the session to come.
+    pub fn session_lost(&mut self, next: u64) {
         self.routes.clear();
         for reg in self.regs.values_mut() {
             if matches!(reg.phase, Phase::Live | Phase::Restoring) {
@@ -273,11 +274,12 @@ impl Registry {
         }
         self.push.retain(|_, v| !v.is_empty());
         // Worker deliveries carry no session stamp and their invocation ids
-        // die with the session: an empty item (never a valid REQUEST) marks
-        // the boundary in the handler's own order.
+        // die with the session: an 8-byte item (never a valid REQUEST), the
+        // next generation, marks the boundary in the handler's own order.
         if let Some(sinks) = self.push.get(&types::RPC_REQUEST) {
+            let marker = Bytes::copy_from_slice(&next.to_be_bytes());
             for s in sinks {
-                s.tx.push(Bytes::new());
+                s.tx.push(marker.clone());
             }
         }
     }

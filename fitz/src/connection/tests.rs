@@ -808,11 +808,13 @@ async fn a_delivery_goes_to_the_most_specific_pattern_and_sessions_are_marked() 
         Bytes::from(delivery("rpc://a/b/stop"))
     );
 
-    // The session ends: both get the empty boundary item, in order.
+    // The session ends: both get the boundary item (the next generation),
+    // in order.
     let peer = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
     peer.close().await;
-    assert!(narrow.next().await.unwrap().unwrap().is_empty());
-    assert!(wide.next().await.unwrap().unwrap().is_empty());
+    let marker = Bytes::copy_from_slice(&1u64.to_be_bytes());
+    assert_eq!(narrow.next().await.unwrap().unwrap(), marker);
+    assert_eq!(wide.next().await.unwrap().unwrap(), marker);
     reaccept(&mut h, CAP_CORRELATION).await;
     h.peer
         .send_record(types::RPC_REQUEST, &delivery("rpc://a/c/run"))

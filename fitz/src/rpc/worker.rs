@@ -858,7 +858,7 @@ struct Worker {
     slots: Arc<Semaphore>,
     cleanup_ack: bool,
     /// The session whose deliveries are being read: starts as the one the
-    /// delivery handler was installed in, advances at each boundary marker.
+    /// delivery handler was installed in, then set by each boundary marker.
     generation: Generation,
     active: Arc<Active>,
     tasks: JoinSet<()>,
@@ -963,14 +963,17 @@ impl Worker {
                 "RPC deliveries were discarded: the worker fell behind"
             );
             self.dropped = dropped;
+            // A session boundary may have been among them: follow the
+            // connection (a later boundary still sets it exactly).
+            self.generation = self.conn.generation();
         }
     }
 
     fn on_delivery(&mut self, payload: Bytes, serve: bool) {
-        if payload.is_empty() {
+        if let Some(next) = payload.first_chunk::<8>().filter(|_| payload.len() == 8) {
             // Session boundary: what follows belongs to the next session,
             // and everything running belongs to a dead one.
-            self.generation = Generation(self.generation.0 + 1);
+            self.generation = Generation(u64::from_be_bytes(*next));
             self.finish_all(CancelReason::ConnectionLost);
             return;
         }
