@@ -55,6 +55,19 @@
 //! those of a legacy client): local deadlines still end the call locally, and
 //! [`RpcCall::cancel`] answers [`CancelOutcome::Unsupported`].
 //!
+//! # Workers
+//!
+//! Each request runs in its own task; at most `max_concurrent` are taken and
+//! unanswered at once (a request counts until its final chunk). The broker
+//! respects that credit; a delivery beyond it anyway is answered at once with
+//! `6003` ("Local RPC worker is overloaded") and never runs. A request whose
+//! route matches the patterns of several workers of one client goes to the
+//! most specific one only (see [`WorkerHandle`]). A handler's `Err` becomes
+//! a terminal error with the code of its [`HandlerError`]; a request dropped
+//! without a final chunk is ended by the worker (`6010`, or `6001` past its
+//! deadline), so a caller never waits for the broker's timeout because of a
+//! forgotten answer or a panic.
+//!
 //! # Failures
 //!
 //! A broker-side failure arrives as a typed [`Broker`](crate::ErrorKind::Broker)

@@ -233,6 +233,37 @@ async fn a_legacy_broker_sees_legacy_bytes_and_cancel_is_unsupported() {
 }
 
 #[tokio::test]
+async fn rpc_works_on_an_uncorrelated_broker_with_cancellation() {
+    // Capability bit 3 without bit 0, as the official client's tests use.
+    let mut s = scripted(8).await;
+    let (worker, registration, mut orders) = spawn_worker(&mut s, "rpc://u/v", 1).await;
+    assert_eq!(registration.extension_flags, Some(1));
+    s.deliver([1; 16], "rpc://u/v", b"in", Some(1_000)).await;
+    let (req, answer) = orders.recv().await.unwrap();
+    answer.send(Ok(Bytes::from_static(b"out"))).unwrap();
+    drop(req);
+    assert_eq!(&s.read_response().await.body[..], b"out");
+    assert_eq!(
+        s.read_cancel().await,
+        Cancel::CleanupDone { id: RpcId([1; 16]) }
+    );
+
+    let mut call = s.client.rpc().call("rpc://u/w", "").await.unwrap();
+    let id = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload)
+        .unwrap()
+        .id;
+    let cancelling = tokio::spawn(async move { call.cancel().await });
+    assert!(matches!(s.read_cancel().await, Cancel::Caller { id: i, .. } if i == id));
+    let result = Lifecycle::CallerResult {
+        id,
+        status: CancelStatus::QueuedRemoved,
+    };
+    s.push(types::RPC_LIFECYCLE, &result).await;
+    assert_eq!(cancelling.await.unwrap(), CancelOutcome::QueuedRemoved);
+    shut_down(worker, &mut s).await;
+}
+
+#[tokio::test]
 async fn an_explicit_cancel_reports_what_the_broker_did() {
     let mut s = scripted(CANCEL_CAPS).await;
     let mut call = s.client.rpc().call("rpc://a/b", "").await.unwrap();
