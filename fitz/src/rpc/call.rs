@@ -505,56 +505,58 @@ pub(super) async fn start(
     let cancellable = supports_cancellation(session_capabilities(conn, deadline).await);
     let generation = conn.generation();
     let id = RpcId(random_uuid());
-    let responses = conn
-        .push_handler(
-            types::RPC_RESPONSE,
-            PushKey::Uuid(id.0),
-            SubscriptionOptions {
-                buffer: options.buffer(),
-                overflow: Overflow::Error,
-            },
-        )
-        .await?;
+    let install = conn.push_handler(
+        types::RPC_RESPONSE,
+        PushKey::Uuid(id.0),
+        SubscriptionOptions {
+            buffer: options.buffer(),
+            overflow: Overflow::Error,
+        },
+    );
+    let (mut sent, mut budget_end) = (false, None);
+    let route = Str::from(route);
+    let send = conn.send_committed(types::RPC_REQUEST, generation, || {
+        // The budget is what remains right now, rounded down.
+        let now = Instant::now();
+        let budget_ms = deadline.filter(|_| cancellable).map(|d| {
+            let ms = d.saturating_duration_since(now).as_millis();
+            u32::try_from(ms)
+                .unwrap_or(rpc::MAX_BUDGET_MS)
+                .min(rpc::MAX_BUDGET_MS)
+        });
+        budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
+        let request = rpc::Request {
+            id,
+            route,
+            body,
+            budget_ms,
+        };
+        let record = encode_record(&request)?;
+        sent = true;
+        Ok((record, ()))
+    });
+    // The listener goes first: the connection's queue is FIFO (and fair
+    // when full), so it is installed before the request can be written,
+    // and the request need not wait for its acknowledgement.
+    let (installed, result) = tokio::join!(install, send);
     let mut call = RpcCall {
         conn: conn.clone(),
         id,
         generation,
         cancellable,
-        responses: Some(responses),
+        responses: None,
         next_seq: 0,
         done: false,
-        sent: false,
+        sent,
         cancel_sent: false,
         outcome: None,
         deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
         deadline_at: deadline,
-        budget_end: None,
+        budget_end,
         parent: options.parent.map(|t| Box::pin(t.cancelled_owned())),
     };
-    let route = Str::from(route);
-    let (sent, budget_end) = (&mut call.sent, &mut call.budget_end);
-    let result = conn
-        .send_committed(types::RPC_REQUEST, generation, || {
-            // The budget is what remains right now, rounded down.
-            let now = Instant::now();
-            let budget_ms = deadline.filter(|_| cancellable).map(|d| {
-                let ms = d.saturating_duration_since(now).as_millis();
-                u32::try_from(ms)
-                    .unwrap_or(rpc::MAX_BUDGET_MS)
-                    .min(rpc::MAX_BUDGET_MS)
-            });
-            *budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
-            let request = rpc::Request {
-                id,
-                route,
-                body,
-                budget_ms,
-            };
-            let record = encode_record(&request)?;
-            *sent = true;
-            Ok((record, ()))
-        })
-        .await;
+    // On failure the call is dropped here, which cancels what was sent.
+    call.responses = Some(installed?);
     match result {
         Ok(()) => Ok(call),
         // Another session by now: the request never left.
