@@ -582,6 +582,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn handles_cross_tasks() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<RpcCall>();
+        send::<CallOptions>();
+        send::<super::super::RpcRequest>();
+        sync::<super::super::RpcRequest>();
+        send::<super::super::Responder>();
+        send::<super::super::WorkerHandle>();
+        sync::<super::super::WorkerHandle>();
+    }
+
+    #[test]
     fn uuids_are_version_4() {
         let a = random_uuid();
         assert_eq!(a[6] >> 4, 4);
