@@ -22,6 +22,10 @@
 //!   resource is empty (`[0]` for LAST; no first/last offset, count 0).
 //! * **Watches.** SUBSCRIBE/UNSUBSCRIBE use the shared [`Registry`] rules;
 //!   commit notifications are debounced per resource ([`notify`]).
+//! * **Memory.** The whole committed log is kept in memory (the backend is
+//!   for durability and recovery); there is no retention (`ttl` none).
+//!   Pending batches are bounded by the batch limits and the number of open
+//!   append sessions per connection.
 //!
 //! Errors: READ answers status-1 coded errors, every other operation the
 //! status-2 `[2][u32 code][str]` envelope. Decisions where the spec is
@@ -131,6 +135,21 @@ fn fail(ty: u16, code: u32, message: impl Into<String>) -> WireError {
     } else {
         WireError::stream(code, message)
     }
+}
+
+/// Cuts a message to a few hundred bytes (storage errors and the like may
+/// quote long routes; replies stay small).
+fn short(mut m: String) -> String {
+    const MAX: usize = 512;
+    if m.len() > MAX {
+        let mut cut = MAX;
+        while !m.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        m.truncate(cut);
+        m.push('…');
+    }
+    m
 }
 
 fn not_found() -> WireError {
@@ -308,10 +327,13 @@ impl StreamEngine {
                 .entry(family)
                 .or_default()
                 .install(planned)
-                .map_err(|e| WireError::stream(codes::STREAM_BACKEND, e)),
+                .map_err(|e| WireError::stream(codes::STREAM_BACKEND, short(e))),
             Err(e) => {
                 tracing::warn!(error = %e, route = %route, "stream commit failed");
-                Err(WireError::stream(codes::STREAM_BACKEND, e.to_string()))
+                Err(WireError::stream(
+                    codes::STREAM_BACKEND,
+                    short(e.to_string()),
+                ))
             }
         };
         s.release(family, &route, id);

@@ -393,8 +393,8 @@ impl Builder<'_> {
             return Err((
                 codes::STREAM_RESPONSE_TOO_LARGE,
                 format!(
-                    "record {} of {} needs {size} bytes, more than a READ page can carry",
-                    rec.resource_offset, rec.route
+                    "record at resource offset {} needs {size} bytes, more than a READ page can carry",
+                    rec.resource_offset
                 ),
             ));
         }
