@@ -17,11 +17,12 @@
 //!   acknowledged, before it is stored. A storage failure answers 2012 and
 //!   ends the append session.
 //! * **READ** pages over the exact resource and the nine wildcard selector
-//!   shapes; see [`read`] for the page, cursor and continuation rules.
+//!   shapes; the private `read` module documents the page, cursor and
+//!   continuation rules.
 //! * **LAST / GET_METADATA** answer from the committed log; an unknown
 //!   resource is empty (`[0]` for LAST; no first/last offset, count 0).
 //! * **Watches.** SUBSCRIBE/UNSUBSCRIBE use the shared [`Registry`] rules;
-//!   commit notifications are debounced per resource ([`notify`]).
+//!   commit notifications are debounced per resource (module `notify`, [`DEBOUNCE`]).
 //! * **Memory.** The whole committed log is kept in memory (the backend is
 //!   for durability and recovery); there is no retention (`ttl` none).
 //!   Pending batches are bounded by the batch limits and the number of open
