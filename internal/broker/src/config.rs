@@ -36,6 +36,11 @@ pub struct Config {
     pub storage: StorageMode,
     /// Idle time after which a ReadWrite KV transaction is rolled back.
     pub kv_idle_transaction_ttl: Duration,
+    /// Broker-side RPC request timeout; caller budgets are capped at it.
+    pub rpc_request_timeout: Duration,
+    /// Time a worker has to acknowledge an RPC cancellation before its
+    /// session is closed (`FITZ_RPC_CANCELLATION_GRACE_MS`).
+    pub rpc_cancellation_grace: Duration,
     /// Bounds of each session's outbound backlog.
     pub outbound: OutboundLimits,
     /// `tracing` filter for the binary (`RUST_LOG`); unused when embedded.
@@ -46,6 +51,10 @@ pub struct Config {
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default `FITZ_KV_IDLE_TRANSACTION_TTL_SECS`.
 pub const DEFAULT_KV_IDLE_TTL: Duration = Duration::from_secs(300);
+/// Default RPC request timeout.
+pub const DEFAULT_RPC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default `FITZ_RPC_CANCELLATION_GRACE_MS`.
+pub const DEFAULT_RPC_CANCELLATION_GRACE: Duration = Duration::from_millis(5_000);
 
 impl Default for Config {
     /// Embedding defaults: loopback, ephemeral ports, anonymous, memory.
@@ -59,6 +68,8 @@ impl Default for Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             storage: StorageMode::Memory,
             kv_idle_transaction_ttl: DEFAULT_KV_IDLE_TTL,
+            rpc_request_timeout: DEFAULT_RPC_REQUEST_TIMEOUT,
+            rpc_cancellation_grace: DEFAULT_RPC_CANCELLATION_GRACE,
             outbound: OutboundLimits::default(),
             log_filter: None,
         }
@@ -168,6 +179,11 @@ const SETTINGS: &[Setting] = &[
         flag: "kv-idle-transaction-ttl-secs",
         env: &["FITZ_KV_IDLE_TRANSACTION_TTL_SECS"],
         help: "Idle ReadWrite KV transactions are rolled back after this [default: 300]",
+    },
+    Setting {
+        flag: "rpc-cancellation-grace-ms",
+        env: &["FITZ_RPC_CANCELLATION_GRACE_MS"],
+        help: "Time a worker has to acknowledge an RPC cancellation, 0-86400000; invalid values use the default [default: 5000]",
     },
     Setting {
         flag: "max-frame-bytes",
@@ -337,6 +353,14 @@ impl Config {
             }
             c.kv_idle_transaction_ttl = Duration::from_secs(secs);
         }
+        // Like the reference broker, an invalid grace falls back to the
+        // default instead of refusing to start.
+        if let Some(ms) = get("rpc-cancellation-grace-ms")
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .filter(|ms| *ms <= 86_400_000)
+        {
+            c.rpc_cancellation_grace = Duration::from_millis(ms);
+        }
         if let Some(v) = get("max-frame-bytes") {
             c.max_frame = parse(&v, "max frame")?;
             if c.max_frame < 64 {
@@ -431,6 +455,23 @@ mod tests {
         assert!(!c.auth.is_anonymous());
         assert_eq!(c.storage, StorageMode::Memory);
         assert_eq!(c.kv_idle_transaction_ttl, Duration::from_secs(300));
+        assert_eq!(c.rpc_cancellation_grace, Duration::from_millis(5_000));
+        let c = config(
+            &[
+                ("FITZ_AUTH_REQUIRED", "false"),
+                ("FITZ_RPC_CANCELLATION_GRACE_MS", "250"),
+            ],
+            &[],
+        );
+        assert_eq!(c.rpc_cancellation_grace, Duration::from_millis(250));
+        let c = config(
+            &[
+                ("FITZ_AUTH_REQUIRED", "false"),
+                ("FITZ_RPC_CANCELLATION_GRACE_MS", "86400001"),
+            ],
+            &[],
+        );
+        assert_eq!(c.rpc_cancellation_grace, Duration::from_millis(5_000));
         assert!(run(&[], &[]).is_err(), "auth on without a secret");
     }
 

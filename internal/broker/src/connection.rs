@@ -31,7 +31,8 @@ use crate::transport::{FrameReader, FrameWriter, ReadEvent};
 /// 304 is accepted exactly when that bit is in this set).
 pub const CAPABILITIES: Capabilities = Capabilities::CORRELATION
     .with(Capabilities::SESSION_METADATA)
-    .with(Capabilities::KV_SCAN_EXCLUSIVE);
+    .with(Capabilities::KV_SCAN_EXCLUSIVE)
+    .with(Capabilities::RPC_CANCELLATION);
 
 /// Close reason for a record other than CONNECT first.
 pub const CONNECT_REQUIRED: CloseReason = CloseReason::new("unauthenticated: connect required");
