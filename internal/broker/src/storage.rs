@@ -144,9 +144,36 @@ pub fn split_kv_key(stored: &Bytes) -> Option<(Family, String, Bytes)> {
     Some((family, route, stored.slice(8 + len..)))
 }
 
+/// Key of one schedule definition: `[u32 family][route]`, so LIST order
+/// (by route) is key order within a family.
+pub fn schedule_key(family: Family, route: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(4 + route.len());
+    b.put_u32(family);
+    b.put_slice(route.as_bytes());
+    b.freeze()
+}
+
+/// Splits a [`schedule_key`] back into family and route.
+pub fn split_schedule_key(stored: &[u8]) -> Option<(Family, String)> {
+    let family = u32::from_be_bytes(stored.get(0..4)?.try_into().ok()?);
+    let route = std::str::from_utf8(stored.get(4..)?).ok()?.to_owned();
+    Some((family, route))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_keys_round_trip() {
+        let k = schedule_key(3, "schedule://a/b/c/d");
+        assert_eq!(
+            split_schedule_key(&k),
+            Some((3, "schedule://a/b/c/d".to_string()))
+        );
+        assert!(split_schedule_key(b"\x00\x00\x00").is_none());
+        assert!(split_schedule_key(b"\x00\x00\x00\x01\xff").is_none());
+    }
 
     #[test]
     fn kv_keys_round_trip() {
