@@ -231,7 +231,6 @@ async fn malformed_payloads_get_domain_errors(kind: Kind) {
         ),
         (types::QUEUE_ENQUEUE, &[1][..], codes::QUEUE_BACKEND),
         (types::LEASE_QUERY, &[1][..], codes::LEASE_BAD_REQUEST),
-        (types::SCHEDULE_CANCEL, &[1][..], codes::SCHEDULE_BUSY),
     ] {
         let id = c.id();
         let mut b = BytesMut::new();
@@ -342,7 +341,7 @@ async fn rpc_cancel_is_accepted_with_the_capability(kind: Kind) {
 }
 
 async fn stub_domains_answer_not_implemented(kind: Kind) {
-    use fitz_protocol::{lease, queue, schedule};
+    use fitz_protocol::{lease, queue};
     let broker = support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let e = c
@@ -359,8 +358,6 @@ async fn stub_domains_answer_not_implemented(kind: Kind) {
     assert_eq!(&*e.message, "not implemented");
     let e = c.fails(&lease::Query::new("lease://r/a/l")).await;
     assert_eq!(e.code, codes::LEASE_BAD_REQUEST);
-    let e = c.fails(&schedule::Cancel::new("schedule://r/a/x/op")).await;
-    assert_eq!(e.code, codes::SCHEDULE_BUSY);
 }
 
 async fn disconnect_all_sessions_is_seen_by_clients(kind: Kind) {
