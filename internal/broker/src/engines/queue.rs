@@ -1131,12 +1131,14 @@ impl Engine for QueueEngine {
         for id in parked {
             s.unpark(id);
         }
-        let held: Vec<u64> = s
+        let mut held: Vec<u64> = s
             .held
             .remove(&session.id())
             .map(|h| h.into_iter().collect())
             .unwrap_or_default();
-        // The set was taken out first, so make_ready finds nothing left to untrack.
+        // Back in enqueue order. The set was taken out first, so make_ready
+        // finds nothing left to untrack.
+        held.sort_unstable();
         let mut touched = BTreeSet::new();
         for id in held {
             if let Some(key) = s.make_ready(id) {
