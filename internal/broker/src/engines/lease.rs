@@ -910,6 +910,74 @@ impl Engine for LeaseEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
+    use crate::registry::SubscriptionIds;
+    use crate::session::{OutboundLimits, Transport, frames};
+    use crate::storage::MemoryBackend;
+    use fitz_protocol::record::decode_single_record;
+
+    /// An engine whose timers never fire, so expiry is only ever found lazily.
+    fn lazy_engine(clock: &Clock) -> LeaseEngine {
+        LeaseEngine::start(&Services {
+            clock: clock.clone(),
+            timers: Arc::new(Timers::new(clock.clone())),
+            ids: SubscriptionIds::default(),
+            storage: Arc::new(MemoryBackend),
+            config: Arc::new(Config::default()),
+        })
+        .unwrap()
+    }
+
+    fn call(e: &LeaseEngine, s: &Session, r: LeaseRequest) -> bytes::Bytes {
+        use super::super::DomainRequest;
+        let reply = Reply::new(s.clone(), r.message_type(), None);
+        e.handle(s, r, reply);
+        let (batch, _) = s.take_batch();
+        let frame = frames(&batch).last().unwrap();
+        decode_single_record(frame).unwrap().payload
+    }
+
+    #[test]
+    fn a_holder_past_its_expiry_is_found_expired_before_its_tick() {
+        let clock = Clock::manual(UNIX_EPOCH + Duration::from_secs(1_000));
+        let e = lazy_engine(&clock);
+        let s = Session::new(
+            1,
+            crate::auth::Grant::anonymous(),
+            Transport::Tcp,
+            None,
+            OutboundLimits::default(),
+            Arc::default(),
+        );
+        let route = "lease://r/a/x";
+        let got = call(
+            &e,
+            &s,
+            LeaseRequest::Acquire(proto::Acquire {
+                route: route.into(),
+                owner: "o".into(),
+                ttl_secs: 5,
+                wait_seconds: None,
+            }),
+        );
+        let token = u64::from_be_bytes(got[2..].try_into().unwrap());
+        clock.advance(Duration::from_secs(5));
+        let got = call(
+            &e,
+            &s,
+            LeaseRequest::Renew(proto::Renew {
+                route: route.into(),
+                owner: "o".into(),
+                fencing_token: token,
+                ttl_secs: 5,
+            }),
+        );
+        let err = WireError::decode(got).unwrap();
+        assert_eq!(err.code(), Some(codes::LEASE_EXPIRED));
+        assert_eq!(e.stats().held, 0, "the expired holding ended");
+        let got = call(&e, &s, LeaseRequest::Query(proto::Query::new(route)));
+        assert_eq!(&got[..], &[0, 0, 0, 0, 0, 0]);
+    }
 
     #[test]
     fn timestamps_are_rfc3339_utc() {
