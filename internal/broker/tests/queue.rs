@@ -26,6 +26,7 @@ both_transports!(
     wrong_token_leaves_state_unchanged,
     long_poll_answered_by_a_later_enqueue,
     long_poll_times_out_empty,
+    reservations_handed_to_parked_reserves_expire_too,
     parked_reserves_are_capped_per_route,
     wildcard_reserve_spans_queues_in_order,
     replies_respect_the_record_budget,
@@ -385,6 +386,25 @@ async fn long_poll_times_out_empty(kind: Kind) {
     // A message that arrives after the timeout waits for the next RESERVE.
     enqueue(&mut c, Q, b"late").await;
     assert_eq!(broker.engines().queue.counters(1, Q), counters(1, 0, 0));
+}
+
+async fn reservations_handed_to_parked_reserves_expire_too(kind: Kind) {
+    let clock = manual();
+    let broker = broker_with(&clock).await;
+    let mut c = RawClient::anon(&broker, kind).await;
+    let mut p = RawClient::anon(&broker, kind).await;
+    c.send(Some(1001), &res(Q, 10, None, Some(30))).await;
+    sync(&mut c).await;
+    let id = enqueue(&mut p, Q, b"job").await;
+    assert_eq!(items(c.reply_to(1001).await, false)[0].message_id, id);
+    clock.advance(Duration::from_secs(9));
+    assert_eq!(broker.engines().queue.counters(1, Q), counters(0, 0, 1));
+    clock.advance(Duration::from_secs(1));
+    assert_eq!(broker.engines().queue.counters(1, Q), counters(1, 0, 0));
+    assert_eq!(
+        broker.engines().queue.message(1, Q, id).unwrap().attempts,
+        1
+    );
 }
 
 async fn parked_reserves_are_capped_per_route(kind: Kind) {

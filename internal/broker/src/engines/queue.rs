@@ -258,6 +258,20 @@ fn uncoded(message: impl Into<Str>) -> WireError {
     WireError::uncoded(message)
 }
 
+/// Cuts a message from elsewhere (a storage error) well below the size at
+/// which the coded and uncoded envelopes could be mistaken for each other.
+fn short(mut message: String) -> String {
+    const MAX: usize = 512;
+    if message.len() > MAX {
+        let mut cut = MAX;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+    }
+    message
+}
+
 /// `[u8 kind][u32 attempts][u64 visible_at_ms][body]`; `visible_at_ms` is 0
 /// for a message that was ready.
 fn stored_value(kind: u8, attempts: u32, visible_at_ms: u64, body: &[u8]) -> Bytes {
@@ -752,7 +766,7 @@ impl QueueEngine {
             };
             if let Err(err) = self.storage.commit(batch, Durability::Buffered) {
                 tracing::warn!(error = %err, route = %e.route, "ENQUEUE not stored");
-                return Err(coded(codes::QUEUE_BACKEND, err.to_string()));
+                return Err(coded(codes::QUEUE_BACKEND, short(err.to_string())));
             }
         }
         s.next_id = id;
@@ -988,6 +1002,7 @@ impl QueueEngine {
             if items.is_empty() {
                 continue;
             }
+            self.timers.wake_at(Domain::Queue, until);
             if let Some(p) = s.unpark(pid) {
                 send_items(&p.reply, items);
             }
