@@ -65,10 +65,11 @@
 //! 1..=[`MAX_LEASE_SECONDS`] and `delay_seconds` at most
 //! [`MAX_DELAY_SECONDS`] (4006 otherwise, uncoded on EXTEND); EXTEND sets
 //! the reservation to end `lease_seconds` from now; EXTEND and COMPLETE
-//! accept only the reserving session's current token; a queue holds at most
-//! [`MAX_QUEUE_MESSAGES`] messages and all queues [`MAX_STORED_BYTES`] of
-//! bodies (4005 beyond); the last [`MAX_DEAD_LETTERS`] dead letters are kept
-//! for inspection.
+//! accept only the reserving session's current token (another session is
+//! told `message not found`, as the broker's queue actor does); a queue
+//! holds at most [`MAX_QUEUE_MESSAGES`] messages and all queues
+//! [`MAX_STORED_BYTES`] of bodies (4005 beyond); the last
+//! [`MAX_DEAD_LETTERS`] dead letters are kept for inspection.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -843,11 +844,13 @@ impl QueueEngine {
             .and_then(|q| q.msgs.get(&id))
             .ok_or_else(|| uncoded("message not found"))?;
         match msg.state {
+            // Another session's reservation is none of this session's business.
+            Phase::Inflight { session: owner, .. } if owner != session.id() => {
+                Err(uncoded("message not found"))
+            }
             Phase::Inflight {
-                token: t,
-                session: owner,
-                until,
-            } if t == token && owner == session.id() => Ok(until),
+                token: t, until, ..
+            } if t == token => Ok(until),
             _ => Err(uncoded("invalid token")),
         }
     }
