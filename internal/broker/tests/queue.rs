@@ -36,6 +36,7 @@ both_transports!(
     watch_registration_limits,
     invalid_routes_and_patterns,
     unauthorized_requests_keep_the_session,
+    route_families_are_isolated,
 );
 
 const Q: &str = "queue://realm/area/jobs";
@@ -787,4 +788,33 @@ async fn unauthorized_requests_keep_the_session(kind: Kind) {
         1
     );
     assert_eq!(broker.session_count(), 1, "still open");
+}
+
+async fn route_families_are_isolated(kind: Kind) {
+    let broker = support::jwt().await;
+    let (mut dev, _) =
+        RawClient::connect(&broker, kind, &support::token("dev", support::ALL)).await;
+    let (mut acme, _) =
+        RawClient::connect(&broker, kind, &support::token("acme", support::ALL)).await;
+    subscribe(&mut acme, "queue://**").await;
+    let id = enqueue(&mut dev, Q, b"dev").await;
+    acme.expect_quiet().await;
+    assert!(reserve(&mut acme, &res(Q, 30, None, None)).await.is_empty());
+    assert!(
+        reserve(&mut acme, &res("queue://**", 30, None, None))
+            .await
+            .is_empty()
+    );
+    enqueue(&mut acme, Q, b"acme").await;
+    assert_eq!(
+        next_notify(&mut acme).await.counters(),
+        Some(counters(1, 0, 0))
+    );
+    let got = reserve(&mut dev, &res(Q, 30, Some(10), None)).await;
+    assert_eq!((got.len(), got[0].message_id), (1, id));
+    assert_eq!(
+        bodies(&reserve(&mut acme, &res(Q, 30, Some(10), None)).await),
+        [&b"acme"[..]]
+    );
+    assert_eq!(broker.engines().queue.counters(2, Q), counters(0, 0, 1));
 }

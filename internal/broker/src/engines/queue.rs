@@ -408,11 +408,11 @@ impl State {
             Phase::Ready(_) => return None,
             Phase::Delayed(at) => {
                 self.delayed_due.remove(&(at, id));
-                q.delayed -= 1;
+                q.delayed = q.delayed.saturating_sub(1);
             }
             Phase::Inflight { session, until, .. } => {
                 self.inflight_due.remove(&(until, id));
-                q.inflight -= 1;
+                q.inflight = q.inflight.saturating_sub(1);
                 msg.attempts = msg.attempts.saturating_add(1);
                 if let Some(set) = self.held.get_mut(&session) {
                     set.remove(&id);
@@ -446,11 +446,11 @@ impl State {
             }
             Phase::Delayed(at) => {
                 self.delayed_due.remove(&(at, id));
-                q.delayed -= 1;
+                q.delayed = q.delayed.saturating_sub(1);
             }
             Phase::Inflight { session, until, .. } => {
                 self.inflight_due.remove(&(until, id));
-                q.inflight -= 1;
+                q.inflight = q.inflight.saturating_sub(1);
                 if let Some(set) = self.held.get_mut(&session) {
                     set.remove(&id);
                     if set.is_empty() {
@@ -466,7 +466,7 @@ impl State {
             }
         }
         self.index.remove(&id);
-        self.stored_bytes -= msg.body.len();
+        self.stored_bytes = self.stored_bytes.saturating_sub(msg.body.len());
         Some(msg)
     }
 
@@ -634,7 +634,7 @@ impl State {
         self.parked_due.remove(&(p.deadline, id));
         let key = (p.family, p.target.clone());
         if let Some(n) = self.parked_per_target.get_mut(&key) {
-            *n -= 1;
+            *n = n.saturating_sub(1);
             if *n == 0 {
                 self.parked_per_target.remove(&key);
             }
