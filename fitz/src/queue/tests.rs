@@ -789,7 +789,7 @@ async fn the_worker_reserves_only_for_free_slots_and_completes_on_ok() {
         .unwrap();
     assert_eq!(s.reserved, 2);
 
-    // Shutdown abandons the parked RESERVE and waits for the last handler.
+    // Shutdown waits for the last handler, not for the parked RESERVE.
     let stopping = tokio::spawn(worker.shutdown());
     tokio::task::yield_now().await;
     assert!(!stopping.is_finished());
@@ -809,6 +809,18 @@ async fn the_worker_reserves_only_for_free_slots_and_completes_on_ok() {
     h.peer.reply(&unsubscribe, &[0]).await.unwrap();
     let final_stats = stopping.await.unwrap();
     assert_eq!((final_stats.completed, final_stats.running), (2, 0));
+
+    // The parked RESERVE still brings a message: its lease is cut to 1 s.
+    h.peer
+        .reply(
+            next_reserve.as_ref().unwrap(),
+            &reserve_reply(&[(Some(ROUTED), 3, 13, b"late")]),
+        )
+        .await
+        .unwrap();
+    let give_back = h.expect(types::QUEUE_EXTEND).await;
+    let tail = &give_back.payload[give_back.payload.len() - 16..];
+    assert_eq!(tail, [13u64.to_be_bytes(), 1u64.to_be_bytes()].concat());
 }
 
 #[tokio::test(start_paused = true)]

@@ -164,9 +164,10 @@ impl WorkerHandle {
     /// messages to be completed, removes the availability watch, and returns
     /// the final counters.
     ///
-    /// A long-poll RESERVE still parked at the broker is abandoned: should the
-    /// broker hand it a message in that moment, the message is delivered
-    /// again once its lease ends.
+    /// A long-poll RESERVE still parked at the broker cannot be withdrawn and
+    /// is not waited for: should the broker still hand it messages, a
+    /// background task shortens their lease to one second, so they are
+    /// delivered again almost at once.
     pub async fn shutdown(mut self) -> WorkerStats {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
@@ -463,14 +464,37 @@ async fn run<F, Fut, E>(
             }
         }
     }
-    // Stopping. A parked RESERVE cannot be taken back; see `shutdown`.
-    drop(reserving);
+    // Stopping. A parked RESERVE cannot be withdrawn: whatever it still
+    // brings is handed back in the background (not waited for, so shutdown
+    // is not held up by a long poll).
+    if let Some((_, parked)) = reserving.take() {
+        tokio::spawn(give_back(parked));
+    }
     while let Some(joined) = jobs.join_next().await {
         note_joined(&shared, joined);
     }
     if let Some(hints) = hints {
         // Best effort: a failure here (client closing) removes it anyway.
         let _ = hints.unsubscribe().await;
+    }
+}
+
+/// The shortest lease the protocol allows: what messages reserved for a
+/// stopped worker are cut down to, so they are delivered again almost at
+/// once instead of a whole lease later.
+const GIVE_BACK_LEASE: Duration = Duration::from_secs(1);
+
+/// Waits for a RESERVE the worker no longer wants and shortens the lease of
+/// whatever it reserved. Best effort: ends when the RESERVE does (at most a
+/// poll wait plus the request timeout, at once when the client closes).
+async fn give_back(parked: Reserving) {
+    let Ok(batch) = parked.await else {
+        return;
+    };
+    for reservation in batch {
+        if let Err(e) = reservation.extend(GIVE_BACK_LEASE).await {
+            tracing::debug!(id = %reservation.id(), error = %e, "could not hand a message back; it returns when its lease ends");
+        }
     }
 }
 
