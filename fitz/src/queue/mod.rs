@@ -174,6 +174,10 @@ impl Queue {
     /// 100 ms then 200 ms apart. No other failure is retried: after a timeout
     /// or a lost connection ([`Error::maybe_applied`]) the message may have
     /// been stored, and sending it again could duplicate it.
+    ///
+    /// A body must fit one 64 KiB record together with the route; a larger
+    /// one is an [`crate::ErrorKind::InvalidArgument`] error and nothing is
+    /// sent.
     pub async fn enqueue(&self, route: &str, body: impl Into<Bytes>) -> Result<MessageId> {
         self.enqueue_with(route, body, EnqueueOptions::default())
             .await

@@ -110,6 +110,18 @@ fn uncoded(message: &str) -> Vec<u8> {
 
 const JOBS: &str = "queue://realm/area/jobs";
 
+#[test]
+fn handles_can_cross_tasks() {
+    fn send_sync<T: Send + Sync>() {}
+    fn send<T: Send>() {}
+    send_sync::<Queue>();
+    send_sync::<Reservation>();
+    send_sync::<QueueMessage>();
+    send_sync::<CompleteError>();
+    send_sync::<WorkerHandle>();
+    send::<QueueSubscription>();
+}
+
 /// Reserves one message (id 5, token 9) from `JOBS`.
 async fn reserve_one(h: &mut Harness) -> Reservation {
     let q = h.client.queue();
@@ -487,6 +499,8 @@ async fn invalid_input_never_leaves_the_client() {
         let e = q.enqueue(bad, "x").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
     }
+    let e = q.enqueue(JOBS, vec![0u8; 70_000]).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{e}");
     let ok = ReserveOptions::default();
     for (pattern, options) in [
         ("queue://realm/area", ok),

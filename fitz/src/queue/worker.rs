@@ -215,7 +215,14 @@ impl Queue {
     /// dropped, or the client is closed.
     ///
     /// Fails at once when the pattern is invalid or the availability watch
-    /// cannot be set up (e.g. not connected, or not authorized).
+    /// cannot be set up (e.g. not connected, or not authorized). Failures
+    /// later on (a refused RESERVE, say) are logged with `tracing` and
+    /// retried after a pause growing from 100 ms to 10 s.
+    ///
+    /// Resources: one task for the worker, one per running handler (at most
+    /// `concurrency`), one RESERVE in flight at most, and a watch buffering
+    /// at most 16 availability hints, dropping the oldest when full (a hint
+    /// only wakes the worker; losing one loses nothing).
     ///
     /// ```no_run
     /// # async fn demo(client: fitz::Client) -> fitz::Result<()> {
