@@ -30,6 +30,7 @@ both_transports!(
     watches_fire_on_exactly_the_right_events,
     bad_requests,
     unauthorized_requests_keep_the_session,
+    route_families_are_isolated,
 );
 
 const L: &str = "lease://realm/area/resource";
@@ -681,4 +682,39 @@ async fn unauthorized_requests_keep_the_session(kind: Kind) {
     c.ok::<_, lease::ReleaseOk>(&release("lease://ok/a/b", "o", t))
         .await;
     assert_eq!(broker.session_count(), 1, "still open");
+}
+
+async fn route_families_are_isolated(kind: Kind) {
+    let broker = support::jwt().await;
+    let (mut dev, _) =
+        RawClient::connect(&broker, kind, &support::token("dev", support::ALL)).await;
+    let (mut acme, _) =
+        RawClient::connect(&broker, kind, &support::token("acme", support::ALL)).await;
+    subscribe(&mut acme, "lease://**").await;
+    let td = take(&mut dev, L, "same-owner-name", 30).await;
+    acme.expect_quiet().await;
+    assert_eq!(query(&mut acme, L).await.holder, None);
+    assert!(
+        acme.ok::<_, ListOk>(&list("lease://**", None, 0))
+            .await
+            .items
+            .is_empty()
+    );
+    let ta = take(&mut acme, L, "other", 30).await;
+    assert!(ta > td, "one token counter per broker");
+    next_notify(&mut acme).await;
+    // A cursor from another family is refused.
+    for i in 0..3 {
+        take(&mut dev, &format!("lease://f/a/{i}"), "o", 30).await;
+    }
+    let page = dev.ok::<_, ListOk>(&list("lease://f/**", None, 1)).await;
+    let e = acme.fails(&list("lease://f/**", page.next, 1)).await;
+    assert_eq!(code(&e), codes::LEASE_INVALID_CURSOR);
+    assert_eq!(
+        dev.ok::<_, ListOk>(&list("lease://f/**", page.next, 1))
+            .await
+            .items
+            .len(),
+        1
+    );
 }

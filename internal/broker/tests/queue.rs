@@ -36,6 +36,7 @@ both_transports!(
     watch_registration_limits,
     invalid_routes_and_patterns,
     unauthorized_requests_keep_the_session,
+    route_families_are_isolated,
 );
 
 const Q: &str = "queue://realm/area/jobs";
@@ -249,11 +250,11 @@ async fn visibility_expiry_counts_attempts(kind: Kind) {
     let second = reserve(&mut other, &res(Q, 30, None, None)).await;
     assert_eq!(second[0].message_id, id);
     assert_ne!(second[0].lease_token, first[0].lease_token);
-    // The expired token is dead; the new one works.
+    // The expired token is dead (the message is another session's now).
     let e = c.fails(&complete(Q, &first[0])).await;
     assert_eq!(
         (e.envelope, &*e.message),
-        (Envelope::Uncoded, "invalid token")
+        (Envelope::Uncoded, "message not found")
     );
     clock.advance(Duration::from_secs(30));
     assert_eq!(
@@ -310,7 +311,7 @@ async fn wrong_token_leaves_state_unchanged(kind: Kind) {
     );
     // Another session presenting the right token is refused too.
     let e = other.fails(&complete(Q, &it)).await;
-    assert_eq!(&*e.message, "invalid token");
+    assert_eq!(&*e.message, "message not found");
     let mut unknown = it.clone();
     unknown.message_id = 9_999;
     assert_eq!(
@@ -787,4 +788,33 @@ async fn unauthorized_requests_keep_the_session(kind: Kind) {
         1
     );
     assert_eq!(broker.session_count(), 1, "still open");
+}
+
+async fn route_families_are_isolated(kind: Kind) {
+    let broker = support::jwt().await;
+    let (mut dev, _) =
+        RawClient::connect(&broker, kind, &support::token("dev", support::ALL)).await;
+    let (mut acme, _) =
+        RawClient::connect(&broker, kind, &support::token("acme", support::ALL)).await;
+    subscribe(&mut acme, "queue://**").await;
+    let id = enqueue(&mut dev, Q, b"dev").await;
+    acme.expect_quiet().await;
+    assert!(reserve(&mut acme, &res(Q, 30, None, None)).await.is_empty());
+    assert!(
+        reserve(&mut acme, &res("queue://**", 30, None, None))
+            .await
+            .is_empty()
+    );
+    enqueue(&mut acme, Q, b"acme").await;
+    assert_eq!(
+        next_notify(&mut acme).await.counters(),
+        Some(counters(1, 0, 0))
+    );
+    let got = reserve(&mut dev, &res(Q, 30, Some(10), None)).await;
+    assert_eq!((got.len(), got[0].message_id), (1, id));
+    assert_eq!(
+        bodies(&reserve(&mut acme, &res(Q, 30, Some(10), None)).await),
+        [&b"acme"[..]]
+    );
+    assert_eq!(broker.engines().queue.counters(2, Q), counters(0, 0, 1));
 }

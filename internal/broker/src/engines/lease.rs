@@ -431,16 +431,6 @@ impl LeaseEngine {
         }
     }
 
-    /// A holder past its expiry whose tick has not run yet loses it now.
-    fn expire_if_due(&self, s: &mut State, key: &Key, now: SystemTime) {
-        if s.lease(key.0, &key.1)
-            .and_then(|l| l.holder.as_ref())
-            .is_some_and(|h| h.expires <= now)
-        {
-            self.end_holding(s, key, now);
-        }
-    }
-
     fn rearm(&self, s: &State) {
         if let Some(at) = s.earliest_deadline() {
             self.timers.wake_at(Domain::Lease, at);
@@ -487,7 +477,15 @@ impl LeaseEngine {
             .ok_or_else(|| bad("ttl_secs too large"))?;
         let mut s = self.state.lock();
         let key = Self::key(&s, session.family(), &a.route);
-        self.expire_if_due(&mut s, &key, now);
+        if s.lease(key.0, &key.1)
+            .and_then(|l| l.holder.as_ref())
+            .is_some_and(|h| h.expires <= now)
+        {
+            // Found expired before its tick: the lease may pass to a waiter
+            // whose expiry needs a timer.
+            self.end_holding(&mut s, &key, now);
+            self.rearm(&s);
+        }
         let owner = Str::from(&*a.owner);
         let lease = s.lease(key.0, &key.1);
         match lease.and_then(|l| l.holder.as_ref()) {

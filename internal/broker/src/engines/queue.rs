@@ -65,10 +65,11 @@
 //! 1..=[`MAX_LEASE_SECONDS`] and `delay_seconds` at most
 //! [`MAX_DELAY_SECONDS`] (4006 otherwise, uncoded on EXTEND); EXTEND sets
 //! the reservation to end `lease_seconds` from now; EXTEND and COMPLETE
-//! accept only the reserving session's current token; a queue holds at most
-//! [`MAX_QUEUE_MESSAGES`] messages and all queues [`MAX_STORED_BYTES`] of
-//! bodies (4005 beyond); the last [`MAX_DEAD_LETTERS`] dead letters are kept
-//! for inspection.
+//! accept only the reserving session's current token (another session is
+//! told `message not found`, as the broker's queue actor does); a queue
+//! holds at most [`MAX_QUEUE_MESSAGES`] messages and all queues
+//! [`MAX_STORED_BYTES`] of bodies (4005 beyond); the last
+//! [`MAX_DEAD_LETTERS`] dead letters are kept for inspection.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet, VecDeque};
@@ -407,11 +408,11 @@ impl State {
             Phase::Ready(_) => return None,
             Phase::Delayed(at) => {
                 self.delayed_due.remove(&(at, id));
-                q.delayed -= 1;
+                q.delayed = q.delayed.saturating_sub(1);
             }
             Phase::Inflight { session, until, .. } => {
                 self.inflight_due.remove(&(until, id));
-                q.inflight -= 1;
+                q.inflight = q.inflight.saturating_sub(1);
                 msg.attempts = msg.attempts.saturating_add(1);
                 if let Some(set) = self.held.get_mut(&session) {
                     set.remove(&id);
@@ -445,11 +446,11 @@ impl State {
             }
             Phase::Delayed(at) => {
                 self.delayed_due.remove(&(at, id));
-                q.delayed -= 1;
+                q.delayed = q.delayed.saturating_sub(1);
             }
             Phase::Inflight { session, until, .. } => {
                 self.inflight_due.remove(&(until, id));
-                q.inflight -= 1;
+                q.inflight = q.inflight.saturating_sub(1);
                 if let Some(set) = self.held.get_mut(&session) {
                     set.remove(&id);
                     if set.is_empty() {
@@ -465,7 +466,7 @@ impl State {
             }
         }
         self.index.remove(&id);
-        self.stored_bytes -= msg.body.len();
+        self.stored_bytes = self.stored_bytes.saturating_sub(msg.body.len());
         Some(msg)
     }
 
@@ -633,7 +634,7 @@ impl State {
         self.parked_due.remove(&(p.deadline, id));
         let key = (p.family, p.target.clone());
         if let Some(n) = self.parked_per_target.get_mut(&key) {
-            *n -= 1;
+            *n = n.saturating_sub(1);
             if *n == 0 {
                 self.parked_per_target.remove(&key);
             }
@@ -843,11 +844,13 @@ impl QueueEngine {
             .and_then(|q| q.msgs.get(&id))
             .ok_or_else(|| uncoded("message not found"))?;
         match msg.state {
+            // Another session's reservation is none of this session's business.
+            Phase::Inflight { session: owner, .. } if owner != session.id() => {
+                Err(uncoded("message not found"))
+            }
             Phase::Inflight {
-                token: t,
-                session: owner,
-                until,
-            } if t == token && owner == session.id() => Ok(until),
+                token: t, until, ..
+            } if t == token => Ok(until),
             _ => Err(uncoded("invalid token")),
         }
     }
