@@ -388,7 +388,10 @@ impl Actor {
                     }
                 }
                 () = &mut timer => {
+                    // A fired `Sleep` stays ready: re-arm it, or once nothing
+                    // earlier is pending this loop would wake forever.
                     timer_at = far_future();
+                    timer.as_mut().reset(timer_at);
                     let now = Instant::now();
                     if let Mode::Session { session, transport, .. } = &mut mode {
                         let session = *session;
@@ -761,6 +764,7 @@ fn reject(out: Outbound, error: Error) {
         Reply::Written(tx) => {
             let _ = tx.send(Err(error));
         }
+        Reply::Detached => {}
     }
 }
 
