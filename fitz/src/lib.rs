@@ -49,6 +49,7 @@ pub mod lease;
 pub mod notice;
 mod options;
 pub mod queue;
+mod retry;
 pub mod rpc;
 pub mod schedule;
 pub mod stream;
