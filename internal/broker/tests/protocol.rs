@@ -228,7 +228,7 @@ async fn malformed_payloads_get_domain_errors(kind: Kind) {
             &[1][..],
             codes::NOTICE_INVALID_PATTERN,
         ),
-        (types::QUEUE_ENQUEUE, &[1][..], codes::QUEUE_BACKEND),
+        (types::QUEUE_ENQUEUE, &[1][..], codes::QUEUE_BAD_REQUEST),
         (types::LEASE_QUERY, &[1][..], codes::LEASE_BAD_REQUEST),
         (types::SCHEDULE_CANCEL, &[1][..], codes::SCHEDULE_BUSY),
     ] {
@@ -334,23 +334,9 @@ async fn rpc_cancel_without_capability_closes(kind: Kind) {
 }
 
 async fn stub_domains_answer_not_implemented(kind: Kind) {
-    use fitz_protocol::{lease, queue, rpc, schedule, stream};
+    use fitz_protocol::{rpc, schedule, stream};
     let broker = support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
-    let e = c
-        .fails(&queue::Enqueue {
-            route: "queue://r/a/q".into(),
-            body: Bytes::new(),
-            delay_seconds: None,
-        })
-        .await;
-    assert_eq!(
-        (e.envelope, e.code),
-        (fitz_protocol::Envelope::Coded, codes::QUEUE_BACKEND)
-    );
-    assert_eq!(&*e.message, "not implemented");
-    let e = c.fails(&lease::Query::new("lease://r/a/l")).await;
-    assert_eq!(e.code, codes::LEASE_BAD_REQUEST);
     let e = c.fails(&schedule::Cancel::new("schedule://r/a/x/op")).await;
     assert_eq!(e.code, codes::SCHEDULE_BUSY);
     let e = c.fails(&stream::Last::new("stream://r/a/s")).await;
