@@ -47,6 +47,19 @@ use crate::error::{Error, Result};
 /// let from_m = ScanOptions::range("m"..).page_size(100);
 /// # let _ = (everything, users, newest_ten, from_m);
 /// ```
+///
+/// # Paging
+///
+/// The broker returns at most 1,024 entries and 64 KiB per page, limit or
+/// not; [`Transaction::scan`] follows `has_more` until the range is done.
+/// Each next page starts strictly after the last key received: natively when
+/// the broker advertises [`Capabilities::KV_SCAN_EXCLUSIVE`], otherwise by
+/// starting a forward page at the key's immediate successor (`key ‖ 0x00`)
+/// and a reverse page at the key itself, dropping it locally. That last
+/// workaround needs the repeated entry and the next one to fit one page; a
+/// reverse scan over entries of nearly 32 KiB or more without the capability
+/// can fail with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
+/// rather than skip or repeat entries.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScanOptions {
     lower: Bound<Bytes>,
