@@ -338,10 +338,14 @@ async fn a_guard_renews_every_third_of_the_ttl_and_releases() {
             .unwrap();
     }
     assert!(guard.is_held());
+    let own = guard.ownership();
     let c = tokio::spawn(guard.release());
     let r = expect(&mut h.peer, types::LEASE_RELEASE).await;
     h.peer.reply(&r, &[0]).await.unwrap();
     c.await.unwrap().unwrap();
+    // Views of the guard see ownership end, on purpose.
+    assert!(matches!(own.lost().await.reason(), LossReason::Released));
+    assert!(own.cancellation_token().is_cancelled() && !own.is_held());
     nothing_more(&mut h.peer).await;
     h.client.close().await;
 }
