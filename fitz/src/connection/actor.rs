@@ -772,6 +772,7 @@ fn reject(out: Outbound, error: Error) {
         Reply::Written(tx) => {
             let _ = tx.send(Err(error));
         }
+        Reply::Detached => {}
     }
 }
 

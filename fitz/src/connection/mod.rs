@@ -19,6 +19,7 @@
 //! | [`Connection::request`] / [`Connection::request_with`] | the raw reply payload, for replies whose layout depends on the request (`decode_reply_with`) |
 //! | [`Connection::request_frames`] | a request answered by several frames (Lease ACQUIRE: `Queued`, later the grant, same correlation) |
 //! | [`Connection::send`] | fire-and-forget (Notice PUBLISH, RPC REQUEST/RESPONSE/CANCEL); never labelled |
+//! | [`Connection::request_detached`] | a best-effort request from `Drop` (KV ROLLBACK, Lease RELEASE): never blocks or spawns, answer swallowed |
 //! | [`Connection::register`] | a restorable subscription or worker registration → [`Subscription<T>`] |
 //! | [`Connection::push_handler`] | raw pushes of one type (RPC 302/303/305) by UUID, route pattern, or all |
 //! | [`Connection::end_registrations`] | end every local registration of a subscribe type (Notice UNSUBSCRIBE_ALL) |
@@ -517,6 +518,41 @@ impl Connection {
         self.submit(Command::Send, ty, record, opts, Reply::Written(tx))
             .await?;
         rx.await.map_err(|_| Error::closed())?
+    }
+
+    /// A best-effort request for `Drop` (KV ROLLBACK, Lease RELEASE): never
+    /// blocks, never spawns. It is queued only if an in-flight slot and a
+    /// command slot are free right now and the client is open (and, when
+    /// pinned, still on that generation); its answer is swallowed. Returns
+    /// whether it was queued. The actor writes it like any request, so a
+    /// legacy broker's per-type lane stays in order.
+    pub(crate) fn request_detached<M: Message>(&self, msg: &M, opts: RequestOptions) -> bool {
+        if self.shared.is_closed() {
+            return false;
+        }
+        let generation = match opts.generation {
+            Some(g) if g.0 != self.shared.generation() => return false,
+            Some(g) => g.0,
+            None => self.shared.generation(),
+        };
+        let Ok(record) = encode_record(msg) else {
+            return false;
+        };
+        let Ok(permit) = self.shared.inflight.clone().try_acquire_owned() else {
+            return false;
+        };
+        let timeout = opts.timeout.unwrap_or(self.shared.config.request_timeout);
+        let out = Outbound {
+            id: self.shared.next_id(),
+            ty: M::TYPE,
+            record,
+            deadline: Instant::now() + timeout,
+            generation,
+            pinned: opts.generation.is_some(),
+            reply: Reply::Detached,
+            permit,
+        };
+        self.commands.try_send(Command::Request(out)).is_ok()
     }
 
     async fn submit(

@@ -85,6 +85,8 @@ enum Waiter {
     Internal(Internal),
     /// Written, but nobody waits: swallow the answer.
     Tombstone,
+    /// Nobody ever waited, yet it must still be written (`Reply::Detached`).
+    Detached,
 }
 
 impl Waiter {
@@ -93,6 +95,7 @@ impl Waiter {
             Reply::Once(tx) => Self::Once(tx),
             Reply::Frames { tx, is_final } => Self::Frames { tx, is_final },
             Reply::Written(tx) => Self::Written(tx),
+            Reply::Detached => Self::Detached,
         }
     }
 
@@ -102,8 +105,9 @@ impl Waiter {
             Self::Once(tx) => tx.is_closed(),
             Self::Frames { tx, .. } => tx.is_closed(),
             Self::Written(tx) => tx.is_closed(),
-            // The actor's own work is never abandoned.
-            Self::Internal(_) => false,
+            // The actor's own work is never abandoned, nor is a detached
+            // request: being unobserved is its point.
+            Self::Internal(_) | Self::Detached => false,
             Self::Tombstone => true,
         }
     }
@@ -505,6 +509,6 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
             let _ = tx.send(result.map(drop));
         }
         Waiter::Internal(i) => finished.push((i, result)),
-        Waiter::Tombstone => {}
+        Waiter::Tombstone | Waiter::Detached => {}
     }
 }
