@@ -761,6 +761,7 @@ fn reject(out: Outbound, error: Error) {
         Reply::Written(tx) => {
             let _ = tx.send(Err(error));
         }
+        Reply::Detached => {}
     }
 }
 

@@ -52,6 +52,9 @@ pub(crate) enum Reply {
     },
     /// A send: acknowledged once written to the outbound buffer.
     Written(oneshot::Sender<Result<()>>),
+    /// A request nobody waits for (best-effort cleanup from `Drop`): written
+    /// like any request; its answer is swallowed.
+    Detached,
 }
 
 /// A request or send on its way to the wire.

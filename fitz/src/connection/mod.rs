@@ -19,6 +19,7 @@
 //! | [`Connection::request`] / [`Connection::request_with`] | the raw reply payload, for replies whose layout depends on the request (`decode_reply_with`) |
 //! | [`Connection::request_frames`] | a request answered by several frames (Lease ACQUIRE: `Queued`, later the grant, same correlation) |
 //! | [`Connection::send`] | fire-and-forget (Notice PUBLISH, RPC REQUEST/RESPONSE/CANCEL); never labelled |
+//! | [`Connection::request_detached`] | a best-effort request from `Drop` (ROLLBACK of an abandoned session); answer swallowed |
 //! | [`Connection::register`] | a restorable subscription or worker registration → [`Subscription<T>`] |
 //! | [`Connection::push_handler`] | raw pushes of one type (RPC 302/303/305) by UUID, route pattern, or all |
 //! | [`Connection::end_registrations`] | end every local registration of a subscribe type (Notice UNSUBSCRIBE_ALL) |
@@ -517,6 +518,39 @@ impl Connection {
         self.submit(Command::Send, ty, record, opts, Reply::Written(tx))
             .await?;
         rx.await.map_err(|_| Error::closed())?
+    }
+
+    /// A best-effort request from `Drop` (Stream ROLLBACK of an abandoned
+    /// append session): never blocks, never spawns, nobody awaits the answer.
+    /// It is queued only when the client is open, still on the pinned
+    /// generation (if any), and an in-flight permit and a command slot are
+    /// free right now. Returns whether it was queued.
+    pub(crate) fn request_detached<M: Message>(&self, msg: &M, opts: RequestOptions) -> bool {
+        if self.shared.is_closed() {
+            return false;
+        }
+        let generation = self.shared.generation();
+        if opts.generation.is_some_and(|g| g.0 != generation) {
+            return false;
+        }
+        let Ok(record) = encode_record(msg) else {
+            return false;
+        };
+        let Ok(permit) = self.shared.inflight.clone().try_acquire_owned() else {
+            return false;
+        };
+        let timeout = opts.timeout.unwrap_or(self.shared.config.request_timeout);
+        let out = Outbound {
+            id: self.shared.next_id(),
+            ty: M::TYPE,
+            record,
+            deadline: Instant::now() + timeout,
+            generation,
+            pinned: opts.generation.is_some(),
+            reply: Reply::Detached,
+            permit,
+        };
+        self.commands.try_send(Command::Request(out)).is_ok()
     }
 
     async fn submit(

@@ -93,6 +93,9 @@ impl Waiter {
             Reply::Once(tx) => Self::Once(tx),
             Reply::Frames { tx, is_final } => Self::Frames { tx, is_final },
             Reply::Written(tx) => Self::Written(tx),
+            // A tombstone from the start: `admit` still writes it, and the
+            // answer is swallowed like a late one.
+            Reply::Detached => Self::Tombstone,
         }
     }
 
