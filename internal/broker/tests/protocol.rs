@@ -334,7 +334,7 @@ async fn rpc_cancel_without_capability_closes(kind: Kind) {
 }
 
 async fn stub_domains_answer_not_implemented(kind: Kind) {
-    use fitz_protocol::{lease, queue, rpc, schedule, stream};
+    use fitz_protocol::{lease, queue, rpc, schedule};
     let broker = support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let e = c
@@ -353,11 +353,6 @@ async fn stub_domains_answer_not_implemented(kind: Kind) {
     assert_eq!(e.code, codes::LEASE_BAD_REQUEST);
     let e = c.fails(&schedule::Cancel::new("schedule://r/a/x/op")).await;
     assert_eq!(e.code, codes::SCHEDULE_BUSY);
-    let e = c.fails(&stream::Last::new("stream://r/a/s")).await;
-    assert_eq!(
-        (e.envelope, e.code),
-        (fitz_protocol::Envelope::Stream, codes::STREAM_BACKEND)
-    );
     let e = c
         .fails(&rpc::SubscribeWorker {
             pattern: "rpc://r/**".into(),
