@@ -230,7 +230,6 @@ async fn malformed_payloads_get_domain_errors(kind: Kind) {
         ),
         (types::QUEUE_ENQUEUE, &[1][..], codes::QUEUE_BACKEND),
         (types::LEASE_QUERY, &[1][..], codes::LEASE_BAD_REQUEST),
-        (types::SCHEDULE_CANCEL, &[1][..], codes::SCHEDULE_BUSY),
     ] {
         let id = c.id();
         let mut b = BytesMut::new();
@@ -334,7 +333,7 @@ async fn rpc_cancel_without_capability_closes(kind: Kind) {
 }
 
 async fn stub_domains_answer_not_implemented(kind: Kind) {
-    use fitz_protocol::{lease, queue, rpc, schedule};
+    use fitz_protocol::{lease, queue, rpc};
     let broker = support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let e = c
@@ -351,8 +350,6 @@ async fn stub_domains_answer_not_implemented(kind: Kind) {
     assert_eq!(&*e.message, "not implemented");
     let e = c.fails(&lease::Query::new("lease://r/a/l")).await;
     assert_eq!(e.code, codes::LEASE_BAD_REQUEST);
-    let e = c.fails(&schedule::Cancel::new("schedule://r/a/x/op")).await;
-    assert_eq!(e.code, codes::SCHEDULE_BUSY);
     let e = c
         .fails(&rpc::SubscribeWorker {
             pattern: "rpc://r/**".into(),
