@@ -604,3 +604,29 @@ async fn invalid_routes_and_selectors_never_leave_the_client() {
     }
     assert_eq!(h.client.debug_snapshot().await.unwrap().pending, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn filter_errors_are_typed_request_errors_not_transport_failures() {
+    let mut h = start().await;
+    for code in [
+        crate::codes::STREAM_FILTER_VERSION,
+        crate::codes::STREAM_FILTER_INVALID,
+    ] {
+        let streams = h.client.stream();
+        let t = tokio::spawn(async move {
+            let opts = ReadOptions::new().filter(Filter::new().equals("x"));
+            streams.read_page(ROUTE, 0, &opts).await
+        });
+        let r = h.expect(types::STREAM_READ).await;
+        // READ errors travel in the coded status-1 envelope.
+        h.fail(&r, WireError::coded(code, "bad filter")).await;
+        let e = t.await.unwrap().unwrap_err();
+        assert_eq!((e.kind(), e.code()), (ErrorKind::Broker, Some(code)));
+        assert!(!e.is_retryable() && !e.maybe_applied());
+    }
+    assert_eq!(
+        h.client.state(),
+        State::Authenticated,
+        "the connection stays up"
+    );
+}
