@@ -155,8 +155,12 @@ impl Streams {
     /// Only one append session per resource exists at a time: while another
     /// is open this fails with
     /// [`codes::STREAM_SESSION_ACTIVE`](crate::codes::STREAM_SESSION_ACTIVE).
+    /// The end is read with GET_METADATA, which needs read permission on the
+    /// route; a write-only credential uses [`Streams::begin_at`].
+    ///
     /// Cancelling this future after BEGIN was sent but before it returned
-    /// may leave the resource locked until the connection ends.
+    /// (or a BEGIN that timed out after it was written) may leave the
+    /// resource locked until the connection ends.
     pub async fn begin(&self, route: &str) -> Result<AppendSession> {
         AppendSession::begin(&self.conn, route, BeginOptions::default()).await
     }
@@ -213,6 +217,11 @@ impl Streams {
     /// The reader never ends on its own; it yields a last error when a READ
     /// fails (after retries), the subscription cannot be restored after a
     /// reconnect, or the client closes. Dropping it unsubscribes.
+    ///
+    /// Notifications only wake the reader, so its subscription buffers the
+    /// newest 64 and drops older ones ([`Overflow::DropOldest`]; a long
+    /// catch-up may report [`crate::Event::SlowConsumer`] for it): one READ
+    /// covers any number of them.
     pub async fn follow(
         &self,
         selector: &str,
