@@ -630,3 +630,37 @@ async fn filter_errors_are_typed_request_errors_not_transport_failures() {
         "the connection stays up"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn subscriptions_to_one_selector_share_a_registration() {
+    let mut h = start().await;
+    let selector = "stream://prod/**";
+    let streams = h.client.stream();
+    let t = tokio::spawn(async move { streams.subscribe(selector).await });
+    let sub = h.expect(types::STREAM_SUBSCRIBE).await;
+    h.peer.reply(&sub, &payloads::subscribed(3)).await.unwrap();
+    let first = t.await.unwrap().unwrap();
+    // A second subscription and a follower of the same selector send nothing.
+    let second = h.client.stream().subscribe(selector).await.unwrap();
+    let streams = h.client.stream();
+    let follower = tokio::spawn(async move {
+        let mut reader = streams
+            .follow(selector, 0, ReadOptions::new())
+            .await
+            .unwrap();
+        reader.next().await
+    });
+    let read = h.expect(types::STREAM_READ).await;
+    h.ok(&read, &page_bytes(&wire::ReadPage::default(), false))
+        .await;
+    follower.abort();
+    let _ = follower.await;
+    drop(second);
+    // The last handle's unsubscribe is the only UNSUBSCRIBE on the wire.
+    let streams_unsub = tokio::spawn(first.unsubscribe());
+    let unsub = h.expect(types::STREAM_UNSUBSCRIBE).await;
+    assert_eq!(&unsub.payload[4..], selector.as_bytes());
+    h.peer.reply(&unsub, &payloads::ok()).await.unwrap();
+    streams_unsub.await.unwrap().unwrap();
+    assert_eq!(h.client.debug_snapshot().await.unwrap().registrations, 0);
+}
