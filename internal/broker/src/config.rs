@@ -70,7 +70,7 @@ impl Default for Config {
 pub enum Command {
     /// Start a broker.
     Run(Box<Config>),
-    /// Print [`HELP`] and exit.
+    /// Print the `--help` text and exit.
     Help,
 }
 

@@ -304,7 +304,7 @@ pub fn matches(pattern: &str, route: &str) -> bool {
     }
 }
 
-/// [`matches`] on paths (the part after `scheme://`).
+/// [`matches()`] on paths (the part after `scheme://`).
 pub fn matches_path(pattern_path: &str, route_path: &str) -> bool {
     glob(pattern_path.split('/'), route_path.split('/'), |p, r| {
         p == "*" || p == r

@@ -4,7 +4,7 @@
 //!
 //! Each of the seven domains has one file here and one engine type
 //! implementing [`Engine`]. The session layer decodes a record into a
-//! [`ClientMessage`], [`Engines::dispatch`] turns it into the domain's request
+//! [`ClientMessage`], `Engines::dispatch` turns it into the domain's request
 //! enum ([`KvRequest`], [`QueueRequest`], …), checks the route shape and the
 //! caller's permission using [`DomainRequest::target`] (the table of the
 //! spec's "Permission levels per message", already written for every
