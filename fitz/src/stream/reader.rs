@@ -122,7 +122,7 @@ impl Pager {
                 return None;
             };
             if let Err(e) = follow.wait(&self.conn).await {
-                self.done = true;
+                self.finish();
                 return Some(Err(e));
             }
         }
@@ -133,11 +133,16 @@ impl Pager {
             .await
             .and_then(|page| self.advance(page));
         if result.is_err() {
-            // Decode and read failures end the reader (and release the
-            // follow subscription with it).
-            self.done = true;
+            self.finish();
         }
         Some(result)
+    }
+
+    /// Ends the reader after a failure and releases the follow subscription
+    /// now rather than when the reader is dropped.
+    fn finish(&mut self) {
+        self.done = true;
+        self.follow = None;
     }
 
     fn advance(&mut self, page: ReadPage) -> Result<ReadPage> {

@@ -664,3 +664,31 @@ async fn subscriptions_to_one_selector_share_a_registration() {
     streams_unsub.await.unwrap().unwrap();
     assert_eq!(h.client.debug_snapshot().await.unwrap().registrations, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failed_follow_releases_its_subscription_at_once() {
+    let mut h = start().await;
+    let streams = h.client.stream();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let t = tokio::spawn(async move {
+        let mut reader = streams.follow(ROUTE, 0, ReadOptions::new()).await.unwrap();
+        let e = reader.next().await.unwrap().unwrap_err();
+        assert!(reader.next().await.is_none(), "the error is the last item");
+        // Keep the reader alive: the release must not wait for its Drop.
+        let _ = rx.await;
+        (e, reader)
+    });
+    let sub = h.expect(types::STREAM_SUBSCRIBE).await;
+    h.peer.reply(&sub, &payloads::subscribed(6)).await.unwrap();
+    let read = h.expect(types::STREAM_READ).await;
+    h.fail(
+        &read,
+        WireError::coded(crate::codes::STREAM_INVALID_READ_BOUND, "bad bound"),
+    )
+    .await;
+    let unsub = h.expect(types::STREAM_UNSUBSCRIBE).await;
+    h.peer.reply(&unsub, &payloads::ok()).await.unwrap();
+    tx.send(()).unwrap();
+    let (e, _reader) = t.await.unwrap();
+    assert_eq!(e.code(), Some(crate::codes::STREAM_INVALID_READ_BOUND));
+}
