@@ -167,8 +167,8 @@ impl Client {
     }
 
     /// The Lease domain: exclusive ownership with fencing tokens.
-    pub fn lease(&self) -> crate::lease::Lease {
-        crate::lease::Lease::new(self.conn.clone())
+    pub fn lease(&self) -> crate::lease::Leases {
+        crate::lease::Leases::new(self.conn.clone())
     }
 
     /// The Stream domain: append sessions, reads and commit watches.

@@ -49,6 +49,7 @@ pub mod lease;
 pub mod notice;
 mod options;
 pub mod queue;
+mod retry;
 pub mod rpc;
 pub mod schedule;
 pub mod stream;
@@ -63,7 +64,7 @@ pub use fitz_protocol::Capabilities;
 /// and whether a failed operation may have been applied.
 pub use fitz_protocol::codes;
 pub use kv::Kv;
-pub use lease::Lease;
+pub use lease::{Lease, LeaseGuard, Leases};
 pub use notice::{Notice, NoticeMessage, NoticeSubscription};
 pub use options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
 pub use queue::Queue;

@@ -388,7 +388,11 @@ impl Actor {
                     }
                 }
                 () = &mut timer => {
+                    // Re-armed at once: a fired `Sleep` stays ready, and left
+                    // as it is it would wake this loop forever once nothing
+                    // earlier is pending.
                     timer_at = far_future();
+                    timer.as_mut().reset(timer_at);
                     let now = Instant::now();
                     if let Mode::Session { session, transport, .. } = &mut mode {
                         let session = *session;
@@ -436,12 +440,19 @@ impl Actor {
         metadata_sent: &mut bool,
     ) -> Result<()> {
         self.on_frame(first, mode, metadata_sent)?;
+        // Settled after every frame: a SUBSCRIBE acknowledgement installs the
+        // wire id that the notifications in the very next frame carry (the
+        // broker sends a Queue watch's first notifications right after it).
+        self.settle(mode);
         loop {
             let Mode::Session { transport, .. } = mode else {
                 return Ok(());
             };
             match transport.next_buffered() {
-                Ok(Some(frame)) => self.on_frame(frame, mode, metadata_sent)?,
+                Ok(Some(frame)) => {
+                    self.on_frame(frame, mode, metadata_sent)?;
+                    self.settle(mode);
+                }
                 Ok(None) => return Ok(()),
                 Err(failure) => return Err(failure.error),
             }
@@ -758,10 +769,11 @@ fn reject(out: Outbound, error: Error) {
         Reply::Frames { tx, .. } => {
             let _ = tx.try_send(Err(error));
         }
-        Reply::Written(tx) | Reply::Detached(Some(tx)) => {
+        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
             let _ = tx.send(Err(error));
         }
-        Reply::Detached(None) => {}
+        Reply::Committed(None) => {}
+        Reply::Detached => {}
     }
 }
 

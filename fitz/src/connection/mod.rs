@@ -20,6 +20,7 @@
 //! | [`Connection::request_frames`] | a request answered by several frames (Lease ACQUIRE: `Queued`, later the grant, same correlation) |
 //! | [`Connection::send`] | fire-and-forget (Notice PUBLISH); never labelled |
 //! | [`Connection::send_committed`] / [`Connection::send_detached`] | fire-and-forget pinned to a session that is never half-sent: built at the moment it is queued, written even if the caller stops waiting (RPC REQUEST/RESPONSE/CANCEL); the detached form is for `Drop` |
+//! | [`Connection::request_detached`] | a best-effort request from `Drop` (KV ROLLBACK, Lease RELEASE): never blocks or spawns, answer swallowed |
 //! | [`Connection::register`] | a restorable subscription or worker registration → [`Subscription<T>`] |
 //! | [`Connection::push_handler`] | raw pushes of one type (RPC 302/303/305) by UUID, route pattern, or all |
 //! | [`Connection::end_registrations`] | end every local registration of a subscribe type (Notice UNSUBSCRIBE_ALL) |
@@ -585,7 +586,7 @@ impl Connection {
                 deadline,
                 generation: generation.0,
                 pinned: true,
-                reply: Reply::Detached(Some(tx)),
+                reply: Reply::Committed(Some(tx)),
                 permit,
             }));
             drop(guard);
@@ -613,10 +614,45 @@ impl Connection {
             deadline: Instant::now(),
             generation: generation.0,
             pinned: true,
-            reply: Reply::Detached(None),
+            reply: Reply::Committed(None),
             permit,
         };
         self.commands.try_send(Command::Send(out)).is_ok()
+    }
+
+    /// A best-effort request for `Drop` (KV ROLLBACK, Lease RELEASE): never
+    /// blocks, never spawns. It is queued only if an in-flight slot and a
+    /// command slot are free right now and the client is open (and, when
+    /// pinned, still on that generation); its answer is swallowed. Returns
+    /// whether it was queued. The actor writes it like any request, so a
+    /// legacy broker's per-type lane stays in order.
+    pub(crate) fn request_detached<M: Message>(&self, msg: &M, opts: RequestOptions) -> bool {
+        if self.shared.is_closed() {
+            return false;
+        }
+        let generation = match opts.generation {
+            Some(g) if g.0 != self.shared.generation() => return false,
+            Some(g) => g.0,
+            None => self.shared.generation(),
+        };
+        let Ok(record) = encode_record(msg) else {
+            return false;
+        };
+        let Ok(permit) = self.shared.inflight.clone().try_acquire_owned() else {
+            return false;
+        };
+        let timeout = opts.timeout.unwrap_or(self.shared.config.request_timeout);
+        let out = Outbound {
+            id: self.shared.next_id(),
+            ty: M::TYPE,
+            record,
+            deadline: Instant::now() + timeout,
+            generation,
+            pinned: opts.generation.is_some(),
+            reply: Reply::Detached,
+            permit,
+        };
+        self.commands.try_send(Command::Request(out)).is_ok()
     }
 
     async fn submit(

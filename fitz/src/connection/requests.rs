@@ -82,11 +82,13 @@ enum Waiter {
         is_final: fn(&Bytes) -> bool,
     },
     Written(oneshot::Sender<Result<()>>),
-    /// A detached send (see `Reply::Detached`).
-    Detached(Option<oneshot::Sender<Result<()>>>),
+    /// A committed send (see `Reply::Committed`).
+    Committed(Option<oneshot::Sender<Result<()>>>),
     Internal(Internal),
     /// Written, but nobody waits: swallow the answer.
     Tombstone,
+    /// Nobody ever waited, yet it must still be written (`Reply::Detached`).
+    Detached,
 }
 
 impl Waiter {
@@ -95,7 +97,8 @@ impl Waiter {
             Reply::Once(tx) => Self::Once(tx),
             Reply::Frames { tx, is_final } => Self::Frames { tx, is_final },
             Reply::Written(tx) => Self::Written(tx),
-            Reply::Detached(tx) => Self::Detached(tx),
+            Reply::Detached => Self::Detached,
+            Reply::Committed(tx) => Self::Committed(tx),
         }
     }
 
@@ -105,8 +108,9 @@ impl Waiter {
             Self::Once(tx) => tx.is_closed(),
             Self::Frames { tx, .. } => tx.is_closed(),
             Self::Written(tx) => tx.is_closed(),
-            // The actor's own work and detached sends are never abandoned.
-            Self::Internal(_) | Self::Detached(_) => false,
+            // The actor's own work is never abandoned, nor is a detached
+            // request or a committed send: being unobserved is their point.
+            Self::Internal(_) | Self::Detached | Self::Committed(_) => false,
             Self::Tombstone => true,
         }
     }
@@ -159,9 +163,9 @@ pub(super) struct Book {
 impl Book {
     /// Files a caller's request or send.
     pub fn file(&mut self, out: Outbound) -> u64 {
-        let send = matches!(out.reply, Reply::Written(_) | Reply::Detached(_));
-        // A detached send waits as long as its session lives.
-        let deadline = (!matches!(out.reply, Reply::Detached(_))).then_some(out.deadline);
+        let send = matches!(out.reply, Reply::Written(_) | Reply::Committed(_));
+        // A committed send waits as long as its session lives.
+        let deadline = (!matches!(out.reply, Reply::Committed(_))).then_some(out.deadline);
         self.insert(
             out.id,
             Entry {
@@ -506,11 +510,11 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
                 let _ = tx.try_send(Err(e));
             }
         }
-        Waiter::Written(tx) | Waiter::Detached(Some(tx)) => {
+        Waiter::Written(tx) | Waiter::Committed(Some(tx)) => {
             let _ = tx.send(result.map(drop));
         }
-        Waiter::Detached(None) => {}
+        Waiter::Committed(None) => {}
         Waiter::Internal(i) => finished.push((i, result)),
-        Waiter::Tombstone => {}
+        Waiter::Tombstone | Waiter::Detached => {}
     }
 }

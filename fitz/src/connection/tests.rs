@@ -1120,3 +1120,49 @@ async fn close_fails_pending_calls_and_ends_streams() {
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Closed);
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_actor_goes_quiet_after_an_answered_request_deadline_passes() {
+    let mut h = start(CAP_CORRELATION).await;
+    let t = request(&h.client, GET, b"a", RequestOptions::default());
+    let r = h.peer.read_request().await.unwrap();
+    h.peer.reply(&r, b"\0").await.unwrap();
+    t.await.unwrap().unwrap();
+    // The request timer fires with nothing left to expire. Paused time only
+    // advances while every task is idle, so a timer left ready (the actor
+    // spinning) would hang this sleep instead of completing it.
+    tokio::time::sleep(Duration::from_secs(120)).await;
+    let t = request(&h.client, GET, b"b", RequestOptions::default());
+    let r = h.peer.read_request().await.unwrap();
+    h.peer.reply(&r, b"\0").await.unwrap();
+    t.await.unwrap().unwrap();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_notification_right_behind_the_subscribe_ack_is_delivered() {
+    let mut h = start(CAP_CORRELATION).await;
+    let notice = h.client.notice();
+    let t = tokio::spawn(async move { notice.subscribe("notice://a/b/*").await });
+    let r = h.peer.read_request().await.unwrap();
+    // Acknowledgement and first notification in one write: the client reads
+    // both frames at once and must know the new id before routing the second.
+    let mut wire = tcp_frame(r.correlation, r.ty, &payloads::subscribed(5))
+        .unwrap()
+        .to_vec();
+    wire.extend_from_slice(
+        &tcp_frame(
+            None,
+            types::NOTICE_NOTIFY,
+            &payloads::notify(5, "notice://a/b/c", b"first"),
+        )
+        .unwrap(),
+    );
+    h.peer.send_raw(&wire).await.unwrap();
+    let mut sub = t.await.unwrap().unwrap();
+    let msg = tokio::time::timeout(Duration::from_secs(5), sub.next())
+        .await
+        .expect("the first notification was dropped")
+        .unwrap()
+        .unwrap();
+    assert_eq!(&msg.payload()[..], b"first");
+}

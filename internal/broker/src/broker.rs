@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub stats: Arc<BrokerStats>,
     pub shutdown: CancellationToken,
     pub tasks: TaskTracker,
+    /// Closed at shutdown and drop so the path can be reopened.
+    pub storage: Arc<dyn storage::Backend>,
 }
 
 /// Live sessions, with a watch channel of their count for tests.
@@ -282,7 +284,7 @@ impl Broker {
             clock: clock.clone(),
             timers: timers.clone(),
             ids: SubscriptionIds::default(),
-            storage,
+            storage: storage.clone(),
             config: config.clone(),
         };
         let engines = Engines::start(&services)?;
@@ -300,6 +302,7 @@ impl Broker {
             stats: Arc::default(),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
+            storage,
         });
         let listener: Weak<dyn AdvanceListener> =
             Arc::downgrade(&shared) as Weak<dyn AdvanceListener>;
@@ -411,8 +414,9 @@ impl Broker {
         }
     }
 
-    /// Stops the listeners, closes every session and waits (up to 5 s) for
-    /// connections to finish. Idempotent.
+    /// Stops the listeners, closes every session, waits (up to 5 s) for
+    /// connections to finish, then closes storage (Buffered commits are made
+    /// durable and a local store's path is released). Idempotent.
     pub async fn shutdown(&self) {
         self.shared.shutdown.cancel();
         let sessions: Vec<Session> = self.shared.sessions.lock().values().cloned().collect();
@@ -426,12 +430,16 @@ impl Broker {
         {
             tracing::warn!("shutdown: connections still open after the grace period");
         }
+        self.shared.storage.close();
     }
 }
 
 impl Drop for Broker {
+    /// Stops listening and releases storage at once; sessions still open
+    /// end on their own (their commits fail from here on).
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        self.shared.storage.close();
     }
 }
 

@@ -168,12 +168,12 @@ const SETTINGS: &[Setting] = &[
     Setting {
         flag: "storage-mode",
         env: &["FITZ_STORAGE_MODE"],
-        help: "memory | local (local is not supported yet) [default: memory]",
+        help: "memory | local (a redb file under the storage path; `cloud` is not supported) [default: local]",
     },
     Setting {
         flag: "storage-path",
         env: &["FITZ_STORAGE_PATH"],
-        help: "Data directory for local storage [default: ./.fitz]",
+        help: "Data directory of local storage, created if missing [default: ./.fitz]",
     },
     Setting {
         flag: "kv-idle-transaction-ttl-secs",
@@ -205,7 +205,7 @@ const SETTINGS: &[Setting] = &[
 /// The `--help` text.
 pub fn help() -> String {
     let mut s = String::from(
-        "fitz-broker: an embeddable Fitz-compatible broker (memory storage)\n\n\
+        "fitz-broker: an embeddable Fitz-compatible broker\n\n\
          Usage: fitz-broker [--flag value | --flag=value]...\n\n\
          Every flag overrides its environment variable.\n\n",
     );
@@ -226,7 +226,8 @@ impl Config {
     /// Reads the binary's configuration: environment through `env`
     /// (`|k| std::env::var(k).ok()` in production), then flags from `args`
     /// (without the program name). Binary defaults follow the real broker:
-    /// bind 0.0.0.0, ports 4090/4091, auth required.
+    /// bind 0.0.0.0, ports 4090/4091, auth required, local storage in
+    /// `./.fitz`.
     pub fn from_env_and_args<E, A, S>(env: E, args: A) -> Result<Command, ConfigError>
     where
         E: Fn(&str) -> Option<String>,
@@ -331,8 +332,8 @@ impl Config {
         };
         let path = get("storage-path").map_or_else(|| PathBuf::from("./.fitz"), PathBuf::from);
         c.storage = match get("storage-mode").as_deref().map(str::trim) {
-            None | Some("memory") => StorageMode::Memory,
-            Some("local") => StorageMode::Local(path),
+            Some("memory") => StorageMode::Memory,
+            None | Some("local") => StorageMode::Local(path),
             Some("cloud") => {
                 return Err(ConfigError(
                     "FITZ_STORAGE_MODE=cloud is not supported".into(),
@@ -453,7 +454,7 @@ mod tests {
         assert_eq!(c.bind_addr, IpAddr::V4(Ipv4Addr::UNSPECIFIED));
         assert_eq!((c.http_port, c.tcp_port), (4090, 4091));
         assert!(!c.auth.is_anonymous());
-        assert_eq!(c.storage, StorageMode::Memory);
+        assert_eq!(c.storage, StorageMode::Local("./.fitz".into()));
         assert_eq!(c.kv_idle_transaction_ttl, Duration::from_secs(300));
         assert_eq!(c.rpc_cancellation_grace, Duration::from_millis(5_000));
         let c = config(
@@ -496,6 +497,26 @@ mod tests {
         assert_eq!((c.tcp_port, c.http_port), (2, 3));
         assert_eq!(c.storage, StorageMode::Local("./.fitz".into()));
         assert_eq!(c.log_filter.as_deref(), Some("debug"));
+    }
+
+    #[test]
+    fn storage_mode_and_path() {
+        let anon = ("FITZ_AUTH_REQUIRED", "false");
+        let c = config(&[anon, ("FITZ_STORAGE_MODE", "memory")], &[]);
+        assert_eq!(c.storage, StorageMode::Memory);
+        let c = config(
+            &[
+                anon,
+                ("FITZ_STORAGE_MODE", "local"),
+                ("FITZ_STORAGE_PATH", "/data"),
+            ],
+            &[],
+        );
+        assert_eq!(c.storage, StorageMode::Local("/data".into()));
+        let c = config(&[anon], &["--storage-path", "x"]);
+        assert_eq!(c.storage, StorageMode::Local("x".into()));
+        let e = run(&[anon, ("FITZ_STORAGE_MODE", "cloud")], &[]).unwrap_err();
+        assert!(e.0.contains("cloud"), "{e}");
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! Durable storage of committed data (KV now; queue messages, stream
-//! records and schedules later).
+//! Durable storage of committed data: KV pairs, queue messages, stream
+//! records and watermarks, schedule definitions.
 //!
 //! Engines keep their authoritative state in memory and write every commit
 //! through a [`Backend`] as one atomic [`Batch`] *before* they make it
@@ -11,6 +11,14 @@
 //! Keys are namespaced by [`Keyspace`] and carry the route family and route,
 //! so one backend serves every domain. Helpers such as [`kv_key`] fix each
 //! domain's key layout.
+//!
+//! Backends: [`MemoryBackend`] (`FITZ_STORAGE_MODE=memory`, the embedding
+//! default) and [`local::LocalBackend`] (`local`: a redb file under
+//! `FITZ_STORAGE_PATH`; see its docs for durability and locking). Only
+//! committed data is stored: sessions, transactions, reservations, leases,
+//! workers and subscriptions never survive a restart.
+
+pub mod local;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -82,6 +90,11 @@ pub trait Backend: Send + Sync + 'static {
 
     /// Every stored pair of `keyspace`, in key order (startup recovery).
     fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError>;
+
+    /// Makes every earlier commit durable and releases the store (a later
+    /// broker may open the same path); later commits fail. Idempotent.
+    /// Called by `Broker::shutdown` and when a `Broker` is dropped.
+    fn close(&self) {}
 }
 
 /// Keeps nothing: committed state lives only in the engines' memory.
@@ -108,7 +121,7 @@ pub enum StorageMode {
     /// Nothing survives a restart.
     #[default]
     Memory,
-    /// A local disk log under the path (not implemented yet).
+    /// A redb file in this directory ([`local::LocalBackend`]).
     Local(PathBuf),
 }
 
@@ -116,10 +129,7 @@ pub enum StorageMode {
 pub fn open(mode: &StorageMode) -> Result<Arc<dyn Backend>, StorageError> {
     match mode {
         StorageMode::Memory => Ok(Arc::new(MemoryBackend)),
-        StorageMode::Local(path) => Err(StorageError(format!(
-            "storage mode `local` ({}) is not yet supported by this broker; use `memory`",
-            path.display()
-        ))),
+        StorageMode::Local(path) => Ok(Arc::new(local::LocalBackend::open(path)?)),
     }
 }
 
@@ -144,9 +154,36 @@ pub fn split_kv_key(stored: &Bytes) -> Option<(Family, String, Bytes)> {
     Some((family, route, stored.slice(8 + len..)))
 }
 
+/// Key of one schedule definition: `[u32 family][route]`, so LIST order
+/// (by route) is key order within a family.
+pub fn schedule_key(family: Family, route: &str) -> Bytes {
+    let mut b = BytesMut::with_capacity(4 + route.len());
+    b.put_u32(family);
+    b.put_slice(route.as_bytes());
+    b.freeze()
+}
+
+/// Splits a [`schedule_key`] back into family and route.
+pub fn split_schedule_key(stored: &[u8]) -> Option<(Family, String)> {
+    let family = u32::from_be_bytes(stored.get(0..4)?.try_into().ok()?);
+    let route = std::str::from_utf8(stored.get(4..)?).ok()?.to_owned();
+    Some((family, route))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn schedule_keys_round_trip() {
+        let k = schedule_key(3, "schedule://a/b/c/d");
+        assert_eq!(
+            split_schedule_key(&k),
+            Some((3, "schedule://a/b/c/d".to_string()))
+        );
+        assert!(split_schedule_key(b"\x00\x00\x00").is_none());
+        assert!(split_schedule_key(b"\x00\x00\x00\x01\xff").is_none());
+    }
 
     #[test]
     fn kv_keys_round_trip() {
@@ -159,9 +196,12 @@ mod tests {
     }
 
     #[test]
-    fn local_mode_is_refused_clearly() {
-        let err = open(&StorageMode::Local("./.fitz".into())).err().unwrap();
-        assert!(err.0.contains("not yet supported"));
+    fn open_picks_the_backend_of_the_mode() {
         assert!(!open(&StorageMode::Memory).unwrap().is_durable());
+        let dir = std::env::temp_dir().join(format!("fitz-open-{}", std::process::id()));
+        let local = open(&StorageMode::Local(dir.clone())).unwrap();
+        assert!(local.is_durable());
+        local.close();
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -29,7 +29,6 @@ both_transports!(
     kv_begin_that_cannot_be_parsed_closes,
     session_metadata_is_recorded,
     rpc_cancel_is_accepted_with_the_capability,
-    stub_domains_answer_not_implemented,
     disconnect_all_sessions_is_seen_by_clients,
     shutdown_closes_sessions,
 );
@@ -229,9 +228,8 @@ async fn malformed_payloads_get_domain_errors(kind: Kind) {
             &[1][..],
             codes::NOTICE_INVALID_PATTERN,
         ),
-        (types::QUEUE_ENQUEUE, &[1][..], codes::QUEUE_BACKEND),
+        (types::QUEUE_ENQUEUE, &[1][..], codes::QUEUE_BAD_REQUEST),
         (types::LEASE_QUERY, &[1][..], codes::LEASE_BAD_REQUEST),
-        (types::SCHEDULE_CANCEL, &[1][..], codes::SCHEDULE_BUSY),
     ] {
         let id = c.id();
         let mut b = BytesMut::new();
@@ -339,33 +337,6 @@ async fn rpc_cancel_is_accepted_with_the_capability(kind: Kind) {
     assert_eq!(l.record.ty, types::RPC_LIFECYCLE);
     assert_eq!(l.record.payload[0], 4);
     assert_eq!(l.record.payload[17], 5, "unknown call");
-}
-
-async fn stub_domains_answer_not_implemented(kind: Kind) {
-    use fitz_protocol::{lease, queue, schedule, stream};
-    let broker = support::anon().await;
-    let mut c = RawClient::anon(&broker, kind).await;
-    let e = c
-        .fails(&queue::Enqueue {
-            route: "queue://r/a/q".into(),
-            body: Bytes::new(),
-            delay_seconds: None,
-        })
-        .await;
-    assert_eq!(
-        (e.envelope, e.code),
-        (fitz_protocol::Envelope::Coded, codes::QUEUE_BACKEND)
-    );
-    assert_eq!(&*e.message, "not implemented");
-    let e = c.fails(&lease::Query::new("lease://r/a/l")).await;
-    assert_eq!(e.code, codes::LEASE_BAD_REQUEST);
-    let e = c.fails(&schedule::Cancel::new("schedule://r/a/x/op")).await;
-    assert_eq!(e.code, codes::SCHEDULE_BUSY);
-    let e = c.fails(&stream::Last::new("stream://r/a/s")).await;
-    assert_eq!(
-        (e.envelope, e.code),
-        (fitz_protocol::Envelope::Stream, codes::STREAM_BACKEND)
-    );
 }
 
 async fn disconnect_all_sessions_is_seen_by_clients(kind: Kind) {

@@ -2,6 +2,8 @@
 //! broker helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::collections::VecDeque;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 

@@ -1,0 +1,418 @@
+//! KV: transactions over one resource and change watches (types 100–111).
+//!
+//! Every read and write happens inside a [`Transaction`] scoped to one
+//! concrete resource, `kv://realm/area/resource`:
+//!
+//! * [`TxMode::ReadOnly`] reads a snapshot of the committed state and takes
+//!   no lock; writes fail with broker code 1005.
+//! * [`TxMode::ReadWrite`] holds the resource's exclusive lock from
+//!   [`Kv::begin`] until [`Transaction::commit`] or
+//!   [`Transaction::rollback`]; a second read-write BEGIN on the same resource
+//!   fails at once with 1004 (it does not wait).
+//!
+//! A transaction belongs to the connection session it was begun on. After a
+//! reconnect the broker has already discarded it (and released its lock), so
+//! every later operation fails locally with
+//! [`ErrorKind::Stale`] and nothing is sent.
+//! Dropping a transaction that was neither committed nor rolled back sends a
+//! best-effort ROLLBACK in the background, so an early return or a `?` never
+//! leaves the resource locked.
+//!
+//! ```no_run
+//! # async fn demo(client: fitz::Client) -> fitz::Result<()> {
+//! use fitz::kv::{Durability, ScanOptions, TxMode};
+//! use futures_util::TryStreamExt;
+//!
+//! let mut tx = client.kv().begin("kv://prod/shop/carts", TxMode::ReadWrite).await?;
+//! tx.put("cart:42", "3 apples").await?;
+//! let value = tx.get("cart:42").await?;
+//! assert_eq!(value.as_deref(), Some(&b"3 apples"[..]));
+//! let carts: Vec<_> = tx.scan(ScanOptions::prefix("cart:")).try_collect().await?;
+//! tx.commit(Durability::Sync).await?;
+//! # let _ = carts; Ok(()) }
+//! ```
+//!
+//! [`Kv::watch`] reports every commit that changed a watched resource, and
+//! keeps doing so across reconnects.
+
+mod scan;
+#[cfg(test)]
+mod tests;
+mod watch;
+
+use std::fmt;
+use std::ops::Range;
+
+use bytes::Bytes;
+use fitz_protocol::route::{self, Scheme};
+use fitz_protocol::{Message, ReplyBody, Str, kv};
+
+use crate::connection::{Connection, Generation, RequestOptions, decode_body};
+use crate::error::{Error, ErrorKind, Result};
+use crate::options::SubscriptionOptions;
+
+pub use fitz_protocol::kv::{Durability, TxMode};
+pub use scan::{Scan, ScanOptions, ScanPage};
+pub use watch::{KvChange, KvWatch};
+
+/// The KV domain of a [`crate::Client`] (see [`crate::Client::kv`]).
+#[derive(Clone)]
+pub struct Kv {
+    conn: Connection,
+}
+
+impl fmt::Debug for Kv {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Kv")
+    }
+}
+
+impl Kv {
+    pub(crate) fn new(conn: Connection) -> Self {
+        Self { conn }
+    }
+
+    /// Begins a transaction on `route`, a concrete `kv://realm/area/resource`
+    /// (checked locally; nothing is sent when it is invalid).
+    ///
+    /// Errors worth branching on: 1004 (a read-write transaction already
+    /// holds the resource; retryable once it ends), 1011 (the token may not
+    /// use the route in this mode).
+    pub async fn begin(&self, route: &str, mode: TxMode) -> Result<Transaction> {
+        validate_resource(route)?;
+        let route = Str::from(route);
+        // Pinned, so the transaction is known to live in exactly this
+        // session; a reconnect racing the call surfaces as "not sent".
+        let generation = self.conn.generation();
+        let msg = kv::Begin {
+            route: route.clone(),
+            mode,
+        };
+        let ok: kv::BeginOk = self
+            .conn
+            .call_with(&msg, RequestOptions::pinned(generation))
+            .await
+            .map_err(not_sent_if_stale)?;
+        Ok(Transaction {
+            conn: self.conn.clone(),
+            route,
+            mode,
+            tx_id: ok.tx_id,
+            generation,
+            open: true,
+        })
+    }
+
+    /// Watches commits to every resource matching `pattern` (exact, or with
+    /// whole-segment `*`/`**` wildcards able to match a three-segment KV
+    /// route), with the client's default buffering.
+    ///
+    /// A watch survives reconnects: it is re-registered before the client
+    /// reports [`crate::State::Authenticated`] again. Commits made while the
+    /// connection was down are not replayed. Two watches of one client on
+    /// the same pattern share one broker registration.
+    pub async fn watch(&self, pattern: &str) -> Result<KvWatch> {
+        let options = self.conn.shared().config.subscription;
+        self.watch_with(pattern, options).await
+    }
+
+    /// [`Kv::watch`] with explicit buffering for this watch.
+    pub async fn watch_with(&self, pattern: &str, options: SubscriptionOptions) -> Result<KvWatch> {
+        watch::subscribe(&self.conn, pattern, options).await
+    }
+}
+
+/// A request that opens a session-bound handle is pinned to the generation it
+/// was issued in; if the session ended before it was written, that is a
+/// plain (retryable) connection failure to the caller, not a stale handle.
+fn not_sent_if_stale(e: Error) -> Error {
+    if e.kind() == ErrorKind::Stale {
+        Error::connection_lost(false)
+    } else {
+        e
+    }
+}
+
+fn validate_resource(route: &str) -> Result<()> {
+    // `validate_concrete` also enforces KV's depth of three segments.
+    route::validate_concrete(route, Scheme::Kv)
+        .map(drop)
+        .map_err(Error::route)
+}
+
+/// One transaction on one KV resource. See the [module docs](self).
+///
+/// Operations take `&mut self`: the broker requires the operations of one
+/// transaction to be sequential, and the borrow checker keeps them so.
+/// [`Transaction::commit`] and [`Transaction::rollback`] consume it.
+#[must_use = "a transaction dropped without commit() is rolled back"]
+pub struct Transaction {
+    conn: Connection,
+    route: Str,
+    mode: TxMode,
+    tx_id: u64,
+    generation: Generation,
+    /// Still open on the broker as far as we know: Drop rolls it back.
+    open: bool,
+}
+
+impl fmt::Debug for Transaction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transaction")
+            .field("route", &&*self.route)
+            .field("mode", &self.mode)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Transaction {
+    /// The resource this transaction is scoped to.
+    pub fn route(&self) -> &str {
+        &self.route
+    }
+
+    /// Read-only or read-write.
+    pub fn mode(&self) -> TxMode {
+        self.mode
+    }
+
+    /// False once the connection session it was begun on has ended: every
+    /// operation would fail with [`ErrorKind::Stale`].
+    pub fn is_current(&self) -> bool {
+        self.conn.check_generation(self.generation).is_ok()
+    }
+
+    /// Reads `key`; `None` when it is absent.
+    pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
+        let msg = kv::Get {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+            key: Bytes::copy_from_slice(key.as_ref()),
+        };
+        let ok: kv::GetOk = self.read(&msg).await?;
+        Ok(ok.value)
+    }
+
+    /// Writes `value` under `key`, replacing any value. Fails with 1005 in a
+    /// read-only transaction.
+    pub async fn put(&mut self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) -> Result<()> {
+        let msg = kv::Put {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+            key: Bytes::copy_from_slice(key.as_ref()),
+            value: value.into(),
+        };
+        self.write::<_, kv::PutOk>(&msg).await
+    }
+
+    /// Writes `value` under `key` only if the key is absent. An existing key
+    /// fails with broker code 1006
+    /// ([`codes::KV_KEY_EXISTS`](crate::codes::KV_KEY_EXISTS)); the
+    /// transaction stays usable.
+    pub async fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) -> Result<()> {
+        let msg = kv::Insert {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+            key: Bytes::copy_from_slice(key.as_ref()),
+            value: value.into(),
+        };
+        self.write::<_, kv::InsertOk>(&msg).await
+    }
+
+    /// Deletes `key` (absent keys are fine).
+    pub async fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
+        let msg = kv::Delete {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+            key: Bytes::copy_from_slice(key.as_ref()),
+        };
+        self.write::<_, kv::DeleteOk>(&msg).await
+    }
+
+    /// Deletes every key in `range` (`start` included, `end` excluded). An
+    /// empty range deletes nothing; an inverted one (`start > end`) is
+    /// rejected by the broker with a 1xxx error.
+    pub async fn delete_range<K: AsRef<[u8]>>(&mut self, range: Range<K>) -> Result<()> {
+        let msg = kv::DeleteRange {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+            start: Bytes::copy_from_slice(range.start.as_ref()),
+            end: Bytes::copy_from_slice(range.end.as_ref()),
+        };
+        self.write::<_, kv::DeleteRangeOk>(&msg).await
+    }
+
+    /// Every entry selected by `options`, fetched page by page as the stream
+    /// is polled. See [`ScanOptions`] for ranges, direction and limits.
+    ///
+    /// The stream borrows the transaction; it ends after its first error.
+    pub fn scan(&mut self, options: ScanOptions) -> Scan<'_> {
+        Scan::new(self, options)
+    }
+
+    /// One page of the scan `options` describes: at most the options' limit
+    /// or page size, and at most what the broker fits in one reply (1,024
+    /// entries, 64 KiB). Continue with
+    /// [`ScanOptions::resume_after`]`(page.last_key())` while
+    /// [`ScanPage::has_more`].
+    pub async fn scan_page(&mut self, options: &ScanOptions) -> Result<ScanPage> {
+        scan::fetch_page(&self.handle(), options).await
+    }
+
+    /// Commits with the chosen durability and ends the transaction.
+    ///
+    /// When the reply is lost (a timeout or a dropped connection after the
+    /// request was written) the outcome is unknown:
+    /// [`Error::maybe_applied`] is true.
+    pub async fn commit(mut self, durability: Durability) -> Result<()> {
+        let msg = kv::Commit {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+            durability,
+        };
+        self.finish::<_, kv::CommitOk>(&msg).await.map(drop)
+    }
+
+    /// Discards every write and ends the transaction (releasing the lock of a
+    /// read-write transaction).
+    pub async fn rollback(mut self) -> Result<()> {
+        let msg = kv::Rollback {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+        };
+        self.finish::<_, kv::RollbackOk>(&msg).await.map(drop)
+    }
+
+    /// What the scan and serde helpers need, without borrowing `self`.
+    fn handle(&self) -> TxHandle {
+        TxHandle {
+            conn: self.conn.clone(),
+            route: self.route.clone(),
+            tx_id: self.tx_id,
+            generation: self.generation,
+        }
+    }
+
+    async fn read<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<R> {
+        self.handle().read(msg).await
+    }
+
+    async fn write<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<()> {
+        let opts = RequestOptions::pinned(self.generation);
+        self.conn.call_with::<M, R>(msg, opts).await.map(drop)
+    }
+
+    /// COMMIT or ROLLBACK: afterwards the transaction is closed on the broker
+    /// unless the request certainly never got there.
+    async fn finish<M: Message, R: ReplyBody>(&mut self, msg: &M) -> Result<R> {
+        let result = self
+            .conn
+            .call_with::<M, R>(msg, RequestOptions::pinned(self.generation))
+            .await;
+        self.open = match &result {
+            Ok(_) => false,
+            // The broker answered (it discards the transaction on a failed
+            // commit), or the request may have reached it.
+            Err(e) if e.kind() == ErrorKind::Broker || e.maybe_applied() => false,
+            // Never written (backpressure, timeout in the queue, stale):
+            // still open, so Drop tries a ROLLBACK if the session lives.
+            Err(_) => true,
+        };
+        result
+    }
+}
+
+impl Drop for Transaction {
+    fn drop(&mut self) {
+        if !self.open {
+            return;
+        }
+        let msg = kv::Rollback {
+            tx_id: self.tx_id,
+            route: self.route.clone(),
+        };
+        // Pinned: a tx id means nothing to a later session. If no slot is free
+        // right now the broker still ends the transaction with the session or
+        // when its idle timeout fires.
+        let queued = self
+            .conn
+            .request_detached(&msg, RequestOptions::pinned(self.generation));
+        if !queued {
+            tracing::debug!(route = %self.route, "KV transaction dropped; background ROLLBACK not queued");
+        }
+    }
+}
+
+/// The parts of a transaction its requests need (cheap to clone: a
+/// connection handle and a shared string).
+#[derive(Clone)]
+struct TxHandle {
+    conn: Connection,
+    route: Str,
+    tx_id: u64,
+    generation: Generation,
+}
+
+impl TxHandle {
+    /// A replay-safe read pinned to the transaction's session, retried a
+    /// few times when the broker certainly did not act on it (see
+    /// `crate::retry`). Never retried across a reconnect: the pin turns the
+    /// next attempt into `Stale`.
+    async fn read<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<R> {
+        let opts = RequestOptions::pinned(self.generation);
+        let payload = crate::retry::read(|| self.conn.request_with(msg, opts)).await?;
+        decode_body::<R>(payload)
+    }
+}
+
+#[cfg(feature = "serde")]
+mod json {
+    use serde::Serialize;
+    use serde::de::DeserializeOwned;
+
+    use super::Transaction;
+    use crate::error::{Error, Result};
+
+    impl Transaction {
+        /// [`Transaction::get`], decoding the value as JSON. A value that is
+        /// not valid JSON for `T` is an
+        /// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) error.
+        pub async fn get_json<T: DeserializeOwned>(
+            &mut self,
+            key: impl AsRef<[u8]>,
+        ) -> Result<Option<T>> {
+            let Some(value) = self.get(key).await? else {
+                return Ok(None);
+            };
+            serde_json::from_slice(&value).map(Some).map_err(|e| {
+                Error::protocol(format!("KV value is not the expected JSON: {e}")).with_source(e)
+            })
+        }
+
+        /// [`Transaction::put`] with `value` encoded as JSON.
+        pub async fn put_json<T: Serialize + ?Sized>(
+            &mut self,
+            key: impl AsRef<[u8]>,
+            value: &T,
+        ) -> Result<()> {
+            let bytes = to_json(value)?;
+            self.put(key, bytes).await
+        }
+
+        /// [`Transaction::insert`] with `value` encoded as JSON.
+        pub async fn insert_json<T: Serialize + ?Sized>(
+            &mut self,
+            key: impl AsRef<[u8]>,
+            value: &T,
+        ) -> Result<()> {
+            let bytes = to_json(value)?;
+            self.insert(key, bytes).await
+        }
+    }
+
+    fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
+        serde_json::to_vec(value).map_err(|e| {
+            Error::invalid(format!("value cannot be encoded as JSON: {e}")).with_source(e)
+        })
+    }
+}
