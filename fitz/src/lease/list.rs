@@ -133,7 +133,7 @@ pub(super) async fn fetch_page(
         cursor: cursor.map(|c| c.inner),
         limit,
     };
-    let payload = crate::retry::read(|| conn.request(&msg)).await?;
+    let payload = crate::retry::replay_safe_raw(|| conn.request(&msg)).await?;
     let ok: lease::ListOk = decode_body(payload)?;
     Ok(ListPage {
         leases: ok

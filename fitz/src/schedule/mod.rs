@@ -38,6 +38,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use fitz_protocol::cron::CronSchedule;
 use fitz_protocol::route::{self, Scheme};
 use fitz_protocol::schedule::{self as wire, Entry};
 use fitz_protocol::{Message, Str, types};
@@ -51,7 +52,7 @@ use crate::connection::{
 use crate::error::{Error, Result};
 use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
-use crate::stream::retry::replay_safe;
+use crate::retry::replay_safe;
 
 /// How a fire is delivered: to every matching subscription, or to one.
 pub use fitz_protocol::schedule::DeliveryMode;
@@ -94,6 +95,7 @@ impl Schedule {
         payload: impl Into<Bytes>,
     ) -> Result<()> {
         validate_route(route)?;
+        validate_cron(cron)?;
         let msg = wire::Create {
             entry: Entry {
                 route: Str::from(route),
@@ -128,6 +130,7 @@ impl Schedule {
         let entries: Vec<Entry> = entries.into_iter().map(|e| e.entry).collect();
         for e in &entries {
             validate_route(&e.route)?;
+            validate_cron(&e.cron)?;
         }
         if entries.is_empty() {
             return Ok(());
@@ -245,6 +248,14 @@ fn validate_route(route: &str) -> Result<()> {
     route::validate_concrete(route, Scheme::Schedule)
         .map(drop)
         .map_err(Error::route)
+}
+
+/// The broker's own cron grammar (shared through `fitz_protocol::cron`), so
+/// an expression the broker would refuse is refused here without a round trip.
+fn validate_cron(cron: &str) -> Result<()> {
+    CronSchedule::parse(cron)
+        .map(drop)
+        .map_err(|e| Error::invalid(format!("invalid cron expression: {e}")))
 }
 
 fn validate_pattern(pattern: &str) -> Result<()> {

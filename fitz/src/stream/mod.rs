@@ -52,7 +52,7 @@ mod event;
 mod filter;
 mod read;
 mod reader;
-pub(crate) mod retry;
+use crate::retry;
 
 use std::fmt;
 

@@ -12,6 +12,7 @@
 //!   messages of both directions as plain structs;
 //! * [`reply`]: reply bodies and the three error envelopes;
 //! * [`codes`]: the error-code registry; [`caps`]: capability bits;
+//! * [`cron`]: the five-field UTC cron grammar of the Schedule domain;
 //! * [`route`]: route grammar, per-domain shapes and wildcard matching.
 //!
 //! Decoding slices the input [`bytes::Bytes`]: byte and string fields share
@@ -43,6 +44,7 @@
 pub mod caps;
 pub mod codes;
 pub mod control;
+pub mod cron;
 mod error;
 pub mod frame;
 pub mod kv;

@@ -44,7 +44,7 @@
 //! * The cron grammar and its choices (day-of-week 7 rejected) are in
 //!   [`cron`].
 
-pub mod cron;
+pub use fitz_protocol::cron;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::ops::Bound;

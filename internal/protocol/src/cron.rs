@@ -1,7 +1,8 @@
 //! Five-field UTC cron expressions, as the Fitz Schedule domain defines them.
 //!
-//! Pure and self-contained (std only, no broker types) so the SDK can reuse
-//! it: [`CronSchedule::parse`] validates an expression and
+//! Shared by the broker (which fires schedules) and the client (which
+//! validates expressions before sending them): [`CronSchedule::parse`]
+//! validates an expression and
 //! [`CronSchedule::next_after`] finds the first matching minute strictly
 //! after an instant.
 //!
