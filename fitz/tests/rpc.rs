@@ -710,6 +710,7 @@ async fn handler_failures_and_abandoned_requests_end_the_call() {
                     Ok(Bytes::from_static(b"ignored"))
                 }
                 "rpc://h/panic" => panic!("boom"),
+                "rpc://h/huge" => Ok(Bytes::from(vec![b'x'; 70_000])),
                 _ => Ok(Bytes::new()),
             }
         })
@@ -758,6 +759,10 @@ async fn handler_failures_and_abandoned_requests_end_the_call() {
         worker.is_running(),
         "a panicking handler does not stop the worker"
     );
+    s.deliver([7; 16], "rpc://h/huge", b"", None).await;
+    let (code, message) = coded(&s.read_response().await.body);
+    assert_eq!(code, 6010);
+    assert!(message.contains("stream large answers"), "{message}");
     drop(worker);
 }
 

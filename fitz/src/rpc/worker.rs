@@ -405,8 +405,20 @@ impl Invocation {
             Ok(body) => (body, "response"),
             Err(e) => (e.to_body(), "error"),
         };
-        if let Err(e) = self.send(body, true, true).await {
-            tracing::debug!(id = %self.id, error = %e, "the handler's final {what} was not sent");
+        match self.send(body, true, true).await {
+            Ok(()) => {}
+            // Too large for one record: tell the caller why, not just that
+            // the worker dropped the call.
+            Err(e) if e.kind() == crate::ErrorKind::InvalidArgument => {
+                let error = HandlerError::failed(format!(
+                    "the worker's final {what} cannot be sent ({}): stream large answers",
+                    e.message()
+                ));
+                let _ = self.send(error.to_body(), true, true).await;
+            }
+            Err(e) => {
+                tracing::debug!(id = %self.id, error = %e, "the handler's final {what} was not sent");
+            }
         }
     }
 }
