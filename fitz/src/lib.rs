@@ -68,7 +68,7 @@ pub use lease::{Lease, LeaseGuard, Leases};
 pub use notice::{Notice, NoticeMessage, NoticeSubscription};
 pub use options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
 pub use queue::Queue;
-pub use rpc::Rpc;
+pub use rpc::{Rpc, RpcCall, RpcRequest, WorkerHandle};
 pub use schedule::Schedule;
 pub use stream::Streams;
 pub use token::{StaticToken, TokenError, TokenFuture, TokenProvider};

@@ -428,7 +428,7 @@ impl Actor {
         self.book
             .fail_session(ended, Error::connection_lost, &mut self.finished);
         self.settle(&mut Mode::Pending);
-        self.registry.session_lost();
+        self.registry.session_lost(self.shared.generation());
         self.restoring = 0;
     }
 
@@ -769,9 +769,10 @@ fn reject(out: Outbound, error: Error) {
         Reply::Frames { tx, .. } => {
             let _ = tx.try_send(Err(error));
         }
-        Reply::Written(tx) => {
+        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
             let _ = tx.send(Err(error));
         }
+        Reply::Committed(None) => {}
         Reply::Detached => {}
     }
 }

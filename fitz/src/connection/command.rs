@@ -55,6 +55,11 @@ pub(crate) enum Reply {
     /// A request nobody waits for (best-effort cleanup from `Drop`): written
     /// like any request, its answer swallowed.
     Detached,
+    /// A send that stays queued even when nobody waits for it: once filed it
+    /// is written, in order, unless its session ends first. It never times
+    /// out. The sender, if any, learns the outcome. (RPC chunks and
+    /// cancellations: dropping a waiter must not leave a gap on the wire.)
+    Committed(Option<oneshot::Sender<Result<()>>>),
 }
 
 /// A request or send on its way to the wire.

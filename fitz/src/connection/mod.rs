@@ -18,7 +18,8 @@
 //! | [`Connection::call`]`::<M, R>(&msg)` | one request, one reply decoded as `R: ReplyBody`; broker errors become [`ErrorKind::Broker`](crate::ErrorKind::Broker) |
 //! | [`Connection::request`] / [`Connection::request_with`] | the raw reply payload, for replies whose layout depends on the request (`decode_reply_with`) |
 //! | [`Connection::request_frames`] | a request answered by several frames (Lease ACQUIRE: `Queued`, later the grant, same correlation) |
-//! | [`Connection::send`] | fire-and-forget (Notice PUBLISH, RPC REQUEST/RESPONSE/CANCEL); never labelled |
+//! | [`Connection::send`] | fire-and-forget (Notice PUBLISH); never labelled |
+//! | [`Connection::send_committed`] / [`Connection::send_detached`] | fire-and-forget pinned to a session that is never half-sent: built at the moment it is queued, written even if the caller stops waiting (RPC REQUEST/RESPONSE/CANCEL); the detached form is for `Drop` |
 //! | [`Connection::request_detached`] | a best-effort request from `Drop` (KV ROLLBACK, Lease RELEASE): never blocks or spawns, answer swallowed |
 //! | [`Connection::register`] | a restorable subscription or worker registration → [`Subscription<T>`] |
 //! | [`Connection::push_handler`] | raw pushes of one type (RPC 302/303/305) by UUID, route pattern, or all |
@@ -307,8 +308,16 @@ pub(crate) enum PushKey {
     /// the field after the kind byte of 305. Session-scoped: the handler ends
     /// with a connection error when the session drops.
     Uuid([u8; 16]),
-    /// 302 deliveries whose route (after the UUID) matches this pattern. Every
-    /// matching handler receives the delivery. Survives reconnects.
+    /// 302 deliveries whose route (after the UUID) matches this pattern.
+    /// Survives reconnects. A delivery goes to exactly one handler: when the
+    /// patterns of several match, the most specific one (most literal
+    /// segments, then fewest `**`, then fewest `*`; the earliest installed on
+    /// a tie) — the broker charged one registration, so one worker must
+    /// answer. One handler per pattern and type: installing a second one
+    /// fails. When a session ends, each RPC_REQUEST pattern handler receives
+    /// an 8-byte item (never a valid delivery): the generation of the next
+    /// session, big-endian. It marks the boundary in order, so deliveries of
+    /// the lost session can be told apart.
     Pattern(String),
     /// Every push of the type nobody else claimed, including late labelled
     /// replies. Survives reconnects.
@@ -518,6 +527,97 @@ impl Connection {
         self.submit(Command::Send, ty, record, opts, Reply::Written(tx))
             .await?;
         rx.await.map_err(|_| Error::closed())?
+    }
+
+    /// A fire-and-forget record pinned to session `generation` that cannot be
+    /// half-sent: `build` runs exactly when the record is committed to the
+    /// connection's queue (after an in-flight slot and queue room were
+    /// found), and from then on the record is written, in order, even if
+    /// this future is dropped — unless the session ends first. Dropping the
+    /// future earlier sends nothing and never runs `build`.
+    ///
+    /// Resolves once the record is in the outbound buffer. Errors: `Stale`
+    /// (another session), `Closed`, `Backpressure` (no slot or queue room
+    /// within the request timeout), a connection error when the session ended
+    /// before the write, or whatever `build` returned.
+    ///
+    /// For records whose content depends on what was already sent (RPC
+    /// response sequence numbers, at-most-once cancellation flags). `build`
+    /// may return a lock guard with the record: it is dropped only once the
+    /// record is queued, so concurrent builders reach the wire in the order
+    /// they built.
+    #[allow(dead_code)] // for the RPC client
+    pub async fn send_committed<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+    ) -> Result<()> {
+        if self.shared.is_closed() {
+            return Err(Error::closed());
+        }
+        if generation.0 != self.shared.generation() {
+            return Err(Error::stale());
+        }
+        let deadline = Instant::now() + self.shared.config.request_timeout;
+        let full =
+            || Error::backpressure("the connection stayed saturated for the whole request timeout");
+        let permit =
+            match tokio::time::timeout_at(deadline, self.shared.inflight.clone().acquire_owned())
+                .await
+            {
+                Ok(Ok(p)) => p,
+                Ok(Err(_)) => return Err(Error::closed()),
+                Err(_) => return Err(full()),
+            };
+        let slot = match tokio::time::timeout_at(deadline, self.commands.reserve()).await {
+            Ok(Ok(slot)) => slot,
+            Ok(Err(_)) => return Err(Error::closed()),
+            Err(_) => return Err(full()),
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            // From here on nothing awaits until the record is queued.
+            let (record, guard) = build()?;
+            slot.send(Command::Send(Outbound {
+                id: self.shared.next_id(),
+                ty,
+                record,
+                deadline,
+                generation: generation.0,
+                pinned: true,
+                reply: Reply::Committed(Some(tx)),
+                permit,
+            }));
+            drop(guard);
+        }
+        rx.await.map_err(|_| Error::closed())?
+    }
+
+    /// Best-effort fire-and-forget from synchronous code (`Drop`): never
+    /// blocks, never spawns. Queues `record` for session `generation` when an
+    /// in-flight slot and queue room are free right now; false when it was
+    /// not queued (full, closed, or another session). Once queued it behaves
+    /// like [`Connection::send_committed`].
+    #[allow(dead_code)] // for the RPC client
+    pub fn send_detached(&self, ty: u16, generation: Generation, record: Bytes) -> bool {
+        if self.shared.is_closed() || generation.0 != self.shared.generation() {
+            return false;
+        }
+        let Ok(permit) = self.shared.inflight.clone().try_acquire_owned() else {
+            return false;
+        };
+        let out = Outbound {
+            id: self.shared.next_id(),
+            ty,
+            record,
+            deadline: Instant::now(),
+            generation: generation.0,
+            pinned: true,
+            reply: Reply::Committed(None),
+            permit,
+        };
+        self.commands.try_send(Command::Send(out)).is_ok()
     }
 
     /// A best-effort request for `Drop` (KV ROLLBACK, Lease RELEASE): never

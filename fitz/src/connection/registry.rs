@@ -67,6 +67,8 @@ struct PushSink {
     id: SubscriptionId,
     key: PushKey,
     tx: MailboxTx,
+    /// For pattern keys: how specific the pattern is (see [`specificity`]).
+    rank: Specificity,
 }
 
 /// Where new internal requests go: the book, and the wire if a session is up.
@@ -245,8 +247,9 @@ impl Registry {
         sent
     }
 
-    /// The session is gone: wire ids are meaningless now.
-    pub fn session_lost(&mut self) {
+    /// The session is gone: wire ids are meaningless now. `next` is the
+    /// generation of the session to come.
+    pub fn session_lost(&mut self, next: u64) {
         self.routes.clear();
         for reg in self.regs.values_mut() {
             if matches!(reg.phase, Phase::Live | Phase::Restoring) {
@@ -270,6 +273,15 @@ impl Registry {
             self.push_index.remove(&id);
         }
         self.push.retain(|_, v| !v.is_empty());
+        // Worker deliveries carry no session stamp and their invocation ids
+        // die with the session: an 8-byte item (never a valid REQUEST), the
+        // next generation, marks the boundary in the handler's own order.
+        if let Some(sinks) = self.push.get(&types::RPC_REQUEST) {
+            let marker = Bytes::copy_from_slice(&next.to_be_bytes());
+            for s in sinks {
+                s.tx.push(marker.clone());
+            }
+        }
     }
 
     /// A handle left. Sends UNSUBSCRIBE when it was the last one.
@@ -456,11 +468,28 @@ impl Registry {
     }
 
     pub fn add_push(&mut self, cmd: PushCmd) {
+        if let PushKey::Pattern(p) = &cmd.key
+            && self.push.get(&cmd.ty).is_some_and(|sinks| {
+                sinks
+                    .iter()
+                    .any(|s| s.key == cmd.key && s.tx.is_receiver_alive())
+            })
+        {
+            let _ = cmd.reply.send(Err(Error::invalid(format!(
+                "{p} already has a handler on this client"
+            ))));
+            return;
+        }
         self.push_index.insert(cmd.sink.0, cmd.ty);
+        let rank = match &cmd.key {
+            PushKey::Pattern(p) => specificity(p),
+            _ => Specificity::default(),
+        };
         self.push.entry(cmd.ty).or_default().push(PushSink {
             id: cmd.sink,
             key: cmd.key,
             tx: cmd.mailbox,
+            rank,
         });
         let _ = cmd.reply.send(Ok(()));
     }
@@ -489,10 +518,21 @@ impl Registry {
             .flatten();
         let mut claimed = false;
         let mut any = Vec::new();
+        // The most specific live pattern handler (the earliest on a tie).
+        let mut best: Option<(usize, Specificity)> = None;
         for (i, s) in sinks.iter().enumerate() {
             let hit = match &s.key {
                 PushKey::Uuid(u) => uuid.as_ref() == Some(u),
-                PushKey::Pattern(p) => route.as_deref().is_some_and(|r| route::matches(p, r)),
+                PushKey::Pattern(p) => {
+                    if s.tx.is_receiver_alive()
+                        && !s.tx.is_closed()
+                        && best.as_ref().is_none_or(|(_, b)| s.rank > *b)
+                        && route.as_deref().is_some_and(|r| route::matches(p, r))
+                    {
+                        best = Some((i, s.rank));
+                    }
+                    false
+                }
                 PushKey::Any => {
                     any.push(i);
                     false
@@ -502,6 +542,10 @@ impl Registry {
                 claimed = true;
                 s.tx.push(payload.clone());
             }
+        }
+        if let Some((i, _)) = best {
+            claimed = true;
+            sinks[i].tx.push(payload.clone());
         }
         if !claimed {
             for i in any {
@@ -517,6 +561,22 @@ impl Registry {
         let sinks = self.regs.values().map(|r| r.sinks.len()).sum();
         let push = self.push.values().map(Vec::len).sum();
         (self.regs.len(), sinks, push)
+    }
+}
+
+/// How specific a route pattern is: literal segments, then fewer `**`, then
+/// fewer `*`. Larger is more specific.
+type Specificity = (usize, std::cmp::Reverse<usize>, std::cmp::Reverse<usize>);
+
+fn specificity(pattern: &str) -> Specificity {
+    use std::cmp::Reverse;
+    match route::shape(pattern) {
+        Ok(s) => (
+            s.segments - s.stars - s.globstars,
+            Reverse(s.globstars),
+            Reverse(s.stars),
+        ),
+        Err(_) => (0, Reverse(usize::MAX), Reverse(usize::MAX)),
     }
 }
 

@@ -82,6 +82,8 @@ enum Waiter {
         is_final: fn(&Bytes) -> bool,
     },
     Written(oneshot::Sender<Result<()>>),
+    /// A committed send (see `Reply::Committed`).
+    Committed(Option<oneshot::Sender<Result<()>>>),
     Internal(Internal),
     /// Written, but nobody waits: swallow the answer.
     Tombstone,
@@ -96,6 +98,7 @@ impl Waiter {
             Reply::Frames { tx, is_final } => Self::Frames { tx, is_final },
             Reply::Written(tx) => Self::Written(tx),
             Reply::Detached => Self::Detached,
+            Reply::Committed(tx) => Self::Committed(tx),
         }
     }
 
@@ -106,8 +109,8 @@ impl Waiter {
             Self::Frames { tx, .. } => tx.is_closed(),
             Self::Written(tx) => tx.is_closed(),
             // The actor's own work is never abandoned, nor is a detached
-            // request: being unobserved is its point.
-            Self::Internal(_) | Self::Detached => false,
+            // request or a committed send: being unobserved is their point.
+            Self::Internal(_) | Self::Detached | Self::Committed(_) => false,
             Self::Tombstone => true,
         }
     }
@@ -160,14 +163,16 @@ pub(super) struct Book {
 impl Book {
     /// Files a caller's request or send.
     pub fn file(&mut self, out: Outbound) -> u64 {
-        let send = matches!(out.reply, Reply::Written(_));
+        let send = matches!(out.reply, Reply::Written(_) | Reply::Committed(_));
+        // A committed send waits as long as its session lives.
+        let deadline = (!matches!(out.reply, Reply::Committed(_))).then_some(out.deadline);
         self.insert(
             out.id,
             Entry {
                 ty: out.ty,
                 waiter: Waiter::from_reply(out.reply),
                 record: Some(out.record),
-                deadline: Some(out.deadline),
+                deadline,
                 generation: out.generation,
                 pinned: out.pinned,
                 send,
@@ -505,9 +510,10 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
                 let _ = tx.try_send(Err(e));
             }
         }
-        Waiter::Written(tx) => {
+        Waiter::Written(tx) | Waiter::Committed(Some(tx)) => {
             let _ = tx.send(result.map(drop));
         }
+        Waiter::Committed(None) => {}
         Waiter::Internal(i) => finished.push((i, result)),
         Waiter::Tombstone | Waiter::Detached => {}
     }

@@ -773,6 +773,102 @@ async fn push_handlers_match_by_uuid_pattern_or_any() {
     assert_eq!(h.client.debug_snapshot().await.unwrap().push_handlers, 0);
 }
 
+#[tokio::test(start_paused = true)]
+async fn a_delivery_goes_to_the_most_specific_pattern_and_sessions_are_marked() {
+    let mut h = start(CAP_CORRELATION).await;
+    let conn = h.client.connection().clone();
+    let opts = SubscriptionOptions::default();
+    let handler = |p: &str| conn.push_handler(types::RPC_REQUEST, PushKey::Pattern(p.into()), opts);
+    let mut wide = handler("rpc://a/**").await.unwrap();
+    let mut narrow = handler("rpc://a/*/run").await.unwrap();
+    match handler("rpc://a/**").await {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::InvalidArgument),
+        Ok(_) => panic!("a second handler for one pattern was installed"),
+    }
+
+    let delivery = |route: &str| {
+        let mut d = [1u8; 16].to_vec();
+        d.put_u32(route.len() as u32);
+        d.put_slice(route.as_bytes());
+        d.put_u32(0);
+        d
+    };
+    for route in ["rpc://a/b/run", "rpc://a/b/stop"] {
+        h.peer
+            .send_record(types::RPC_REQUEST, &delivery(route))
+            .await
+            .unwrap();
+    }
+    assert_eq!(
+        narrow.next().await.unwrap().unwrap(),
+        Bytes::from(delivery("rpc://a/b/run"))
+    );
+    assert_eq!(
+        wide.next().await.unwrap().unwrap(),
+        Bytes::from(delivery("rpc://a/b/stop"))
+    );
+
+    // The session ends: both get the boundary item (the next generation),
+    // in order.
+    let peer = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
+    peer.close().await;
+    let marker = Bytes::copy_from_slice(&1u64.to_be_bytes());
+    assert_eq!(narrow.next().await.unwrap().unwrap(), marker);
+    assert_eq!(wide.next().await.unwrap().unwrap(), marker);
+    reaccept(&mut h, CAP_CORRELATION).await;
+    h.peer
+        .send_record(types::RPC_REQUEST, &delivery("rpc://a/c/run"))
+        .await
+        .unwrap();
+    assert_eq!(
+        narrow.next().await.unwrap().unwrap(),
+        Bytes::from(delivery("rpc://a/c/run"))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn committed_and_detached_sends_survive_their_caller() {
+    let mut h = start(CAP_CORRELATION).await;
+    let conn = h.client.connection().clone();
+    let generation = conn.generation();
+    let body = |n: u8| Bytes::from(vec![5, 0, 1, n]); // a SESSION_METADATA record
+    // Dropped right after being polled once: it was committed, so it goes out.
+    let mut committed = Box::pin(conn.send_committed(5, generation, || Ok((body(1), ()))));
+    assert!(
+        futures_util::FutureExt::now_or_never(committed.as_mut()).is_none(),
+        "waits for the write"
+    );
+    drop(committed);
+    assert!(conn.send_detached(5, generation, body(2)));
+    conn.send_committed(5, generation, || Ok((body(3), ())))
+        .await
+        .unwrap();
+    for n in 1..=3 {
+        let r = h.peer.read_request().await.unwrap();
+        assert_eq!((r.ty, r.correlation, &r.payload[..]), (5, None, &[n][..]));
+    }
+    // Built lazily: an error from `build` sends nothing.
+    let e = conn
+        .send_committed(5, generation, || {
+            Err::<(Bytes, ()), _>(crate::Error::invalid("no"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+    // Pinned to the session.
+    let peer = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
+    peer.close().await;
+    reaccept(&mut h, CAP_CORRELATION).await;
+    assert!(!conn.send_detached(5, generation, body(4)));
+    let e = conn
+        .send_committed(5, generation, || Ok((body(5), ())))
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Stale);
+    settle().await;
+    assert_eq!(h.client.debug_snapshot().await.unwrap().pending, 0);
+}
+
 // ----- subscriptions -----
 
 async fn subscribe(
