@@ -24,7 +24,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let kv = client.kv();
 
     // Watch the resource before writing to it.
-    let mut watch = kv.watch("kv://demo/shop/*").await?;
+    let mut watch = kv.subscribe("kv://demo/shop/*").await?;
 
     // A read-write transaction holds the resource's lock until commit.
     let mut tx = kv.begin(ROUTE, TxMode::ReadWrite).await?;

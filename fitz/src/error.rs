@@ -58,6 +58,11 @@ pub enum ErrorKind {
     Overflow,
     /// The broker does not support what was asked (a capability is missing).
     Unsupported,
+    /// A payload that arrived intact is not what the caller asked to decode
+    /// it as: a `*_json` helper (feature `serde`) found a body that is not
+    /// JSON of the requested type. The data and the type disagree; the
+    /// connection and the broker are fine, and retrying reads the same bytes.
+    Decode,
 }
 
 impl ErrorKind {
@@ -75,6 +80,7 @@ impl ErrorKind {
             Self::InvalidArgument => "invalid argument",
             Self::Overflow => "subscription overflow",
             Self::Unsupported => "unsupported",
+            Self::Decode => "undecodable payload",
         }
     }
 }
@@ -244,6 +250,12 @@ impl Error {
     #[allow(dead_code)] // for the domain clients (capability-gated features)
     pub(crate) fn unsupported(message: impl Into<Cow<'static, str>>) -> Self {
         Self::build(ErrorKind::Unsupported, message)
+    }
+
+    /// A received payload is not of the type the caller asked for.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn decode(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::build(ErrorKind::Decode, message)
     }
 
     /// A domain error the broker answered with.

@@ -68,6 +68,18 @@ impl Notice {
         self.conn.send(&msg).await
     }
 
+    /// [`Notice::publish`] with `value` encoded as JSON (a value that cannot
+    /// be is an [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// error, and nothing is sent).
+    #[cfg(feature = "serde")]
+    pub async fn publish_json<T: serde::Serialize + ?Sized>(
+        &self,
+        route: &str,
+        value: &T,
+    ) -> Result<()> {
+        self.publish(route, crate::json::encode(value)?).await
+    }
+
     /// Subscribes to `pattern` (`*` = one segment, `**` = any number; any
     /// depth) with the client's default buffering.
     pub async fn subscribe(&self, pattern: &str) -> Result<NoticeSubscription> {
@@ -147,6 +159,14 @@ impl NoticeMessage {
     /// Takes the payload.
     pub fn into_payload(self) -> Bytes {
         self.payload
+    }
+
+    /// The payload parsed as JSON. A payload that is not JSON of type `T` is
+    /// an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
+    #[cfg(feature = "serde")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let what = format_args!("the notice on {}", &*self.route);
+        crate::json::decode(&self.payload, what)
     }
 }
 
@@ -238,6 +258,43 @@ mod tests {
             &[0xFF, 0x01, 0xF6, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]
         );
         assert!((NOTICE.unsubscribe)(None, &Bytes::new()).is_none());
+    }
+
+    #[cfg(feature = "serde")]
+    #[tokio::test]
+    async fn json_notices_round_trip_and_a_foreign_payload_is_a_decode_error() {
+        use futures_util::StreamExt;
+
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Deploy {
+            version: u32,
+        }
+
+        let broker = fitz_broker::Broker::builder().start().await.unwrap();
+        let client = crate::Client::anonymous(broker.tcp_url()).unwrap();
+        client.connect().await.unwrap();
+        let notice = client.notice();
+        let mut sub = notice.subscribe("notice://test/app/*").await.unwrap();
+
+        notice
+            .publish_json("notice://test/app/deploys", &Deploy { version: 42 })
+            .await
+            .unwrap();
+        notice
+            .publish("notice://test/app/deploys", "plain text")
+            .await
+            .unwrap();
+
+        let first = sub.next().await.unwrap().unwrap();
+        assert_eq!(&first.payload()[..], br#"{"version":42}"#);
+        assert_eq!(first.json::<Deploy>().unwrap(), Deploy { version: 42 });
+        let second = sub.next().await.unwrap().unwrap();
+        let e = second.json::<Deploy>().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Decode);
+        assert!(e.message().contains("notice://test/app/deploys"), "{e}");
+
+        client.close().await;
+        broker.shutdown().await;
     }
 
     #[test]

@@ -69,19 +69,12 @@ impl QueueMessage {
         self.body
     }
 
-    /// The body parsed as JSON. A body that does not parse as `T` is an
-    /// [`crate::ErrorKind::InvalidArgument`] error.
+    /// The body parsed as JSON. A body that is not JSON of type `T` is an
+    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
     #[cfg(feature = "serde")]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            Error::invalid(format!(
-                "the body of message {} from {} is not JSON of type {}: {e}",
-                self.id,
-                &*self.route,
-                std::any::type_name::<T>()
-            ))
-            .with_source(e)
-        })
+        let what = format_args!("the body of message {} from {}", self.id, &*self.route);
+        crate::json::decode(&self.body, what)
     }
 }
 

@@ -118,7 +118,7 @@ fn handles_can_cross_tasks() {
     send_sync::<Reservation>();
     send_sync::<QueueMessage>();
     send_sync::<CompleteError>();
-    send_sync::<WorkerHandle>();
+    send_sync::<QueueWorker>();
     send::<QueueSubscription>();
 }
 
@@ -705,7 +705,7 @@ async fn start_worker(
     h: &mut Harness,
     concurrency: usize,
     gate: Arc<Semaphore>,
-) -> (WorkerHandle, mpsc::UnboundedReceiver<QueueMessage>, Request) {
+) -> (QueueWorker, mpsc::UnboundedReceiver<QueueMessage>, Request) {
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let q = h.client.queue();
     let t = tokio::spawn(async move {

@@ -257,13 +257,13 @@ impl AppendSession {
         Ok(expected)
     }
 
-    /// Appends `value` encoded as JSON.
+    /// [`AppendSession::append`] with `value` encoded as JSON (a value that
+    /// cannot be is an
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// error, and nothing is sent).
     #[cfg(feature = "serde")]
     pub async fn append_json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<u64> {
-        let body = serde_json::to_vec(value).map_err(|e| {
-            Error::invalid(format!("value cannot be encoded as JSON: {e}")).with_source(e)
-        })?;
-        self.append(body).await
+        self.append(crate::json::encode(value)?).await
     }
 
     /// Publishes the batch atomically (COMMIT) and ends the session. With
