@@ -47,7 +47,9 @@ pub enum ErrorKind {
     /// The broker answered with a domain error; see [`Error::code`].
     Broker,
     /// A handle from an earlier connection session (KV transaction, stream
-    /// append session, queue reservation, lease) was used after a reconnect.
+    /// append session, queue reservation, lease) was used after a reconnect;
+    /// nothing was sent. Each of those handles says so up front with
+    /// `is_current()`. Begin, reserve or acquire again.
     Stale,
     /// The operation was cancelled before it completed.
     Cancelled,
@@ -300,6 +302,19 @@ impl Error {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         self.with(|i| i.source = Some(Box::new(source)))
+    }
+
+    /// For the request that *opens* a session-bound handle (KV BEGIN, Stream
+    /// BEGIN, Lease ACQUIRE): it is pinned to the session it was issued in,
+    /// and if that session ended before it was written the caller sees a
+    /// plain, retryable "not sent" connection failure. [`ErrorKind::Stale`]
+    /// is reserved for using a handle the caller already holds.
+    pub(crate) fn stale_as_not_sent(self) -> Self {
+        if self.kind() == ErrorKind::Stale {
+            Self::connection_lost(false)
+        } else {
+            self
+        }
     }
 
     pub(crate) fn applied_if(self, maybe_applied: bool) -> Self {

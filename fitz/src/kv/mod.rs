@@ -98,7 +98,7 @@ impl Kv {
             .conn
             .call_with(&msg, RequestOptions::pinned(generation))
             .await
-            .map_err(not_sent_if_stale)?;
+            .map_err(Error::stale_as_not_sent)?;
         Ok(Transaction {
             conn: self.conn.clone(),
             route,
@@ -138,17 +138,6 @@ impl Kv {
     #[doc(hidden)]
     pub async fn watch(&self, pattern: &str) -> Result<KvSubscription> {
         self.subscribe(pattern).await
-    }
-}
-
-/// A request that opens a session-bound handle is pinned to the generation it
-/// was issued in; if the session ended before it was written, that is a
-/// plain (retryable) connection failure to the caller, not a stale handle.
-fn not_sent_if_stale(e: Error) -> Error {
-    if e.kind() == ErrorKind::Stale {
-        Error::connection_lost(false)
-    } else {
-        e
     }
 }
 

@@ -149,11 +149,19 @@ impl Reservation {
         self.message.json()
     }
 
-    /// True when the session that reserved the message has ended (the
-    /// connection was lost or the client closed): nothing can be done with the
-    /// reservation any more.
+    /// False once the connection session that reserved the message has
+    /// ended (the connection was lost or the client closed): every call
+    /// would fail with [`crate::ErrorKind::Stale`], and the broker will
+    /// deliver the message again.
+    pub fn is_current(&self) -> bool {
+        self.conn.check_generation(self.generation).is_ok()
+    }
+
+    /// The former, inverted form of [`Reservation::is_current`], kept while
+    /// the test suite moves over.
+    #[doc(hidden)]
     pub fn is_stale(&self) -> bool {
-        self.conn.check_generation(self.generation).is_err()
+        !self.is_current()
     }
 
     /// Resets the lease to `lease` from now (rounded up to whole seconds, at

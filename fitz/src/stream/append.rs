@@ -168,7 +168,8 @@ impl AppendSession {
         };
         let ok: BeginOk = conn
             .call_with(&msg, RequestOptions::pinned(generation))
-            .await?;
+            .await
+            .map_err(Error::stale_as_not_sent)?;
         // From here on Drop rolls back, also if the probe below fails or
         // this future is dropped while it runs.
         let mut session = Self {
@@ -200,6 +201,13 @@ impl AppendSession {
     /// The offset the next append will get (the OCC `expected_offset`).
     pub fn next_offset(&self) -> u64 {
         self.next_offset
+    }
+
+    /// False once the connection session it was opened on has ended: every
+    /// call would fail with [`ErrorKind::Stale`] (the broker has already
+    /// discarded the batch and released the resource).
+    pub fn is_current(&self) -> bool {
+        self.conn.check_generation(self.generation).is_ok()
     }
 
     /// Records appended in this session so far.
