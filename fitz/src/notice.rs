@@ -1,10 +1,36 @@
 //! Notice: fire-and-forget fan-out (types 500–504).
 //!
-//! Publishing sends one record and waits for nothing from the broker (which
-//! drops notices silently under pressure: best effort by design).
-//! Subscriptions are live streams restored after a reconnect; two
-//! subscriptions to the same pattern on one client share one broker
-//! registration, and unsubscribing one never silences the other.
+//! A notice published to a concrete `notice://realm/area/resource` route
+//! goes to every subscription whose pattern matches it *at that moment*;
+//! nothing is stored or replayed. Publishing sends one record and waits for
+//! nothing from the broker (which drops notices silently under pressure:
+//! best effort by design), so use Notice for hints, invalidations and live
+//! dashboards, and [`Queue`](crate::queue) or [`Streams`](crate::stream)
+//! when every message matters.
+//!
+//! Subscriptions are live streams restored after a reconnect (notices
+//! published while the connection was down are lost). Two subscriptions to
+//! the same pattern on one client share one broker registration, and
+//! unsubscribing one never silences the other.
+//!
+//! ```no_run
+//! # async fn demo(client: fitz::Client) -> fitz::Result<()> {
+//! use futures_util::StreamExt;
+//!
+//! let notice = client.notice();
+//! let mut deploys = notice.subscribe("notice://prod/ops/*").await?;
+//! notice.publish("notice://prod/ops/deploys", "v42 is live").await?;
+//! while let Some(message) = deploys.next().await {
+//!     let message = message?;
+//!     println!("{}: {:?}", message.route(), message.payload());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A subscriber that may fall behind chooses what happens when its buffer is
+//! full with [`Notice::subscribe_with`] and [`crate::Overflow`]: end the
+//! stream with an error (the default: nothing is lost silently), or keep the
+//! newest notices and count the dropped ones.
 
 use std::fmt;
 use std::pin::Pin;

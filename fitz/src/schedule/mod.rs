@@ -11,9 +11,13 @@
 //! subscribed to is skipped, and so are fires missed while the broker was
 //! down.
 //!
-//! The cron expression is checked by the broker (a rejection is an
+//! Cron expressions are checked locally with the broker's own grammar
+//! (`fitz_protocol::cron`, minute, hour, day of month, month, day of week;
+//! `*`, lists, ranges and steps): an invalid one is an
+//! [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument) error
+//! and nothing is sent. Anything else the broker refuses arrives as an
 //! [`ErrorKind::Broker`](crate::ErrorKind::Broker) error whose message says
-//! why; the broker sends these without a numeric code).
+//! why (the broker sends Schedule errors without a numeric code).
 //!
 //! ```no_run
 //! # async fn demo(client: fitz::Client) -> fitz::Result<()> {
