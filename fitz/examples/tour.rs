@@ -12,7 +12,9 @@
 //! against that broker (presenting `FITZ_TOKEN`, if set) and waits for the
 //! next whole minute instead.
 //!
-//! Every domain has a longer example of its own in this directory.
+//! Every domain has a longer example of its own next to this one:
+//! `cargo run -p fitz --example kv` (or `queue`, `rpc`, `lease`, `notice`,
+//! `stream`, `schedule`).
 
 use std::error::Error;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
