@@ -33,19 +33,15 @@
 //! newest notices and count the dropped ones.
 
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fitz_protocol::route::{self, Scheme};
 use fitz_protocol::{Message, Str, notice, types};
-use futures_core::Stream;
 
 use crate::connection::{
-    Connection, Registration, RegistrationSpec, Subscription, decode_ack, encode_record,
+    Connection, Registration, RegistrationSpec, decode_ack, domain_subscription, encode_record,
 };
 use crate::error::{Error, Result};
-use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
 
 /// Segments of a notice route one publishes to: `notice://realm/area/resource`.
@@ -205,56 +201,15 @@ impl fmt::Debug for NoticeMessage {
     }
 }
 
-/// A live Notice subscription: a `Stream` of [`NoticeMessage`]s.
-///
-/// It keeps working across reconnects. Items are `Err` only as the last item
-/// before the stream ends: on overflow under [`crate::Overflow::Error`], when
-/// the subscription could not be restored after a reconnect, or when the
-/// client closed. After [`Notice::unsubscribe_all`] it ends without an error.
-/// Dropping it unsubscribes in the background.
-pub struct NoticeSubscription {
-    inner: Subscription<NoticeMessage>,
-    pattern: String,
-}
-
-impl NoticeSubscription {
-    /// The pattern subscribed to.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    /// This subscription's id in [`crate::Event`]s.
-    pub fn id(&self) -> SubscriptionId {
-        self.inner.id()
-    }
-
-    /// Notices discarded so far under [`crate::Overflow::DropOldest`].
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
-
-    /// Unsubscribes and waits for the broker's acknowledgement (immediate
-    /// when another subscription of this client shares the pattern).
-    pub async fn unsubscribe(self) -> Result<()> {
-        self.inner.unsubscribe().await
-    }
-}
-
-impl Stream for NoticeSubscription {
-    type Item = Result<NoticeMessage>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().inner.poll_item(cx)
-    }
-}
-
-impl fmt::Debug for NoticeSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NoticeSubscription")
-            .field("id", &self.id())
-            .field("pattern", &self.pattern)
-            .finish()
-    }
+domain_subscription! {
+    /// A live Notice subscription: a `Stream` of [`NoticeMessage`]s.
+    ///
+    /// It keeps working across reconnects. Items are `Err` only as the last item
+    /// before the stream ends: on overflow under [`crate::Overflow::Error`], when
+    /// the subscription could not be restored after a reconnect, or when the
+    /// client closed. After [`Notice::unsubscribe_all`] it ends without an error.
+    /// Dropping it unsubscribes in the background.
+    pub struct NoticeSubscription: NoticeMessage, keyed by pattern, dropping "Notices";
 }
 
 #[cfg(test)]

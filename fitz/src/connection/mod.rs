@@ -133,7 +133,7 @@ use crate::transport::Connector;
 
 use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
 pub(crate) use mailbox::{MailboxRx, mailbox};
-pub(crate) use subscription::{PushStream, ReplyFrames, Subscription};
+pub(crate) use subscription::{PushStream, ReplyFrames, Subscription, domain_subscription};
 
 /// Everything the actor needs to connect; fixed at `build()`.
 pub(crate) struct Config {

@@ -175,3 +175,72 @@ fn _assert_send() {
     is_send::<ReplyFrames>();
     let _ = Error::closed;
 }
+
+/// Declares a domain's public subscription type: a named `Stream` of
+/// `Result<$item>` over a [`Subscription`], keyed by the pattern (or
+/// selector) it was made for, with the accessors every domain shares. The
+/// doc comment and the name of the key field come from the caller; the
+/// struct is built with a literal in the domain's module.
+macro_rules! domain_subscription {
+    (
+        $(#[$doc:meta])*
+        pub struct $name:ident: $item:ty, keyed by $key:ident, dropping $what:literal;
+    ) => {
+        $(#[$doc])*
+        pub struct $name {
+            inner: $crate::connection::Subscription<$item>,
+            $key: ::std::string::String,
+        }
+
+        impl $name {
+            #[doc = concat!("The ", stringify!($key), " subscribed to.")]
+            pub fn $key(&self) -> &str {
+                &self.$key
+            }
+
+            /// This subscription's id in [`crate::Event`]s.
+            pub fn id(&self) -> $crate::events::SubscriptionId {
+                self.inner.id()
+            }
+
+            #[doc = concat!(
+                $what,
+                " discarded so far under [`crate::Overflow::DropOldest`]."
+            )]
+            pub fn dropped(&self) -> u64 {
+                self.inner.dropped()
+            }
+
+            #[doc = concat!(
+                "Unsubscribes and waits for the broker's acknowledgement \
+                 (immediate when another subscription of this client shares the ",
+                stringify!($key),
+                ")."
+            )]
+            pub async fn unsubscribe(self) -> $crate::error::Result<()> {
+                self.inner.unsubscribe().await
+            }
+        }
+
+        impl ::futures_core::Stream for $name {
+            type Item = $crate::error::Result<$item>;
+
+            fn poll_next(
+                self: ::std::pin::Pin<&mut Self>,
+                cx: &mut ::std::task::Context<'_>,
+            ) -> ::std::task::Poll<Option<Self::Item>> {
+                self.get_mut().inner.poll_item(cx)
+            }
+        }
+
+        impl ::std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($name))
+                    .field("id", &self.id())
+                    .field(stringify!($key), &self.$key)
+                    .finish()
+            }
+        }
+    };
+}
+pub(crate) use domain_subscription;

@@ -1,19 +1,16 @@
 //! KV change subscriptions: SUBSCRIBE (109), UNSUBSCRIBE (110), NOTIFY (111).
 
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fitz_protocol::route::{self, Scheme};
 use fitz_protocol::{Message, Str, kv, types};
-use futures_core::Stream;
 
 use crate::connection::{
-    Connection, Registration, RegistrationSpec, Subscription, decode_ack, record_with_payload,
+    Connection, Registration, RegistrationSpec, decode_ack, domain_subscription,
+    record_with_payload,
 };
 use crate::error::{Error, Result};
-use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
 
 static WATCH: RegistrationSpec = RegistrationSpec {
@@ -80,56 +77,15 @@ impl fmt::Debug for KvChange {
     }
 }
 
-/// A live KV subscription: a `Stream` of [`KvChange`]s.
-///
-/// It keeps working across reconnects (commits made while disconnected are
-/// not replayed: re-read what matters after
-/// [`Event::Restored`](crate::Event::Restored)). Items are `Err` only as the
-/// last item before the stream ends: on overflow under
-/// [`crate::Overflow::Error`], when the subscription could not be restored after a
-/// reconnect, or when the client closed. Dropping it unsubscribes in the
-/// background.
-pub struct KvSubscription {
-    inner: Subscription<KvChange>,
-    pattern: String,
-}
-
-impl KvSubscription {
-    /// The pattern subscribed to.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    /// This subscription's id in [`crate::Event`]s.
-    pub fn id(&self) -> SubscriptionId {
-        self.inner.id()
-    }
-
-    /// Changes discarded so far under [`crate::Overflow::DropOldest`].
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
-
-    /// Unsubscribes and waits for the broker's acknowledgement (immediate
-    /// when another subscription of this client shares the pattern).
-    pub async fn unsubscribe(self) -> Result<()> {
-        self.inner.unsubscribe().await
-    }
-}
-
-impl Stream for KvSubscription {
-    type Item = Result<KvChange>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().inner.poll_item(cx)
-    }
-}
-
-impl fmt::Debug for KvSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KvSubscription")
-            .field("id", &self.id())
-            .field("pattern", &self.pattern)
-            .finish()
-    }
+domain_subscription! {
+    /// A live KV subscription: a `Stream` of [`KvChange`]s.
+    ///
+    /// It keeps working across reconnects (commits made while disconnected are
+    /// not replayed: re-read what matters after
+    /// [`Event::Restored`](crate::Event::Restored)). Items are `Err` only as the
+    /// last item before the stream ends: on overflow under
+    /// [`crate::Overflow::Error`], when the subscription could not be restored after a
+    /// reconnect, or when the client closed. Dropping it unsubscribes in the
+    /// background.
+    pub struct KvSubscription: KvChange, keyed by pattern, dropping "Changes";
 }

@@ -1,19 +1,16 @@
 //! Lease subscriptions: SUBSCRIBE (407), UNSUBSCRIBE (408), NOTIFY (409).
 
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fitz_protocol::route::{self, Scheme};
 use fitz_protocol::{Message, Str, lease, types};
-use futures_core::Stream;
 
 use crate::connection::{
-    Connection, Registration, RegistrationSpec, Subscription, decode_ack, record_with_payload,
+    Connection, Registration, RegistrationSpec, decode_ack, domain_subscription,
+    record_with_payload,
 };
 use crate::error::{Error, Result};
-use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
 
 static SUBSCRIPTION: RegistrationSpec = RegistrationSpec {
@@ -73,54 +70,13 @@ impl fmt::Debug for LeaseChange {
     }
 }
 
-/// A live Lease subscription: a `Stream` of [`LeaseChange`]s.
-///
-/// It keeps working across reconnects (changes while disconnected are not
-/// replayed). Items are `Err` only as the last item before the stream ends:
-/// on overflow under [`crate::Overflow::Error`], when it could not be
-/// restored after a reconnect, or when the client closed. Dropping it
-/// unsubscribes in the background.
-pub struct LeaseSubscription {
-    inner: Subscription<LeaseChange>,
-    pattern: String,
-}
-
-impl LeaseSubscription {
-    /// The pattern subscribed to.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    /// This subscription's id in [`crate::Event`]s.
-    pub fn id(&self) -> SubscriptionId {
-        self.inner.id()
-    }
-
-    /// Changes discarded so far under [`crate::Overflow::DropOldest`].
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
-
-    /// Unsubscribes and waits for the broker's acknowledgement (immediate
-    /// when another subscription of this client shares the pattern).
-    pub async fn unsubscribe(self) -> Result<()> {
-        self.inner.unsubscribe().await
-    }
-}
-
-impl Stream for LeaseSubscription {
-    type Item = Result<LeaseChange>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().inner.poll_item(cx)
-    }
-}
-
-impl fmt::Debug for LeaseSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("LeaseSubscription")
-            .field("id", &self.id())
-            .field("pattern", &self.pattern)
-            .finish()
-    }
+domain_subscription! {
+    /// A live Lease subscription: a `Stream` of [`LeaseChange`]s.
+    ///
+    /// It keeps working across reconnects (changes while disconnected are not
+    /// replayed). Items are `Err` only as the last item before the stream ends:
+    /// on overflow under [`crate::Overflow::Error`], when it could not be
+    /// restored after a reconnect, or when the client closed. Dropping it
+    /// unsubscribes in the background.
+    pub struct LeaseSubscription: LeaseChange, keyed by pattern, dropping "Changes";
 }

@@ -1,18 +1,15 @@
 //! Availability watches: SUBSCRIBE 207, UNSUBSCRIBE 208, NOTIFY 209.
 
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fitz_protocol::{Message, Str, queue, types};
-use futures_core::Stream;
 
 use crate::connection::{
-    Connection, Registration, RegistrationSpec, Subscription, decode_ack, record_with_payload,
+    Connection, Registration, RegistrationSpec, decode_ack, domain_subscription,
+    record_with_payload,
 };
 use crate::error::{Error, Result};
-use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
 
 static AVAILABILITY: RegistrationSpec = RegistrationSpec {
@@ -98,55 +95,14 @@ pub struct QueueCounters {
     pub inflight: u64,
 }
 
-/// A live availability watch: a `Stream` of [`QueueAvailability`].
-///
-/// It keeps working across reconnects (the broker reports the queues that
-/// have ready work again right after the watch is restored). Items are `Err`
-/// only as the last item before the stream ends: on overflow under
-/// [`crate::Overflow::Error`], when the watch could not be restored after a
-/// reconnect, or when the client closed. Dropping it unsubscribes in the
-/// background.
-pub struct QueueSubscription {
-    inner: Subscription<QueueAvailability>,
-    pattern: String,
-}
-
-impl QueueSubscription {
-    /// The pattern watched.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    /// This subscription's id in [`crate::Event`]s.
-    pub fn id(&self) -> SubscriptionId {
-        self.inner.id()
-    }
-
-    /// Notifications discarded so far under [`crate::Overflow::DropOldest`].
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
-
-    /// Unsubscribes and waits for the broker's acknowledgement (immediate
-    /// when another subscription of this client shares the pattern).
-    pub async fn unsubscribe(self) -> Result<()> {
-        self.inner.unsubscribe().await
-    }
-}
-
-impl Stream for QueueSubscription {
-    type Item = Result<QueueAvailability>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().inner.poll_item(cx)
-    }
-}
-
-impl fmt::Debug for QueueSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("QueueSubscription")
-            .field("id", &self.id())
-            .field("pattern", &self.pattern)
-            .finish()
-    }
+domain_subscription! {
+    /// A live availability watch: a `Stream` of [`QueueAvailability`].
+    ///
+    /// It keeps working across reconnects (the broker reports the queues that
+    /// have ready work again right after the watch is restored). Items are `Err`
+    /// only as the last item before the stream ends: on overflow under
+    /// [`crate::Overflow::Error`], when the watch could not be restored after a
+    /// reconnect, or when the client closed. Dropping it unsubscribes in the
+    /// background.
+    pub struct QueueSubscription: QueueAvailability, keyed by pattern, dropping "Notifications";
 }

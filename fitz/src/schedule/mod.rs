@@ -51,10 +51,10 @@ use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
 use crate::connection::{
-    Connection, Registration, RegistrationSpec, Subscription, decode_ack, record_with_payload,
+    Connection, Registration, RegistrationSpec, decode_ack, domain_subscription,
+    record_with_payload,
 };
 use crate::error::{Error, Result};
-use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
 use crate::retry::replay_safe;
 
@@ -639,58 +639,17 @@ impl fmt::Debug for ScheduleFire {
     }
 }
 
-/// A live Schedule subscription: a `Stream` of [`ScheduleFire`]s.
-///
-/// It keeps working across reconnects (fires while disconnected are lost:
-/// the broker never queues them). Items are `Err` only as the last item
-/// before the stream ends: on overflow under [`crate::Overflow::Error`],
-/// when the subscription could not be restored after a reconnect, or when
-/// the client closed. Subscriptions of one client to the same pattern share
-/// one broker registration (and so count once for single delivery);
-/// dropping one unsubscribes it in the background.
-pub struct ScheduleSubscription {
-    inner: Subscription<ScheduleFire>,
-    pattern: String,
-}
-
-impl ScheduleSubscription {
-    /// The pattern subscribed to.
-    pub fn pattern(&self) -> &str {
-        &self.pattern
-    }
-
-    /// This subscription's id in [`crate::Event`]s.
-    pub fn id(&self) -> SubscriptionId {
-        self.inner.id()
-    }
-
-    /// Fires discarded so far under [`crate::Overflow::DropOldest`].
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
-
-    /// Unsubscribes and waits for the broker's acknowledgement (immediate
-    /// when another subscription of this client shares the pattern).
-    pub async fn unsubscribe(self) -> Result<()> {
-        self.inner.unsubscribe().await
-    }
-}
-
-impl Stream for ScheduleSubscription {
-    type Item = Result<ScheduleFire>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().inner.poll_item(cx)
-    }
-}
-
-impl fmt::Debug for ScheduleSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ScheduleSubscription")
-            .field("id", &self.id())
-            .field("pattern", &self.pattern)
-            .finish()
-    }
+domain_subscription! {
+    /// A live Schedule subscription: a `Stream` of [`ScheduleFire`]s.
+    ///
+    /// It keeps working across reconnects (fires while disconnected are lost:
+    /// the broker never queues them). Items are `Err` only as the last item
+    /// before the stream ends: on overflow under [`crate::Overflow::Error`],
+    /// when the subscription could not be restored after a reconnect, or when
+    /// the client closed. Subscriptions of one client to the same pattern share
+    /// one broker registration (and so count once for single delivery);
+    /// dropping one unsubscribes it in the background.
+    pub struct ScheduleSubscription: ScheduleFire, keyed by pattern, dropping "Fires";
 }
 
 #[cfg(test)]

@@ -9,16 +9,12 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::ops::RangeInclusive;
-use std::pin::Pin;
-use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use fitz_protocol::{Message, Str, stream};
-use futures_core::Stream;
 
-use crate::connection::Subscription;
+use crate::connection::{Subscription, domain_subscription};
 use crate::error::{Error, Result};
-use crate::events::SubscriptionId;
 
 /// One notification of a [`StreamSubscription`].
 ///
@@ -136,67 +132,28 @@ impl fmt::Debug for WatermarkAdvanced {
     }
 }
 
-/// A live Stream subscription: a `Stream` of [`CommitEvent`]s for every
-/// resource its selector matches.
-///
-/// It keeps working across reconnects (commits made while disconnected are
-/// not notified: read the stream to catch up, or use
-/// [`super::Streams::follow`], which does). Two kinds of `Err` items:
-///
-/// * a notification that cannot be decoded (malformed JSON, an unknown
-///   `event`) yields one [`crate::ErrorKind::Protocol`] item and the stream
-///   goes on;
-/// * overflow under [`crate::Overflow::Error`], a failed restore after a
-///   reconnect, or the client closing yield a last error, then the end.
-///
-/// Subscriptions of one client to the same selector share one broker
-/// registration; dropping one unsubscribes it in the background.
-pub struct StreamSubscription {
-    inner: Subscription<CommitEvent>,
-    selector: String,
+domain_subscription! {
+    /// A live Stream subscription: a `Stream` of [`CommitEvent`]s for every
+    /// resource its selector matches.
+    ///
+    /// It keeps working across reconnects (commits made while disconnected are
+    /// not notified: read the stream to catch up, or use
+    /// [`super::Streams::follow`], which does). Two kinds of `Err` items:
+    ///
+    /// * a notification that cannot be decoded (malformed JSON, an unknown
+    ///   `event`) yields one [`crate::ErrorKind::Protocol`] item and the stream
+    ///   goes on;
+    /// * overflow under [`crate::Overflow::Error`], a failed restore after a
+    ///   reconnect, or the client closing yield a last error, then the end.
+    ///
+    /// Subscriptions of one client to the same selector share one broker
+    /// registration; dropping one unsubscribes it in the background.
+    pub struct StreamSubscription: CommitEvent, keyed by selector, dropping "Notifications";
 }
 
 impl StreamSubscription {
     pub(crate) fn new(inner: Subscription<CommitEvent>, selector: String) -> Self {
         Self { inner, selector }
-    }
-
-    /// The selector subscribed to.
-    pub fn selector(&self) -> &str {
-        &self.selector
-    }
-
-    /// This subscription's id in [`crate::Event`]s.
-    pub fn id(&self) -> SubscriptionId {
-        self.inner.id()
-    }
-
-    /// Notifications discarded so far under [`crate::Overflow::DropOldest`].
-    pub fn dropped(&self) -> u64 {
-        self.inner.dropped()
-    }
-
-    /// Unsubscribes and waits for the broker's acknowledgement (immediate
-    /// when another subscription of this client shares the selector).
-    pub async fn unsubscribe(self) -> Result<()> {
-        self.inner.unsubscribe().await
-    }
-}
-
-impl Stream for StreamSubscription {
-    type Item = Result<CommitEvent>;
-
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.get_mut().inner.poll_item(cx)
-    }
-}
-
-impl fmt::Debug for StreamSubscription {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamSubscription")
-            .field("id", &self.id())
-            .field("selector", &self.selector)
-            .finish()
     }
 }
 
