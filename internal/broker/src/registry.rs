@@ -138,7 +138,7 @@ impl<V: Clone> Registry<V> {
         pattern: &str,
         value: V,
     ) -> Result<Registered, LimitError> {
-        let wildcard = is_wildcard(pattern);
+        let wildcard = route::is_wildcard(pattern);
         let mut g = self.inner.write();
         let inner = &mut *g;
         let regs = inner.sessions.entry(session.id()).or_default();
@@ -322,13 +322,6 @@ impl<V> Inner<V> {
         }
         Some(reg)
     }
-}
-
-/// True when `pattern` has a `*` or `**` segment.
-pub fn is_wildcard(pattern: &str) -> bool {
-    route::path_of(pattern)
-        .split('/')
-        .any(|s| s == "*" || s == "**")
 }
 
 #[cfg(test)]

@@ -76,7 +76,7 @@ impl Reserve {
     /// True when the request route has a wildcard segment, which makes the
     /// reply's items carry their concrete route.
     pub fn is_wildcard(&self) -> bool {
-        self.route.split('/').any(|s| s == "*" || s == "**")
+        crate::route::is_wildcard(&self.route)
     }
 }
 

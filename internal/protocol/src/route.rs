@@ -402,6 +402,26 @@ pub fn stream_selector(selector: &str) -> Result<SelectorScope, RouteError> {
     }
 }
 
+/// True when `pattern`'s path has a `*` or `**` segment.
+pub fn is_wildcard(pattern: &str) -> bool {
+    path_of(pattern).split('/').any(|s| s == "*" || s == "**")
+}
+
+/// The literal start of `pattern` before its first wildcard segment
+/// (scheme included, no trailing `/`): every route the pattern matches
+/// starts with it, so an ordered index can be scanned from there.
+pub fn literal_prefix(pattern: &str) -> &str {
+    let path = path_of(pattern);
+    let mut end = pattern.len() - path.len();
+    for (i, seg) in path.split('/').enumerate() {
+        if seg == "*" || seg == "**" {
+            break;
+        }
+        end += seg.len() + usize::from(i > 0);
+    }
+    &pattern[..end]
+}
+
 /// The first `n` segments of a concrete route's path, e.g. realm (`n = 1`)
 /// or realm/area (`n = 2`). `None` when the path is shorter.
 pub fn prefix(path: &str, n: usize) -> Option<&str> {
@@ -421,6 +441,19 @@ pub fn prefix(path: &str, n: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn literal_prefixes_stop_at_the_first_wildcard() {
+        assert_eq!(literal_prefix("queue://a/b/*"), "queue://a/b");
+        assert_eq!(literal_prefix("queue://a/b/c"), "queue://a/b/c");
+        assert_eq!(literal_prefix("lease://*/b/c"), "lease://");
+        assert_eq!(literal_prefix("queue://a/**"), "queue://a");
+        assert_eq!(literal_prefix("queue://a/b/c/**"), "queue://a/b/c");
+        assert!(is_wildcard("queue://a/*/c"));
+        assert!(is_wildcard("lease://a/**"));
+        assert!(!is_wildcard("kv://a/b*/c"));
+        assert!(!is_wildcard("kv://a/b/c"));
+    }
 
     #[test]
     fn grammar() {

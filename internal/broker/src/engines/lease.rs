@@ -200,27 +200,6 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
     (year, month as u32, day as u32)
 }
 
-fn is_wildcard(pattern: &str) -> bool {
-    route::path_of(pattern)
-        .split('/')
-        .any(|s| s == "*" || s == "**")
-}
-
-/// The literal start of `pattern` before its first wildcard segment.
-fn literal_prefix(pattern: &str) -> &str {
-    let path = route::path_of(pattern);
-    let mut end = pattern.len() - path.len();
-    let mut first = true;
-    for seg in path.split('/') {
-        if seg == "*" || seg == "**" {
-            break;
-        }
-        end += seg.len() + usize::from(!first);
-        first = false;
-    }
-    &pattern[..end]
-}
-
 fn info_len(i: &LeaseInfo) -> usize {
     4 + i.route.len() + 4 + i.owner.len() + 8 + 4 + i.acquired_at.len() + 8 + 4
 }
@@ -685,7 +664,7 @@ impl LeaseEngine {
             return Ok(());
         }
         let held = |h: &&Holder| h.expires > now;
-        if !is_wildcard(&l.pattern) {
+        if !route::is_wildcard(&l.pattern) {
             let item = s
                 .leases
                 .get(&family)
@@ -705,7 +684,7 @@ impl LeaseEngine {
         }
         let mut items = Vec::new();
         if let Some(m) = s.leases.get(&family) {
-            let prefix = literal_prefix(&l.pattern);
+            let prefix = route::literal_prefix(&l.pattern);
             for (r, lease) in m
                 .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
                 .take_while(|(r, _)| r.starts_with(prefix))
@@ -988,12 +967,5 @@ mod tests {
             rfc3339(UNIX_EPOCH + Duration::from_secs(4_102_444_799)),
             "2099-12-31T23:59:59Z"
         );
-    }
-
-    #[test]
-    fn literal_prefixes_stop_at_the_first_wildcard() {
-        assert_eq!(literal_prefix("lease://a/b/*"), "lease://a/b");
-        assert_eq!(literal_prefix("lease://*/b/c"), "lease://");
-        assert_eq!(literal_prefix("lease://a/**"), "lease://a");
     }
 }

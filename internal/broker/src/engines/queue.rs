@@ -295,28 +295,6 @@ fn stored_key(family: Family, route: &str, id: u64) -> Bytes {
     storage::kv_key(family, route, &id.to_be_bytes())
 }
 
-/// The literal start of `pattern` before its first wildcard segment, so a
-/// wildcard RESERVE only scans queues that can match.
-fn literal_prefix(pattern: &str) -> &str {
-    let path = route::path_of(pattern);
-    let mut end = pattern.len() - path.len();
-    let mut first = true;
-    for seg in path.split('/') {
-        if seg == "*" || seg == "**" {
-            break;
-        }
-        end += seg.len() + usize::from(!first);
-        first = false;
-    }
-    &pattern[..end]
-}
-
-fn is_wildcard(route: &str) -> bool {
-    route::path_of(route)
-        .split('/')
-        .any(|s| s == "*" || s == "**")
-}
-
 impl State {
     fn new(durable: bool) -> Self {
         Self {
@@ -522,7 +500,7 @@ impl State {
             return items;
         };
         let candidates: Vec<Arc<str>> = if wildcard {
-            let prefix = literal_prefix(target);
+            let prefix = route::literal_prefix(target);
             fam.range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
                 .take_while(|(r, _)| r.starts_with(prefix))
                 .filter(|(r, q)| !q.ready.is_empty() && route::matches(target, r))
@@ -798,7 +776,7 @@ impl QueueEngine {
         }
         let wait = r.wait_seconds.unwrap_or(0).min(proto::MAX_WAIT_SECONDS);
         let lease = Duration::from_secs(r.lease_seconds);
-        let wildcard = is_wildcard(&r.route);
+        let wildcard = route::is_wildcard(&r.route);
         let now = self.clock.now();
         let family = session.family();
         let mut s = self.state.lock();
@@ -929,7 +907,7 @@ impl QueueEngine {
         let Some(fam) = s.queues.get(&session.family()) else {
             return Ok(());
         };
-        let prefix = literal_prefix(pattern);
+        let prefix = route::literal_prefix(pattern);
         for (r, q) in fam
             .range::<str, _>((Bound::Included(prefix), Bound::Unbounded))
             .take_while(|(r, _)| r.starts_with(prefix))
@@ -1212,15 +1190,6 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::registry::SubscriptionIds;
-
-    #[test]
-    fn literal_prefixes_stop_at_the_first_wildcard() {
-        assert_eq!(literal_prefix("queue://a/b/*"), "queue://a/b");
-        assert_eq!(literal_prefix("queue://a/b/c"), "queue://a/b/c");
-        assert_eq!(literal_prefix("queue://*/b/c"), "queue://");
-        assert_eq!(literal_prefix("queue://a/**"), "queue://a");
-        assert_eq!(literal_prefix("queue://a/b/c/**"), "queue://a/b/c");
-    }
 
     #[test]
     fn stored_values_round_trip() {

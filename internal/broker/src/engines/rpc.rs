@@ -358,7 +358,7 @@ impl RpcEngine {
                 Credit {
                     session: session.clone(),
                     pattern: Arc::from(&*s.pattern),
-                    wildcard: crate::registry::is_wildcard(&s.pattern),
+                    wildcard: route::is_wildcard(&s.pattern),
                     max: s.max_concurrent,
                     in_flight: 0,
                     supports_cancellation: s.supports_cancellation(),
