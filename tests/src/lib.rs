@@ -136,6 +136,18 @@ pub async fn exclusive() -> Option<tokio::sync::MutexGuard<'static, ()>> {
     }
 }
 
+/// Makes `proxy` refuse new connections and waits until it does (the proxy
+/// stops listening asynchronously): a reconnect attempt from now on fails.
+pub async fn refuse_new(proxy: &ProxyHandle) {
+    proxy.refuse_new(true);
+    let addr = proxy.addr();
+    until("the proxy refuses connections", || async move {
+        // A connection that still got through is dropped at once.
+        tokio::net::TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+}
+
 /// A proxy to `upstream` and the URL of the broker through it.
 pub async fn proxy_to(upstream: std::net::SocketAddr, t: Transport) -> (ProxyHandle, String) {
     let proxy = Proxy::start(upstream).await.expect("proxy starts");

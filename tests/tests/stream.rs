@@ -509,7 +509,7 @@ async fn follow_catches_up_on_commits_made_during_an_outage() {
 
     // Down, a commit nobody can notify, then back up.
     let mut events = follower.events();
-    proxy.refuse_new(true);
+    fitz_tests::refuse_new(&proxy).await;
     proxy.cut_all();
     wait_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
     commit(&writer, &o1, &["outage"]).await;
