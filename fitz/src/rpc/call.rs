@@ -590,8 +590,8 @@ mod tests {
         send::<super::super::RpcRequest>();
         sync::<super::super::RpcRequest>();
         send::<super::super::Responder>();
-        send::<super::super::WorkerHandle>();
-        sync::<super::super::WorkerHandle>();
+        send::<super::super::RpcWorker>();
+        sync::<super::super::RpcWorker>();
     }
 
     #[test]
