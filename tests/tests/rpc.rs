@@ -1252,7 +1252,15 @@ mod broker {
                     async move {
                         let budget = req.remaining();
                         req.cancelled().await;
-                        let _ = reasons.send((budget, req.cancel_reason()));
+                        // The handler answers only once the test has seen the
+                        // caller's timeout: when the worker's own copy of the
+                        // budget runs out first (it may, by a fraction of a
+                        // millisecond, on a fast broker), an answer sent at
+                        // once would race the caller's deadline and could
+                        // arrive as the call's result.
+                        let (release, released) = tokio::sync::oneshot::channel::<()>();
+                        let _ = reasons.send((budget, req.cancel_reason(), release));
+                        let _ = released.await;
                         Ok::<_, HandlerError>(())
                     }
                 })
@@ -1271,10 +1279,12 @@ mod broker {
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Timeout, "{url}: {e}");
             assert!(started.elapsed() < Duration::from_secs(2));
-            let (budget, reason) = within("the worker's signal", reasons.recv()).await.unwrap();
+            let (budget, reason, release) =
+                within("the worker's signal", reasons.recv()).await.unwrap();
             let budget = budget.expect("the budget reached the worker");
             assert!(budget <= Duration::from_millis(300), "{budget:?}");
             assert_eq!(reason, Some(CancelReason::Deadline));
+            drop(release);
             // The credit comes back: the next call is served.
             let mut next = caller
                 .rpc()
@@ -1289,7 +1299,9 @@ mod broker {
                     .kind(),
                 ErrorKind::Timeout
             );
-            within("the second signal", reasons.recv()).await.unwrap();
+            let (_, reason, release) = within("the second signal", reasons.recv()).await.unwrap();
+            assert_eq!(reason, Some(CancelReason::Deadline));
+            drop(release);
             worker.shutdown().await.unwrap();
             server.close().await;
             caller.close().await;
@@ -1397,7 +1409,13 @@ mod broker {
                         let budget = req.remaining();
                         let _ = arrived.send(());
                         req.cancelled().await;
-                        let _ = c_tx.send((budget, req.cancel_reason()));
+                        // Answers only once the test has read the signal: an
+                        // answer sent as C's own copy of the budget runs out
+                        // could otherwise reach A, through B, just before A's
+                        // deadline.
+                        let (release, released) = tokio::sync::oneshot::channel::<()>();
+                        let _ = c_tx.send((budget, req.cancel_reason(), release));
+                        let _ = released.await;
                         Ok::<_, HandlerError>(())
                     }
                 })
@@ -1430,7 +1448,8 @@ mod broker {
                 within("A's cancel", call.cancel()).await,
                 CancelOutcome::Forwarded
             );
-            let (budget, reason) = within("C's signal", c_seen.recv()).await.unwrap();
+            let (budget, reason, release) = within("C's signal", c_seen.recv()).await.unwrap();
+            drop(release);
             let budget = budget.expect("C got a budget");
             assert!(
                 budget <= Duration::from_secs(5) && budget > Duration::from_secs(3),
@@ -1455,7 +1474,8 @@ mod broker {
                 .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Timeout);
             within("C's delivery", arrived.recv()).await.unwrap();
-            let (_, reason) = within("C's signal", c_seen.recv()).await.unwrap();
+            let (_, reason, release) = within("C's signal", c_seen.recv()).await.unwrap();
+            drop(release);
             // C's own budget runs out, or B's call to it is cancelled as B's
             // budget runs out: either way the chain stops on time.
             assert!(
