@@ -617,9 +617,15 @@ async fn cs007(cx: Arc<Cx>, ev: Ev) -> Outcome {
                 if req.route().ends_with("/echo") {
                     return Ok::<_, HandlerError>(Bytes::from_static(b"healthy"));
                 }
-                // Never answers on its own: runs until told to stop.
+                // Never answers on its own: runs until told to stop, and
+                // then answers only once the scenario has seen the caller's
+                // timeout (when the worker's copy of the budget runs out
+                // first, an answer sent at once could still reach the caller
+                // before its own deadline).
                 req.cancelled().await;
-                let _ = reasons.send(req.cancel_reason());
+                let (release, released) = oneshot::channel::<()>();
+                let _ = reasons.send((req.cancel_reason(), release));
+                let _ = released.await;
                 Ok(Bytes::new())
             }
         })
@@ -647,9 +653,10 @@ async fn cs007(cx: Arc<Cx>, ev: Ev) -> Outcome {
     );
     ensure!(elapsed >= timeout, "ended before its timeout: {elapsed:?}");
     ensure!(call.next().await.is_none(), "items after the timeout");
-    let reason = within("the worker's signal", reasons.recv())
+    let (reason, release) = within("the worker's signal", reasons.recv())
         .await?
         .ctx("worker channel")?;
+    drop(release);
     ev.put("worker_cancel_reason", format!("{reason:?}"));
     ensure!(
         reason == Some(CancelReason::Deadline),
