@@ -12,7 +12,8 @@
 //! four), and positional arguments — a cell name or a scenario id
 //! (`cargo test -p fitz-tests --test conformance -- CS-010 ws-jwt`). Any
 //! other positional argument is a test-name filter: the runner does nothing
-//! unless it is a part of "conformance".
+//! unless it is a part of "conformance". libtest's options are accepted and
+//! ignored, except `--list`, `--ignored` (nothing to run) and `--skip`.
 #![forbid(unsafe_code)]
 
 mod report;
@@ -57,7 +58,33 @@ fn select() -> Option<Selection> {
         }
         return None;
     }
-    let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    // libtest's options are accepted and ignored (cargo passes its own, and
+    // `cargo test --workspace -- --test-threads 2` reaches every target);
+    // the value of one that takes a value is not a filter. `--ignored`
+    // selects only ignored tests, and this runner has none; `--skip` skips
+    // the runner when its pattern is a part of "conformance".
+    let mut positional: Vec<&String> = Vec::new();
+    let mut skips: Vec<&String> = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--ignored" => {
+                println!("conformance: no ignored tests");
+                return None;
+            }
+            "--skip" => skips.extend(it.next()),
+            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed"
+            | "-Z" => {
+                it.next();
+            }
+            _ if a.starts_with('-') => {}
+            _ => positional.push(a),
+        }
+    }
+    if skips.iter().any(|s| "conformance".contains(s.as_str())) {
+        println!("conformance: skipped");
+        return None;
+    }
     let env_cells = std::env::var("FITZ_CONFORMANCE_CELLS").ok();
     let wanted_cells: Vec<String> = positional
         .iter()

@@ -115,23 +115,33 @@ pub fn empty_summary() -> Summary {
 }
 
 /// Where the reports go: `$FITZ_CONFORMANCE_OUT`, else
-/// `<target dir>/conformance`. The target directory is
-/// `$CARGO_TARGET_DIR` when set, else found from this executable
-/// (`<target>/<profile>/deps/conformance-…`), else `<workspace>/target`.
+/// `<target dir>/conformance`, where the target directory is the one cargo
+/// built this executable in (`<target>/[<triple>/]<profile>/deps/conformance-…`,
+/// so `$CARGO_TARGET_DIR`, relative or not, is honoured), else
+/// `$CARGO_TARGET_DIR` when it is absolute, else `<workspace>/target`.
 pub fn output_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("FITZ_CONFORMANCE_OUT") {
         return PathBuf::from(dir);
-    }
-    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
-        return PathBuf::from(dir).join("conformance");
     }
     if let Ok(exe) = std::env::current_exe()
         && let Some(deps) = exe
             .ancestors()
             .find(|p| p.file_name().is_some_and(|n| n == "deps"))
-        && let Some(target) = deps.parent().and_then(Path::parent)
+        && let Some(profile_parent) = deps.parent().and_then(Path::parent)
     {
+        // Cargo tags the root of every target directory; with `--target` the
+        // profile directory sits one level further down.
+        let target = profile_parent
+            .ancestors()
+            .take(2)
+            .find(|p| p.join("CACHEDIR.TAG").is_file())
+            .unwrap_or(profile_parent);
         return target.join("conformance");
+    }
+    if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from)
+        && dir.is_absolute()
+    {
+        return dir.join("conformance");
     }
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("..")
