@@ -73,8 +73,7 @@ fn select() -> Option<Selection> {
                 return None;
             }
             "--skip" => skips.extend(it.next()),
-            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed"
-            | "-Z" => {
+            "--test-threads" | "--format" | "--color" | "--logfile" | "--shuffle-seed" | "-Z" => {
                 it.next();
             }
             _ if a.starts_with('-') => {}
