@@ -1,10 +1,12 @@
 //! `FITZ_STORAGE_MODE=local`: what survives a restart, a dropped broker and
-//! a killed process, and what never does.
+//! a killed process (committed KV, the queue backlog, committed stream
+//! records, schedules), and what never does.
 //!
 //! Buffered commits: visible at once, durable after a clean shutdown and
 //! within ~100 ms otherwise (the background flush); a crash before that may
 //! lose them, but never half a batch. Sync commits are fsync'd before the
-//! reply. Sessions, transactions and subscriptions never survive.
+//! reply. Sessions, transactions, reservations, append sessions and
+//! subscriptions never survive.
 
 mod support;
 
@@ -420,6 +422,383 @@ async fn schedules_are_kept_per_route_family() {
         assert_eq!(page.total_count, 1);
         assert_eq!(&page.entries[0].payload[..], tid.as_bytes());
     }
+    broker.shutdown().await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- queue
+
+mod queue_support {
+    use bytes::Bytes;
+    use fitz_protocol::decode_reply_with;
+    use fitz_protocol::queue::{self, EnqueueOk, ReserveOk, ReservedItem};
+
+    use super::RawClient;
+
+    pub async fn enqueue(c: &mut RawClient, route: &str, body: &str, delay: Option<u64>) -> u64 {
+        c.ok::<_, EnqueueOk>(&queue::Enqueue {
+            route: route.into(),
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            delay_seconds: delay,
+        })
+        .await
+        .message_id
+    }
+
+    pub async fn reserve(
+        c: &mut RawClient,
+        route: &str,
+        lease: u64,
+        batch: u32,
+    ) -> Vec<ReservedItem> {
+        let payload = c
+            .call(&queue::Reserve {
+                route: route.into(),
+                lease_seconds: lease,
+                batch_size: Some(batch),
+                wait_seconds: None,
+            })
+            .await;
+        match decode_reply_with(payload, |r| ReserveOk::decode_body(r, false)).unwrap() {
+            Ok(ok) => ok.items,
+            Err(e) => panic!("RESERVE failed: {e:?}"),
+        }
+    }
+
+    pub fn complete(route: &str, item: &ReservedItem) -> queue::Complete {
+        queue::Complete {
+            route: route.into(),
+            message_id: item.message_id,
+            lease_token: item.lease_token,
+        }
+    }
+
+    pub fn bodies(items: &[ReservedItem]) -> Vec<&[u8]> {
+        items.iter().map(|i| &i.body[..]).collect()
+    }
+}
+
+/// The queue backlog — ready messages in id order, delayed ones with their
+/// absolute visibility time, attempt counts — survives a restart; completed
+/// messages stay gone, reservations (and their tokens) do not survive and
+/// their messages are delivered again, and ids are never reused.
+#[tokio::test]
+async fn queue_backlog_survives_restart_and_reservations_do_not() {
+    use fitz_broker::engines::queue::MessageState;
+    use queue_support::{bodies, complete, enqueue, reserve};
+
+    const JOBS: &str = "queue://r/a/jobs";
+    const MAIL: &str = "queue://r/b/mail";
+    let dir = temp_dir("queue-restart");
+    let t0 = UNIX_EPOCH + Duration::from_secs(T0);
+    let clock = Clock::manual(t0);
+    let broker = local_with_clock(&dir, clock.clone()).await;
+    let mut c = RawClient::anon(&broker, Kind::Tcp).await;
+    let done = enqueue(&mut c, JOBS, "done", None).await;
+    let retried = enqueue(&mut c, JOBS, "retried", None).await;
+    let held = enqueue(&mut c, JOBS, "held", None).await;
+    let waiting = enqueue(&mut c, JOBS, "waiting", None).await;
+    let later = enqueue(&mut c, JOBS, "later", Some(60)).await;
+    let mail = enqueue(&mut c, MAIL, "mail", None).await;
+    // Completed: gone for good.
+    let first = reserve(&mut c, JOBS, 30, 1).await;
+    assert_eq!(first[0].message_id, done);
+    c.ok::<_, fitz_protocol::queue::CompleteOk>(&complete(JOBS, &first[0]))
+        .await;
+    // Reserved and left to expire: one failed attempt, ready again (at the
+    // back of the ready order).
+    let expired = reserve(&mut c, JOBS, 10, 1).await;
+    assert_eq!(expired[0].message_id, retried);
+    clock.advance(Duration::from_secs(10));
+    let info = broker.engines().queue.message(1, JOBS, retried).unwrap();
+    assert_eq!((info.state, info.attempts), (MessageState::Ready, 1));
+    // Reserved at shutdown: the token dies with the broker.
+    let inflight = reserve(&mut c, JOBS, 300, 1).await;
+    assert_eq!(inflight[0].message_id, held);
+    let before = broker.engines().queue.stats();
+    assert_eq!((before.messages, before.inflight), (5, 1));
+    broker.shutdown().await;
+    drop(broker);
+
+    // 20 s later: the delayed message is not due yet.
+    let clock = Clock::manual(t0 + Duration::from_secs(30));
+    let broker = local_with_clock(&dir, clock.clone()).await;
+    let engine = &broker.engines().queue;
+    let stats = engine.stats();
+    assert_eq!((stats.queues, stats.messages, stats.inflight), (2, 5, 0));
+    assert!(
+        engine.message(1, JOBS, done).is_none(),
+        "completed stays gone"
+    );
+    assert_eq!(engine.message(1, JOBS, retried).unwrap().attempts, 1);
+    let info = engine.message(1, JOBS, held).unwrap();
+    // A clean shutdown ends the reserving session first, which counts the
+    // reservation as a failed attempt like any disconnect; after a crash the
+    // attempt count would be the last one stored (0 here).
+    assert_eq!(
+        (info.state, info.attempts),
+        (MessageState::Ready, 1),
+        "a reservation never survives"
+    );
+    assert_eq!(
+        engine.message(1, JOBS, later).unwrap().state,
+        MessageState::Delayed
+    );
+    assert_eq!(engine.counters(1, JOBS).ready, 3);
+    assert_eq!(engine.counters(1, JOBS).delayed, 1);
+
+    let mut c = RawClient::anon(&broker, Kind::Ws).await;
+    // The pre-restart token is not honoured.
+    let e = c.fails(&complete(JOBS, &inflight[0])).await;
+    assert_eq!(e.message, "invalid token", "{e:?}");
+    // Recovered ready messages come back in id order, delayed ones not yet.
+    let got = reserve(&mut c, JOBS, 30, 10).await;
+    assert_eq!(bodies(&got), [&b"retried"[..], b"held", b"waiting"]);
+    assert_eq!(
+        got.iter().map(|i| i.message_id).collect::<Vec<_>>(),
+        [retried, held, waiting]
+    );
+    for item in &got {
+        c.ok::<_, fitz_protocol::queue::CompleteOk>(&complete(JOBS, item))
+            .await;
+    }
+    assert!(reserve(&mut c, JOBS, 30, 10).await.is_empty());
+    // The delay ends at the time set before the restart (T0 + 60 s).
+    clock.advance(Duration::from_secs(29));
+    assert!(reserve(&mut c, JOBS, 30, 10).await.is_empty());
+    clock.advance(Duration::from_secs(1));
+    let due = reserve(&mut c, JOBS, 30, 10).await;
+    assert_eq!(
+        (due[0].message_id, &due[0].body[..]),
+        (later, &b"later"[..])
+    );
+    // Other queues are rediscovered too.
+    let m = reserve(&mut c, MAIL, 30, 10).await;
+    assert_eq!((m[0].message_id, &m[0].body[..]), (mail, &b"mail"[..]));
+    // New ids continue after every recovered one.
+    assert!(enqueue(&mut c, MAIL, "new", None).await > later);
+    broker.shutdown().await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+// ---------------------------------------------------------------- stream
+
+mod stream_support {
+    use bytes::Bytes;
+    use fitz_protocol::kv::Durability;
+    use fitz_protocol::stream::{self, AppendOk, BeginOk, CommitOk, ReadOk, ReadPage};
+
+    use super::RawClient;
+
+    pub async fn begin(c: &mut RawClient, route: &str) -> (u64, u64) {
+        let ok: BeginOk = c
+            .ok(&stream::Begin {
+                route: route.into(),
+                ingest_metadata: None,
+            })
+            .await;
+        let next = u64::from_be_bytes(ok.data[..8].try_into().unwrap());
+        (ok.session_id, next)
+    }
+
+    pub async fn append(
+        c: &mut RawClient,
+        session: u64,
+        expected: u64,
+        body: &str,
+        disc: Option<&str>,
+        metadata: Option<&str>,
+    ) -> u64 {
+        let ok: AppendOk = c
+            .ok(&stream::Append {
+                session_id: session,
+                expected_offset: expected,
+                body: Bytes::copy_from_slice(body.as_bytes()),
+                metadata: metadata.map(|m| Bytes::copy_from_slice(m.as_bytes())),
+                discriminator: disc.map(Into::into),
+            })
+            .await;
+        ok.leading_u64().expect("assigned offset")
+    }
+
+    /// One committed batch of `(body, discriminator)` records.
+    pub async fn write(
+        c: &mut RawClient,
+        route: &str,
+        records: &[(&str, Option<&str>)],
+        durability: Durability,
+    ) {
+        let (id, next) = begin(c, route).await;
+        for (i, (body, disc)) in records.iter().enumerate() {
+            append(c, id, next + i as u64, body, *disc, None).await;
+        }
+        c.ok::<_, CommitOk>(&stream::Commit {
+            session_id: id,
+            durability,
+        })
+        .await;
+    }
+
+    pub fn rd(selector: &str, from: u64, limit: u64) -> stream::Read {
+        stream::Read {
+            selector: selector.into(),
+            from_offset: from,
+            limit,
+            max_bytes: None,
+            filter: None,
+            cursor_fingerprint: None,
+            captured_watermark: None,
+        }
+    }
+
+    pub async fn read(c: &mut RawClient, r: &stream::Read) -> ReadPage {
+        let ok: ReadOk = c.ok(r).await;
+        let global = fitz_protocol::route::stream_selector(&r.selector)
+            == Ok(fitz_protocol::route::SelectorScope::Global);
+        ReadPage::decode(ok.data, global).expect("page decodes")
+    }
+
+    pub fn bodies(p: &ReadPage) -> Vec<String> {
+        p.items
+            .iter()
+            .filter_map(|i| match &i.kind {
+                stream::ItemKind::Event(r) => Some(String::from_utf8_lossy(&r.body).into_owned()),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Committed stream records survive a restart with every offset, body,
+/// metadata, discriminator and `created_at`: reads from offset 0 on every
+/// axis answer as before, a global read continues across the restart with
+/// the cursor it got before, and new commits continue every axis where it
+/// stopped. Uncommitted appends and append sessions never survive.
+#[tokio::test]
+async fn committed_stream_records_survive_restart_with_their_offsets() {
+    use fitz_protocol::stream::{
+        self, CommitOk, FilterClause, FilterSet, LastOk, MetadataOk, ReadPage,
+    };
+    use stream_support::{append, begin, bodies, rd, read, write};
+
+    let dir = temp_dir("stream-restart");
+    let broker = local(&dir).await;
+    let mut c = RawClient::anon(&broker, Kind::Tcp).await;
+    write(
+        &mut c,
+        "stream://r/a/x",
+        &[("x0", Some("created")), ("x1", Some("paid"))],
+        Durability::Sync,
+    )
+    .await;
+    write(
+        &mut c,
+        "stream://r/b/y",
+        &[("y0", None)],
+        Durability::Buffered,
+    )
+    .await;
+    write(
+        &mut c,
+        "stream://s/a/z",
+        &[("z0", None)],
+        Durability::Buffered,
+    )
+    .await;
+    // Metadata is kept with its record.
+    let (id, next) = begin(&mut c, "stream://r/a/x").await;
+    append(&mut c, id, next, "x2", Some("paid"), Some("m")).await;
+    c.ok::<_, CommitOk>(&stream::Commit {
+        session_id: id,
+        durability: Durability::Sync,
+    })
+    .await;
+    // Appended but never committed: lost, and the resource is free again.
+    let (open, next) = begin(&mut c, "stream://r/a/x").await;
+    assert_eq!(next, 3);
+    append(&mut c, open, 3, "uncommitted", None, None).await;
+
+    let selectors = [
+        "stream://r/a/x",
+        "stream://r/a/*",
+        "stream://r/**",
+        "stream://*/a/*",
+        "stream://**",
+    ];
+    let mut before: Vec<ReadPage> = Vec::new();
+    for s in selectors {
+        before.push(read(&mut c, &rd(s, 0, 100)).await);
+    }
+    assert_eq!(bodies(&before[4]), ["x0", "x1", "y0", "z0", "x2"]);
+    let last: LastOk = c.ok(&stream::Last::new("stream://r/a/x")).await;
+    let meta: MetadataOk = c.ok(&stream::GetMetadata::new("stream://r/a/x")).await;
+    // A global reader part-way through.
+    let first_page = read(&mut c, &rd("stream://**", 0, 2)).await;
+    assert!(first_page.has_more);
+    broker.shutdown().await;
+    drop(broker);
+
+    let broker = local(&dir).await;
+    let mut c = RawClient::anon(&broker, Kind::Ws).await;
+    for (s, was) in selectors.iter().zip(&before) {
+        assert_eq!(&read(&mut c, &rd(s, 0, 100)).await, was, "{s} from 0");
+    }
+    assert_eq!(
+        c.ok::<_, LastOk>(&stream::Last::new("stream://r/a/x"))
+            .await,
+        last
+    );
+    assert_eq!(
+        c.ok::<_, MetadataOk>(&stream::GetMetadata::new("stream://r/a/x"))
+            .await,
+        meta
+    );
+    // Discriminators survive: the broker still filters on them.
+    let paid = stream::Read {
+        filter: Some(
+            FilterSet {
+                clauses: vec![FilterClause::Equals("paid".into())],
+            }
+            .to_bytes(),
+        ),
+        ..rd("stream://r/a/x", 0, 100)
+    };
+    assert_eq!(bodies(&read(&mut c, &paid).await), ["x1", "x2"]);
+    // The global cursor taken before the restart still continues.
+    let rest = read(
+        &mut c,
+        &stream::Read {
+            cursor_fingerprint: first_page.cursor_fingerprint,
+            captured_watermark: first_page.captured_watermark,
+            ..rd(
+                "stream://**",
+                first_page.last_global_offset.unwrap() + 1,
+                100,
+            )
+        },
+    )
+    .await;
+    assert_eq!(bodies(&rest), ["y0", "z0", "x2"]);
+    assert!(!rest.has_more);
+    // The open session is gone: BEGIN succeeds at the committed end, and a
+    // new commit continues every axis (resource 3, area 3, realm 4, global 5).
+    let (id, next) = begin(&mut c, "stream://r/a/x").await;
+    assert_eq!(next, 3, "uncommitted appends are lost");
+    append(&mut c, id, 3, "x3", None, None).await;
+    let ok: CommitOk = c
+        .ok(&stream::Commit {
+            session_id: id,
+            durability: Durability::Sync,
+        })
+        .await;
+    let offsets: Vec<u64> = ok
+        .data
+        .chunks(8)
+        .map(|x| u64::from_be_bytes(x.try_into().unwrap()))
+        .collect();
+    assert_eq!(offsets, [3, 3, 3, 3, 4, 4, 5, 5]);
     broker.shutdown().await;
     drop(broker);
     let _ = std::fs::remove_dir_all(dir);
