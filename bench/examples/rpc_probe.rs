@@ -1,0 +1,58 @@
+use bytes::Bytes;
+use fitz_bench::{Env, Transport, windowed};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let env = Env::start();
+    let window: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(256);
+    let max: u32 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(1024);
+    let t = Transport::Tcp;
+    let (caller, worker) = (env.ours(t), env.ours(t));
+    let route = "rpc://bench/probe/echo";
+    let _h = env
+        .rt
+        .block_on(fitz_bench::ours_echo_worker(&worker, route, max));
+    let rpc = caller.rpc();
+    let done = AtomicU64::new(0);
+    let r = env.rt.block_on(async {
+        let started = Instant::now();
+        let res = tokio::time::timeout(
+            Duration::from_secs(5),
+            windowed(20_000, window, |_| async {
+                rpc.request(route, Bytes::from_static(b"0123456789abcdef"))
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+        .await;
+        (res.is_ok(), started.elapsed())
+    });
+    println!(
+        "window {window} max {max}: ok={} done={} in {:?}",
+        r.0,
+        done.load(Ordering::Relaxed),
+        r.1
+    );
+    if !r.0 {
+        let snap = env.rt.block_on(caller.debug_snapshot());
+        println!("caller: {snap:?}");
+        let snap = env.rt.block_on(worker.debug_snapshot());
+        println!("worker: {snap:?}");
+        println!(
+            "broker live_calls={} dropped={}",
+            env.broker.engines().rpc.live_calls(),
+            env.broker.dropped_notifications()
+        );
+    }
+}
