@@ -1,12 +1,12 @@
-//! KV in a nutshell: transactions, conflicts, scans and a watch.
+//! KV in one file: transactions, conflicts, scans and a change subscription.
 //!
 //! ```text
 //! cargo run -p fitz --example kv
 //! FITZ_URL=tcp://127.0.0.1:4191 cargo run -p fitz --example kv
-//! FITZ_URL=tcp://127.0.0.1:4091 FITZ_TOKEN=… cargo run -p fitz --example kv
+//! FITZ_URL=tcp://127.0.0.1:4091 FITZ_TOKEN=$(scripts/dev-token.sh) cargo run -p fitz --example kv
 //! ```
 //!
-//! Without `FITZ_URL` it starts an embedded broker in-process.
+//! Without `FITZ_URL` it starts the embedded broker in this process.
 
 use std::error::Error;
 use std::time::Duration;
@@ -23,8 +23,8 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let (client, broker) = connect().await?;
     let kv = client.kv();
 
-    // Watch the resource before writing to it.
-    let mut watch = kv.watch("kv://demo/shop/*").await?;
+    // Hear about every commit to the shop's resources.
+    let mut changes = kv.subscribe("kv://demo/shop/*").await?;
 
     // A read-write transaction holds the resource's lock until commit.
     let mut tx = kv.begin(ROUTE, TxMode::ReadWrite).await?;
@@ -46,11 +46,11 @@ async fn main() -> Result<(), Box<dyn Error>> {
     );
     tx.commit(Durability::Sync).await?;
 
-    let change = tokio::time::timeout(Duration::from_secs(5), watch.next()).await?;
+    let change = tokio::time::timeout(Duration::from_secs(5), changes.next()).await?;
     if let Some(change) = change {
         let change = change?;
         println!(
-            "watch: {} changed ({} writes)",
+            "subscription: {} changed ({} writes)",
             change.route(),
             change.mutation_count()
         );
@@ -83,7 +83,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
     println!("after a dropped delete_range, {left} carts are still there");
     ro.rollback().await?;
 
-    watch.unsubscribe().await?;
+    changes.unsubscribe().await?;
     client.close().await;
     if let Some(broker) = broker {
         broker.shutdown().await;
@@ -91,18 +91,13 @@ async fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// The broker named by `FITZ_URL` (token from `FITZ_TOKEN`), or an embedded
-/// one on free loopback ports.
+/// A client of the broker named by `FITZ_URL` (token from `FITZ_TOKEN`), or
+/// of an embedded broker started here.
 async fn connect() -> Result<(Client, Option<Broker>), Box<dyn Error>> {
     let (url, broker) = match std::env::var("FITZ_URL") {
         Ok(url) => (url, None),
         Err(_) => {
-            let broker = Broker::builder()
-                .bind_addr(std::net::Ipv4Addr::LOCALHOST)
-                .tcp_port(0)
-                .http_port(0)
-                .start()
-                .await?;
+            let broker = Broker::builder().start().await?;
             println!("embedded broker on {}", broker.tcp_url());
             (broker.tcp_url(), Some(broker))
         }

@@ -1,13 +1,13 @@
-//! Leases in a nutshell: exclusive ownership, fencing tokens, waiting in
-//! line, a managed lease, and watching the inventory.
+//! Lease in one file: exclusive ownership, fencing tokens, waiting in line,
+//! a managed lease, and a subscription to changes of holder.
 //!
 //! ```text
 //! cargo run -p fitz --example lease
 //! FITZ_URL=tcp://127.0.0.1:4191 cargo run -p fitz --example lease
-//! FITZ_URL=tcp://127.0.0.1:4091 FITZ_TOKEN=… cargo run -p fitz --example lease
+//! FITZ_URL=tcp://127.0.0.1:4091 FITZ_TOKEN=$(scripts/dev-token.sh) cargo run -p fitz --example lease
 //! ```
 //!
-//! Without `FITZ_URL` it starts an embedded broker in-process.
+//! Without `FITZ_URL` it starts the embedded broker in this process.
 
 use std::error::Error;
 use std::time::Duration;
@@ -49,7 +49,7 @@ async fn main() -> Result<(), Box<dyn Error>> {
             .await
     });
     while alice.lease().query(ROUTE).await?.waiters() == 0 {
-        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let status = alice.lease().query(ROUTE).await?;
     println!(
@@ -115,16 +115,17 @@ async fn main() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
-/// `FITZ_URL`, or an embedded broker on free loopback ports.
+/// `FITZ_URL`, or the address of an embedded broker started here.
 async fn broker_url() -> Result<(String, Option<Broker>), Box<dyn Error>> {
     if let Ok(url) = std::env::var("FITZ_URL") {
         return Ok((url, None));
     }
-    let broker = Broker::builder().tcp_port(0).http_port(0).start().await?;
+    let broker = Broker::builder().start().await?;
     println!("embedded broker on {}", broker.tcp_url());
     Ok((broker.tcp_url(), Some(broker)))
 }
 
+/// A client of the broker at `url`, presenting `FITZ_TOKEN` if set.
 async fn connect(url: &str) -> Result<Client, Box<dyn Error>> {
     let token = std::env::var("FITZ_TOKEN").unwrap_or_default();
     let client = Client::builder(url, StaticToken::new(token)).build()?;

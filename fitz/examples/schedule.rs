@@ -1,50 +1,36 @@
-//! Schedule in five minutes: create cron schedules, list them, receive
-//! their fires, cancel.
+//! Schedule in one file: create cron schedules, list them, receive a fire,
+//! cancel.
 //!
 //! ```text
 //! cargo run -p fitz --example schedule
 //! FITZ_URL=tcp://127.0.0.1:4191 cargo run -p fitz --example schedule
+//! FITZ_URL=tcp://127.0.0.1:4091 FITZ_TOKEN=$(scripts/dev-token.sh) cargo run -p fitz --example schedule
 //! ```
 //!
-//! Without `FITZ_URL` it starts an embedded broker on a manual clock and
-//! moves that clock forward, so fires arrive at once. Against a real broker
-//! it waits (up to a little over a minute) for the next whole minute.
+//! Without `FITZ_URL` it starts the embedded broker in this process, on a
+//! manual clock that it moves forward, so the fire arrives at once. Against
+//! another broker it waits (up to a little over a minute) for the next whole
+//! minute.
 
+use std::error::Error;
 use std::time::{Duration, SystemTime};
 
 use fitz::schedule::{DeliveryMode, ScheduleEntry};
 use fitz::{Client, StaticToken};
+use fitz_broker::{Broker, Clock};
 use futures_util::{StreamExt, TryStreamExt};
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (url, broker) = match std::env::var("FITZ_URL") {
-        Ok(url) => (url, None),
-        Err(_) => {
-            let broker = fitz_broker::Broker::builder()
-                .bind_addr(std::net::Ipv4Addr::LOCALHOST)
-                .tcp_port(0)
-                .http_port(0)
-                .clock(fitz_broker::Clock::manual(SystemTime::now()))
-                .start()
-                .await?;
-            println!("embedded broker on {} (manual clock)", broker.tcp_url());
-            (broker.tcp_url(), Some(broker))
-        }
-    };
-    let token = std::env::var("FITZ_TOKEN").unwrap_or_default();
-    let client = Client::builder(url.as_str(), StaticToken::new(token)).build()?;
-    client.connect().await?;
+async fn main() -> Result<(), Box<dyn Error>> {
+    let (client, broker) = connect().await?;
     let schedule = client.schedule();
 
     // Subscribe first: fires nobody listens to are skipped, never queued.
-    let mut fires = schedule
-        .subscribe("schedule://example/reports/*/run")
-        .await?;
+    let mut fires = schedule.subscribe("schedule://demo/reports/*/run").await?;
 
     schedule
         .create(
-            "schedule://example/reports/minutely/run",
+            "schedule://demo/reports/minutely/run",
             "* * * * *",
             DeliveryMode::Broadcast,
             "every minute",
@@ -53,13 +39,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     schedule
         .create_batch([
             ScheduleEntry::new(
-                "schedule://example/reports/daily/run",
+                "schedule://demo/reports/daily/run",
                 "0 6 * * *",
                 DeliveryMode::Single,
                 "06:00 UTC",
             ),
             ScheduleEntry::new(
-                "schedule://example/reports/weekdays/run",
+                "schedule://demo/reports/weekdays/run",
                 "30 8 * * 1-5",
                 DeliveryMode::Single,
                 "08:30 UTC, Monday to Friday",
@@ -69,7 +55,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     match schedule
         .create(
-            "schedule://example/reports/bad/run",
+            "schedule://demo/reports/bad/run",
             "61 * * * *",
             DeliveryMode::Single,
             "",
@@ -81,7 +67,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let all: Vec<ScheduleEntry> = schedule
-        .list_matching("schedule://example/**")?
+        .list_matching("schedule://demo/**")?
         .try_collect()
         .await?;
     for entry in &all {
@@ -119,5 +105,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     fires.unsubscribe().await?;
     client.close().await;
+    if let Some(broker) = broker {
+        broker.shutdown().await;
+    }
     Ok(())
+}
+
+/// A client of the broker named by `FITZ_URL` (token from `FITZ_TOKEN`), or
+/// of an embedded broker on a manual clock started here.
+async fn connect() -> Result<(Client, Option<Broker>), Box<dyn Error>> {
+    let (url, broker) = match std::env::var("FITZ_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let broker = Broker::builder()
+                .clock(Clock::manual(SystemTime::now()))
+                .start()
+                .await?;
+            println!("embedded broker on {} (manual clock)", broker.tcp_url());
+            (broker.tcp_url(), Some(broker))
+        }
+    };
+    let token = std::env::var("FITZ_TOKEN").unwrap_or_default();
+    let client = Client::builder(url, StaticToken::new(token)).build()?;
+    client.connect_when_ready(Duration::from_secs(10)).await?;
+    Ok((client, broker))
 }

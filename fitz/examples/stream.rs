@@ -1,49 +1,36 @@
-//! Stream in five minutes: write batches, read them back, follow live.
+//! Stream in one file: append batches, follow them live, read them back
+//! filtered.
 //!
 //! ```text
 //! cargo run -p fitz --example stream
 //! FITZ_URL=tcp://127.0.0.1:4191 cargo run -p fitz --example stream
-//! FITZ_URL=ws://127.0.0.1:4090/ws FITZ_TOKEN=<jwt> cargo run -p fitz --example stream
+//! FITZ_URL=ws://127.0.0.1:4090/ws FITZ_TOKEN=$(scripts/dev-token.sh) cargo run -p fitz --example stream
 //! ```
 //!
-//! Without `FITZ_URL` it starts an embedded broker in this process.
+//! Without `FITZ_URL` it starts the embedded broker in this process.
 
+use std::error::Error;
 use std::time::Duration;
 
 use fitz::stream::{AppendOptions, Durability, Filter, ReadOptions, StreamItem};
 use fitz::{Client, StaticToken};
+use fitz_broker::Broker;
 use futures_util::StreamExt;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error>> {
-    // Keep the embedded broker alive for the whole run.
-    let (url, _broker) = match std::env::var("FITZ_URL") {
-        Ok(url) => (url, None),
-        Err(_) => {
-            let broker = fitz_broker::Broker::builder()
-                .bind_addr(std::net::Ipv4Addr::LOCALHOST)
-                .tcp_port(0)
-                .http_port(0)
-                .start()
-                .await?;
-            println!("embedded broker on {}", broker.tcp_url());
-            (broker.tcp_url(), Some(broker))
-        }
-    };
-    let token = std::env::var("FITZ_TOKEN").unwrap_or_default();
-    let client = Client::builder(url.as_str(), StaticToken::new(token)).build()?;
-    client.connect().await?;
+async fn main() -> Result<(), Box<dyn Error>> {
+    let (client, broker) = connect().await?;
     let streams = client.stream();
 
     // A follower sees history first, then live commits, in area order.
-    let selector = "stream://example/orders/*";
+    let selector = "stream://demo/orders/*";
     let mut follower = streams.follow(selector, 0, ReadOptions::new()).await?;
 
     // Two batches on two resources. Each session holds its resource
     // exclusively and knows the offset its next record gets.
     for (route, events) in [
-        ("stream://example/orders/o-1", ["created", "paid"]),
-        ("stream://example/orders/o-2", ["created", "cancelled"]),
+        ("stream://demo/orders/o-1", ["created", "paid"]),
+        ("stream://demo/orders/o-2", ["created", "cancelled"]),
     ] {
         let mut session = streams.begin(route).await?;
         for event in events {
@@ -105,7 +92,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         page.next_offset()
     );
 
-    let route = "stream://example/orders/o-1";
+    let route = "stream://demo/orders/o-1";
     if let Some(last) = streams.last(route).await? {
         println!("last of {route}: #{} {:?}", last.offset(), last.body());
     }
@@ -117,5 +104,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     client.close().await;
+    if let Some(broker) = broker {
+        broker.shutdown().await;
+    }
     Ok(())
+}
+
+/// A client of the broker named by `FITZ_URL` (token from `FITZ_TOKEN`), or
+/// of an embedded broker started here.
+async fn connect() -> Result<(Client, Option<Broker>), Box<dyn Error>> {
+    let (url, broker) = match std::env::var("FITZ_URL") {
+        Ok(url) => (url, None),
+        Err(_) => {
+            let broker = Broker::builder().start().await?;
+            println!("embedded broker on {}", broker.tcp_url());
+            (broker.tcp_url(), Some(broker))
+        }
+    };
+    let token = std::env::var("FITZ_TOKEN").unwrap_or_default();
+    let client = Client::builder(url, StaticToken::new(token)).build()?;
+    client.connect_when_ready(Duration::from_secs(10)).await?;
+    Ok((client, broker))
 }

@@ -47,7 +47,9 @@ pub enum ErrorKind {
     /// The broker answered with a domain error; see [`Error::code`].
     Broker,
     /// A handle from an earlier connection session (KV transaction, stream
-    /// append session, queue reservation, lease) was used after a reconnect.
+    /// append session, queue reservation, lease) was used after a reconnect;
+    /// nothing was sent. Each of those handles says so up front with
+    /// `is_current()`. Begin, reserve or acquire again.
     Stale,
     /// The operation was cancelled before it completed.
     Cancelled,
@@ -58,6 +60,11 @@ pub enum ErrorKind {
     Overflow,
     /// The broker does not support what was asked (a capability is missing).
     Unsupported,
+    /// A payload that arrived intact is not what the caller asked to decode
+    /// it as: a `*_json` helper (feature `serde`) found a body that is not
+    /// JSON of the requested type. The data and the type disagree; the
+    /// connection and the broker are fine, and retrying reads the same bytes.
+    Decode,
 }
 
 impl ErrorKind {
@@ -75,6 +82,7 @@ impl ErrorKind {
             Self::InvalidArgument => "invalid argument",
             Self::Overflow => "subscription overflow",
             Self::Unsupported => "unsupported",
+            Self::Decode => "undecodable payload",
         }
     }
 }
@@ -246,6 +254,12 @@ impl Error {
         Self::build(ErrorKind::Unsupported, message)
     }
 
+    /// A received payload is not of the type the caller asked for.
+    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    pub(crate) fn decode(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::build(ErrorKind::Decode, message)
+    }
+
     /// A domain error the broker answered with.
     pub(crate) fn broker(err: &WireError) -> Self {
         let code = err.code();
@@ -288,6 +302,19 @@ impl Error {
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
         self.with(|i| i.source = Some(Box::new(source)))
+    }
+
+    /// For the request that *opens* a session-bound handle (KV BEGIN, Stream
+    /// BEGIN, Lease ACQUIRE): it is pinned to the session it was issued in,
+    /// and if that session ended before it was written the caller sees a
+    /// plain, retryable "not sent" connection failure. [`ErrorKind::Stale`]
+    /// is reserved for using a handle the caller already holds.
+    pub(crate) fn stale_as_not_sent(self) -> Self {
+        if self.kind() == ErrorKind::Stale {
+            Self::connection_lost(false)
+        } else {
+            self
+        }
     }
 
     pub(crate) fn applied_if(self, maybe_applied: bool) -> Self {

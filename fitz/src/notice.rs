@@ -1,10 +1,36 @@
 //! Notice: fire-and-forget fan-out (types 500–504).
 //!
-//! Publishing sends one record and waits for nothing from the broker (which
-//! drops notices silently under pressure: best effort by design).
-//! Subscriptions are live streams restored after a reconnect; two
-//! subscriptions to the same pattern on one client share one broker
-//! registration, and unsubscribing one never silences the other.
+//! A notice published to a concrete `notice://realm/area/resource` route
+//! goes to every subscription whose pattern matches it *at that moment*;
+//! nothing is stored or replayed. Publishing sends one record and waits for
+//! nothing from the broker (which drops notices silently under pressure:
+//! best effort by design), so use Notice for hints, invalidations and live
+//! dashboards, and [`Queue`](crate::queue) or [`Streams`](crate::stream)
+//! when every message matters.
+//!
+//! Subscriptions are live streams restored after a reconnect (notices
+//! published while the connection was down are lost). Two subscriptions to
+//! the same pattern on one client share one broker registration, and
+//! unsubscribing one never silences the other.
+//!
+//! ```no_run
+//! # async fn demo(client: fitz::Client) -> fitz::Result<()> {
+//! use futures_util::StreamExt;
+//!
+//! let notice = client.notice();
+//! let mut deploys = notice.subscribe("notice://prod/ops/*").await?;
+//! notice.publish("notice://prod/ops/deploys", "v42 is live").await?;
+//! while let Some(message) = deploys.next().await {
+//!     let message = message?;
+//!     println!("{}: {:?}", message.route(), message.payload());
+//! }
+//! # Ok(()) }
+//! ```
+//!
+//! A subscriber that may fall behind chooses what happens when its buffer is
+//! full with [`Notice::subscribe_with`] and [`crate::Overflow`]: end the
+//! stream with an error (the default: nothing is lost silently), or keep the
+//! newest notices and count the dropped ones.
 
 use std::fmt;
 use std::pin::Pin;
@@ -66,6 +92,18 @@ impl Notice {
             payload: payload.into(),
         };
         self.conn.send(&msg).await
+    }
+
+    /// [`Notice::publish`] with `value` encoded as JSON (a value that cannot
+    /// be is an [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// error, and nothing is sent).
+    #[cfg(feature = "serde")]
+    pub async fn publish_json<T: serde::Serialize + ?Sized>(
+        &self,
+        route: &str,
+        value: &T,
+    ) -> Result<()> {
+        self.publish(route, crate::json::encode(value)?).await
     }
 
     /// Subscribes to `pattern` (`*` = one segment, `**` = any number; any
@@ -147,6 +185,14 @@ impl NoticeMessage {
     /// Takes the payload.
     pub fn into_payload(self) -> Bytes {
         self.payload
+    }
+
+    /// The payload parsed as JSON. A payload that is not JSON of type `T` is
+    /// an [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
+    #[cfg(feature = "serde")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let what = format_args!("the notice on {}", &*self.route);
+        crate::json::decode(&self.payload, what)
     }
 }
 
@@ -238,6 +284,43 @@ mod tests {
             &[0xFF, 0x01, 0xF6, 0, 8, 0, 0, 0, 0, 0, 0, 0, 7]
         );
         assert!((NOTICE.unsubscribe)(None, &Bytes::new()).is_none());
+    }
+
+    #[cfg(feature = "serde")]
+    #[tokio::test]
+    async fn json_notices_round_trip_and_a_foreign_payload_is_a_decode_error() {
+        use futures_util::StreamExt;
+
+        #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+        struct Deploy {
+            version: u32,
+        }
+
+        let broker = fitz_broker::Broker::builder().start().await.unwrap();
+        let client = crate::Client::anonymous(broker.tcp_url()).unwrap();
+        client.connect().await.unwrap();
+        let notice = client.notice();
+        let mut sub = notice.subscribe("notice://test/app/*").await.unwrap();
+
+        notice
+            .publish_json("notice://test/app/deploys", &Deploy { version: 42 })
+            .await
+            .unwrap();
+        notice
+            .publish("notice://test/app/deploys", "plain text")
+            .await
+            .unwrap();
+
+        let first = sub.next().await.unwrap().unwrap();
+        assert_eq!(&first.payload()[..], br#"{"version":42}"#);
+        assert_eq!(first.json::<Deploy>().unwrap(), Deploy { version: 42 });
+        let second = sub.next().await.unwrap().unwrap();
+        let e = second.json::<Deploy>().unwrap_err();
+        assert_eq!(e.kind(), crate::ErrorKind::Decode);
+        assert!(e.message().contains("notice://test/app/deploys"), "{e}");
+
+        client.close().await;
+        broker.shutdown().await;
     }
 
     #[test]

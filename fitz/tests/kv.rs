@@ -592,7 +592,7 @@ async fn json_helpers_round_trip() {
     assert_eq!(code(&e), Some(codes::KV_KEY_EXISTS));
     tx.put("raw", "not json").await.unwrap();
     let e = tx.get_json::<Cart>("raw").await.unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Protocol);
+    assert_eq!(e.kind(), ErrorKind::Decode);
     tx.rollback().await.unwrap();
     client.close().await;
     brokers.shutdown().await;

@@ -170,7 +170,7 @@ async fn every_operation_round_trips_over_tcp_and_websocket() {
             let r = q.reserve(&route, opts(1)).await.unwrap().pop().unwrap();
             assert_eq!(r.json::<Job>().unwrap(), job);
             let e = r.json::<Vec<u8>>().unwrap_err();
-            assert_eq!(e.kind(), ErrorKind::InvalidArgument);
+            assert_eq!(e.kind(), ErrorKind::Decode);
             r.complete().await.unwrap();
         }
         client.close().await;

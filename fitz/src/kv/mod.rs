@@ -1,4 +1,5 @@
-//! KV: transactions over one resource and change watches (types 100–111).
+//! KV: transactions over one resource and change subscriptions (types
+//! 100–111).
 //!
 //! Every read and write happens inside a [`Transaction`] scoped to one
 //! concrete resource, `kv://realm/area/resource`:
@@ -32,8 +33,8 @@
 //! # let _ = carts; Ok(()) }
 //! ```
 //!
-//! [`Kv::watch`] reports every commit that changed a watched resource, and
-//! keeps doing so across reconnects.
+//! [`Kv::subscribe`] reports every commit that changed a matching resource,
+//! and keeps doing so across reconnects.
 
 mod scan;
 #[cfg(test)]
@@ -53,7 +54,12 @@ use crate::options::SubscriptionOptions;
 
 pub use fitz_protocol::kv::{Durability, TxMode};
 pub use scan::{Scan, ScanOptions, ScanPage};
-pub use watch::{KvChange, KvWatch};
+pub use watch::{KvChange, KvSubscription};
+
+/// The former name of [`KvSubscription`], kept while the test suite moves
+/// over.
+#[doc(hidden)]
+pub type KvWatch = KvSubscription;
 
 /// The KV domain of a [`crate::Client`] (see [`crate::Client::kv`]).
 #[derive(Clone)]
@@ -92,7 +98,7 @@ impl Kv {
             .conn
             .call_with(&msg, RequestOptions::pinned(generation))
             .await
-            .map_err(not_sent_if_stale)?;
+            .map_err(Error::stale_as_not_sent)?;
         Ok(Transaction {
             conn: self.conn.clone(),
             route,
@@ -103,33 +109,35 @@ impl Kv {
         })
     }
 
-    /// Watches commits to every resource matching `pattern` (exact, or with
-    /// whole-segment `*`/`**` wildcards able to match a three-segment KV
-    /// route), with the client's default buffering.
+    /// Subscribes to commits to every resource matching `pattern` (exact, or
+    /// with whole-segment `*`/`**` wildcards able to match a three-segment
+    /// KV route), with the client's default buffering. Each item is a
+    /// [`KvChange`]: which resource a commit changed and how many writes it
+    /// made; read the values in a transaction.
     ///
-    /// A watch survives reconnects: it is re-registered before the client
-    /// reports [`crate::State::Authenticated`] again. Commits made while the
-    /// connection was down are not replayed. Two watches of one client on
-    /// the same pattern share one broker registration.
-    pub async fn watch(&self, pattern: &str) -> Result<KvWatch> {
+    /// The subscription survives reconnects: it is re-registered before the
+    /// client reports [`crate::State::Authenticated`] again. Commits made
+    /// while the connection was down are not replayed. Two subscriptions of
+    /// one client to the same pattern share one broker registration.
+    pub async fn subscribe(&self, pattern: &str) -> Result<KvSubscription> {
         let options = self.conn.shared().config.subscription;
-        self.watch_with(pattern, options).await
+        self.subscribe_with(pattern, options).await
     }
 
-    /// [`Kv::watch`] with explicit buffering for this watch.
-    pub async fn watch_with(&self, pattern: &str, options: SubscriptionOptions) -> Result<KvWatch> {
+    /// [`Kv::subscribe`] with explicit buffering for this subscription.
+    pub async fn subscribe_with(
+        &self,
+        pattern: &str,
+        options: SubscriptionOptions,
+    ) -> Result<KvSubscription> {
         watch::subscribe(&self.conn, pattern, options).await
     }
-}
 
-/// A request that opens a session-bound handle is pinned to the generation it
-/// was issued in; if the session ended before it was written, that is a
-/// plain (retryable) connection failure to the caller, not a stale handle.
-fn not_sent_if_stale(e: Error) -> Error {
-    if e.kind() == ErrorKind::Stale {
-        Error::connection_lost(false)
-    } else {
-        e
+    /// The former name of [`Kv::subscribe`], kept while the test suite
+    /// moves over.
+    #[doc(hidden)]
+    pub async fn watch(&self, pattern: &str) -> Result<KvSubscription> {
+        self.subscribe(pattern).await
     }
 }
 
@@ -371,32 +379,39 @@ mod json {
     use serde::de::DeserializeOwned;
 
     use super::Transaction;
-    use crate::error::{Error, Result};
+    use crate::error::Result;
 
     impl Transaction {
         /// [`Transaction::get`], decoding the value as JSON. A value that is
-        /// not valid JSON for `T` is an
-        /// [`ErrorKind::Protocol`](crate::ErrorKind::Protocol) error.
+        /// not JSON of type `T` is an
+        /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
         pub async fn get_json<T: DeserializeOwned>(
             &mut self,
             key: impl AsRef<[u8]>,
         ) -> Result<Option<T>> {
+            let key = key.as_ref();
             let Some(value) = self.get(key).await? else {
                 return Ok(None);
             };
-            serde_json::from_slice(&value).map(Some).map_err(|e| {
-                Error::protocol(format!("KV value is not the expected JSON: {e}")).with_source(e)
-            })
+            let what = format_args!(
+                "the value of {:?} in {}",
+                String::from_utf8_lossy(key),
+                self.route()
+            );
+            crate::json::decode(&value, what).map(Some)
         }
 
-        /// [`Transaction::put`] with `value` encoded as JSON.
+        /// [`Transaction::put`] with `value` encoded as JSON (a value that
+        /// cannot be is an
+        /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+        /// error, and nothing is sent).
         pub async fn put_json<T: Serialize + ?Sized>(
             &mut self,
             key: impl AsRef<[u8]>,
             value: &T,
         ) -> Result<()> {
-            let bytes = to_json(value)?;
-            self.put(key, bytes).await
+            let body = crate::json::encode(value)?;
+            self.put(key, body).await
         }
 
         /// [`Transaction::insert`] with `value` encoded as JSON.
@@ -405,14 +420,8 @@ mod json {
             key: impl AsRef<[u8]>,
             value: &T,
         ) -> Result<()> {
-            let bytes = to_json(value)?;
-            self.insert(key, bytes).await
+            let body = crate::json::encode(value)?;
+            self.insert(key, body).await
         }
-    }
-
-    fn to_json<T: Serialize + ?Sized>(value: &T) -> Result<Vec<u8>> {
-        serde_json::to_vec(value).map_err(|e| {
-            Error::invalid(format!("value cannot be encoded as JSON: {e}")).with_source(e)
-        })
     }
 }

@@ -1,4 +1,4 @@
-//! KV watches: SUBSCRIBE (109), UNSUBSCRIBE (110), NOTIFY (111).
+//! KV change subscriptions: SUBSCRIBE (109), UNSUBSCRIBE (110), NOTIFY (111).
 
 use std::fmt;
 use std::pin::Pin;
@@ -17,7 +17,7 @@ use crate::events::SubscriptionId;
 use crate::options::SubscriptionOptions;
 
 static WATCH: RegistrationSpec = RegistrationSpec {
-    name: "kv watch",
+    name: "kv subscription",
     subscribe_type: types::KV_SUBSCRIBE,
     notify_type: Some(types::KV_NOTIFY),
     ack: |payload| decode_ack::<kv::SubscribeReply>(payload, |ok| ok.sub_id),
@@ -30,11 +30,11 @@ pub(super) async fn subscribe(
     conn: &Connection,
     pattern: &str,
     options: SubscriptionOptions,
-) -> Result<KvWatch> {
+) -> Result<KvSubscription> {
     route::validate_pattern(pattern, Scheme::Kv).map_err(Error::route)?;
     let reg = Registration::new(&WATCH, &kv::Subscribe::new(pattern), decode_change, options)?;
     let inner = conn.register(reg).await?;
-    Ok(KvWatch {
+    Ok(KvSubscription {
         inner,
         pattern: pattern.to_owned(),
     })
@@ -49,7 +49,7 @@ fn decode_change(payload: Bytes) -> Result<KvChange> {
     })
 }
 
-/// A commit that changed a watched resource.
+/// A commit that changed a resource a [`KvSubscription`] matches.
 #[derive(Clone, PartialEq, Eq)]
 pub struct KvChange {
     route: Str,
@@ -80,27 +80,27 @@ impl fmt::Debug for KvChange {
     }
 }
 
-/// A live KV watch: a `Stream` of [`KvChange`]s.
+/// A live KV subscription: a `Stream` of [`KvChange`]s.
 ///
 /// It keeps working across reconnects (commits made while disconnected are
 /// not replayed: re-read what matters after
 /// [`Event::Restored`](crate::Event::Restored)). Items are `Err` only as the
 /// last item before the stream ends: on overflow under
-/// [`crate::Overflow::Error`], when the watch could not be restored after a
+/// [`crate::Overflow::Error`], when the subscription could not be restored after a
 /// reconnect, or when the client closed. Dropping it unsubscribes in the
 /// background.
-pub struct KvWatch {
+pub struct KvSubscription {
     inner: Subscription<KvChange>,
     pattern: String,
 }
 
-impl KvWatch {
-    /// The pattern watched.
+impl KvSubscription {
+    /// The pattern subscribed to.
     pub fn pattern(&self) -> &str {
         &self.pattern
     }
 
-    /// This watch's id in [`crate::Event`]s.
+    /// This subscription's id in [`crate::Event`]s.
     pub fn id(&self) -> SubscriptionId {
         self.inner.id()
     }
@@ -110,14 +110,14 @@ impl KvWatch {
         self.inner.dropped()
     }
 
-    /// Stops watching and waits for the broker's acknowledgement (immediate
-    /// when another watch of this client shares the pattern).
+    /// Unsubscribes and waits for the broker's acknowledgement (immediate
+    /// when another subscription of this client shares the pattern).
     pub async fn unsubscribe(self) -> Result<()> {
         self.inner.unsubscribe().await
     }
 }
 
-impl Stream for KvWatch {
+impl Stream for KvSubscription {
     type Item = Result<KvChange>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -125,9 +125,9 @@ impl Stream for KvWatch {
     }
 }
 
-impl fmt::Debug for KvWatch {
+impl fmt::Debug for KvSubscription {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("KvWatch")
+        f.debug_struct("KvSubscription")
             .field("id", &self.id())
             .field("pattern", &self.pattern)
             .finish()

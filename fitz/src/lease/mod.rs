@@ -164,7 +164,7 @@ impl Leases {
                 .conn
                 .call_with(&msg, RequestOptions::pinned(generation))
                 .await
-                .map_err(not_sent_if_stale)?;
+                .map_err(Error::stale_as_not_sent)?;
             match ok.kind {
                 AcquireKind::Acquired | AcquireKind::AlreadyHeld => ok,
                 // The broker answers 5001 for a held lease when told not to
@@ -186,7 +186,7 @@ impl Leases {
                 .conn
                 .request_frames(&msg, acquire_is_final, opts)
                 .await
-                .map_err(not_sent_if_stale)?;
+                .map_err(Error::stale_as_not_sent)?;
             let mut waiting = Waiting {
                 frames: Some(frames),
                 conn: &self.conn,
@@ -337,16 +337,6 @@ fn ttl_seconds(ttl: Duration) -> Result<u64> {
     match whole_seconds(ttl) {
         0 => Err(Error::invalid("a lease TTL must be at least one second")),
         s => Ok(s),
-    }
-}
-
-/// See `kv::not_sent_if_stale`: a pinned request that never left because the
-/// session ended is a retryable connection failure to the caller.
-fn not_sent_if_stale(e: Error) -> Error {
-    if e.kind() == ErrorKind::Stale {
-        Error::connection_lost(false)
-    } else {
-        e
     }
 }
 

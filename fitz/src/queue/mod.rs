@@ -56,7 +56,7 @@ use fitz_protocol::{
 
 pub use availability::{QueueAvailability, QueueCounters, QueueSubscription};
 pub use reservation::{CompleteError, MessageId, QueueMessage, Reservation};
-pub use worker::{WorkerHandle, WorkerOptions, WorkerStats};
+pub use worker::{QueueWorker, WorkerOptions, WorkerStats};
 
 use crate::connection::{Connection, RequestOptions, encode_record};
 use crate::error::{Error, Result};
@@ -222,17 +222,16 @@ impl Queue {
         }
     }
 
-    /// [`Queue::enqueue`] of `value` serialized as JSON.
+    /// [`Queue::enqueue`] with `value` encoded as JSON (a value that cannot
+    /// be is an [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// error, and nothing is sent).
     #[cfg(feature = "serde")]
     pub async fn enqueue_json<T: serde::Serialize + ?Sized>(
         &self,
         route: &str,
         value: &T,
     ) -> Result<MessageId> {
-        let body = serde_json::to_vec(value).map_err(|e| {
-            Error::invalid(format!("cannot serialize the message as JSON: {e}")).with_source(e)
-        })?;
-        self.enqueue(route, body).await
+        self.enqueue(route, crate::json::encode(value)?).await
     }
 
     /// Reserves up to `options.batch` messages from `route_or_pattern`: a

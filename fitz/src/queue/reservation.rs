@@ -69,19 +69,12 @@ impl QueueMessage {
         self.body
     }
 
-    /// The body parsed as JSON. A body that does not parse as `T` is an
-    /// [`crate::ErrorKind::InvalidArgument`] error.
+    /// The body parsed as JSON. A body that is not JSON of type `T` is an
+    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
     #[cfg(feature = "serde")]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            Error::invalid(format!(
-                "the body of message {} from {} is not JSON of type {}: {e}",
-                self.id,
-                &*self.route,
-                std::any::type_name::<T>()
-            ))
-            .with_source(e)
-        })
+        let what = format_args!("the body of message {} from {}", self.id, &*self.route);
+        crate::json::decode(&self.body, what)
     }
 }
 
@@ -156,11 +149,19 @@ impl Reservation {
         self.message.json()
     }
 
-    /// True when the session that reserved the message has ended (the
-    /// connection was lost or the client closed): nothing can be done with the
-    /// reservation any more.
+    /// False once the connection session that reserved the message has
+    /// ended (the connection was lost or the client closed): every call
+    /// would fail with [`crate::ErrorKind::Stale`], and the broker will
+    /// deliver the message again.
+    pub fn is_current(&self) -> bool {
+        self.conn.check_generation(self.generation).is_ok()
+    }
+
+    /// The former, inverted form of [`Reservation::is_current`], kept while
+    /// the test suite moves over.
+    #[doc(hidden)]
     pub fn is_stale(&self) -> bool {
-        self.conn.check_generation(self.generation).is_err()
+        !self.is_current()
     }
 
     /// Resets the lease to `lease` from now (rounded up to whole seconds, at

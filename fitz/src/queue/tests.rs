@@ -118,7 +118,7 @@ fn handles_can_cross_tasks() {
     send_sync::<Reservation>();
     send_sync::<QueueMessage>();
     send_sync::<CompleteError>();
-    send_sync::<WorkerHandle>();
+    send_sync::<QueueWorker>();
     send::<QueueSubscription>();
 }
 
@@ -266,7 +266,7 @@ async fn reserve_speaks_the_official_bytes() {
     assert_eq!(got[0].route(), JOBS);
     assert_eq!(got[0].id(), MessageId(5));
     assert_eq!(&got[0].body()[..], b"body");
-    assert!(!got[0].is_stale());
+    assert!(got[0].is_current());
 
     // V38: wildcard, batch 10, wait 5; V39: items carry their concrete route.
     let q = h.client.queue();
@@ -472,7 +472,7 @@ async fn reservations_of_a_lost_session_are_stale() {
         .wait_for(|s| *s == State::Authenticated)
         .await
         .unwrap();
-    assert!(res.is_stale());
+    assert!(!res.is_current());
     let e = res.extend(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale);
     let failed = res.complete().await.unwrap_err();
@@ -705,7 +705,7 @@ async fn start_worker(
     h: &mut Harness,
     concurrency: usize,
     gate: Arc<Semaphore>,
-) -> (WorkerHandle, mpsc::UnboundedReceiver<QueueMessage>, Request) {
+) -> (QueueWorker, mpsc::UnboundedReceiver<QueueMessage>, Request) {
     let (seen_tx, seen) = mpsc::unbounded_channel();
     let q = h.client.queue();
     let t = tokio::spawn(async move {

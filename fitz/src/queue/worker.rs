@@ -97,7 +97,7 @@ impl WorkerOptions {
     }
 }
 
-/// What a worker has done so far (see [`WorkerHandle::stats`]).
+/// What a worker has done so far (see [`QueueWorker::stats`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[non_exhaustive]
 pub struct WorkerStats {
@@ -120,18 +120,18 @@ pub struct WorkerStats {
 
 /// Controls a running worker (see [`Queue::worker`]).
 ///
-/// [`shutdown`](WorkerHandle::shutdown) stops it and waits for the running
+/// [`shutdown`](QueueWorker::shutdown) stops it and waits for the running
 /// handlers to finish (and their messages to be completed). Dropping the
 /// handle stops it too, without waiting: running handlers still finish in the
 /// background.
-pub struct WorkerHandle {
+pub struct QueueWorker {
     pattern: Arc<str>,
     cancel: CancellationToken,
     task: Option<JoinHandle<()>>,
     stats: watch::Receiver<WorkerStats>,
 }
 
-impl WorkerHandle {
+impl QueueWorker {
     /// The pattern the worker reserves from.
     pub fn pattern(&self) -> &str {
         &self.pattern
@@ -145,7 +145,7 @@ impl WorkerHandle {
     /// The counters as a `watch`, to wait for progress without polling:
     ///
     /// ```no_run
-    /// # async fn demo(worker: fitz::queue::WorkerHandle) {
+    /// # async fn demo(worker: fitz::queue::QueueWorker) {
     /// let mut stats = worker.watch_stats();
     /// let _ = stats.wait_for(|s| s.completed >= 10).await;
     /// # }
@@ -178,16 +178,16 @@ impl WorkerHandle {
     }
 }
 
-impl Drop for WorkerHandle {
+impl Drop for QueueWorker {
     fn drop(&mut self) {
         // Non-blocking: the loop notices, drains its handlers and ends.
         self.cancel.cancel();
     }
 }
 
-impl fmt::Debug for WorkerHandle {
+impl fmt::Debug for QueueWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerHandle")
+        f.debug_struct("QueueWorker")
             .field("pattern", &&*self.pattern)
             .field("stats", &self.stats())
             .field("finished", &self.is_finished())
@@ -211,7 +211,7 @@ impl Queue {
     /// idle worker costs one request per poll wait. It survives reconnects:
     /// the watch is restored, and reservations of the lost session are
     /// abandoned (their handlers run to the end, but their messages are
-    /// delivered again). It stops when the [`WorkerHandle`] is shut down or
+    /// delivered again). It stops when the [`QueueWorker`] is shut down or
     /// dropped, or the client is closed.
     ///
     /// Fails at once when the pattern is invalid or the availability watch
@@ -243,7 +243,7 @@ impl Queue {
         pattern: &str,
         concurrency: usize,
         handler: F,
-    ) -> Result<WorkerHandle>
+    ) -> Result<QueueWorker>
     where
         F: Fn(QueueMessage) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
@@ -262,7 +262,7 @@ impl Queue {
         pattern: &str,
         options: WorkerOptions,
         handler: F,
-    ) -> Result<WorkerHandle>
+    ) -> Result<QueueWorker>
     where
         F: Fn(QueueMessage) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
@@ -282,7 +282,7 @@ impl Queue {
             stats: stats_tx,
         });
         let task = tokio::spawn(run(shared, Some(hints), cancel.clone()));
-        Ok(WorkerHandle {
+        Ok(QueueWorker {
             pattern,
             cancel,
             task: Some(task),
@@ -317,7 +317,7 @@ impl Queue {
         pattern: &str,
         concurrency: usize,
         handler: F,
-    ) -> Result<WorkerHandle>
+    ) -> Result<QueueWorker>
     where
         T: serde::de::DeserializeOwned + Send + 'static,
         F: Fn(T) -> Fut + Send + Sync + 'static,

@@ -596,8 +596,8 @@ mod tests {
         send::<super::super::RpcRequest>();
         sync::<super::super::RpcRequest>();
         send::<super::super::Responder>();
-        send::<super::super::WorkerHandle>();
-        sync::<super::super::WorkerHandle>();
+        send::<super::super::RpcWorker>();
+        sync::<super::super::RpcWorker>();
     }
 
     /// Hundreds of calls polled by one task exhaust its coop budget: the

@@ -1,42 +1,42 @@
-//! Typed JSON payloads (feature `serde`, on by default).
+//! Typed JSON payloads (feature `serde`, on by default), through the
+//! crate's one JSON codec (`crate::json`).
 
 use std::future::Future;
 
-use bytes::Bytes;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{CallOptions, HandlerError, Rpc, RpcRequest, WorkerHandle, worker};
-use crate::error::{Error, Result};
+use super::{CallOptions, HandlerError, Rpc, RpcRequest, RpcWorker, worker};
+use crate::error::Result;
 
 impl Rpc {
-    /// Calls `route` with `request` as JSON and decodes the whole response
-    /// as JSON.
+    /// [`Rpc::request`] with JSON in and out: sends `request` encoded as
+    /// JSON and decodes the whole response as a `Resp`.
     ///
     /// Errors as [`Rpc::request`], plus
     /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument) when `request`
-    /// cannot be serialized (nothing is sent) and
-    /// [`Protocol`](crate::ErrorKind::Protocol) when the response is not a
-    /// `Resp` (`maybe_applied()`: the worker ran).
+    /// cannot be encoded (nothing is sent) and
+    /// [`Decode`](crate::ErrorKind::Decode) when the response is not JSON of
+    /// type `Resp` (with `maybe_applied()` true: the worker ran).
     ///
     /// ```no_run
     /// # async fn demo(rpc: fitz::Rpc) -> fitz::Result<()> {
     /// #[derive(serde::Serialize)]
     /// struct Add { a: i64, b: i64 }
-    /// let sum: i64 = rpc.call_json("rpc://math/int/add", &Add { a: 2, b: 3 }).await?;
+    /// let sum: i64 = rpc.request_json("rpc://math/int/add", &Add { a: 2, b: 3 }).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn call_json<Req, Resp>(&self, route: &str, request: &Req) -> Result<Resp>
+    pub async fn request_json<Req, Resp>(&self, route: &str, request: &Req) -> Result<Resp>
     where
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        self.call_json_with(route, request, CallOptions::default())
+        self.request_json_with(route, request, CallOptions::default())
             .await
     }
 
-    /// [`Rpc::call_json`] with options.
-    pub async fn call_json_with<Req, Resp>(
+    /// [`Rpc::request_json`] with options.
+    pub async fn request_json_with<Req, Resp>(
         &self,
         route: &str,
         request: &Req,
@@ -46,21 +46,28 @@ impl Rpc {
         Req: Serialize + ?Sized,
         Resp: DeserializeOwned,
     {
-        let body = serde_json::to_vec(request).map_err(|e| {
-            Error::invalid(format!("the request cannot be serialized: {e}")).with_source(e)
-        })?;
+        let body = crate::json::encode(request)?;
         let response = self.request_with(route, body, options).await?;
-        serde_json::from_slice(&response).map_err(|e| {
-            Error::protocol(format!("the response is not the expected JSON: {e}"))
-                .with_source(e)
-                .applied_if(true)
-        })
+        let what = format_args!("the response from {route}");
+        crate::json::decode(&response, what).map_err(|e| e.applied_if(true))
+    }
+
+    /// The former name of [`Rpc::request_json`], kept while the test suite
+    /// moves over.
+    #[doc(hidden)]
+    pub async fn call_json<Req, Resp>(&self, route: &str, request: &Req) -> Result<Resp>
+    where
+        Req: Serialize + ?Sized,
+        Resp: DeserializeOwned,
+    {
+        self.request_json(route, request).await
     }
 
     /// [`Rpc::serve`] with JSON in and out: the handler gets the decoded
     /// request (and the [`RpcRequest`] for its deadline and cancellation);
     /// its `Ok` value is sent as JSON. A body that is not a `Req` is answered
-    /// with error `6010` without calling the handler.
+    /// with error `6010` without calling the handler, and so is an `Ok`
+    /// value that cannot be encoded.
     ///
     /// ```no_run
     /// # async fn demo(rpc: fitz::Rpc) -> fitz::Result<()> {
@@ -78,7 +85,7 @@ impl Rpc {
         pattern: &str,
         max_concurrent: u32,
         handler: H,
-    ) -> Result<WorkerHandle>
+    ) -> Result<RpcWorker>
     where
         Req: DeserializeOwned + Send + 'static,
         Resp: Serialize + Send + 'static,
@@ -87,16 +94,11 @@ impl Rpc {
         E: Into<HandlerError> + Send + 'static,
     {
         let typed = move |request: RpcRequest| {
-            let decoded =
-                serde_json::from_slice::<Req>(request.body()).map(|input| handler(input, request));
+            // Decoded before the handler runs, so a bad body never reaches it.
+            let called = request.json::<Req>().map(|input| handler(input, request));
             async move {
-                let output = decoded
-                    .map_err(|e| HandlerError::failed(format!("invalid JSON request: {e}")))?
-                    .await
-                    .map_err(Into::<HandlerError>::into)?;
-                serde_json::to_vec(&output).map(Bytes::from).map_err(|e| {
-                    HandlerError::failed(format!("the response cannot be serialized: {e}"))
-                })
+                let output = called?.await.map_err(Into::<HandlerError>::into)?;
+                Ok::<_, HandlerError>(crate::json::encode(&output)?)
             }
         };
         worker::start(&self.conn, pattern, max_concurrent, worker::erase(typed)).await

@@ -1,5 +1,5 @@
 //! The worker side: the worker task, [`RpcRequest`], [`Responder`],
-//! [`HandlerError`], [`WorkerHandle`].
+//! [`HandlerError`], [`RpcWorker`].
 //!
 //! One task per worker reads its deliveries (a pattern push handler) and the
 //! broker's cancellation signals, and spawns one task per request running the
@@ -500,6 +500,16 @@ impl RpcRequest {
         &self.body
     }
 
+    /// The body parsed as JSON. A body that is not JSON of type `T` is an
+    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) error; returned from a
+    /// handler with `?` it answers the caller with `6010` (see
+    /// [`HandlerError`]).
+    #[cfg(feature = "serde")]
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
+        let what = format_args!("the request body for {}", &*self.route);
+        crate::json::decode(&self.body, what)
+    }
+
     /// When the call's budget runs out here: receipt time plus the budget
     /// the caller sent (`None` when it sent none, or without capability
     /// bit 3). The cancellation signal fires then.
@@ -668,7 +678,7 @@ async fn run(handler: Handler, request: RpcRequest, inv: Arc<Invocation>) {
 /// A running worker ([`crate::Rpc::serve`]).
 ///
 /// It keeps serving across reconnects (the registration is restored with the
-/// same bytes). [`WorkerHandle::shutdown`] stops it gracefully; dropping it
+/// same bytes). [`RpcWorker::shutdown`] stops it gracefully; dropping it
 /// stops it at once: the registration is removed in the background, running
 /// handlers see [`CancelReason::Shutdown`] and are left to finish.
 ///
@@ -679,7 +689,7 @@ async fn run(handler: Handler, request: RpcRequest, inv: Arc<Invocation>) {
 /// `*`; the older worker on a tie) — never to all of them. Serving a pattern
 /// this client already serves fails with
 /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument).
-pub struct WorkerHandle {
+pub struct RpcWorker {
     pattern: String,
     max_concurrent: u32,
     cancellation: bool,
@@ -689,7 +699,7 @@ pub struct WorkerHandle {
     done: watch::Receiver<Option<Result<()>>>,
 }
 
-impl WorkerHandle {
+impl RpcWorker {
     /// The pattern served.
     pub fn pattern(&self) -> &str {
         &self.pattern
@@ -714,7 +724,7 @@ impl WorkerHandle {
 
     /// False once the worker stopped: shut down, or ended by an error (its
     /// registration could not be restored after a reconnect, or the client
-    /// closed; [`WorkerHandle::shutdown`] returns that error).
+    /// closed; [`RpcWorker::shutdown`] returns that error).
     pub fn is_running(&self) -> bool {
         self.done.borrow().is_none()
     }
@@ -736,16 +746,16 @@ impl WorkerHandle {
     }
 }
 
-impl Drop for WorkerHandle {
+impl Drop for RpcWorker {
     fn drop(&mut self) {
         // Harmless after a completed shutdown: the task is gone.
         self.abort.cancel();
     }
 }
 
-impl fmt::Debug for WorkerHandle {
+impl fmt::Debug for RpcWorker {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("WorkerHandle")
+        f.debug_struct("RpcWorker")
             .field("pattern", &self.pattern)
             .field("max_concurrent", &self.max_concurrent)
             .field("in_flight", &self.in_flight())
@@ -761,7 +771,7 @@ pub(super) async fn start(
     pattern: &str,
     max_concurrent: u32,
     handler: Handler,
-) -> Result<WorkerHandle> {
+) -> Result<RpcWorker> {
     route::validate_pattern(pattern, Scheme::Rpc).map_err(Error::route)?;
     if !(1..=rpc::MAX_CONCURRENT).contains(&max_concurrent) {
         return Err(Error::invalid(format!(
@@ -845,7 +855,7 @@ pub(super) async fn start(
         abort.clone(),
         done_tx,
     ));
-    Ok(WorkerHandle {
+    Ok(RpcWorker {
         pattern: pattern.to_owned(),
         max_concurrent,
         cancellation,

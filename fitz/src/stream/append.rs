@@ -168,7 +168,8 @@ impl AppendSession {
         };
         let ok: BeginOk = conn
             .call_with(&msg, RequestOptions::pinned(generation))
-            .await?;
+            .await
+            .map_err(Error::stale_as_not_sent)?;
         // From here on Drop rolls back, also if the probe below fails or
         // this future is dropped while it runs.
         let mut session = Self {
@@ -200,6 +201,13 @@ impl AppendSession {
     /// The offset the next append will get (the OCC `expected_offset`).
     pub fn next_offset(&self) -> u64 {
         self.next_offset
+    }
+
+    /// False once the connection session it was opened on has ended: every
+    /// call would fail with [`ErrorKind::Stale`] (the broker has already
+    /// discarded the batch and released the resource).
+    pub fn is_current(&self) -> bool {
+        self.conn.check_generation(self.generation).is_ok()
     }
 
     /// Records appended in this session so far.
@@ -257,13 +265,13 @@ impl AppendSession {
         Ok(expected)
     }
 
-    /// Appends `value` encoded as JSON.
+    /// [`AppendSession::append`] with `value` encoded as JSON (a value that
+    /// cannot be is an
+    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
+    /// error, and nothing is sent).
     #[cfg(feature = "serde")]
     pub async fn append_json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<u64> {
-        let body = serde_json::to_vec(value).map_err(|e| {
-            Error::invalid(format!("value cannot be encoded as JSON: {e}")).with_source(e)
-        })?;
-        self.append(body).await
+        self.append(crate::json::encode(value)?).await
     }
 
     /// Publishes the batch atomically (COMMIT) and ends the session. With

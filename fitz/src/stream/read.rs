@@ -492,19 +492,11 @@ impl StreamRecord {
     }
 
     /// The body parsed as JSON. A body that is not JSON of type `T` is an
-    /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
-    /// error (the caller picked the type).
+    /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
     #[cfg(feature = "serde")]
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        serde_json::from_slice(&self.body).map_err(|e| {
-            Error::invalid(format!(
-                "record {} of {} is not JSON of type {}: {e}",
-                self.resource_offset,
-                &*self.route,
-                std::any::type_name::<T>()
-            ))
-            .with_source(e)
-        })
+        let what = format_args!("record {} of {}", self.resource_offset, &*self.route);
+        crate::json::decode(&self.body, what)
     }
 }
 

@@ -62,7 +62,7 @@
 //! respects that credit; a delivery beyond it anyway is answered at once with
 //! `6003` ("Local RPC worker is overloaded") and never runs. A request whose
 //! route matches the patterns of several workers of one client goes to the
-//! most specific one only (see [`WorkerHandle`]). A handler's `Err` becomes
+//! most specific one only (see [`RpcWorker`]). A handler's `Err` becomes
 //! a terminal error with the code of its [`HandlerError`]; a request dropped
 //! without a final chunk is ended by the worker (`6010`, or `6001` past its
 //! deadline), so a caller never waits for the broker's timeout because of a
@@ -96,7 +96,11 @@ use crate::error::Result;
 use crate::events::State;
 
 pub use call::{CallOptions, CancelOutcome, RpcCall};
-pub use worker::{CancelReason, HandlerError, IntoBody, Responder, RpcRequest, WorkerHandle};
+pub use worker::{CancelReason, HandlerError, IntoBody, Responder, RpcRequest, RpcWorker};
+
+/// The former name of [`RpcWorker`], kept while the test suite moves over.
+#[doc(hidden)]
+pub type WorkerHandle = RpcWorker;
 
 /// The RPC domain of a [`crate::Client`] (see [`crate::Client::rpc`]).
 #[derive(Clone)]
@@ -192,7 +196,7 @@ impl Rpc {
     /// ([`CancelReason::ConnectionLost`]). A request beyond `max_concurrent`
     /// unanswered ones is answered at once with the overload error `6003`.
     /// Two workers of one client whose patterns overlap do not both receive a
-    /// request: the most specific pattern serves it (see [`WorkerHandle`]).
+    /// request: the most specific pattern serves it (see [`RpcWorker`]).
     ///
     /// Call it on a connected client: whether the broker supports
     /// cancellation is read from the session (this waits up to the request
@@ -202,7 +206,7 @@ impl Rpc {
         pattern: &str,
         max_concurrent: u32,
         handler: H,
-    ) -> Result<WorkerHandle>
+    ) -> Result<RpcWorker>
     where
         H: Fn(RpcRequest) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = std::result::Result<T, E>> + Send + 'static,
