@@ -522,7 +522,25 @@ pub(super) async fn start(
         )
         .await?
         .installed();
-    let (mut sent, mut budget_end) = (false, None);
+    // The call exists before anything is sent, so that dropping this future
+    // at any await below cancels a request that already left: the worker
+    // may see it before the write is confirmed here.
+    let mut call = RpcCall {
+        conn: conn.clone(),
+        id,
+        generation,
+        cancellable,
+        responses: None,
+        next_seq: 0,
+        done: false,
+        sent: false,
+        cancel_sent: false,
+        outcome: None,
+        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
+        deadline_at: deadline,
+        budget_end: None,
+        parent: options.parent.map(|t| Box::pin(t.cancelled_owned())),
+    };
     let route = Str::from(route);
     let send = conn.send_committed(types::RPC_REQUEST, generation, || {
         // The budget is what remains right now, rounded down.
@@ -533,7 +551,7 @@ pub(super) async fn start(
                 .unwrap_or(rpc::MAX_BUDGET_MS)
                 .min(rpc::MAX_BUDGET_MS)
         });
-        budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
+        call.budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
         let request = rpc::Request {
             id,
             route,
@@ -541,26 +559,10 @@ pub(super) async fn start(
             budget_ms,
         };
         let record = encode_record(&request)?;
-        sent = true;
+        call.sent = true;
         Ok((record, ()))
     });
     let (installed, result) = tokio::join!(install, send);
-    let mut call = RpcCall {
-        conn: conn.clone(),
-        id,
-        generation,
-        cancellable,
-        responses: None,
-        next_seq: 0,
-        done: false,
-        sent,
-        cancel_sent: false,
-        outcome: None,
-        deadline: deadline.map(|d| Box::pin(tokio::time::sleep_until(d))),
-        deadline_at: deadline,
-        budget_end,
-        parent: options.parent.map(|t| Box::pin(t.cancelled_owned())),
-    };
     // On failure the call is dropped here, which cancels what was sent.
     call.responses = Some(installed?);
     match result {

@@ -570,6 +570,8 @@ impl ScheduleList {
             let item = l.next_entry().await?;
             Some((item, l))
         })
+        // Polling past the end keeps answering None.
+        .fuse()
         .boxed();
         Self { inner }
     }

@@ -171,6 +171,8 @@ impl Pager {
             let page = pager.next_page().await?;
             Some((page, pager))
         })
+        // Polling past the end keeps answering None.
+        .fuse()
         .boxed()
     }
 }

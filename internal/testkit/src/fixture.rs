@@ -92,6 +92,27 @@ impl Brokers {
         addr_of(&self.anon_ws)
     }
 
+    /// The authenticated broker's TCP address (for a [`crate::Proxy`]).
+    pub fn auth_tcp_addr(&self) -> io::Result<SocketAddr> {
+        addr_of(&self.auth_tcp)
+    }
+
+    /// The authenticated broker's HTTP (WebSocket) address.
+    pub fn auth_ws_addr(&self) -> io::Result<SocketAddr> {
+        addr_of(&self.auth_ws)
+    }
+
+    /// True when the endpoints come from `FITZ_BROKER_*` (nothing embedded).
+    pub fn is_external(&self) -> bool {
+        self.anon.is_none()
+    }
+
+    /// True when every `FITZ_BROKER_*` variable is set, i.e. [`Brokers::start`]
+    /// will use an external broker.
+    pub fn external_configured() -> bool {
+        ENV.iter().all(|k| std::env::var_os(k).is_some())
+    }
+
     /// Stops the embedded brokers.
     pub async fn shutdown(&self) {
         for b in [&self.anon, &self.auth].into_iter().flatten() {

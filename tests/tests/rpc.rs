@@ -6,32 +6,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fitz::rpc::{CallOptions, CancelOutcome, CancelReason, HandlerError, RpcRequest};
-use fitz::{Client, ErrorKind, ReconnectPolicy, StaticToken};
+use fitz::{Client, ErrorKind, StaticToken};
 use fitz_protocol::rpc::{
     self as wire, Cancel, CancelStatus, Lifecycle, Response, RpcId, SignalReason, SubscribeWorker,
 };
 use fitz_protocol::{Message, WireError, types};
 use fitz_testkit::peer::{CAP_CORRELATION, Peer, Request, payloads};
+use fitz_tests::{fast_reconnect, within};
 use futures_util::StreamExt;
 use tokio::sync::{mpsc, oneshot};
 
-const WAIT: Duration = Duration::from_secs(10);
 /// Correlation and RPC cancellation (bits 0 and 3).
 const CANCEL_CAPS: u32 = CAP_CORRELATION | 8;
-
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        base_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        ..ReconnectPolicy::default()
-    }
-}
-
-async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
-    tokio::time::timeout(WAIT, fut)
-        .await
-        .unwrap_or_else(|_| panic!("{what}: nothing within {WAIT:?}"))
-}
 
 // ===================================================================
 // Scripted broker
@@ -967,7 +953,6 @@ async fn dropping_a_worker_unregisters_in_the_background() {
     );
 }
 
-#[cfg(feature = "serde")]
 #[tokio::test]
 async fn json_calls_and_workers() {
     #[derive(serde::Serialize, serde::Deserialize)]
@@ -1016,38 +1001,18 @@ mod broker {
 
     use bytes::Bytes;
     use fitz::rpc::{CallOptions, CancelOutcome, CancelReason, HandlerError, RpcRequest};
-    use fitz::{Client, ErrorKind, Event, StaticToken, codes};
-    use fitz_testkit::{Brokers, Proxy, jwt};
+    use fitz::{Client, ErrorKind, Event, codes};
+    use fitz_tests::{
+        Brokers, BrokersExt, Proxy, connected as client, connected_with, wait_event, within,
+    };
     use futures_util::StreamExt;
     use tokio::sync::{mpsc, watch};
 
-    use super::{fast_reconnect, within};
-
-    async fn client(url: &str) -> Client {
-        let c = Client::builder(url, StaticToken::anonymous())
-            .reconnect(fast_reconnect())
-            .build()
-            .unwrap();
-        c.connect().await.unwrap();
-        c
-    }
-
-    /// A unique route prefix per scenario: tests share the brokers' state.
+    /// A unique route prefix per scenario and transport: tests share the
+    /// brokers' state (and, against an external broker, other runs').
     fn routes(name: &str, url: &str) -> String {
         let transport = if url.starts_with("ws") { "ws" } else { "tcp" };
-        format!("rpc://{name}/{transport}")
-    }
-
-    async fn wait_event(client: &mut fitz::Events, pred: impl Fn(&Event) -> bool) {
-        within("an event", async {
-            while let Some(ev) = client.recv().await {
-                if pred(&ev) {
-                    return;
-                }
-            }
-            panic!("events ended");
-        })
-        .await;
+        format!("rpc://{}/{transport}", fitz_tests::realm(name))
     }
 
     /// Requests that report themselves and wait until told how to answer.
@@ -1354,7 +1319,8 @@ mod broker {
             // Releasing the request acknowledges the cleanup; with
             // max_concurrent 1 the next call is served only then.
             drop((req, _answer));
-            let next = tokio::spawn(async move { rpc.request(&route, "second").await });
+            let again = route.clone();
+            let next = tokio::spawn(async move { rpc.request(&again, "second").await });
             let (req, answer) = within("the next delivery", held.recv()).await.unwrap();
             assert_eq!(&req.body()[..], b"second");
             answer.send(Bytes::from_static(b"ok")).unwrap();
@@ -1364,11 +1330,7 @@ mod broker {
             );
 
             // Dropping an unfinished call cancels it too.
-            let call = caller
-                .rpc()
-                .call(&format!("{}/job", routes("cancel", url)), "x")
-                .await
-                .unwrap();
+            let call = caller.rpc().call(&route, "x").await.unwrap();
             let (req, _answer) = within("the delivery", held.recv()).await.unwrap();
             drop(call);
             within("the drop's signal", req.cancelled()).await;
@@ -1515,11 +1477,7 @@ mod broker {
     async fn a_token_without_rpc_permission_gets_6009() {
         let brokers = Brokers::start().await.unwrap();
         for url in [&brokers.auth_tcp, &brokers.auth_ws] {
-            let token = jwt::scoped_token(&["kv://**#*"]);
-            let client = Client::builder(url.as_str(), StaticToken::new(token))
-                .build()
-                .unwrap();
-            client.connect().await.unwrap();
+            let client = connected_with(url, brokers.scoped_token(&["kv://**#*"])).await;
             let e = client
                 .rpc()
                 .request("rpc://secure/app/op", "")

@@ -1,11 +1,13 @@
 //! WebSocket details against a scripted server: text frames are ignored,
 //! pings are answered, binary messages carry one frame each, and a Close
-//! frame ends the session with the broker's reason.
+//! frame ends the session with the broker's reason. And against the broker
+//! through the disconnect proxy: a silent peer is detected by the pings.
 
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz::{Client, Event, ReconnectPolicy, State, StaticToken};
+use fitz_tests::{Brokers, BrokersExt, Transport, reconnected, wait_event};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite::Message;
@@ -75,4 +77,31 @@ async fn websocket_text_is_ignored_pings_are_answered_and_close_carries_its_reas
     server.await.unwrap();
     let mut w = client.watch_state();
     w.wait_for(|s| *s == State::Disconnected).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_silent_websocket_peer_is_detected_and_replaced() {
+    let brokers = Brokers::start().await.unwrap();
+    let (proxy, url) = brokers.anon_proxy(Transport::Ws).await;
+    let client = fitz_tests::anon_builder(&url)
+        .ping_interval(Duration::from_millis(100))
+        .dead_peer_timeout(Duration::from_millis(400))
+        .connect_timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    client.connect().await.unwrap();
+    let mut events = client.events();
+    proxy.blackhole(true);
+    match wait_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await {
+        Event::Disconnected { reason } => {
+            assert!(reason.message().contains("dead peer"), "{reason}")
+        }
+        _ => unreachable!(),
+    }
+    proxy.blackhole(false);
+    proxy.cut_all(); // drop the stalled sockets the proxy still holds
+    wait_event(&mut events, reconnected).await;
+    assert_eq!(client.state(), State::Authenticated);
+    client.close().await;
+    brokers.shutdown().await;
 }

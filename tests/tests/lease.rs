@@ -2,70 +2,17 @@
 //! `fitz_testkit::fixture`), over TCP and WebSocket, directly and through
 //! the disconnect proxy.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fitz::lease::{LossReason, WithLeaseError};
-use fitz::{Client, ErrorKind, Event, ReconnectPolicy, StaticToken, codes};
-use fitz_broker::{AuthConfig, Broker, Clock};
-use fitz_testkit::{Brokers, Proxy, jwt};
+use fitz::{Client, ErrorKind, codes};
+use fitz_tests::{
+    Brokers, BrokersExt, Timed, Transport, WAIT, broker_code as code, connected, connected_with,
+    realm, reconnected, wait_event,
+};
 use futures_util::{StreamExt, TryStreamExt};
 
-const WAIT: Duration = Duration::from_secs(10);
 const TTL: Duration = Duration::from_secs(30);
-
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        ..ReconnectPolicy::default()
-    }
-}
-
-async fn connected(url: &str) -> Client {
-    let c = Client::anonymous(url).unwrap();
-    c.connect().await.unwrap();
-    c
-}
-
-async fn via_proxy(url: String) -> Client {
-    let c = Client::builder(url, StaticToken::anonymous())
-        .reconnect(fast_reconnect())
-        .build()
-        .unwrap();
-    c.connect().await.unwrap();
-    c
-}
-
-/// A proxy in front of the anonymous broker's TCP or WebSocket port.
-async fn proxy(brokers: &Brokers, ws: bool) -> (fitz_testkit::ProxyHandle, String) {
-    let upstream = if ws {
-        brokers.anon_ws_addr()
-    } else {
-        brokers.anon_tcp_addr()
-    };
-    let proxy = Proxy::start(upstream.unwrap()).await.unwrap();
-    let url = if ws { proxy.ws_url() } else { proxy.tcp_url() };
-    (proxy, url)
-}
-
-async fn wait_event(events: &mut fitz::Events, pred: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(ev) if pred(&ev) => return ev,
-                Some(_) => {}
-                None => panic!("events ended"),
-            }
-        }
-    })
-    .await
-    .expect("event never came")
-}
-
-fn code(e: &fitz::Error) -> Option<u32> {
-    assert_eq!(e.kind(), ErrorKind::Broker, "{e}");
-    e.code()
-}
 
 /// Waits until `route` has `n` queued acquirers (the broker's QUERY says so).
 async fn waiters(client: &Client, route: &str, n: u32) {
@@ -91,14 +38,12 @@ async fn next_change(s: &mut fitz::lease::LeaseSubscription) -> String {
 #[tokio::test]
 async fn acquire_renew_release_and_query_over_tcp_and_websocket() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let client = connected(url).await;
         let other = connected(url).await;
         let leases = client.lease();
-        let route = format!("lease://test/basic/r{i}");
+        let route = format!("lease://{}/basic/r", realm("lease"));
         let status = leases.query(&route).await.unwrap();
         assert!(!status.is_held() && status.holder().is_none());
 
@@ -152,9 +97,41 @@ async fn acquire_renew_release_and_query_over_tcp_and_websocket() {
 }
 
 #[tokio::test]
+async fn a_stale_fencing_token_is_refused_with_5002() {
+    let brokers = Brokers::start().await.unwrap();
+    for t in Transport::BOTH {
+        let client = connected(brokers.anon_url(t)).await;
+        let leases = client.lease();
+        let route = format!("lease://{}/fence/r", realm("lease"));
+        // Two handles on one grant; one releases it, and the same owner
+        // acquires again: a new grant with a larger token.
+        let mut old = leases.acquire(&route, "alice", TTL).await.unwrap();
+        let twin = leases.acquire(&route, "alice", TTL).await.unwrap();
+        assert!(twin.already_held());
+        twin.release().await.unwrap();
+        let new = leases.acquire(&route, "alice", TTL).await.unwrap();
+        assert!(new.fencing_token() > old.fencing_token());
+        // The old handle's token is not the holder's: 5002, not retryable,
+        // and the broker changed nothing.
+        let e = old.renew(TTL).await.unwrap_err();
+        assert_eq!(code(&e), Some(codes::LEASE_INVALID_FENCE), "{e}");
+        assert!(!e.is_retryable() && !e.maybe_applied());
+        let e = old.release().await.unwrap_err();
+        assert_eq!(code(&e), Some(codes::LEASE_INVALID_FENCE), "{e}");
+        let status = leases.query(&route).await.unwrap();
+        assert_eq!(status.holder().map(|h| h.owner()), Some("alice"));
+        new.release().await.unwrap();
+        assert!(!leases.query(&route).await.unwrap().is_held());
+        client.close().await;
+    }
+    brokers.shutdown().await;
+}
+
+#[tokio::test]
 async fn a_contended_acquire_gets_the_deferred_grant_and_tokens_keep_growing() {
     let brokers = Brokers::start().await.unwrap();
-    let route = "lease://test/contended/r";
+    let owned = format!("lease://{}/contended/r", realm("lease"));
+    let route = owned.as_str();
     let holder = connected(&brokers.anon_tcp).await;
     let first = holder.lease().acquire(route, "a", TTL).await.unwrap();
     let mut tokens = vec![first.fencing_token()];
@@ -162,17 +139,13 @@ async fn a_contended_acquire_gets_the_deferred_grant_and_tokens_keep_growing() {
     // Two waiters, over both transports, granted in FIFO order.
     let b = connected(&brokers.anon_ws).await;
     let c = connected(&brokers.anon_tcp).await;
-    let lb = b.lease();
-    let waiting_b = tokio::spawn(async move {
-        lb.acquire_wait(route, "b", TTL, Duration::from_secs(20))
-            .await
-    });
+    let (lb, r) = (b.lease(), owned.clone());
+    let waiting_b =
+        tokio::spawn(async move { lb.acquire_wait(&r, "b", TTL, Duration::from_secs(20)).await });
     waiters(&holder, route, 1).await;
-    let lc = c.lease();
-    let waiting_c = tokio::spawn(async move {
-        lc.acquire_wait(route, "c", TTL, Duration::from_secs(20))
-            .await
-    });
+    let (lc, r) = (c.lease(), owned.clone());
+    let waiting_c =
+        tokio::spawn(async move { lc.acquire_wait(&r, "c", TTL, Duration::from_secs(20)).await });
     waiters(&holder, route, 2).await;
     assert!(!waiting_b.is_finished());
 
@@ -206,27 +179,19 @@ async fn a_contended_acquire_gets_the_deferred_grant_and_tokens_keep_growing() {
 
 #[tokio::test]
 async fn a_wait_that_runs_out_is_5006() {
-    let clock = Clock::manual(SystemTime::now());
-    let broker = Broker::builder()
-        .bind_addr(std::net::Ipv4Addr::LOCALHOST)
-        .tcp_port(0)
-        .http_port(0)
-        .auth(AuthConfig::anonymous())
-        .clock(clock.clone())
-        .start()
-        .await
-        .unwrap();
-    let route = "lease://test/timeout/r";
-    let holder = connected(&broker.tcp_url()).await;
+    let Some(broker) = Timed::start("a lease wait and a TTL run out on broker time").await else {
+        return;
+    };
+    let owned = format!("lease://{}/timeout/r", realm("lease"));
+    let route = owned.as_str();
+    let holder = connected(&broker.tcp).await;
     let lease = holder.lease().acquire(route, "a", TTL).await.unwrap();
-    let waiter = connected(&broker.ws_url()).await;
-    let lw = waiter.lease();
-    let waiting = tokio::spawn(async move {
-        lw.acquire_wait(route, "b", TTL, Duration::from_secs(2))
-            .await
-    });
+    let waiter = connected(&broker.ws).await;
+    let (lw, r) = (waiter.lease(), owned.clone());
+    let waiting =
+        tokio::spawn(async move { lw.acquire_wait(&r, "b", TTL, Duration::from_secs(2)).await });
     waiters(&holder, route, 1).await;
-    clock.advance(Duration::from_secs(3));
+    broker.clock.advance(Duration::from_secs(3)).await;
     let e = tokio::time::timeout(WAIT, waiting)
         .await
         .unwrap()
@@ -236,7 +201,7 @@ async fn a_wait_that_runs_out_is_5006() {
     assert!(!e.maybe_applied());
     assert_eq!(holder.lease().query(route).await.unwrap().waiters(), 0);
     // The holder's TTL runs out on the same clock: the lease is free.
-    clock.advance(TTL);
+    broker.clock.advance(TTL).await;
     let e = lease.release().await.unwrap_err();
     assert!(
         matches!(
@@ -256,31 +221,35 @@ async fn list_pages_one_snapshot() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
     let leases = client.lease();
+    let test = realm("lease");
     let mut held = Vec::new();
     for i in 0..7 {
-        let route = format!("lease://test/list/l{i}");
+        let route = format!("lease://{test}/list/l{i}");
         held.push(leases.acquire(&route, &format!("o{i}"), TTL).await.unwrap());
     }
     let all: Vec<_> = leases
-        .list("lease://test/list/*")
+        .list(&format!("lease://{test}/list/*"))
         .page_size(3)
         .try_collect()
         .await
         .unwrap();
     let routes: Vec<&str> = all.iter().map(|l| l.route()).collect();
-    let want: Vec<String> = (0..7).map(|i| format!("lease://test/list/l{i}")).collect();
+    let want: Vec<String> = (0..7)
+        .map(|i| format!("lease://{test}/list/l{i}"))
+        .collect();
     assert_eq!(routes, want);
     assert_eq!(all[3].owner(), "o3");
     assert!(all[0].expires_in() <= TTL);
     assert!(!all[0].acquired_at().is_empty());
 
     // By hand: the snapshot does not change under the pages.
-    let first = leases.list_page("lease://test/**", None, 4).await.unwrap();
+    let wide = format!("lease://{test}/**");
+    let first = leases.list_page(&wide, None, 4).await.unwrap();
     assert_eq!(first.leases().len(), 4);
     let cursor = first.next_cursor().unwrap().clone();
     held.pop().unwrap().release().await.unwrap();
     let e = leases
-        .list_page("lease://test/list/*", Some(&cursor), 4)
+        .list_page(&format!("lease://{test}/list/*"), Some(&cursor), 4)
         .await
         .unwrap_err();
     assert_eq!(
@@ -288,10 +257,7 @@ async fn list_pages_one_snapshot() {
         ErrorKind::InvalidArgument,
         "another pattern's cursor"
     );
-    let second = leases
-        .list_page("lease://test/**", Some(&cursor), 4)
-        .await
-        .unwrap();
+    let second = leases.list_page(&wide, Some(&cursor), 4).await.unwrap();
     assert_eq!(
         second.leases().len(),
         3,
@@ -299,21 +265,18 @@ async fn list_pages_one_snapshot() {
     );
     assert!(second.next_cursor().is_none());
     // A finished snapshot's cursor is refused by the broker.
-    let e = leases
-        .list_page("lease://test/**", Some(&cursor), 4)
-        .await
-        .unwrap_err();
+    let e = leases.list_page(&wide, Some(&cursor), 4).await.unwrap_err();
     assert_eq!(code(&e), Some(codes::LEASE_INVALID_CURSOR));
 
     // An exact route lists zero or one lease.
     let one: Vec<_> = leases
-        .list("lease://test/list/l1")
+        .list(&format!("lease://{test}/list/l1"))
         .try_collect()
         .await
         .unwrap();
     assert_eq!(one.len(), 1);
     let none: Vec<_> = leases
-        .list("lease://test/list/l6")
+        .list(&format!("lease://{test}/list/l6"))
         .try_collect()
         .await
         .unwrap();
@@ -328,39 +291,33 @@ async fn list_pages_one_snapshot() {
 #[tokio::test]
 async fn a_subscription_is_restored_on_the_same_handle_after_a_cut() {
     let brokers = Brokers::start().await.unwrap();
-    for ws in [false, true] {
-        let (proxy, url) = proxy(&brokers, ws).await;
-        let watcher = via_proxy(url).await;
+    for t in Transport::BOTH {
+        let (proxy, url) = brokers.anon_proxy(t).await;
+        let watcher = connected(&url).await;
         let actor = connected(&brokers.anon_tcp).await;
-        let mut sub = watcher
-            .lease()
-            .subscribe("lease://test/sub/*")
-            .await
-            .unwrap();
-        assert_eq!(sub.pattern(), "lease://test/sub/*");
+        let test = realm("lease");
+        let (a, b) = (
+            format!("lease://{test}/sub/a"),
+            format!("lease://{test}/sub/b"),
+        );
+        let pattern = format!("lease://{test}/sub/*");
+        let mut sub = watcher.lease().subscribe(&pattern).await.unwrap();
+        assert_eq!(sub.pattern(), pattern);
 
-        let mut lease = actor
-            .lease()
-            .acquire("lease://test/sub/a", "x", TTL)
-            .await
-            .unwrap();
-        assert_eq!(next_change(&mut sub).await, "lease://test/sub/a");
+        let mut lease = actor.lease().acquire(&a, "x", TTL).await.unwrap();
+        assert_eq!(next_change(&mut sub).await, a);
         // Renewals are not changes; the release is.
         lease.renew(TTL).await.unwrap();
         lease.release().await.unwrap();
-        assert_eq!(next_change(&mut sub).await, "lease://test/sub/a");
+        assert_eq!(next_change(&mut sub).await, a);
 
         let mut events = watcher.events();
         proxy.cut_all();
-        wait_event(&mut events, |e| matches!(e, Event::Restored { count: 1 })).await;
-        let lease = actor
-            .lease()
-            .acquire("lease://test/sub/b", "x", TTL)
-            .await
-            .unwrap();
-        assert_eq!(next_change(&mut sub).await, "lease://test/sub/b");
+        assert_eq!(fitz_tests::restored(&mut events).await, 1);
+        let lease = actor.lease().acquire(&b, "x", TTL).await.unwrap();
+        assert_eq!(next_change(&mut sub).await, b);
         lease.release().await.unwrap();
-        assert_eq!(next_change(&mut sub).await, "lease://test/sub/b");
+        assert_eq!(next_change(&mut sub).await, b);
         sub.unsubscribe().await.unwrap();
         actor.close().await;
         watcher.close().await;
@@ -371,18 +328,19 @@ async fn a_subscription_is_restored_on_the_same_handle_after_a_cut() {
 #[tokio::test]
 async fn a_lease_is_stale_after_a_reconnect_and_the_broker_freed_it() {
     let brokers = Brokers::start().await.unwrap();
-    for ws in [false, true] {
-        let (proxy, url) = proxy(&brokers, ws).await;
-        let client = via_proxy(url).await;
+    for t in Transport::BOTH {
+        let (proxy, url) = brokers.anon_proxy(t).await;
+        let client = connected(&url).await;
         let other = connected(&brokers.anon_tcp).await;
-        let route = "lease://test/stale/r";
+        let owned = format!("lease://{}/stale/r", realm("lease"));
+        let route = owned.as_str();
         let mut lease = client.lease().acquire(route, "a", TTL).await.unwrap();
         let token = lease.fencing_token();
-        let lo = other.lease();
-        let waiting = tokio::spawn(async move {
-            lo.acquire_wait(route, "b", TTL, Duration::from_secs(20))
-                .await
-        });
+        let (lo, r) = (other.lease(), owned.clone());
+        let waiting =
+            tokio::spawn(
+                async move { lo.acquire_wait(&r, "b", TTL, Duration::from_secs(20)).await },
+            );
         waiters(&other, route, 1).await;
         let mut events = client.events();
         proxy.cut_all();
@@ -393,16 +351,7 @@ async fn a_lease_is_stale_after_a_reconnect_and_the_broker_freed_it() {
             .unwrap()
             .unwrap();
         assert!(next.fencing_token() > token);
-        wait_event(&mut events, |e| {
-            matches!(
-                e,
-                Event::Connected {
-                    reconnected: true,
-                    ..
-                }
-            )
-        })
-        .await;
+        wait_event(&mut events, reconnected).await;
         assert!(!lease.is_current());
         let e = lease.renew(TTL).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Stale);
@@ -418,11 +367,11 @@ async fn a_lease_is_stale_after_a_reconnect_and_the_broker_freed_it() {
 #[tokio::test]
 async fn a_managed_lease_renews_and_reports_loss_when_the_connection_is_cut() {
     let brokers = Brokers::start().await.unwrap();
-    for ws in [false, true] {
-        let (proxy, url) = proxy(&brokers, ws).await;
-        let client = via_proxy(url).await;
+    for t in Transport::BOTH {
+        let (proxy, url) = brokers.anon_proxy(t).await;
+        let client = connected(&url).await;
         let observer = connected(&brokers.anon_tcp).await;
-        let route = "lease://test/managed/r";
+        let route = &format!("lease://{}/managed/r", realm("lease"));
         // TTL 1 s: renewed every ~333 ms, so it outlives its TTL only if
         // renewals work.
         let guard = client
@@ -464,9 +413,10 @@ async fn a_managed_lease_renews_and_reports_loss_when_the_connection_is_cut() {
 #[tokio::test]
 async fn with_lease_runs_work_and_cancels_it_on_loss() {
     let brokers = Brokers::start().await.unwrap();
-    let (proxy, url) = proxy(&brokers, false).await;
-    let client = via_proxy(url).await;
-    let route = "lease://test/with/r";
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
+    let owned = format!("lease://{}/with/r", realm("lease"));
+    let route = owned.as_str();
 
     let token = client
         .lease()
@@ -495,10 +445,10 @@ async fn with_lease_runs_work_and_cancels_it_on_loss() {
     // Lost midway: the work is cancelled and the loss is the outcome.
     let (started_tx, started_rx) = tokio::sync::oneshot::channel();
     let running = tokio::spawn({
-        let leases = client.lease();
+        let (leases, r) = (client.lease(), owned.clone());
         async move {
             leases
-                .with_lease(route, "w", TTL, |own| async move {
+                .with_lease(&r, "w", TTL, |own| async move {
                     let _ = started_tx.send(own.fencing_token());
                     std::future::pending::<()>().await
                 })
@@ -522,29 +472,26 @@ async fn with_lease_runs_work_and_cancels_it_on_loss() {
 #[tokio::test]
 async fn a_scoped_token_is_refused_with_5009() {
     let brokers = Brokers::start().await.unwrap();
-    for url in [&brokers.auth_tcp, &brokers.auth_ws] {
-        let token = jwt::scoped_token(&["lease://scoped/**#*"]);
-        let client = Client::builder(url.as_str(), StaticToken::new(token))
-            .build()
-            .unwrap();
-        client.connect().await.unwrap();
+    for t in Transport::BOTH {
+        let (scoped, other) = (realm("scoped"), realm("other"));
+        let token = brokers.scoped_token(&[&format!("lease://{scoped}/**#*")]);
+        let client = connected_with(brokers.auth_url(t), token).await;
         let leases = client.lease();
         let lease = leases
-            .acquire("lease://scoped/a/r", "me", TTL)
+            .acquire(&format!("lease://{scoped}/a/r"), "me", TTL)
             .await
             .unwrap();
         lease.release().await.unwrap();
+        let denied = format!("lease://{other}/a/r");
+        let e = leases.acquire(&denied, "me", TTL).await.unwrap_err();
+        assert_eq!(code(&e), Some(codes::LEASE_UNAUTHORIZED));
+        let e = leases.query(&denied).await.unwrap_err();
+        assert_eq!(code(&e), Some(codes::LEASE_UNAUTHORIZED));
+        let wide = format!("lease://{other}/**");
+        let e = leases.subscribe(&wide).await.unwrap_err();
+        assert_eq!(code(&e), Some(codes::LEASE_UNAUTHORIZED));
         let e = leases
-            .acquire("lease://other/a/r", "me", TTL)
-            .await
-            .unwrap_err();
-        assert_eq!(code(&e), Some(codes::LEASE_UNAUTHORIZED));
-        let e = leases.query("lease://other/a/r").await.unwrap_err();
-        assert_eq!(code(&e), Some(codes::LEASE_UNAUTHORIZED));
-        let e = leases.subscribe("lease://other/**").await.unwrap_err();
-        assert_eq!(code(&e), Some(codes::LEASE_UNAUTHORIZED));
-        let e = leases
-            .list("lease://other/**")
+            .list(&wide)
             .try_collect::<Vec<_>>()
             .await
             .unwrap_err();

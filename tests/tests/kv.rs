@@ -2,75 +2,15 @@
 //! `fitz_testkit::fixture`), over TCP and WebSocket, directly and through
 //! the disconnect proxy.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fitz::kv::{Durability, ScanOptions, TxMode};
-use fitz::{Client, ErrorKind, Event, ReconnectPolicy, StaticToken, codes};
-use fitz_broker::{AuthConfig, Broker, Clock};
-use fitz_testkit::{Brokers, Proxy, jwt};
-use futures_util::{StreamExt, TryStreamExt};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        ..ReconnectPolicy::default()
-    }
-}
-
-async fn connected(url: &str) -> Client {
-    let c = Client::anonymous(url).unwrap();
-    c.connect().await.unwrap();
-    c
-}
-
-async fn via_proxy(url: String) -> Client {
-    let c = Client::builder(url, StaticToken::anonymous())
-        .reconnect(fast_reconnect())
-        .build()
-        .unwrap();
-    c.connect().await.unwrap();
-    c
-}
-
-async fn wait_event(events: &mut fitz::Events, pred: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(ev) if pred(&ev) => return ev,
-                Some(_) => {}
-                None => panic!("events ended"),
-            }
-        }
-    })
-    .await
-    .expect("event never came")
-}
-
-fn reconnected(e: &Event) -> bool {
-    matches!(
-        e,
-        Event::Connected {
-            reconnected: true,
-            ..
-        }
-    )
-}
-
-async fn next_change(w: &mut fitz::kv::KvWatch) -> fitz::kv::KvChange {
-    tokio::time::timeout(WAIT, w.next())
-        .await
-        .expect("no change within 10 s")
-        .expect("watch ended")
-        .expect("watch error")
-}
-
-fn code(e: &fitz::Error) -> Option<u32> {
-    assert_eq!(e.kind(), ErrorKind::Broker, "{e}");
-    e.code()
-}
+use fitz::{Client, ErrorKind, codes};
+use fitz_tests::{
+    Brokers, BrokersExt, Transport, WAIT, broker_code as code, connected, connected_with,
+    next_item as next_change, realm, reconnected, wait_event,
+};
+use futures_util::TryStreamExt;
 
 /// Writes `n` keys `k000…` with `value_len`-byte values and commits.
 async fn seed(client: &Client, route: &str, n: usize, value_len: usize) -> Vec<Vec<u8>> {
@@ -96,12 +36,10 @@ async fn scan_keys(tx: &mut fitz::kv::Transaction, options: ScanOptions) -> Vec<
 #[tokio::test]
 async fn every_operation_over_tcp_and_websocket() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let client = connected(url).await;
-        let route = format!("kv://test/ops/r{i}");
+        let route = format!("kv://{}/ops/r", realm("kv"));
         let mut tx = client.kv().begin(&route, TxMode::ReadWrite).await.unwrap();
         assert_eq!(tx.route(), route);
         assert_eq!(tx.mode(), TxMode::ReadWrite);
@@ -160,23 +98,28 @@ async fn broker_errors_are_typed_and_bad_routes_never_leave() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
     let kv = client.kv();
+    let test = realm("kv");
     for bad in [
-        "kv://test/errs",
-        "kv://test/errs/r/extra",
-        "kv://test/*/r",
-        "queue://test/errs/r",
-        "kv://test//r",
-        "kv:/test/errs/r",
+        format!("kv://{test}/errs"),
+        format!("kv://{test}/errs/r/extra"),
+        format!("kv://{test}/*/r"),
+        format!("queue://{test}/errs/r"),
+        format!("kv://{test}//r"),
+        format!("kv:/{test}/errs/r"),
     ] {
-        let e = kv.begin(bad, TxMode::ReadOnly).await.unwrap_err();
+        let e = kv.begin(&bad, TxMode::ReadOnly).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
     }
-    for bad in ["kv://test/*/r/x", "kv://test/ab*", "notice://test/**"] {
-        let e = kv.watch(bad).await.unwrap_err();
+    for bad in [
+        format!("kv://{test}/*/r/x"),
+        format!("kv://{test}/ab*"),
+        format!("notice://{test}/**"),
+    ] {
+        let e = kv.watch(&bad).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
     }
 
-    let route = "kv://test/errs/r";
+    let route = &format!("kv://{test}/errs/r");
     // 1005: writes in a read-only transaction.
     let mut ro = kv.begin(route, TxMode::ReadOnly).await.unwrap();
     let e = ro.put("k", "v").await.unwrap_err();
@@ -223,17 +166,18 @@ async fn broker_errors_are_typed_and_bad_routes_never_leave() {
 
 #[tokio::test]
 async fn an_idle_transaction_expires_on_the_broker_with_1001() {
-    let clock = Clock::manual(SystemTime::now());
-    let broker = Broker::builder()
-        .bind_addr(std::net::Ipv4Addr::LOCALHOST)
-        .tcp_port(0)
-        .http_port(0)
-        .auth(AuthConfig::anonymous())
-        .clock(clock.clone())
-        .kv_idle_transaction_ttl(Duration::from_secs(5))
-        .start()
-        .await
-        .unwrap();
+    let clock = fitz_broker::Clock::manual(std::time::SystemTime::now());
+    let Some(broker) = fitz_tests::embedded_with(
+        "a 5 s idle-transaction TTL on a manual clock (external brokers use 300 s)",
+        |b| {
+            b.clock(clock.clone())
+                .kv_idle_transaction_ttl(Duration::from_secs(5))
+        },
+    )
+    .await
+    else {
+        return;
+    };
     let client = connected(&broker.tcp_url()).await;
     let route = "kv://test/idle/r";
     let mut tx = client.kv().begin(route, TxMode::ReadWrite).await.unwrap();
@@ -265,18 +209,15 @@ async fn an_idle_transaction_expires_on_the_broker_with_1001() {
 #[tokio::test]
 async fn scans_page_in_both_directions_with_limits_and_ranges() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
-        let client = connected(url).await;
+    for t in Transport::BOTH {
+        let client = connected(brokers.anon_url(t)).await;
         assert!(
             client
                 .server_capabilities()
                 .unwrap()
                 .contains(fitz::Capabilities::KV_SCAN_EXCLUSIVE)
         );
-        let route = format!("kv://test/scan/r{i}");
+        let route = format!("kv://{}/scan/r", realm("kv"));
         let keys = seed(&client, &route, 45, 16).await;
         let mut rev = keys.clone();
         rev.reverse();
@@ -336,7 +277,7 @@ async fn scans_page_in_both_directions_with_limits_and_ranges() {
 async fn byte_bounded_pages_are_followed_without_a_limit() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
-    let route = "kv://test/scan/big";
+    let route = &format!("kv://{}/scan/big", realm("kv"));
     // 20 KiB values: about three per 64 KiB page.
     let keys = seed(&client, route, 12, 20 * 1024).await;
     let mut tx = client.kv().begin(route, TxMode::ReadOnly).await.unwrap();
@@ -355,7 +296,7 @@ async fn byte_bounded_pages_are_followed_without_a_limit() {
 async fn a_dropped_transaction_rolls_back_and_frees_the_lock() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
-    let route = "kv://test/drop/r";
+    let route = &format!("kv://{}/drop/r", realm("kv"));
     {
         let mut tx = client.kv().begin(route, TxMode::ReadWrite).await.unwrap();
         tx.put("k", "uncommitted").await.unwrap();
@@ -377,16 +318,10 @@ async fn a_dropped_transaction_rolls_back_and_frees_the_lock() {
 #[tokio::test]
 async fn a_transaction_is_stale_after_a_reconnect() {
     let brokers = Brokers::start().await.unwrap();
-    for ws in [false, true] {
-        let upstream = if ws {
-            brokers.anon_ws_addr()
-        } else {
-            brokers.anon_tcp_addr()
-        };
-        let proxy = Proxy::start(upstream.unwrap()).await.unwrap();
-        let url = if ws { proxy.ws_url() } else { proxy.tcp_url() };
-        let client = via_proxy(url).await;
-        let route = "kv://test/stale/r";
+    for t in Transport::BOTH {
+        let (proxy, url) = brokers.anon_proxy(t).await;
+        let client = connected(&url).await;
+        let route = &format!("kv://{}/stale/r", realm("kv"));
         let mut tx = client.kv().begin(route, TxMode::ReadWrite).await.unwrap();
         tx.put("k", "v").await.unwrap();
         let mut events = client.events();
@@ -410,26 +345,18 @@ async fn a_transaction_is_stale_after_a_reconnect() {
 #[tokio::test]
 async fn a_commit_in_flight_during_a_cut_may_have_been_applied() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let client = via_proxy(proxy.tcp_url()).await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
     let mut tx = client
         .kv()
-        .begin("kv://test/cut/r", TxMode::ReadWrite)
+        .begin(&format!("kv://{}/cut/r", realm("kv")), TxMode::ReadWrite)
         .await
         .unwrap();
     tx.put("k", "v").await.unwrap();
     proxy.blackhole(true);
     let committing = tokio::spawn(tx.commit(Durability::Sync));
     // Correlated requests are written as soon as the actor admits them.
-    tokio::time::timeout(WAIT, async {
-        while client.debug_snapshot().await.unwrap().pending == 0 {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    })
-    .await
-    .unwrap();
+    fitz_tests::until_pending(&client, 1).await;
     proxy.cut_all();
     proxy.blackhole(false);
     let e = committing.await.unwrap().unwrap_err();
@@ -443,58 +370,40 @@ async fn a_commit_in_flight_during_a_cut_may_have_been_applied() {
 #[tokio::test]
 async fn a_watch_is_restored_on_the_same_handle_after_a_cut() {
     let brokers = Brokers::start().await.unwrap();
-    for ws in [false, true] {
-        let upstream = if ws {
-            brokers.anon_ws_addr()
-        } else {
-            brokers.anon_tcp_addr()
-        };
-        let proxy = Proxy::start(upstream.unwrap()).await.unwrap();
-        let url = if ws { proxy.ws_url() } else { proxy.tcp_url() };
-        let watcher = via_proxy(url).await;
+    for t in Transport::BOTH {
+        let (proxy, url) = brokers.anon_proxy(t).await;
+        let watcher = connected(&url).await;
         let writer = connected(&brokers.anon_tcp).await;
-        let mut watch = watcher.kv().watch("kv://test/watch/*").await.unwrap();
-        assert_eq!(watch.pattern(), "kv://test/watch/*");
+        let test = realm("kv");
+        let (a, b) = (
+            format!("kv://{test}/watch/a"),
+            format!("kv://{test}/watch/b"),
+        );
+        let pattern = format!("kv://{test}/watch/*");
+        let mut watch = watcher.kv().watch(&pattern).await.unwrap();
+        assert_eq!(watch.pattern(), pattern);
 
-        let mut tx = writer
-            .kv()
-            .begin("kv://test/watch/a", TxMode::ReadWrite)
-            .await
-            .unwrap();
+        let mut tx = writer.kv().begin(&a, TxMode::ReadWrite).await.unwrap();
         tx.put("x", "1").await.unwrap();
         tx.put("y", "2").await.unwrap();
         tx.commit(Durability::Buffered).await.unwrap();
         let change = next_change(&mut watch).await;
-        assert_eq!(change.route(), "kv://test/watch/a");
+        assert_eq!(change.route(), a);
         assert_eq!(change.mutation_count(), 2);
 
         // A commit that changes nothing is not reported; a rollback neither.
-        let tx = writer
-            .kv()
-            .begin("kv://test/watch/a", TxMode::ReadWrite)
-            .await
-            .unwrap();
+        let tx = writer.kv().begin(&a, TxMode::ReadWrite).await.unwrap();
         tx.commit(Durability::Buffered).await.unwrap();
 
         let mut events = watcher.events();
         proxy.cut_all();
-        match wait_event(&mut events, |e| matches!(e, Event::Restored { .. })).await {
-            Event::Restored { count } => assert_eq!(count, 1),
-            _ => unreachable!(),
-        }
-        let mut tx = writer
-            .kv()
-            .begin("kv://test/watch/b", TxMode::ReadWrite)
-            .await
-            .unwrap();
+        assert_eq!(fitz_tests::restored(&mut events).await, 1);
+        let mut tx = writer.kv().begin(&b, TxMode::ReadWrite).await.unwrap();
         tx.delete_range("a".."z").await.unwrap();
         tx.put("z", "1").await.unwrap();
         tx.commit(Durability::Sync).await.unwrap();
         let change = next_change(&mut watch).await;
-        assert_eq!(
-            (change.route(), change.mutation_count()),
-            ("kv://test/watch/b", 1)
-        );
+        assert_eq!((change.route(), change.mutation_count()), (b.as_str(), 1));
         watch.unsubscribe().await.unwrap();
         writer.close().await;
         watcher.close().await;
@@ -506,37 +415,29 @@ async fn a_watch_is_restored_on_the_same_handle_after_a_cut() {
 async fn watches_of_one_pattern_share_a_registration() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
-    let mut a = client.kv().watch("kv://test/shared/**").await.unwrap();
-    let mut b = client.kv().watch("kv://test/shared/**").await.unwrap();
+    let test = realm("kv");
+    let pattern = format!("kv://{test}/shared/**");
+    let route = format!("kv://{test}/shared/r");
+    let mut a = client.kv().watch(&pattern).await.unwrap();
+    let mut b = client.kv().watch(&pattern).await.unwrap();
     assert_ne!(a.id(), b.id());
     assert_eq!(client.debug_snapshot().await.unwrap().registrations, 1);
-    let mut tx = client
-        .kv()
-        .begin("kv://test/shared/r", TxMode::ReadWrite)
-        .await
-        .unwrap();
+    let mut tx = client.kv().begin(&route, TxMode::ReadWrite).await.unwrap();
     tx.put("k", "v").await.unwrap();
     tx.commit(Durability::Buffered).await.unwrap();
     next_change(&mut a).await;
     next_change(&mut b).await;
     // Unsubscribing one leaves the other working.
     a.unsubscribe().await.unwrap();
-    let mut tx = client
-        .kv()
-        .begin("kv://test/shared/r", TxMode::ReadWrite)
-        .await
-        .unwrap();
+    let mut tx = client.kv().begin(&route, TxMode::ReadWrite).await.unwrap();
     tx.put("k", "w").await.unwrap();
     tx.commit(Durability::Buffered).await.unwrap();
     next_change(&mut b).await;
     drop(b);
-    tokio::time::timeout(WAIT, async {
-        while client.debug_snapshot().await.unwrap().registrations != 0 {
-            tokio::task::yield_now().await;
-        }
+    fitz_tests::until("the last watch's drop unsubscribes", || async {
+        client.debug_snapshot().await.unwrap().registrations == 0
     })
-    .await
-    .expect("the last watch's drop never unsubscribed");
+    .await;
     client.close().await;
     brokers.shutdown().await;
 }
@@ -544,31 +445,31 @@ async fn watches_of_one_pattern_share_a_registration() {
 #[tokio::test]
 async fn a_scoped_token_is_refused_with_1011() {
     let brokers = Brokers::start().await.unwrap();
-    for url in [&brokers.auth_tcp, &brokers.auth_ws] {
-        let token = jwt::scoped_token(&["kv://scoped/**#read"]);
-        let client = Client::builder(url.as_str(), StaticToken::new(token))
-            .build()
-            .unwrap();
-        client.connect().await.unwrap();
+    for t in Transport::BOTH {
+        let (scoped, other) = (realm("scoped"), realm("other"));
+        let token = brokers.scoped_token(&[&format!("kv://{scoped}/**#read")]);
+        let client = connected_with(brokers.auth_url(t), token).await;
         let kv = client.kv();
-        let mut ro = kv.begin("kv://scoped/a/r", TxMode::ReadOnly).await.unwrap();
+        let mut ro = kv
+            .begin(&format!("kv://{scoped}/a/r"), TxMode::ReadOnly)
+            .await
+            .unwrap();
         assert_eq!(ro.get("k").await.unwrap(), None);
         ro.rollback().await.unwrap();
         for (route, mode) in [
-            ("kv://scoped/a/r", TxMode::ReadWrite),
-            ("kv://other/a/r", TxMode::ReadOnly),
+            (format!("kv://{scoped}/a/r"), TxMode::ReadWrite),
+            (format!("kv://{other}/a/r"), TxMode::ReadOnly),
         ] {
-            let e = kv.begin(route, mode).await.unwrap_err();
+            let e = kv.begin(&route, mode).await.unwrap_err();
             assert_eq!(code(&e), Some(codes::KV_UNAUTHORIZED), "{route}");
         }
-        let e = kv.watch("kv://other/**").await.unwrap_err();
+        let e = kv.watch(&format!("kv://{other}/**")).await.unwrap_err();
         assert_eq!(code(&e), Some(codes::KV_UNAUTHORIZED));
         client.close().await;
     }
     brokers.shutdown().await;
 }
 
-#[cfg(feature = "serde")]
 #[tokio::test]
 async fn json_helpers_round_trip() {
     #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
@@ -579,7 +480,7 @@ async fn json_helpers_round_trip() {
     let client = connected(&brokers.anon_tcp).await;
     let mut tx = client
         .kv()
-        .begin("kv://test/json/r", TxMode::ReadWrite)
+        .begin(&format!("kv://{}/json/r", realm("kv")), TxMode::ReadWrite)
         .await
         .unwrap();
     let cart = Cart {

@@ -5,61 +5,24 @@
 //! test moves: no test sleeps to let a lease run out.
 
 use std::collections::HashSet;
-use std::net::{IpAddr, Ipv4Addr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use fitz::queue::{
     EnqueueOptions, QueueAvailability, QueueSubscription, Reservation, ReserveOptions,
     WorkerOptions, WorkerStats,
 };
-use fitz::{Client, ErrorKind, Event, ReconnectPolicy, StaticToken};
-use fitz_broker::{AuthConfig, Broker, Clock};
-use fitz_testkit::{Brokers, Proxy, jwt};
-use futures_util::StreamExt;
+use fitz::{Client, ErrorKind, Event};
+use fitz_broker::Broker;
+use fitz_tests::{
+    Brokers, BrokersExt, Timed, Transport, WAIT, connected, connected_with, realm, reconnected,
+    wait_event,
+};
 use tokio::sync::{Semaphore, mpsc, watch};
 
-const WAIT: Duration = Duration::from_secs(10);
-
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        ..ReconnectPolicy::default()
-    }
-}
-
-async fn connected(url: &str) -> Client {
-    let c = Client::anonymous(url).unwrap();
-    c.connect().await.unwrap();
-    c
-}
-
-/// A client through `proxy` that reconnects quickly.
-async fn proxied(proxy: &fitz_testkit::ProxyHandle) -> Client {
-    let c = Client::builder(proxy.tcp_url(), StaticToken::anonymous())
-        .reconnect(fast_reconnect())
-        .build()
-        .unwrap();
-    c.connect().await.unwrap();
-    c
-}
-
-/// An anonymous embedded broker whose clock only moves when told to.
-async fn manual_broker() -> (Broker, Clock) {
-    let clock = Clock::manual(SystemTime::now());
-    let broker = Broker::builder()
-        .bind_addr(IpAddr::V4(Ipv4Addr::LOCALHOST))
-        .tcp_port(0)
-        .http_port(0)
-        .auth(AuthConfig::anonymous())
-        .clock(clock.clone())
-        .start()
-        .await
-        .unwrap();
-    (broker, clock)
-}
+/// Why the time-dependent tests need a [`Timed`] broker.
+const TIMED: &str = "queue delays and lease expiry run on broker time";
 
 fn opts(batch: u32) -> ReserveOptions {
     ReserveOptions {
@@ -76,25 +39,7 @@ fn lease(seconds: u64) -> ReserveOptions {
 }
 
 async fn next_hint(sub: &mut QueueSubscription) -> QueueAvailability {
-    tokio::time::timeout(WAIT, sub.next())
-        .await
-        .expect("no availability notification within 10 s")
-        .expect("stream ended")
-        .expect("stream error")
-}
-
-async fn wait_event(events: &mut fitz::Events, pred: impl Fn(&Event) -> bool) {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(ev) if pred(&ev) => return,
-                Some(_) => {}
-                None => panic!("events ended"),
-            }
-        }
-    })
-    .await
-    .expect("event never came");
+    fitz_tests::next_item(sub).await
 }
 
 async fn stats_until(
@@ -116,13 +61,10 @@ async fn assert_empty(client: &Client, pattern: &str) {
 /// Until the broker has a RESERVE parked (embedded broker only).
 async fn until_parked(broker: Option<&Broker>, n: usize) {
     let Some(broker) = broker else { return };
-    tokio::time::timeout(WAIT, async {
-        while broker.engines().queue.stats().parked < n {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
+    fitz_tests::until("the RESERVE parks", || async {
+        broker.engines().queue.stats().parked >= n
     })
-    .await
-    .expect("the RESERVE never parked");
+    .await;
 }
 
 // ----- operations -----
@@ -130,13 +72,11 @@ async fn until_parked(broker: Option<&Broker>, n: usize) {
 #[tokio::test]
 async fn every_operation_round_trips_over_tcp_and_websocket() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let client = connected(url).await;
         let q = client.queue();
-        let route = format!("queue://ops{i}/area/jobs");
+        let route = format!("queue://{}/area/jobs", realm("ops"));
         let first = q.enqueue(&route, "one").await.unwrap();
         let second = q.enqueue(&route, &b"two"[..]).await.unwrap();
         assert_ne!(first, second);
@@ -155,7 +95,6 @@ async fn every_operation_round_trips_over_tcp_and_websocket() {
         assert_empty(&client, &route).await;
 
         // Typed bodies.
-        #[cfg(feature = "serde")]
         {
             #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
             struct Job {
@@ -181,13 +120,11 @@ async fn every_operation_round_trips_over_tcp_and_websocket() {
 #[tokio::test]
 async fn a_wildcard_reserve_names_the_concrete_queues() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let client = connected(url).await;
         let q = client.queue();
-        let realm = format!("wild{i}");
+        let realm = realm("wild");
         let a = format!("queue://{realm}/a/jobs");
         let b = format!("queue://{realm}/b/jobs");
         let other = format!("queue://{realm}/a/other");
@@ -223,7 +160,7 @@ async fn batches_take_the_oldest_first_and_never_more_than_asked() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
     let q = client.queue();
-    let route = "queue://batch/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("batch"));
     let mut ids = Vec::new();
     for n in 0..5 {
         ids.push(q.enqueue(route, format!("m{n}")).await.unwrap());
@@ -243,13 +180,11 @@ async fn batches_take_the_oldest_first_and_never_more_than_asked() {
 #[tokio::test]
 async fn a_long_poll_is_answered_by_the_next_enqueue() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let consumer = connected(url).await;
         let producer = connected(url).await;
-        let route = format!("queue://poll{i}/area/jobs");
+        let route = format!("queue://{}/area/jobs", realm("poll"));
         let q = consumer.queue();
         let r2 = route.clone();
         let polling = tokio::spawn(async move {
@@ -285,19 +220,20 @@ async fn bad_input_fails_locally_or_with_the_brokers_code() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
     let q = client.queue();
-    let route = "queue://errors/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("errors"));
 
     // Checked locally: nothing is sent.
+    let errors = route.split('/').nth(2).unwrap();
     for bad in [
-        "queue://errors/area",
-        "queue://errors/*/jobs",
-        "kv://errors/area/jobs",
+        format!("queue://{errors}/area"),
+        format!("queue://{errors}/*/jobs"),
+        format!("kv://{errors}/area/jobs"),
     ] {
-        let e = q.enqueue(bad, "x").await.unwrap_err();
+        let e = q.enqueue(&bad, "x").await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}");
     }
     let e = q
-        .reserve("queue://errors/area/*/*", opts(1))
+        .reserve(&format!("queue://{errors}/area/*/*"), opts(1))
         .await
         .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::InvalidArgument);
@@ -317,20 +253,22 @@ async fn bad_input_fails_locally_or_with_the_brokers_code() {
     client.close().await;
 
     // 4009: a token that may only read the queue domain.
-    let reader = Client::builder(
-        brokers.auth_tcp.as_str(),
-        StaticToken::new(jwt::scoped_token(&["queue://**#read"])),
+    let reader = connected_with(
+        &brokers.auth_tcp,
+        brokers.scoped_token(&["queue://**#read"]),
     )
-    .build()
-    .unwrap();
-    reader.connect().await.unwrap();
+    .await;
     let e = reader.queue().enqueue(route, "x").await.unwrap_err();
     assert_eq!((e.kind(), e.code()), (ErrorKind::Broker, Some(4009)), "{e}");
     assert!(!e.is_retryable() && !e.maybe_applied());
     let e = reader.queue().reserve(route, opts(1)).await.unwrap_err();
     assert_eq!(e.code(), Some(4009), "{e}");
     // Watching is reading.
-    let sub = reader.queue().subscribe("queue://errors/**").await.unwrap();
+    let sub = reader
+        .queue()
+        .subscribe(&format!("queue://{errors}/**"))
+        .await
+        .unwrap();
     sub.unsubscribe().await.unwrap();
     reader.close().await;
     brokers.shutdown().await;
@@ -340,11 +278,14 @@ async fn bad_input_fails_locally_or_with_the_brokers_code() {
 
 #[tokio::test]
 async fn a_delayed_message_becomes_visible_when_its_delay_is_over() {
-    let (broker, clock) = manual_broker().await;
-    for (i, url) in [broker.tcp_url(), broker.ws_url()].into_iter().enumerate() {
-        let client = connected(&url).await;
+    let Some(broker) = Timed::start(TIMED).await else {
+        return;
+    };
+    for t in Transport::BOTH {
+        let url = broker.url(t);
+        let client = connected(url).await;
         let q = client.queue();
-        let route = format!("queue://delay{i}/area/jobs");
+        let route = format!("queue://{}/area/jobs", realm("delay"));
         let id = q
             .enqueue_with(
                 &route,
@@ -355,9 +296,9 @@ async fn a_delayed_message_becomes_visible_when_its_delay_is_over() {
             .unwrap();
         let mut watch = q.subscribe(&route).await.unwrap();
         assert_empty(&client, &route).await;
-        clock.advance(Duration::from_secs(4));
+        broker.clock.advance(Duration::from_secs(4)).await;
         assert_empty(&client, &route).await;
-        clock.advance(Duration::from_secs(1));
+        broker.clock.advance(Duration::from_secs(1)).await;
         // The queue gained ready work: the watch says so, RESERVE gets it.
         let hint = next_hint(&mut watch).await;
         assert_eq!(hint.route(), route);
@@ -372,15 +313,17 @@ async fn a_delayed_message_becomes_visible_when_its_delay_is_over() {
 
 #[tokio::test]
 async fn an_expired_reservation_is_delivered_again_and_its_token_is_dead() {
-    let (broker, clock) = manual_broker().await;
-    let client = connected(&broker.tcp_url()).await;
+    let Some(broker) = Timed::start(TIMED).await else {
+        return;
+    };
+    let client = connected(&broker.tcp.clone()).await;
     let q = client.queue();
-    let route = "queue://expiry/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("expiry"));
     let id = q.enqueue(route, "x").await.unwrap();
     let old = q.reserve(route, lease(2)).await.unwrap().pop().unwrap();
     assert_empty(&client, route).await;
 
-    clock.advance(Duration::from_secs(3));
+    broker.clock.advance(Duration::from_secs(3)).await;
     let again = q.reserve(route, lease(30)).await.unwrap().pop().unwrap();
     assert_eq!(again.id(), id, "the same message, delivered again");
 
@@ -399,7 +342,7 @@ async fn an_expired_reservation_is_delivered_again_and_its_token_is_dead() {
     // A rejected COMPLETE hands the reservation back; the live one completes.
     assert_eq!(failed.into_reservation().id(), id);
     again.complete().await.unwrap();
-    clock.advance(Duration::from_secs(60));
+    broker.clock.advance(Duration::from_secs(60)).await;
     assert_empty(&client, route).await;
     client.close().await;
     broker.shutdown().await;
@@ -407,19 +350,21 @@ async fn an_expired_reservation_is_delivered_again_and_its_token_is_dead() {
 
 #[tokio::test]
 async fn extending_keeps_a_reservation_past_its_first_lease() {
-    let (broker, clock) = manual_broker().await;
-    let client = connected(&broker.tcp_url()).await;
-    let other = connected(&broker.ws_url()).await;
+    let Some(broker) = Timed::start(TIMED).await else {
+        return;
+    };
+    let client = connected(&broker.tcp.clone()).await;
+    let other = connected(&broker.ws.clone()).await;
     let q = client.queue();
-    let route = "queue://extend/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("extend"));
     q.enqueue(route, "x").await.unwrap();
     let r = q.reserve(route, lease(3)).await.unwrap().pop().unwrap();
-    clock.advance(Duration::from_secs(2));
+    broker.clock.advance(Duration::from_secs(2)).await;
     r.extend(Duration::from_secs(3)).await.unwrap();
-    clock.advance(Duration::from_secs(2)); // 4 s: past the first lease
+    broker.clock.advance(Duration::from_secs(2)).await; // 4 s: past the first lease
     assert_empty(&other, route).await;
     r.complete().await.unwrap();
-    clock.advance(Duration::from_secs(10));
+    broker.clock.advance(Duration::from_secs(10)).await;
     assert_empty(&other, route).await;
     client.close().await;
     other.close().await;
@@ -431,12 +376,10 @@ async fn extending_keeps_a_reservation_past_its_first_lease() {
 #[tokio::test]
 async fn reservations_die_with_their_session_and_the_broker_releases_them() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let client = proxied(&proxy).await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
     let other = connected(&brokers.anon_ws).await;
-    let route = "queue://stale/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("stale"));
     let id = client.queue().enqueue(route, "x").await.unwrap();
     let r = client
         .queue()
@@ -449,16 +392,7 @@ async fn reservations_die_with_their_session_and_the_broker_releases_them() {
 
     let mut events = client.events();
     proxy.cut_all();
-    wait_event(&mut events, |e| {
-        matches!(
-            e,
-            Event::Connected {
-                reconnected: true,
-                ..
-            }
-        )
-    })
-    .await;
+    wait_event(&mut events, reconnected).await;
     assert!(r.is_stale());
     let e = r.extend(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale);
@@ -488,21 +422,24 @@ async fn reservations_die_with_their_session_and_the_broker_releases_them() {
 #[tokio::test]
 async fn the_availability_watch_reports_ready_queues_and_survives_a_cut() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let client = proxied(&proxy).await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
     let producer = connected(&brokers.anon_tcp).await;
     let p = producer.queue();
+    let avail = realm("avail");
     let (a, b, c) = (
-        "queue://avail/a/jobs",
-        "queue://avail/b/jobs",
-        "queue://avail/c/jobs",
+        &format!("queue://{avail}/a/jobs"),
+        &format!("queue://{avail}/b/jobs"),
+        &format!("queue://{avail}/c/jobs"),
     );
     p.enqueue(a, "1").await.unwrap();
 
     // Right after subscribing: the queues that already have ready work.
-    let mut watch = client.queue().subscribe("queue://avail/**").await.unwrap();
+    let mut watch = client
+        .queue()
+        .subscribe(&format!("queue://{avail}/**"))
+        .await
+        .unwrap();
     let first = next_hint(&mut watch).await;
     assert_eq!(first.route(), a);
     let counters = first.counters().expect("this broker sends counters");
@@ -535,16 +472,14 @@ async fn the_availability_watch_reports_ready_queues_and_survives_a_cut() {
 #[tokio::test]
 async fn requests_in_flight_during_a_cut_fail_with_maybe_applied() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let client = proxied(&proxy).await;
-    let route = "queue://cut/area/jobs";
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
+    let route = format!("queue://{}/area/jobs", realm("cut"));
 
     // An ENQUEUE written but unanswered: it may have been stored.
     proxy.blackhole(true);
     let q = client.queue();
-    let enqueue = tokio::spawn(async move { q.enqueue(route, "x").await });
+    let enqueue = tokio::spawn(async move { q.enqueue(&route, "x").await });
     tokio::time::timeout(WAIT, async {
         while client.debug_snapshot().await.unwrap().pending == 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
@@ -563,7 +498,7 @@ async fn requests_in_flight_during_a_cut_fail_with_maybe_applied() {
     let q = client.queue();
     let polling = tokio::spawn(async move {
         q.reserve(
-            "queue://cut/other/jobs",
+            &format!("queue://{}/other/jobs", realm("cut")),
             ReserveOptions {
                 wait: Duration::from_secs(30),
                 ..ReserveOptions::default()
@@ -602,12 +537,11 @@ impl Gauge {
 #[tokio::test]
 async fn the_worker_completes_on_ok_within_its_concurrency() {
     let brokers = Brokers::start().await.unwrap();
-    for (i, url) in [&brokers.anon_tcp, &brokers.anon_ws]
-        .into_iter()
-        .enumerate()
-    {
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let client = connected(url).await;
-        let route = format!("queue://work{i}/area/jobs");
+        let work = realm("work");
+        let route = format!("queue://{work}/area/jobs");
         for n in 0..10 {
             client
                 .queue()
@@ -621,7 +555,7 @@ async fn the_worker_completes_on_ok_within_its_concurrency() {
         let (g, s) = (gauge.clone(), gate.clone());
         let worker = client
             .queue()
-            .worker(&format!("queue://work{i}/*/jobs"), 3, move |_msg| {
+            .worker(&format!("queue://{work}/*/jobs"), 3, move |_msg| {
                 let (gauge, gate, entered) = (g.clone(), s.clone(), entered_tx.clone());
                 async move {
                     gauge.enter();
@@ -657,9 +591,11 @@ async fn the_worker_completes_on_ok_within_its_concurrency() {
 
 #[tokio::test]
 async fn a_failed_handler_gets_the_message_again_after_its_lease() {
-    let (broker, clock) = manual_broker().await;
-    let client = connected(&broker.tcp_url()).await;
-    let route = "queue://retry/area/jobs";
+    let Some(broker) = Timed::start(TIMED).await else {
+        return;
+    };
+    let client = connected(&broker.tcp.clone()).await;
+    let route = &format!("queue://{}/area/jobs", realm("retry"));
     let attempts = Arc::new(Mutex::new(Vec::new()));
     let a = attempts.clone();
     let worker = client
@@ -686,11 +622,11 @@ async fn a_failed_handler_gets_the_message_again_after_its_lease() {
     stats_until(&mut stats, |s| s.failed == 1).await;
     // Left to expire: nobody gets it while its lease runs.
     assert_empty(&client, route).await;
-    clock.advance(Duration::from_secs(3));
+    broker.clock.advance(Duration::from_secs(3)).await;
     let s = stats_until(&mut stats, |s| s.completed == 1).await;
     assert_eq!((s.failed, s.reserved), (1, 2));
     assert_eq!(*attempts.lock().unwrap(), [id, id]);
-    clock.advance(Duration::from_secs(60));
+    broker.clock.advance(Duration::from_secs(60)).await;
     assert_empty(&client, route).await;
     worker.shutdown().await;
     client.close().await;
@@ -699,10 +635,12 @@ async fn a_failed_handler_gets_the_message_again_after_its_lease() {
 
 #[tokio::test]
 async fn the_worker_extends_the_lease_of_a_long_handler() {
-    let (broker, clock) = manual_broker().await;
-    let client = connected(&broker.tcp_url()).await;
-    let other = connected(&broker.tcp_url()).await;
-    let route = "queue://long/area/jobs";
+    let Some(broker) = Timed::start(TIMED).await else {
+        return;
+    };
+    let client = connected(&broker.tcp.clone()).await;
+    let other = connected(&broker.tcp.clone()).await;
+    let route = &format!("queue://{}/area/jobs", realm("long"));
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
     let worker = client
@@ -728,7 +666,7 @@ async fn the_worker_extends_the_lease_of_a_long_handler() {
     stats_until(&mut stats, |s| s.running == 1).await;
     // Past the first lease twice over, renewed each time in between.
     for _ in 0..3 {
-        clock.advance(Duration::from_secs(2));
+        broker.clock.advance(Duration::from_secs(2)).await;
         let before = stats.borrow().extended;
         stats_until(&mut stats, |s| s.extended > before).await;
     }
@@ -736,7 +674,7 @@ async fn the_worker_extends_the_lease_of_a_long_handler() {
     gate.add_permits(1);
     let s = stats_until(&mut stats, |s| s.completed == 1).await;
     assert_eq!(s.failed + s.abandoned, 0);
-    clock.advance(Duration::from_secs(60));
+    broker.clock.advance(Duration::from_secs(60)).await;
     assert_empty(&other, route).await;
     worker.shutdown().await;
     client.close().await;
@@ -747,12 +685,10 @@ async fn the_worker_extends_the_lease_of_a_long_handler() {
 #[tokio::test]
 async fn the_worker_keeps_working_across_a_cut() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let client = proxied(&proxy).await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
     let producer = connected(&brokers.anon_tcp).await;
-    let route = "queue://survive/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("survive"));
     let gate = Arc::new(Semaphore::new(0));
     let (seen_tx, mut seen) = mpsc::unbounded_channel();
     let g = gate.clone();
@@ -810,7 +746,7 @@ async fn shutdown_drains_running_handlers_and_hands_late_work_back() {
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_tcp).await;
     let other = connected(&brokers.anon_ws).await;
-    let route = "queue://drain/area/jobs";
+    let route = &format!("queue://{}/area/jobs", realm("drain"));
     let gate = Arc::new(Semaphore::new(0));
     let g = gate.clone();
     let worker = client
@@ -862,7 +798,6 @@ async fn shutdown_drains_running_handlers_and_hands_late_work_back() {
     brokers.shutdown().await;
 }
 
-#[cfg(feature = "serde")]
 #[tokio::test]
 async fn a_typed_worker_gets_parsed_bodies() {
     #[derive(serde::Serialize, serde::Deserialize, Debug, Clone, PartialEq)]
@@ -871,7 +806,7 @@ async fn a_typed_worker_gets_parsed_bodies() {
     }
     let brokers = Brokers::start().await.unwrap();
     let client = connected(&brokers.anon_ws).await;
-    let route = "queue://typed/area/invoices";
+    let route = &format!("queue://{}/area/invoices", realm("typed"));
     let (tx, mut rx) = mpsc::unbounded_channel();
     let worker = client
         .queue()

@@ -2,34 +2,15 @@
 //! `fitz_testkit::fixture`), over TCP and WebSocket, directly and through
 //! the disconnect proxy.
 
-use std::time::Duration;
-
 use fitz::stream::{
     AppendOptions, CommitEvent, Durability, Filter, FilterReason, ReadOptions, SelectorScope,
     StreamItem, StreamRecord,
 };
-use fitz::{Client, ErrorKind, Event, ReconnectPolicy, StaticToken, codes};
-use fitz_testkit::{Brokers, Proxy, jwt};
+use fitz::{Client, ErrorKind, Event, codes};
+use fitz_tests::{
+    Brokers, BrokersExt, Transport, connected, connected_with, next_item as next, realm, wait_event,
+};
 use futures_util::{StreamExt, TryStreamExt};
-
-const WAIT: Duration = Duration::from_secs(10);
-
-fn fast_reconnect() -> ReconnectPolicy {
-    ReconnectPolicy {
-        base_delay: Duration::from_millis(20),
-        max_delay: Duration::from_millis(200),
-        ..ReconnectPolicy::default()
-    }
-}
-
-async fn connected(url: &str) -> Client {
-    let c = Client::builder(url, StaticToken::anonymous())
-        .reconnect(fast_reconnect())
-        .build()
-        .unwrap();
-    c.connect().await.unwrap();
-    c
-}
 
 /// Commits `bodies` to `route` in one batch.
 async fn commit(client: &Client, route: &str, bodies: &[&str]) {
@@ -52,35 +33,38 @@ fn body(r: &StreamRecord) -> String {
     String::from_utf8(r.body().to_vec()).unwrap()
 }
 
-async fn wait_event(events: &mut fitz::Events, pred: impl Fn(&Event) -> bool) -> Event {
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.recv().await {
-                Some(ev) if pred(&ev) => return ev,
-                Some(_) => {}
-                None => panic!("events ended"),
-            }
-        }
-    })
-    .await
-    .expect("event never came")
+/// The global offset after the last record of the route family: where a
+/// family-wide replay of what a test commits from now on starts (0 on an
+/// embedded broker; whatever earlier runs left on an external one).
+async fn global_end(client: &Client) -> u64 {
+    let pages: Vec<_> = client
+        .stream()
+        .read_pages("stream://**", 0, ReadOptions::new())
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    pages.last().map_or(0, |p| p.next_offset())
 }
 
-async fn next<T>(s: &mut (impl futures_util::Stream<Item = fitz::Result<T>> + Unpin)) -> T {
-    tokio::time::timeout(WAIT, s.next())
-        .await
-        .expect("nothing within 10 s")
-        .expect("stream ended")
-        .expect("stream error")
+/// Whether `route` is under one of `realms`.
+fn under(route: &str, realms: &[&str]) -> bool {
+    realms
+        .iter()
+        .any(|r| route.starts_with(&format!("stream://{r}/")))
 }
 
 #[tokio::test]
 async fn append_commit_read_round_trip_over_tcp_and_websocket() {
     let brokers = Brokers::start().await.unwrap();
-    for (url, realm) in [(&brokers.anon_tcp, "tcp"), (&brokers.anon_ws, "ws")] {
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
+    for t in Transport::BOTH {
+        let url = brokers.anon_url(t);
         let client = connected(url).await;
         let streams = client.stream();
-        let route = format!("stream://{realm}/orders/o-1");
+        let route = format!("stream://{}/orders/o-1", realm(t.name()));
         assert_eq!(streams.last(&route).await.unwrap(), None);
         assert_eq!(streams.metadata(&route).await.unwrap().next_offset(), 0);
 
@@ -137,7 +121,6 @@ async fn append_commit_read_round_trip_over_tcp_and_websocket() {
     brokers.shutdown().await;
 }
 
-#[cfg(feature = "serde")]
 #[tokio::test]
 async fn json_records_round_trip() {
     #[derive(serde::Serialize, serde::Deserialize, PartialEq, Debug)]
@@ -145,8 +128,11 @@ async fn json_records_round_trip() {
         id: u32,
     }
     let brokers = Brokers::start().await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
     let client = connected(&brokers.anon_tcp).await;
-    let route = "stream://json/orders/o-1";
+    let route = &format!("stream://{}/orders/o-1", realm("json"));
     let mut s = client.stream().begin(route).await.unwrap();
     s.append_json(&Order { id: 7 }).await.unwrap();
     s.commit(Durability::Sync).await.unwrap();
@@ -161,9 +147,12 @@ async fn json_records_round_trip() {
 #[tokio::test]
 async fn occ_conflicts_and_session_exclusivity_are_typed() {
     let brokers = Brokers::start().await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
     let a = connected(&brokers.anon_tcp).await;
     let b = connected(&brokers.anon_ws).await;
-    let route = "stream://occ/orders/o-1";
+    let route = &format!("stream://{}/orders/o-1", realm("occ"));
     commit(&a, route, &["r0", "r1"]).await;
 
     // A writer that built on revision 1 (next offset 1) lost the race.
@@ -192,9 +181,12 @@ async fn occ_conflicts_and_session_exclusivity_are_typed() {
 #[tokio::test]
 async fn rolled_back_and_dropped_sessions_leave_nothing_visible() {
     let brokers = Brokers::start().await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
     let a = connected(&brokers.anon_tcp).await;
     let b = connected(&brokers.anon_tcp).await;
-    let route = "stream://rb/orders/o-1";
+    let route = &format!("stream://{}/orders/o-1", realm("rb"));
     commit(&a, route, &["kept"]).await;
 
     let mut s = a.stream().begin(route).await.unwrap();
@@ -205,13 +197,10 @@ async fn rolled_back_and_dropped_sessions_leave_nothing_visible() {
     s.append("dropped").await.unwrap();
     drop(s);
     // The background ROLLBACK was answered once nothing is pending.
-    tokio::time::timeout(WAIT, async {
-        while a.debug_snapshot().await.unwrap().pending > 0 {
-            tokio::task::yield_now().await;
-        }
+    fitz_tests::until("the background rollback is answered", || async {
+        a.debug_snapshot().await.unwrap().pending == 0
     })
-    .await
-    .unwrap();
+    .await;
     // The lock is free again for another client, and only "kept" is there.
     let s = b.stream().begin(route).await.unwrap();
     assert_eq!(s.next_offset(), 1);
@@ -234,49 +223,67 @@ async fn rolled_back_and_dropped_sessions_leave_nothing_visible() {
 #[tokio::test]
 async fn every_selector_scope_replays_its_axis_across_pages() {
     let brokers = Brokers::start().await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
     let client = connected(&brokers.anon_tcp).await;
-    let batches: &[(&str, &[&str])] = &[
-        ("stream://r1/a/x", &["1", "2"]),
-        ("stream://r2/a/x", &["3"]),
-        ("stream://r1/b/y", &["4"]),
-        ("stream://r1/a/y", &["5", "6"]),
-        ("stream://r2/b/x", &["7"]),
-        ("stream://r1/a/x", &["8"]),
-        ("stream://r2/a/y", &["9"]),
-        ("stream://r1/b/x", &["10"]),
+    let base = global_end(&client).await;
+    let (r1, r2) = (realm("r1"), realm("r2"));
+    let at = |r: &str, rest: &str| format!("stream://{r}/{rest}");
+    let batches: Vec<(String, &[&str])> = vec![
+        (at(&r1, "a/x"), &["1", "2"]),
+        (at(&r2, "a/x"), &["3"]),
+        (at(&r1, "b/y"), &["4"]),
+        (at(&r1, "a/y"), &["5", "6"]),
+        (at(&r2, "b/x"), &["7"]),
+        (at(&r1, "a/x"), &["8"]),
+        (at(&r2, "a/y"), &["9"]),
+        (at(&r1, "b/x"), &["10"]),
     ];
     let mut committed = Vec::new();
-    for (route, bodies) in batches {
+    for (route, bodies) in &batches {
         commit(&client, route, bodies).await;
-        committed.extend(bodies.iter().map(|b| (route.to_string(), b.to_string())));
+        committed.extend(bodies.iter().map(|b| (route.clone(), b.to_string())));
     }
     let streams = client.stream();
+    let ours = [r1.as_str(), r2.as_str()];
     for (selector, scope) in [
-        ("stream://r1/a/x", SelectorScope::Resource),
-        ("stream://r1/a/*", SelectorScope::Area),
-        ("stream://r1/*/x", SelectorScope::Realm),
-        ("stream://r1/*/*", SelectorScope::Realm),
-        ("stream://r1/**", SelectorScope::Realm),
-        ("stream://*/a/x", SelectorScope::Global),
-        ("stream://*/a/*", SelectorScope::Global),
-        ("stream://*/*/x", SelectorScope::Global),
-        ("stream://*/*/*", SelectorScope::Global),
-        ("stream://**", SelectorScope::Global),
+        (at(&r1, "a/x"), SelectorScope::Resource),
+        (at(&r1, "a/*"), SelectorScope::Area),
+        (at(&r1, "*/x"), SelectorScope::Realm),
+        (at(&r1, "*/*"), SelectorScope::Realm),
+        (at(&r1, "**"), SelectorScope::Realm),
+        ("stream://*/a/x".to_owned(), SelectorScope::Global),
+        ("stream://*/a/*".to_owned(), SelectorScope::Global),
+        ("stream://*/*/x".to_owned(), SelectorScope::Global),
+        ("stream://*/*/*".to_owned(), SelectorScope::Global),
+        ("stream://**".to_owned(), SelectorScope::Global),
     ] {
+        let selector = selector.as_str();
         let want: Vec<(String, String)> = committed
             .iter()
             .filter(|(route, _)| fitz_protocol::route::matches(selector, route))
             .cloned()
             .collect();
+        // Global selectors start after what was there before this test.
+        let from = if scope == SelectorScope::Global {
+            base
+        } else {
+            0
+        };
         let mut reader = streams
-            .read(selector, 0, ReadOptions::new().limit(2))
+            .read(selector, from, ReadOptions::new().limit(2))
             .unwrap();
         assert_eq!(reader.scope(), scope, "{selector}");
         let mut items = Vec::new();
         while let Some(item) = reader.next().await {
             items.push(item.unwrap());
         }
-        assert_eq!(records(&items), want, "{selector}");
+        let got: Vec<_> = records(&items)
+            .into_iter()
+            .filter(|(route, _)| under(route, &ours))
+            .collect();
+        assert_eq!(got, want, "{selector}");
         // Resuming where the replay stopped finds nothing new.
         let again = streams
             .read_page(selector, reader.next_offset(), &ReadOptions::new())
@@ -286,7 +293,7 @@ async fn every_selector_scope_replays_its_axis_across_pages() {
     }
     // The family-wide read spans both realms over several continued pages.
     let pages: Vec<_> = streams
-        .read_pages("stream://**", 0, ReadOptions::new().limit(3))
+        .read_pages("stream://**", base, ReadOptions::new().limit(3))
         .unwrap()
         .try_collect()
         .await
@@ -307,11 +314,13 @@ async fn every_selector_scope_replays_its_axis_across_pages() {
 #[tokio::test]
 async fn filtered_replay_yields_markers_and_moves_past_them() {
     let brokers = Brokers::start().await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
     let client = connected(&brokers.anon_ws).await;
-    for (realm, tags) in [
-        ("f1", ["keep", "drop", ""]),
-        ("f2", ["drop", "keep", "drop"]),
-    ] {
+    let base = global_end(&client).await;
+    let (f1, f2) = (realm("f1"), realm("f2"));
+    for (realm, tags) in [(&f1, ["keep", "drop", ""]), (&f2, ["drop", "keep", "drop"])] {
         let route = format!("stream://{realm}/events/e");
         let mut s = client.stream().begin(&route).await.unwrap();
         for (i, tag) in tags.iter().enumerate() {
@@ -320,21 +329,18 @@ async fn filtered_replay_yields_markers_and_moves_past_them() {
         }
         s.commit(Durability::Sync).await.unwrap();
     }
+    let (e1, e2) = (
+        format!("stream://{f1}/events/e"),
+        format!("stream://{f2}/events/e"),
+    );
     let keep = Filter::new().equals("keep");
     // Exact resource: one record, markers for the rest, cursor at the end.
     let page = client
         .stream()
-        .read_page(
-            "stream://f1/events/e",
-            0,
-            &ReadOptions::new().filter(keep.clone()),
-        )
+        .read_page(&e1, 0, &ReadOptions::new().filter(keep.clone()))
         .await
         .unwrap();
-    assert_eq!(
-        records(page.items()),
-        [("stream://f1/events/e".into(), "f1-0".into())]
-    );
+    assert_eq!(records(page.items()), [(e1.clone(), format!("{f1}-0"))]);
     let withheld: Vec<u64> = page
         .items()
         .iter()
@@ -353,7 +359,11 @@ async fn filtered_replay_yields_markers_and_moves_past_them() {
     // Global, filtered, one item per page: the replay still completes.
     let mut reader = client
         .stream()
-        .read("stream://**", 0, ReadOptions::new().limit(1).filter(keep))
+        .read(
+            "stream://**",
+            base,
+            ReadOptions::new().limit(1).filter(keep),
+        )
         .unwrap();
     let mut items = Vec::new();
     while let Some(item) = reader.next().await {
@@ -361,13 +371,10 @@ async fn filtered_replay_yields_markers_and_moves_past_them() {
     }
     assert_eq!(
         records(&items),
-        [
-            ("stream://f1/events/e".into(), "f1-0".into()),
-            ("stream://f2/events/e".into(), "f2-1".into()),
-        ]
+        [(e1, format!("{f1}-0")), (e2, format!("{f2}-1"))]
     );
     assert!(items.len() > 2, "markers for the withheld records");
-    assert_eq!(reader.next_offset(), 6);
+    assert_eq!(reader.next_offset(), base + 6);
     client.close().await;
     brokers.shutdown().await;
 }
@@ -375,11 +382,15 @@ async fn filtered_replay_yields_markers_and_moves_past_them() {
 #[tokio::test]
 async fn read_bounds_and_unauthorized_access_are_typed() {
     let brokers = Brokers::start().await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
     let client = connected(&brokers.anon_tcp).await;
+    let b = realm("b");
     for opts in [ReadOptions::new().limit(0), ReadOptions::new().max_bytes(0)] {
         let e = client
             .stream()
-            .read_page("stream://b/a/x", 0, &opts)
+            .read_page(&format!("stream://{b}/a/x"), 0, &opts)
             .await
             .unwrap_err();
         assert_eq!(
@@ -389,40 +400,30 @@ async fn read_bounds_and_unauthorized_access_are_typed() {
     }
     client.close().await;
 
-    let writer = Client::builder(
-        brokers.auth_tcp.as_str(),
-        StaticToken::new(jwt::test_token()),
-    )
-    .build()
-    .unwrap();
-    writer.connect().await.unwrap();
-    commit(&writer, "stream://secure/a/x", &["secret"]).await;
-    for url in [&brokers.auth_tcp, &brokers.auth_ws] {
-        let token = jwt::scoped_token(&["stream://secure/**#read"]);
-        let reader = Client::builder(url.as_str(), StaticToken::new(token))
-            .build()
-            .unwrap();
-        reader.connect().await.unwrap();
+    let writer = connected_with(&brokers.auth_tcp, brokers.token()).await;
+    let (secure, other) = (realm("secure"), realm("other"));
+    let route = format!("stream://{secure}/a/x");
+    commit(&writer, &route, &["secret"]).await;
+    for t in Transport::BOTH {
+        let url = brokers.auth_url(t);
+        let token = brokers.scoped_token(&[&format!("stream://{secure}/**#read")]);
+        let reader = connected_with(url, token).await;
         let page = reader
             .stream()
-            .read_page("stream://secure/a/x", 0, &ReadOptions::new())
+            .read_page(&route, 0, &ReadOptions::new())
             .await
             .unwrap();
         assert_eq!(page.len(), 1);
         for e in [
+            reader.stream().begin(&route).await.unwrap_err(),
             reader
                 .stream()
-                .begin("stream://secure/a/x")
+                .last(&format!("stream://{other}/a/x"))
                 .await
                 .unwrap_err(),
             reader
                 .stream()
-                .last("stream://other/a/x")
-                .await
-                .unwrap_err(),
-            reader
-                .stream()
-                .subscribe("stream://other/**")
+                .subscribe(&format!("stream://{other}/**"))
                 .await
                 .unwrap_err(),
         ] {
@@ -442,21 +443,27 @@ async fn read_bounds_and_unauthorized_access_are_typed() {
 #[tokio::test]
 async fn a_subscription_survives_a_cut_on_the_same_handle() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let watcher = connected(&proxy.tcp_url()).await;
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let watcher = connected(&url).await;
     let writer = connected(&brokers.anon_tcp).await;
     let mut events = watcher.events();
+    let live = realm("live");
     let mut sub = watcher
         .stream()
-        .subscribe("stream://live/orders/*")
+        .subscribe(&format!("stream://{live}/orders/*"))
         .await
         .unwrap();
-    commit(&writer, "stream://live/orders/o-1", &["a", "b"]).await;
+    let (o1, o2) = (
+        format!("stream://{live}/orders/o-1"),
+        format!("stream://{live}/orders/o-2"),
+    );
+    commit(&writer, &o1, &["a", "b"]).await;
     match next(&mut sub).await {
         CommitEvent::Committed(c) => {
-            assert_eq!(c.route(), "stream://live/orders/o-1");
+            assert_eq!(c.route(), o1);
             assert_eq!(c.resource_offsets(), 0..=1);
         }
         other => panic!("{other:?}"),
@@ -464,9 +471,9 @@ async fn a_subscription_survives_a_cut_on_the_same_handle() {
 
     proxy.cut_all();
     wait_event(&mut events, |e| matches!(e, Event::Restored { .. })).await;
-    commit(&writer, "stream://live/orders/o-2", &["c"]).await;
+    commit(&writer, &o2, &["c"]).await;
     let event = next(&mut sub).await;
-    assert_eq!(event.route(), "stream://live/orders/o-2");
+    assert_eq!(event.route(), o2);
     sub.unsubscribe().await.unwrap();
     watcher.close().await;
     writer.close().await;
@@ -476,30 +483,36 @@ async fn a_subscription_survives_a_cut_on_the_same_handle() {
 #[tokio::test]
 async fn follow_catches_up_on_commits_made_during_an_outage() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let follower = connected(&proxy.tcp_url()).await;
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let follower = connected(&url).await;
     let writer = connected(&brokers.anon_tcp).await;
-    let selector = "stream://fl/orders/*";
-    commit(&writer, "stream://fl/orders/o-1", &["before"]).await;
+    let fl = realm("fl");
+    let selector = format!("stream://{fl}/orders/*");
+    let (o1, o2) = (
+        format!("stream://{fl}/orders/o-1"),
+        format!("stream://{fl}/orders/o-2"),
+    );
+    commit(&writer, &o1, &["before"]).await;
     let mut reader = follower
         .stream()
-        .follow(selector, 0, ReadOptions::new())
+        .follow(&selector, 0, ReadOptions::new())
         .await
         .unwrap();
     let first = next(&mut reader).await;
     assert_eq!(body(first.as_record().unwrap()), "before");
 
-    commit(&writer, "stream://fl/orders/o-2", &["live"]).await;
+    commit(&writer, &o2, &["live"]).await;
     assert_eq!(body(next(&mut reader).await.as_record().unwrap()), "live");
 
     // Down, a commit nobody can notify, then back up.
     let mut events = follower.events();
-    proxy.refuse_new(true);
+    fitz_tests::refuse_new(&proxy).await;
     proxy.cut_all();
     wait_event(&mut events, |e| matches!(e, Event::Disconnected { .. })).await;
-    commit(&writer, "stream://fl/orders/o-1", &["outage"]).await;
+    commit(&writer, &o1, &["outage"]).await;
     proxy.refuse_new(false);
     let item = next(&mut reader).await;
     assert_eq!(body(item.as_record().unwrap()), "outage");
@@ -513,30 +526,23 @@ async fn follow_catches_up_on_commits_made_during_an_outage() {
 #[tokio::test]
 async fn in_flight_work_during_a_cut_fails_typed_or_is_replayed_safely() {
     let brokers = Brokers::start().await.unwrap();
-    let proxy = Proxy::start(brokers.anon_tcp_addr().unwrap())
-        .await
-        .unwrap();
-    let client = connected(&proxy.tcp_url()).await;
-    let route = "stream://cut/orders/o-1";
-    let mut session = client.stream().begin(route).await.unwrap();
+    // Two tests read family-wide (`stream://**`): against a shared broker
+    // every test here commits alone.
+    let _serial = brokers.exclusive().await;
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    let client = connected(&url).await;
+    let cut = realm("cut");
+    let route = format!("stream://{cut}/orders/o-1");
+    let mut session = client.stream().begin(&route).await.unwrap();
     session.append("x").await.unwrap();
 
     proxy.blackhole(true);
     let commit = tokio::spawn(session.commit(Durability::Sync));
     let streams = client.stream();
-    let read = tokio::spawn(async move {
-        streams
-            .read_page("stream://cut/orders/*", 0, &ReadOptions::new())
-            .await
-    });
+    let area = format!("stream://{cut}/orders/*");
+    let read = tokio::spawn(async move { streams.read_page(&area, 0, &ReadOptions::new()).await });
     // Both are written (correlated: on admission) before the cut.
-    tokio::time::timeout(WAIT, async {
-        while client.debug_snapshot().await.unwrap().pending < 2 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await
-    .unwrap();
+    fitz_tests::until_pending(&client, 2).await;
     proxy.cut_all();
     proxy.blackhole(false);
 
@@ -551,7 +557,7 @@ async fn in_flight_work_during_a_cut_fails_typed_or_is_replayed_safely() {
     // The session died with its connection: using it again is stale.
     let mut s = client
         .stream()
-        .begin("stream://cut/orders/o-2")
+        .begin(&format!("stream://{cut}/orders/o-2"))
         .await
         .unwrap();
     s.append("y").await.unwrap();
