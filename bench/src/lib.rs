@@ -325,7 +325,7 @@ pub async fn official_echo_worker(mut w: official::client_domains::rpc::RpcWorke
 pub async fn ours_echo_worker(client: &fitz::Client, route: &str, max: u32) -> fitz::WorkerHandle {
     client
         .rpc()
-        .serve(route, max, |req: fitz::RpcRequest| async move {
+        .serve(route, max, |req: fitz::rpc::RpcRequest| async move {
             Ok::<bytes::Bytes, std::io::Error>(req.body().clone())
         })
         .await

@@ -2031,7 +2031,7 @@ async fn cs017(cx: Arc<Cx>, ev: Ev) -> Outcome {
     ensure!(caught_up_seen, "the replay ended without a caught-up page");
     ensure!(ours == keep, "records {ours:?}, want {keep:?}");
     ensure!(realms_seen.len() >= 2, "only {} realms", realms_seen.len());
-    ensure!(cursor.len() - 1 >= 3, "not multi-page: {cursor:?}");
+    ensure!(cursor.len() > 3, "not multi-page: {cursor:?}");
     ensure!(filtered_only >= 1, "no filtered-only page");
     ensure!(
         globals.windows(2).all(|w| w[0] < w[1]),
