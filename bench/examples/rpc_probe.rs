@@ -16,6 +16,10 @@ fn main() {
         .nth(2)
         .map(|s| s.parse().unwrap())
         .unwrap_or(1024);
+    let calls: u64 = std::env::args()
+        .nth(3)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(20_000);
     let t = Transport::Tcp;
     let (caller, worker) = (env.ours(t), env.ours(t));
     let route = "rpc://bench/probe/echo";
@@ -27,8 +31,8 @@ fn main() {
     let r = env.rt.block_on(async {
         let started = Instant::now();
         let res = tokio::time::timeout(
-            Duration::from_secs(5),
-            windowed(20_000, window, |_| async {
+            Duration::from_secs(5 + calls / 10_000),
+            windowed(calls, window, |_| async {
                 rpc.request(route, Bytes::from_static(b"0123456789abcdef"))
                     .await
                     .unwrap();
@@ -38,11 +42,12 @@ fn main() {
         .await;
         (res.is_ok(), started.elapsed())
     });
+    let n = done.load(Ordering::Relaxed);
     println!(
-        "window {window} max {max}: ok={} done={} in {:?}",
+        "window {window} max {max}: ok={} done={n} in {:?} ({:.0} calls/s)",
         r.0,
-        done.load(Ordering::Relaxed),
-        r.1
+        r.1,
+        n as f64 / r.1.as_secs_f64()
     );
     if !r.0 {
         let snap = env.rt.block_on(caller.debug_snapshot());
