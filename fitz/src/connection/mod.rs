@@ -752,6 +752,22 @@ impl Connection {
         key: PushKey,
         options: SubscriptionOptions,
     ) -> Result<PushStream> {
+        self.queue_push_handler(ty, key, options)
+            .await?
+            .installed()
+            .await
+    }
+
+    /// Queues the installation of a raw push handler and returns once the
+    /// command is in the connection's queue, ahead of anything queued after
+    /// this returns (the actor handles commands in order), without waiting
+    /// for the actor to acknowledge it.
+    pub async fn queue_push_handler(
+        &self,
+        ty: u16,
+        key: PushKey,
+        options: SubscriptionOptions,
+    ) -> Result<QueuedPush> {
         if self.shared.is_closed() {
             return Err(Error::closed());
         }
@@ -766,9 +782,10 @@ impl Connection {
             reply: tx,
         });
         self.commands.send(cmd).await.map_err(|_| Error::closed())?;
+        // Built now: if the caller gives up before the acknowledgement, its
+        // Drop removes the handler.
         let stream = PushStream::new(self.clone(), sink, mailbox_rx);
-        rx.await.map_err(|_| Error::closed())??;
-        Ok(stream)
+        Ok(QueuedPush { stream, ack: rx })
     }
 
     /// Ends every local registration of `spec`'s subscribe type, without
@@ -857,3 +874,17 @@ pub(crate) fn decode_body<R: ReplyBody>(payload: Bytes) -> Result<R> {
 
 #[cfg(test)]
 mod tests;
+
+/// A push handler whose installation is queued ([`Connection::queue_push_handler`]).
+pub struct QueuedPush {
+    stream: PushStream,
+    ack: oneshot::Receiver<Result<()>>,
+}
+
+impl QueuedPush {
+    /// Waits for the actor to install the handler.
+    pub async fn installed(self) -> Result<PushStream> {
+        self.ack.await.map_err(|_| Error::closed())??;
+        Ok(self.stream)
+    }
+}

@@ -10,6 +10,7 @@
 //! wait, never an allocation.
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use bytes::{Bytes, BytesMut};
 use fitz_protocol::wire::Reader;
@@ -107,10 +108,24 @@ pub(super) struct Registry {
     by_record: HashMap<(u16, Bytes), u64>,
     routes: IdMap<(u16, u64), u64>,
     sink_index: IdMap<u64, u64>,
+    /// Pattern and `Any` handlers by push type (few; scanned per push),
+    /// and UUID handlers whose key was taken.
     push: IdMap<u16, Vec<PushSink>>,
-    push_index: IdMap<u64, u16>,
+    /// UUID handlers by (push type, UUID): one lookup per push, however
+    /// many calls are in flight.
+    push_by_uuid: IdMap<(u16, [u8; 16]), PushSink>,
+    /// `push_by_uuid` is pruned of handlers whose stream is gone (their
+    /// `DropPush` was lost to a full control channel) when it grows past
+    /// this size.
+    prune_uuid_at: usize,
+    /// Where each handler is: its push type, and its UUID when it is in
+    /// `push_by_uuid`.
+    push_index: IdMap<u64, (u16, Option<[u8; 16]>)>,
     next_reg: u64,
 }
+
+/// The smallest [`Registry::prune_uuid_at`].
+const PRUNE_UUID_MIN: usize = 1024;
 
 impl Registry {
     pub fn register(&mut self, cmd: RegisterCmd, wire: &mut Wire<'_>) {
@@ -258,6 +273,10 @@ impl Registry {
             }
         }
         // Handlers keyed by a UUID belong to calls of the lost session.
+        for (_, s) in self.push_by_uuid.drain() {
+            s.tx.close(Some(Error::connection_lost(true)));
+            self.push_index.remove(&s.id.0);
+        }
         let mut ended = Vec::new();
         for sinks in self.push.values_mut() {
             sinks.retain(|s| {
@@ -405,12 +424,16 @@ impl Registry {
             }
             self.remove(id, Some(error.clone()));
         }
-        for sinks in self.push.values() {
-            for s in sinks {
-                s.tx.close(Some(error.clone()));
-            }
+        for s in self
+            .push
+            .values()
+            .flatten()
+            .chain(self.push_by_uuid.values())
+        {
+            s.tx.close(Some(error.clone()));
         }
         self.push.clear();
+        self.push_by_uuid.clear();
         self.push_index.clear();
     }
 
@@ -480,24 +503,73 @@ impl Registry {
             ))));
             return;
         }
-        self.push_index.insert(cmd.sink.0, cmd.ty);
         let rank = match &cmd.key {
             PushKey::Pattern(p) => specificity(p),
             _ => Specificity::default(),
         };
-        self.push.entry(cmd.ty).or_default().push(PushSink {
+        let sink = PushSink {
             id: cmd.sink,
             key: cmd.key,
             tx: cmd.mailbox,
             rank,
-        });
+        };
+        let keyed = match &sink.key {
+            PushKey::Uuid(u) => Some(*u),
+            _ => None,
+        };
+        match keyed {
+            Some(u) => {
+                self.prune_uuid_handlers();
+                match self.push_by_uuid.entry((cmd.ty, u)) {
+                    Entry::Vacant(v) => {
+                        v.insert(sink);
+                        self.push_index.insert(cmd.sink.0, (cmd.ty, Some(u)));
+                    }
+                    // A second handler for one UUID (never made by this
+                    // crate): it waits in the scanned list.
+                    Entry::Occupied(_) => {
+                        self.push_index.insert(cmd.sink.0, (cmd.ty, None));
+                        self.push.entry(cmd.ty).or_default().push(sink);
+                    }
+                }
+            }
+            None => {
+                self.push_index.insert(cmd.sink.0, (cmd.ty, None));
+                self.push.entry(cmd.ty).or_default().push(sink);
+            }
+        }
         let _ = cmd.reply.send(Ok(()));
     }
 
+    /// Drops UUID handlers whose stream is gone, once the map has doubled
+    /// since the last time: amortised O(1) per handler.
+    fn prune_uuid_handlers(&mut self) {
+        if self.push_by_uuid.len() < self.prune_uuid_at.max(PRUNE_UUID_MIN) {
+            return;
+        }
+        let index = &mut self.push_index;
+        self.push_by_uuid.retain(|_, s| {
+            let live = s.tx.is_receiver_alive() && !s.tx.is_closed();
+            if !live {
+                index.remove(&s.id.0);
+            }
+            live
+        });
+        self.prune_uuid_at = self.push_by_uuid.len() * 2;
+    }
+
     pub fn drop_push(&mut self, sink: SubscriptionId) {
-        let Some(ty) = self.push_index.remove(&sink.0) else {
+        let Some((ty, keyed)) = self.push_index.remove(&sink.0) else {
             return;
         };
+        if let Some(u) = keyed {
+            if let Entry::Occupied(e) = self.push_by_uuid.entry((ty, u))
+                && e.get().id == sink
+            {
+                e.remove();
+            }
+            return;
+        }
         if let Some(sinks) = self.push.get_mut(&ty) {
             sinks.retain(|s| s.id != sink);
             if sinks.is_empty() {
@@ -509,14 +581,25 @@ impl Registry {
     /// Routes a push (RPC traffic, late replies) to its handlers. False when
     /// none claimed it.
     pub fn dispatch_push(&mut self, ty: u16, payload: &Bytes) -> bool {
-        let Some(sinks) = self.push.get_mut(&ty) else {
-            return false;
-        };
         let uuid = push_uuid(ty, payload);
+        let mut claimed = false;
+        if let Some(u) = uuid
+            && let Entry::Occupied(e) = self.push_by_uuid.entry((ty, u))
+        {
+            claimed = true;
+            let s = e.get();
+            s.tx.push(payload.clone());
+            if !s.tx.is_receiver_alive() || s.tx.is_closed() {
+                self.push_index.remove(&s.id.0);
+                e.remove();
+            }
+        }
+        let Some(sinks) = self.push.get_mut(&ty) else {
+            return claimed;
+        };
         let route = (ty == types::RPC_REQUEST)
             .then(|| push_route(payload))
             .flatten();
-        let mut claimed = false;
         let mut any = Vec::new();
         // The most specific live pattern handler (the earliest on a tie).
         let mut best: Option<(usize, Specificity)> = None;
@@ -559,7 +642,7 @@ impl Registry {
 
     pub fn counts(&self) -> (usize, usize, usize) {
         let sinks = self.regs.values().map(|r| r.sinks.len()).sum();
-        let push = self.push.values().map(Vec::len).sum();
+        let push = self.push.values().map(Vec::len).sum::<usize>() + self.push_by_uuid.len();
         (self.regs.len(), sinks, push)
     }
 }

@@ -774,6 +774,47 @@ async fn push_handlers_match_by_uuid_pattern_or_any() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn uuid_handlers_are_found_among_many_and_leave_when_dropped() {
+    let mut h = start(CAP_CORRELATION).await;
+    let conn = h.client.connection().clone();
+    let opts = SubscriptionOptions::default();
+    let mut handlers = Vec::new();
+    for i in 0..300u16 {
+        let mut uuid = [0u8; 16];
+        uuid[..2].copy_from_slice(&i.to_be_bytes());
+        let handler = conn
+            .push_handler(types::RPC_RESPONSE, PushKey::Uuid(uuid), opts)
+            .await
+            .unwrap();
+        handlers.push((uuid, handler));
+    }
+    // A second handler for a taken UUID gets the pushes too.
+    let (uuid, _) = handlers[7];
+    let mut twin = conn
+        .push_handler(types::RPC_RESPONSE, PushKey::Uuid(uuid), opts)
+        .await
+        .unwrap();
+    for i in [7usize, 299, 0] {
+        let mut resp = handlers[i].0.to_vec();
+        resp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        h.peer
+            .send_record(types::RPC_RESPONSE, &resp)
+            .await
+            .unwrap();
+        let got = handlers[i].1.next().await.unwrap().unwrap();
+        assert_eq!(got, Bytes::from(resp.clone()));
+        if i == 7 {
+            assert_eq!(twin.next().await.unwrap().unwrap(), Bytes::from(resp));
+        }
+    }
+    assert_eq!(h.client.debug_snapshot().await.unwrap().push_handlers, 301);
+    handlers.truncate(100);
+    drop(twin);
+    settle().await;
+    assert_eq!(h.client.debug_snapshot().await.unwrap().push_handlers, 100);
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_delivery_goes_to_the_most_specific_pattern_and_sessions_are_marked() {
     let mut h = start(CAP_CORRELATION).await;
     let conn = h.client.connection().clone();

@@ -505,14 +505,23 @@ pub(super) async fn start(
     let cancellable = supports_cancellation(session_capabilities(conn, deadline).await);
     let generation = conn.generation();
     let id = RpcId(random_uuid());
-    let install = conn.push_handler(
-        types::RPC_RESPONSE,
-        PushKey::Uuid(id.0),
-        SubscriptionOptions {
-            buffer: options.buffer(),
-            overflow: Overflow::Error,
-        },
-    );
+    // The listener is queued first, and the request only after that: the
+    // connection's queue is FIFO, so the listener is installed before the
+    // request can be written and no response can arrive unclaimed. (Polling
+    // the two concurrently does not guarantee that order: a task out of
+    // coop budget, or `join!`'s rotation, lets the request overtake it.) The
+    // request need not wait for the listener's acknowledgement.
+    let install = conn
+        .queue_push_handler(
+            types::RPC_RESPONSE,
+            PushKey::Uuid(id.0),
+            SubscriptionOptions {
+                buffer: options.buffer(),
+                overflow: Overflow::Error,
+            },
+        )
+        .await?
+        .installed();
     // The call exists before anything is sent, so that dropping this future
     // at any await below cancels a request that already left: the worker
     // may see it before the write is confirmed here.
@@ -553,9 +562,6 @@ pub(super) async fn start(
         call.sent = true;
         Ok((record, ()))
     });
-    // The listener goes first: the connection's queue is FIFO (and fair
-    // when full), so it is installed before the request can be written,
-    // and the request need not wait for its acknowledgement.
     let (installed, result) = tokio::join!(install, send);
     // On failure the call is dropped here, which cancels what was sent.
     call.responses = Some(installed?);
@@ -594,6 +600,62 @@ mod tests {
         send::<super::super::Responder>();
         send::<super::super::RpcWorker>();
         sync::<super::super::RpcWorker>();
+    }
+
+    /// Hundreds of calls polled by one task exhaust its coop budget: the
+    /// response listener must still be installed before each request is
+    /// written, or responses arrive unclaimed and calls hang. (The broker
+    /// runs on its own runtime, so responses come back while the caller's
+    /// task is still issuing requests.)
+    #[test]
+    fn many_calls_in_one_task_all_complete() {
+        use futures_util::StreamExt;
+        use futures_util::stream::FuturesUnordered;
+        let brt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let broker = brt
+            .block_on(fitz_broker::Broker::builder().start())
+            .unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let (caller, worker) = (
+                crate::Client::anonymous(broker.tcp_url()).unwrap(),
+                crate::Client::anonymous(broker.tcp_url()).unwrap(),
+            );
+            caller.connect().await.unwrap();
+            worker.connect().await.unwrap();
+            let route = "rpc://test/many/echo";
+            let _serving = worker
+                .rpc()
+                .serve(route, 1024, |req: super::super::RpcRequest| async move {
+                    Ok::<Bytes, std::io::Error>(req.body().clone())
+                })
+                .await
+                .unwrap();
+            let rpc = caller.rpc();
+            let calls = async {
+                for _ in 0..20 {
+                    let mut inflight: FuturesUnordered<_> = (0..512)
+                        .map(|_| rpc.request(route, Bytes::from_static(b"x")))
+                        .collect();
+                    while let Some(r) = inflight.next().await {
+                        assert_eq!(&r.unwrap()[..], b"x");
+                    }
+                }
+            };
+            tokio::time::timeout(Duration::from_secs(30), calls)
+                .await
+                .expect("every call completes");
+            caller.close().await;
+            worker.close().await;
+        });
+        brt.block_on(broker.shutdown());
     }
 
     #[test]

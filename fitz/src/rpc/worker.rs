@@ -897,6 +897,9 @@ enum Phase {
     Unregistering,
 }
 
+/// Deliveries handled per pass of the worker loop at most.
+const DELIVERY_BATCH: usize = 64;
+
 type Unsubscribing = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
 impl Worker {
@@ -909,6 +912,10 @@ impl Worker {
     ) {
         let mut phase = Phase::Serving;
         let mut unsubscribing: Option<Unsubscribing> = None;
+        // Pinned once: a fresh `cancelled()` per iteration locks the token's
+        // node and registers a waiter on every delivery.
+        let mut aborted = std::pin::pin!(abort.clone().cancelled_owned());
+        let mut stopped = std::pin::pin!(stop.cancelled_owned());
         let result = loop {
             // Unregister only once the handlers are done: the broker fails
             // the calls still running on a registration it removes.
@@ -923,20 +930,42 @@ impl Worker {
             }
             tokio::select! {
                 biased;
-                () = abort.cancelled() => break Ok(()),
-                () = stop.cancelled(), if phase == Phase::Serving => phase = Phase::Draining,
+                () = &mut aborted => break Ok(()),
+                // Polled no more once it fired: the phase moves on.
+                () = &mut stopped, if phase == Phase::Serving => phase = Phase::Draining,
                 unsubscribed = poll_opt(&mut unsubscribing) => break unsubscribed,
                 // Reaps finished handlers (their panics are caught in `run`).
-                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {}
-                item = streams.deliveries.next() => match item {
-                    Some(Ok(payload)) => {
-                        self.note_dropped(streams.deliveries.dropped());
-                        self.on_delivery(payload, phase == Phase::Serving);
+                Some(_) = self.tasks.join_next(), if !self.tasks.is_empty() => {
+                    // And every other finished one, in the same pass.
+                    while self.tasks.try_join_next().is_some() {}
+                }
+                item = streams.deliveries.next() => {
+                    // Deliveries already buffered are taken in the same pass:
+                    // a pass polls every branch above, which costs more than
+                    // a delivery. (The next pass registers the waker again.)
+                    let mut item = Some(item);
+                    let mut taken = 0;
+                    let ended = loop {
+                        match item {
+                            Some(Some(Ok(payload))) => {
+                                self.note_dropped(streams.deliveries.dropped());
+                                self.on_delivery(payload, phase == Phase::Serving);
+                            }
+                            // The client closed.
+                            Some(Some(Err(e))) => break Some(e),
+                            Some(None) => break Some(Error::closed()),
+                            None => break None,
+                        }
+                        taken += 1;
+                        if taken == DELIVERY_BATCH {
+                            break None;
+                        }
+                        item = streams.deliveries.next().now_or_never();
+                    };
+                    if let Some(e) = ended {
+                        break Err(e);
                     }
-                    // The client closed.
-                    Some(Err(e)) => break Err(e),
-                    None => break Err(Error::closed()),
-                },
+                }
                 Some(signal) = next_opt(&mut streams.lifecycle) => {
                     if let Ok(payload) = signal {
                         self.on_signal(payload);

@@ -91,6 +91,9 @@ pub(crate) async fn serve(
         session.close(reason);
     }
     flush_inline(&session, &writer);
+    // Frames handled since the last inline flush: the replies to frames
+    // that arrived together go out in one write (at most INLINE_BATCH).
+    let mut unflushed = 0usize;
     while !session.is_closed() {
         let event = tokio::select! {
             biased;
@@ -108,7 +111,11 @@ pub(crate) async fn serve(
                 if let Err(reason) = handle_records(&shared, &session, records) {
                     session.close(reason);
                 }
-                flush_inline(&session, &writer);
+                unflushed += 1;
+                if unflushed >= INLINE_BATCH || !reader.has_buffered_frame() {
+                    flush_inline(&session, &writer);
+                    unflushed = 0;
+                }
             }
             ReadEvent::Closed => session.close("closed by peer"),
             ReadEvent::Violation(reason) => session.close(reason),
@@ -163,6 +170,9 @@ fn handshake(
     shared.sessions.lock().insert(id, session.clone());
     Ok((session, records))
 }
+
+/// Frames read from one TCP buffer whose replies share one inline write.
+const INLINE_BATCH: usize = 64;
 
 /// Handles every record of one frame in order.
 fn handle_records(

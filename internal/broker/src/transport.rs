@@ -61,6 +61,21 @@ pub(crate) enum FrameReader {
 }
 
 impl FrameReader {
+    /// Whether a whole TCP frame is already buffered, so [`FrameReader::next`]
+    /// returns without reading (always false on WebSocket).
+    pub(crate) fn has_buffered_frame(&self) -> bool {
+        match self {
+            FrameReader::Tcp { buf, .. } => match buf.first_chunk::<4>() {
+                Some(head) => {
+                    let len = u32::from_be_bytes(*head) as usize;
+                    len > 0 && buf.len() - 4 >= len
+                }
+                None => false,
+            },
+            FrameReader::Ws(_) => false,
+        }
+    }
+
     /// The next frame. Cancel-safe: partial TCP input stays buffered.
     pub(crate) async fn next(&mut self) -> ReadEvent {
         match self {
@@ -347,5 +362,44 @@ async fn http_connection(
             Ok(())
         }
         _ => respond(&mut stream, "404 Not Found", r#"{"status":"not found"}"#).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    /// Frames that arrive together are seen as buffered until the last one,
+    /// so the reader flushes their replies in one write.
+    #[tokio::test]
+    async fn buffered_frames_are_reported_until_the_last() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (rd, _wr) = server.into_split();
+        let mut reader = FrameReader::Tcp {
+            rd,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+            decoder: FrameDecoder::new(1024),
+        };
+        assert!(!reader.has_buffered_frame());
+        // Two whole frames and the first two bytes of a third, in one write.
+        client
+            .write_all(&[0, 0, 0, 1, 7, 0, 0, 0, 2, 8, 9, 0, 0])
+            .await
+            .unwrap();
+        let ReadEvent::Frame(first) = reader.next().await else {
+            panic!("a frame");
+        };
+        assert_eq!(&first[..], &[7]);
+        assert!(reader.has_buffered_frame());
+        let ReadEvent::Frame(second) = reader.next().await else {
+            panic!("a frame");
+        };
+        assert_eq!(&second[..], &[8, 9]);
+        assert!(!reader.has_buffered_frame(), "half a prefix is not a frame");
     }
 }

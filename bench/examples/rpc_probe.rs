@@ -1,0 +1,63 @@
+use bytes::Bytes;
+use fitz_bench::{Env, Transport, windowed};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .init();
+    let env = Env::start();
+    let window: usize = std::env::args()
+        .nth(1)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(256);
+    let max: u32 = std::env::args()
+        .nth(2)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(1024);
+    let calls: u64 = std::env::args()
+        .nth(3)
+        .map(|s| s.parse().unwrap())
+        .unwrap_or(20_000);
+    let t = Transport::Tcp;
+    let (caller, worker) = (env.ours(t), env.ours(t));
+    let route = "rpc://bench/probe/echo";
+    let _h = env
+        .rt
+        .block_on(fitz_bench::ours_echo_worker(&worker, route, max));
+    let rpc = caller.rpc();
+    let done = AtomicU64::new(0);
+    let r = env.rt.block_on(async {
+        let started = Instant::now();
+        let res = tokio::time::timeout(
+            Duration::from_secs(5 + calls / 10_000),
+            windowed(calls, window, |_| async {
+                rpc.request(route, Bytes::from_static(b"0123456789abcdef"))
+                    .await
+                    .unwrap();
+                done.fetch_add(1, Ordering::Relaxed);
+            }),
+        )
+        .await;
+        (res.is_ok(), started.elapsed())
+    });
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "window {window} max {max}: ok={} done={n} in {:?} ({:.0} calls/s)",
+        r.0,
+        r.1,
+        n as f64 / r.1.as_secs_f64()
+    );
+    if !r.0 {
+        let snap = env.rt.block_on(caller.debug_snapshot());
+        println!("caller: {snap:?}");
+        let snap = env.rt.block_on(worker.debug_snapshot());
+        println!("worker: {snap:?}");
+        println!(
+            "broker live_calls={} dropped={}",
+            env.broker.engines().rpc.live_calls(),
+            env.broker.dropped_notifications()
+        );
+    }
+}
