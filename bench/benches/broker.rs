@@ -8,108 +8,15 @@
 //! * `notice/fanout_throughput`: 50,000 pipelined publishes delivered to one
 //!   subscriber (target ≥ 200,000 messages/s).
 
+use fitz_bench::wire::Raw;
+use fitz_bench::{broker_runtime, client_runtime};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fitz_broker::{Broker, OutboundLimits};
-use fitz_protocol::control::Connect;
-use fitz_protocol::frame::FrameDecoder;
 use fitz_protocol::kv::{self, BeginOk, Durability, TxMode};
-use fitz_protocol::record::{self, LabelledRecords, Side};
-use fitz_protocol::{Message, decode_reply, notice, types};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::runtime::Runtime;
-
-/// A raw connection: length-prefixed frames over TCP.
-struct Raw {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    next_id: u64,
-}
-
-impl Raw {
-    async fn connect(broker: &Broker) -> Raw {
-        let stream = TcpStream::connect(broker.tcp_addr()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut c = Raw {
-            stream,
-            rbuf: BytesMut::with_capacity(1 << 16),
-            wbuf: BytesMut::with_capacity(1 << 16),
-            next_id: 0,
-        };
-        c.queue(None, &Connect::default());
-        c.flush().await;
-        let hello = c.frame().await;
-        assert_eq!(hello[0] as u16, types::SERVER_HELLO);
-        c
-    }
-
-    /// Appends one frame (optionally labelled) to the write buffer.
-    fn queue<M: Message>(&mut self, correlation: Option<u64>, m: &M) {
-        let start = self.wbuf.len();
-        self.wbuf.put_u32(0);
-        if let Some(id) = correlation {
-            record::put_label(&mut self.wbuf, types::CORRELATE, id);
-        }
-        m.encode_record(&mut self.wbuf).unwrap();
-        let len = (self.wbuf.len() - start - 4) as u32;
-        self.wbuf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    }
-
-    async fn flush(&mut self) {
-        self.stream.write_all(&self.wbuf).await.unwrap();
-        self.wbuf.clear();
-    }
-
-    async fn frame(&mut self) -> Bytes {
-        let dec = FrameDecoder::default();
-        loop {
-            if let Some(f) = dec.decode(&mut self.rbuf).unwrap() {
-                return f;
-            }
-            self.rbuf.reserve(1 << 16);
-            let n = self.stream.read_buf(&mut self.rbuf).await.unwrap();
-            assert!(n > 0, "broker closed");
-        }
-    }
-
-    /// A correlated request; returns the reply payload.
-    async fn call<M: Message>(&mut self, m: &M) -> Bytes {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.queue(Some(id), m);
-        self.flush().await;
-        let frame = self.frame().await;
-        let l = LabelledRecords::new(frame, Side::Client)
-            .next()
-            .unwrap()
-            .unwrap();
-        assert_eq!(l.correlation, Some(id));
-        l.record.payload
-    }
-}
-
-/// The client side: a current-thread runtime on the bench thread, so a round
-/// trip costs the two wake-ups two processes would pay, and the broker's
-/// two worker threads are its own.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// The broker side: its own two-worker runtime, like a separate process.
-fn broker_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use fitz_protocol::{decode_reply, notice};
 
 async fn broker() -> Broker {
     Broker::builder()
@@ -125,10 +32,10 @@ async fn broker() -> Broker {
 }
 
 fn kv_round_trips(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(broker());
-    let mut conn = rt.block_on(Raw::connect(&broker));
+    let mut conn = rt.block_on(Raw::connect(broker.tcp_addr()));
     let route: fitz_protocol::Str = "kv://bench/area/res".into();
     let key = Bytes::from_static(b"key");
     let value = Bytes::from_static(b"value-0123456789");
@@ -170,11 +77,11 @@ fn kv_round_trips(c: &mut Criterion) {
 }
 
 fn notice_latency(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(broker());
-    let mut sub = rt.block_on(Raw::connect(&broker));
-    let mut publisher = rt.block_on(Raw::connect(&broker));
+    let mut sub = rt.block_on(Raw::connect(broker.tcp_addr()));
+    let mut publisher = rt.block_on(Raw::connect(broker.tcp_addr()));
     let subscribe = notice::Subscribe::new("notice://bench/*/events");
     assert_eq!(rt.block_on(sub.call(&subscribe))[0], 0);
     let msg = notice::Publish {
@@ -204,15 +111,15 @@ fn notice_latency(c: &mut Criterion) {
 fn notice_throughput(c: &mut Criterion) {
     const N: u64 = 50_000;
     const BATCH: u64 = 256;
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(broker());
-    let mut sub = rt.block_on(Raw::connect(&broker));
+    let mut sub = rt.block_on(Raw::connect(broker.tcp_addr()));
     assert_eq!(
         rt.block_on(sub.call(&notice::Subscribe::new("notice://bench/**")))[0],
         0
     );
-    let mut publisher = Some(rt.block_on(Raw::connect(&broker)));
+    let mut publisher = Some(rt.block_on(Raw::connect(broker.tcp_addr())));
     let msg = notice::Publish {
         route: "notice://bench/a/events".into(),
         payload: Bytes::from_static(b"0123456789abcdef"),
@@ -241,15 +148,12 @@ fn notice_throughput(c: &mut Criterion) {
                         p
                     });
                     let mut got = 0u64;
-                    let dec = FrameDecoder::default();
                     while got < N {
-                        while let Some(_f) = dec.decode(&mut sub.rbuf).unwrap() {
+                        while sub.buffered_frame().is_some() {
                             got += 1;
                         }
                         if got < N {
-                            sub.rbuf.reserve(1 << 18);
-                            let n = sub.stream.read_buf(&mut sub.rbuf).await.unwrap();
-                            assert!(n > 0);
+                            sub.fill().await;
                         }
                     }
                     let elapsed = started.elapsed();

@@ -7,119 +7,24 @@
 //! * `queue/enqueue_pipelined`: 20,000 ENQUEUEs written in batches while
 //!   their replies are read on the same connection (messages per second).
 
+use fitz_bench::wire::Raw;
+use fitz_bench::{broker_runtime, client_runtime};
 use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fitz_broker::Broker;
-use fitz_protocol::control::Connect;
 use fitz_protocol::frame::FrameDecoder;
 use fitz_protocol::lease::{self, AcquireKind, AcquireOk};
 use fitz_protocol::queue::{self, EnqueueOk, ReserveOk};
-use fitz_protocol::record::{self, LabelledRecords, Side};
-use fitz_protocol::{Message, decode_reply, decode_reply_with, types};
+use fitz_protocol::{Message, decode_reply, decode_reply_with};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::runtime::Runtime;
-
-/// One TCP connection speaking length-prefixed frames.
-struct Conn {
-    reader: OwnedReadHalf,
-    writer: OwnedWriteHalf,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    last_id: u64,
-}
-
-impl Conn {
-    async fn open(broker: &Broker) -> Conn {
-        let stream = TcpStream::connect(broker.tcp_addr()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let (reader, writer) = stream.into_split();
-        let mut c = Conn {
-            reader,
-            writer,
-            rbuf: BytesMut::with_capacity(1 << 16),
-            wbuf: BytesMut::with_capacity(1 << 16),
-            last_id: 0,
-        };
-        c.push(None, &Connect::default());
-        c.send().await;
-        let hello = c.read_frame().await;
-        assert_eq!(u16::from(hello[0]), types::SERVER_HELLO);
-        c
-    }
-
-    /// Appends one frame holding `m`, labelled when `correlation` is given.
-    fn push<M: Message>(&mut self, correlation: Option<u64>, m: &M) {
-        let at = self.wbuf.len();
-        self.wbuf.put_u32(0);
-        if let Some(id) = correlation {
-            record::put_label(&mut self.wbuf, types::CORRELATE, id);
-        }
-        m.encode_record(&mut self.wbuf).unwrap();
-        let len = u32::try_from(self.wbuf.len() - at - 4).unwrap();
-        self.wbuf[at..at + 4].copy_from_slice(&len.to_be_bytes());
-    }
-
-    async fn send(&mut self) {
-        self.writer.write_all(&self.wbuf).await.unwrap();
-        self.wbuf.clear();
-    }
-
-    async fn read_frame(&mut self) -> Bytes {
-        let decoder = FrameDecoder::default();
-        loop {
-            if let Some(f) = decoder.decode(&mut self.rbuf).unwrap() {
-                return f;
-            }
-            self.rbuf.reserve(1 << 16);
-            assert!(
-                self.reader.read_buf(&mut self.rbuf).await.unwrap() > 0,
-                "broker closed"
-            );
-        }
-    }
-
-    /// One correlated round trip; the reply payload.
-    async fn call<M: Message>(&mut self, m: &M) -> Bytes {
-        self.last_id += 1;
-        let id = self.last_id;
-        self.push(Some(id), m);
-        self.send().await;
-        let frame = self.read_frame().await;
-        let l = LabelledRecords::new(frame, Side::Client)
-            .next()
-            .unwrap()
-            .unwrap();
-        assert_eq!(l.correlation, Some(id));
-        l.record.payload
-    }
-}
-
-/// The bench's side of the wire runs on the bench thread.
-fn client_runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// The broker gets two workers of its own, like a separate process.
-fn broker_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn queue_round_trips(c: &mut Criterion) {
     let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
-    let mut conn = rt.block_on(Conn::open(&broker));
+    let mut conn = rt.block_on(Raw::connect(broker.tcp_addr()));
     let route: fitz_protocol::Str = "queue://bench/area/jobs".into();
     let body = Bytes::from_static(b"job-0123456789ab");
     let mut g = c.benchmark_group("queue");
@@ -171,7 +76,7 @@ fn lease_round_trips(c: &mut Criterion) {
     let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
-    let mut conn = rt.block_on(Conn::open(&broker));
+    let mut conn = rt.block_on(Raw::connect(broker.tcp_addr()));
     let route: fitz_protocol::Str = "lease://bench/area/leader".into();
     let owner: fitz_protocol::Str = "bench-owner".into();
     let mut g = c.benchmark_group("lease");
@@ -212,13 +117,8 @@ fn queue_pipelined(c: &mut Criterion) {
     let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
-    let conn = rt.block_on(Conn::open(&broker));
-    let Conn {
-        mut reader,
-        writer,
-        mut rbuf,
-        ..
-    } = conn;
+    let conn = rt.block_on(Raw::connect(broker.tcp_addr()));
+    let (mut reader, writer, mut rbuf) = conn.into_split();
     let mut writer = Some(writer);
     let body = Bytes::from_static(b"job-0123456789ab");
     let mut run = 0u64;

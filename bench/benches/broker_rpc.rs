@@ -7,95 +7,36 @@
 //!   1,024 in flight, the worker answering everything it reads at once
 //!   (target ≥ 100,000 calls/s with 256 in flight).
 
+use fitz_bench::wire::Raw;
+use fitz_bench::{broker_runtime, client_runtime};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fitz_broker::Broker;
-use fitz_protocol::control::Connect;
-use fitz_protocol::frame::FrameDecoder;
 use fitz_protocol::record::{self, LabelledRecords, Side};
 use fitz_protocol::rpc::{Request, Response, RpcId, SubscribeWorker};
 use fitz_protocol::{Message, Str, types};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::runtime::Runtime;
 
 const ROUTE: &str = "rpc://bench/app/echo";
 
-/// A raw connection: length-prefixed frames over TCP.
-struct Raw {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-}
-
-impl Raw {
-    async fn connect(broker: &Broker) -> Raw {
-        let stream = TcpStream::connect(broker.tcp_addr()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut c = Raw {
-            stream,
-            rbuf: BytesMut::with_capacity(1 << 16),
-            wbuf: BytesMut::with_capacity(1 << 16),
-        };
-        c.queue(None, &Connect::default());
-        c.flush().await;
-        let hello = c.frame().await;
-        assert_eq!(hello[0] as u16, types::SERVER_HELLO);
-        c
-    }
-
-    fn queue<M: Message>(&mut self, correlation: Option<u64>, m: &M) {
-        let start = self.wbuf.len();
-        self.wbuf.put_u32(0);
-        if let Some(id) = correlation {
-            record::put_label(&mut self.wbuf, types::CORRELATE, id);
-        }
-        m.encode_record(&mut self.wbuf).unwrap();
-        let len = (self.wbuf.len() - start - 4) as u32;
-        self.wbuf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-    }
-
-    async fn flush(&mut self) {
-        self.stream.write_all(&self.wbuf).await.unwrap();
-        self.wbuf.clear();
-    }
-
-    async fn frame(&mut self) -> Bytes {
-        let dec = FrameDecoder::default();
-        loop {
-            if let Some(f) = dec.decode(&mut self.rbuf).unwrap() {
-                return f;
-            }
-            self.fill().await;
-        }
-    }
-
-    async fn fill(&mut self) {
-        self.rbuf.reserve(1 << 16);
-        let n = self.stream.read_buf(&mut self.rbuf).await.unwrap();
-        assert!(n > 0, "broker closed");
-    }
-
-    /// Registers a legacy worker for [`ROUTE`] with `max` credit.
-    async fn register(&mut self, max: u32) {
-        self.queue(
-            Some(1),
-            &SubscribeWorker {
-                pattern: ROUTE.into(),
-                max_concurrent: max,
-                extension_flags: None,
-            },
-        );
-        self.flush().await;
-        let f = self.frame().await;
-        let l = LabelledRecords::new(f, Side::Client)
-            .next()
-            .unwrap()
-            .unwrap();
-        assert_eq!(l.record.payload[0], 0);
-    }
+/// Registers a legacy worker for [`ROUTE`] with `max` credit.
+async fn register(worker: &mut Raw, max: u32) {
+    worker.queue(
+        Some(1),
+        &SubscribeWorker {
+            pattern: ROUTE.into(),
+            max_concurrent: max,
+            extension_flags: None,
+        },
+    );
+    worker.flush().await;
+    let f = worker.frame().await;
+    let l = LabelledRecords::new(f, Side::Client)
+        .next()
+        .unwrap()
+        .unwrap();
+    assert_eq!(l.record.payload[0], 0);
 }
 
 fn id(n: u64) -> RpcId {
@@ -129,31 +70,14 @@ fn answer(worker: &mut Raw, frame: Bytes) {
     );
 }
 
-/// The client side: a current-thread runtime on the bench thread.
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// The broker side: its own two-worker runtime, like a separate process.
-fn broker_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 fn round_trip(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
     let (mut caller, mut worker) = rt.block_on(async {
-        let caller = Raw::connect(&broker).await;
-        let mut worker = Raw::connect(&broker).await;
-        worker.register(1).await;
+        let caller = Raw::connect(broker.tcp_addr()).await;
+        let mut worker = Raw::connect(broker.tcp_addr()).await;
+        register(&mut worker, 1).await;
         (caller, worker)
     });
     let route: Str = ROUTE.into();
@@ -185,7 +109,7 @@ fn round_trip(c: &mut Criterion) {
 
 fn throughput(c: &mut Criterion) {
     const N: u64 = 20_000;
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
     let route: Str = ROUTE.into();
@@ -196,9 +120,9 @@ fn throughput(c: &mut Criterion) {
     g.measurement_time(Duration::from_secs(5));
     for window in [256u64, 1024] {
         let (mut caller, worker) = rt.block_on(async {
-            let caller = Raw::connect(&broker).await;
-            let mut worker = Raw::connect(&broker).await;
-            worker.register(1024).await;
+            let caller = Raw::connect(broker.tcp_addr()).await;
+            let mut worker = Raw::connect(broker.tcp_addr()).await;
+            register(&mut worker, 1024).await;
             (caller, worker)
         });
         let mut worker = Some(worker);
@@ -212,11 +136,10 @@ fn throughput(c: &mut Criterion) {
                         let started = Instant::now();
                         // The worker answers whatever it has read, in batches.
                         let serving = tokio::spawn(async move {
-                            let dec = FrameDecoder::default();
                             let mut served = 0;
                             while served < N {
                                 w.fill().await;
-                                while let Some(f) = dec.decode(&mut w.rbuf).unwrap() {
+                                while let Some(f) = w.buffered_frame() {
                                     answer(&mut w, f);
                                     served += 1;
                                 }
@@ -224,7 +147,6 @@ fn throughput(c: &mut Criterion) {
                             }
                             w
                         });
-                        let dec = FrameDecoder::default();
                         let (mut sent, mut done) = (0u64, 0u64);
                         while sent < window.min(N) {
                             next += 1;
@@ -234,7 +156,7 @@ fn throughput(c: &mut Criterion) {
                         caller.flush().await;
                         while done < N {
                             caller.fill().await;
-                            while let Some(f) = dec.decode(&mut caller.rbuf).unwrap() {
+                            while let Some(f) = caller.buffered_frame() {
                                 debug_assert_eq!(&f[..3], &[0xFF, 0x01, 0x2F]);
                                 done += 1;
                                 if sent < N {
@@ -243,7 +165,7 @@ fn throughput(c: &mut Criterion) {
                                     sent += 1;
                                 }
                             }
-                            if !caller.wbuf.is_empty() {
+                            if caller.has_queued() {
                                 caller.flush().await;
                             }
                         }

@@ -6,94 +6,22 @@
 //! * `kv_commit/{sync,buffered}_{memory,local}`: BEGIN, PUT, COMMIT with the
 //!   given durability: the cost of an fsync on the request path.
 
+use fitz_bench::wire::Raw;
+use fitz_bench::{broker_runtime, client_runtime};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
 use fitz_broker::{Broker, StorageMode};
-use fitz_protocol::control::Connect;
-use fitz_protocol::frame::FrameDecoder;
+use fitz_protocol::decode_reply;
 use fitz_protocol::kv::{self, BeginOk, Durability, TxMode};
-use fitz_protocol::record::{self, LabelledRecords, Side};
 use fitz_protocol::schedule::{self, DeliveryMode, Entry};
-use fitz_protocol::{Message, decode_reply, types};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::runtime::Runtime;
-
-struct Raw {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    next_id: u64,
-}
-
-impl Raw {
-    async fn connect(broker: &Broker) -> Raw {
-        let stream = TcpStream::connect(broker.tcp_addr()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut c = Raw {
-            stream,
-            rbuf: BytesMut::with_capacity(1 << 16),
-            wbuf: BytesMut::with_capacity(1 << 16),
-            next_id: 0,
-        };
-        c.send(None, &Connect::default()).await;
-        let hello = c.frame().await;
-        assert_eq!(u16::from(hello[0]), types::SERVER_HELLO);
-        c
-    }
-
-    async fn send<M: Message>(&mut self, correlation: Option<u64>, m: &M) {
-        self.wbuf.clear();
-        self.wbuf.put_u32(0);
-        if let Some(id) = correlation {
-            record::put_label(&mut self.wbuf, types::CORRELATE, id);
-        }
-        m.encode_record(&mut self.wbuf).unwrap();
-        let len = (self.wbuf.len() - 4) as u32;
-        self.wbuf[..4].copy_from_slice(&len.to_be_bytes());
-        self.stream.write_all(&self.wbuf).await.unwrap();
-    }
-
-    async fn frame(&mut self) -> Bytes {
-        let dec = FrameDecoder::default();
-        loop {
-            if let Some(f) = dec.decode(&mut self.rbuf).unwrap() {
-                return f;
-            }
-            self.rbuf.reserve(1 << 16);
-            let n = self.stream.read_buf(&mut self.rbuf).await.unwrap();
-            assert!(n > 0, "broker closed");
-        }
-    }
-
-    async fn call<M: Message>(&mut self, m: &M) -> Bytes {
-        self.next_id += 1;
-        let id = self.next_id;
-        self.send(Some(id), m).await;
-        let l = LabelledRecords::new(self.frame().await, Side::Client)
-            .next()
-            .unwrap()
-            .unwrap();
-        assert_eq!(l.correlation, Some(id));
-        l.record.payload
-    }
-}
 
 /// Client on the bench thread; the broker on its own two workers.
 fn runtimes() -> (Runtime, Runtime) {
-    let client = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let broker = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    (client, broker)
+    (client_runtime(), broker_runtime())
 }
 
 fn data_dir(name: &str) -> PathBuf {
@@ -115,7 +43,7 @@ fn with_modes(mut f: impl FnMut(&str, &Runtime, &mut Raw)) {
         let broker = brt
             .block_on(Broker::builder().storage(storage).start())
             .unwrap();
-        let mut conn = rt.block_on(Raw::connect(&broker));
+        let mut conn = rt.block_on(Raw::connect(broker.tcp_addr()));
         f(mode, &rt, &mut conn);
         drop(conn);
         brt.block_on(broker.shutdown());

@@ -11,110 +11,16 @@
 //! * `stream/read_page_100`: READ of a 100-record page (64-byte bodies) of
 //!   one resource.
 
+use fitz_bench::wire::Raw;
+use fitz_bench::{broker_runtime, client_runtime};
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fitz_broker::Broker;
-use fitz_protocol::control::Connect;
-use fitz_protocol::frame::FrameDecoder;
 use fitz_protocol::kv::Durability;
-use fitz_protocol::record::{self, LabelledRecords, Side};
 use fitz_protocol::stream::{self, BeginOk, ReadOk, ReadPage};
-use fitz_protocol::{Message, decode_reply, types};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio::runtime::Runtime;
-
-/// A raw connection: length-prefixed, correlated frames over TCP.
-struct Raw {
-    stream: TcpStream,
-    rbuf: BytesMut,
-    wbuf: BytesMut,
-    next_id: u64,
-}
-
-impl Raw {
-    async fn connect(broker: &Broker) -> Raw {
-        let stream = TcpStream::connect(broker.tcp_addr()).await.unwrap();
-        stream.set_nodelay(true).unwrap();
-        let mut c = Raw {
-            stream,
-            rbuf: BytesMut::with_capacity(1 << 17),
-            wbuf: BytesMut::with_capacity(1 << 16),
-            next_id: 0,
-        };
-        c.queue(&Connect::default(), false);
-        c.flush().await;
-        let hello = c.frame().await;
-        assert_eq!(hello[0] as u16, types::SERVER_HELLO);
-        c
-    }
-
-    /// Appends one frame, correlated unless it is the CONNECT.
-    fn queue<M: Message>(&mut self, m: &M, correlate: bool) -> u64 {
-        self.next_id += 1;
-        let start = self.wbuf.len();
-        self.wbuf.put_u32(0);
-        if correlate {
-            record::put_label(&mut self.wbuf, types::CORRELATE, self.next_id);
-        }
-        m.encode_record(&mut self.wbuf).unwrap();
-        let len = (self.wbuf.len() - start - 4) as u32;
-        self.wbuf[start..start + 4].copy_from_slice(&len.to_be_bytes());
-        self.next_id
-    }
-
-    async fn flush(&mut self) {
-        self.stream.write_all(&self.wbuf).await.unwrap();
-        self.wbuf.clear();
-    }
-
-    async fn frame(&mut self) -> Bytes {
-        let dec = FrameDecoder::default();
-        loop {
-            if let Some(f) = dec.decode(&mut self.rbuf).unwrap() {
-                return f;
-            }
-            self.rbuf.reserve(1 << 17);
-            let n = self.stream.read_buf(&mut self.rbuf).await.unwrap();
-            assert!(n > 0, "broker closed");
-        }
-    }
-
-    /// The reply payload of the next frame, which must answer `id`.
-    async fn reply(&mut self, id: u64) -> Bytes {
-        let frame = self.frame().await;
-        let l = LabelledRecords::new(frame, Side::Client)
-            .next()
-            .unwrap()
-            .unwrap();
-        assert_eq!(l.correlation, Some(id));
-        l.record.payload
-    }
-
-    async fn call<M: Message>(&mut self, m: &M) -> Bytes {
-        let id = self.queue(m, true);
-        self.flush().await;
-        self.reply(id).await
-    }
-}
-
-fn runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-/// The broker on its own two-worker runtime, like a separate process.
-fn broker_runtime() -> Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
+use fitz_protocol::decode_reply;
 
 fn begin(route: &str) -> stream::Begin {
     stream::Begin {
@@ -150,10 +56,10 @@ async fn open(conn: &mut Raw, route: &str) -> (u64, u64) {
 }
 
 fn writes(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
-    let mut conn = rt.block_on(Raw::connect(&broker));
+    let mut conn = rt.block_on(Raw::connect(broker.tcp_addr()));
     let body = Bytes::from(vec![7u8; 64]);
     let mut g = c.benchmark_group("stream");
     g.measurement_time(Duration::from_secs(3));
@@ -193,11 +99,11 @@ fn writes(c: &mut Criterion) {
                 let started = Instant::now();
                 for _ in 0..iters {
                     let (id, next) = open(&mut conn, "stream://bench/pipe/res").await;
-                    let first = conn.next_id + 1;
-                    for i in 0..100 {
-                        conn.queue(&append(id, next + i, &body), true);
+                    let first = conn.queue_correlated(&append(id, next, &body));
+                    for i in 1..100 {
+                        conn.queue_correlated(&append(id, next + i, &body));
                     }
-                    let last = conn.queue(&commit(id), true);
+                    let last = conn.queue_correlated(&commit(id));
                     conn.flush().await;
                     for want in first..=last {
                         assert_eq!(conn.reply(want).await[0], 0);
@@ -212,10 +118,10 @@ fn writes(c: &mut Criterion) {
 }
 
 fn reads(c: &mut Criterion) {
-    let rt = runtime();
+    let rt = client_runtime();
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
-    let mut conn = rt.block_on(Raw::connect(&broker));
+    let mut conn = rt.block_on(Raw::connect(broker.tcp_addr()));
     let route = "stream://bench/read/res";
     let body = Bytes::from(vec![7u8; 64]);
     rt.block_on(async {

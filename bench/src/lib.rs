@@ -149,6 +149,8 @@ pub fn broker_runtime() -> Runtime {
         .expect("runtime")
 }
 
+pub mod wire;
+
 /// Raw peers: the wire's limit without any protocol work.
 pub mod raw {
     use super::*;
