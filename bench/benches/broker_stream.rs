@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use fitz_broker::Broker;
+use fitz_protocol::decode_reply;
 use fitz_protocol::kv::Durability;
 use fitz_protocol::stream::{self, BeginOk, ReadOk, ReadPage};
-use fitz_protocol::decode_reply;
 
 fn begin(route: &str) -> stream::Begin {
     stream::Begin {

@@ -184,6 +184,19 @@ fn checkpoint(db: &Database) -> Result<(), StorageError> {
     tx.commit().map_err(fail)
 }
 
+/// Runs `f`, which blocks on the disk, telling a multi-thread tokio runtime
+/// first (`block_in_place`), so the tasks queued on this worker are not held
+/// up behind it. Elsewhere (a current-thread runtime, no runtime) it just
+/// runs `f`.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 fn flush_loop(shared: &Shared, stop: &mpsc::Receiver<()>) {
     // Ends when the sender is dropped (close) or sends.
     while let Err(mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(BUFFERED_FLUSH_INTERVAL) {
@@ -244,7 +257,13 @@ impl Backend for LocalBackend {
             }
         }
         // Dropping an uncommitted transaction aborts it: nothing applied.
-        tx.commit().map_err(fail)?;
+        if durability == Durability::Sync {
+            // The fsync takes milliseconds: let the runtime move this
+            // worker's other tasks elsewhere meanwhile.
+            blocking(|| tx.commit()).map_err(fail)?;
+        } else {
+            tx.commit().map_err(fail)?;
+        }
         if durability == Durability::Buffered {
             self.shared.dirty.store(true, Ordering::Release);
         }
@@ -319,6 +338,43 @@ mod tests {
 
     fn keys(pairs: &[(Bytes, Bytes)]) -> Vec<&[u8]> {
         pairs.iter().map(|(k, _)| &k[..]).collect()
+    }
+
+    #[test]
+    fn sync_commits_run_on_either_runtime_flavor_and_outside_one() {
+        let d = dir("flavors");
+        let b = std::sync::Arc::new(LocalBackend::open(&d).unwrap());
+        let commit = |b: &LocalBackend, k: &str| {
+            b.commit(
+                Batch {
+                    ops: vec![put(Keyspace::Kv, k, "v")],
+                },
+                Durability::Sync,
+            )
+        };
+        commit(&b, "outside").unwrap();
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(async { commit(&b, "current-thread") })
+            .unwrap();
+        let shared = b.clone();
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap()
+            .block_on(async move {
+                // On a worker thread, as the engines call it.
+                tokio::spawn(async move { commit(&shared, "multi-thread") })
+                    .await
+                    .unwrap()
+            })
+            .unwrap();
+        assert_eq!(
+            keys(&b.load(Keyspace::Kv).unwrap()),
+            [&b"current-thread"[..], b"multi-thread", b"outside"]
+        );
+        b.close();
     }
 
     #[test]
