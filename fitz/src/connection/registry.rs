@@ -72,6 +72,13 @@ struct PushSink {
     rank: Specificity,
 }
 
+impl PushSink {
+    /// False once its stream is dropped or ended: nothing will read it.
+    fn is_live(&self) -> bool {
+        self.tx.is_receiver_alive() && !self.tx.is_closed()
+    }
+}
+
 /// Where new internal requests go: the book, and the wire if a session is up.
 pub(super) struct Wire<'a> {
     pub shared: &'a Shared,
@@ -549,7 +556,7 @@ impl Registry {
         }
         let index = &mut self.push_index;
         self.push_by_uuid.retain(|_, s| {
-            let live = s.tx.is_receiver_alive() && !s.tx.is_closed();
+            let live = s.is_live();
             if !live {
                 index.remove(&s.id.0);
             }
@@ -589,7 +596,7 @@ impl Registry {
             claimed = true;
             let s = e.get();
             s.tx.push(payload.clone());
-            if !s.tx.is_receiver_alive() || s.tx.is_closed() {
+            if !s.is_live() {
                 self.push_index.remove(&s.id.0);
                 e.remove();
             }
@@ -636,7 +643,7 @@ impl Registry {
                 sinks[i].tx.push(payload.clone());
             }
         }
-        sinks.retain(|s| s.tx.is_receiver_alive() && !s.tx.is_closed());
+        sinks.retain(PushSink::is_live);
         claimed
     }
 
