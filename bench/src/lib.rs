@@ -324,7 +324,11 @@ pub async fn official_echo_worker(mut w: official::client_domains::rpc::RpcWorke
 }
 
 /// Our RPC worker: echoes the body as the final chunk.
-pub async fn ours_echo_worker(client: &fitz::Client, route: &str, max: u32) -> fitz::WorkerHandle {
+pub async fn ours_echo_worker(
+    client: &fitz::Client,
+    route: &str,
+    max: u32,
+) -> fitz::rpc::RpcWorker {
     client
         .rpc()
         .serve(route, max, |req: fitz::rpc::RpcRequest| async move {

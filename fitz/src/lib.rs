@@ -180,14 +180,6 @@ pub use schedule::Schedule;
 pub use stream::Streams;
 pub use token::{StaticToken, TokenError, TokenFuture, TokenProvider};
 
-// Former crate-root names of domain types, which now live in their domain
-// module only (like every other domain type). Kept, hidden, while the test
-// suite moves over to the module paths.
-#[doc(hidden)]
-pub use notice::{NoticeMessage, NoticeSubscription};
-#[doc(hidden)]
-pub use rpc::RpcWorker as WorkerHandle;
-
 #[doc(hidden)]
 pub use connection::DebugSnapshot;
 

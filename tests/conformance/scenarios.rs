@@ -113,7 +113,7 @@ async fn holding_worker(
     client: &Client,
     pattern: &str,
     max: u32,
-) -> Result<(fitz::WorkerHandle, Held), String> {
+) -> Result<(fitz::rpc::RpcWorker, Held), String> {
     let (tx, rx) = mpsc::unbounded_channel();
     let worker = client
         .rpc()
@@ -136,14 +136,14 @@ async fn holding_worker(
 }
 
 /// A graceful worker shutdown, bounded.
-async fn stop(worker: fitz::WorkerHandle) -> Result<(), String> {
+async fn stop(worker: fitz::rpc::RpcWorker) -> Result<(), String> {
     within("the worker's shutdown", worker.shutdown())
         .await?
         .ctx("worker shutdown")
 }
 
 /// An echo worker on `pattern`.
-async fn echo_worker(client: &Client, pattern: &str) -> Result<fitz::WorkerHandle, String> {
+async fn echo_worker(client: &Client, pattern: &str) -> Result<fitz::rpc::RpcWorker, String> {
     client
         .rpc()
         .serve(pattern, 8, |req: RpcRequest| async move {
@@ -909,7 +909,7 @@ async fn cs010(cx: Arc<Cx>, ev: Ev) -> Outcome {
         .ctx("notice subscribe")?;
     let mut kv_watch = client
         .kv()
-        .watch(&format!("kv://{r}/w/*"))
+        .subscribe(&format!("kv://{r}/w/*"))
         .await
         .ctx("kv watch")?;
     let mut queue_watch = client

@@ -220,7 +220,7 @@ async fn every_domain_refuses_an_unauthorized_operation_with_its_code() {
         refused(
             "kv watch",
             codes::KV_UNAUTHORIZED,
-            kv.watch(&format!("kv://{no}/**")).await,
+            kv.subscribe(&format!("kv://{no}/**")).await,
         );
 
         // Stream (2009): appending, reading, the latest record, watching.

@@ -52,7 +52,7 @@ async fn malformed_routes_never_leave_the_client_in_any_domain() {
             ] {
                 local(&bad, kv.begin(&bad, TxMode::ReadOnly).await);
             }
-            local("kv watch", kv.watch(&format!("kv://{r}/a*")).await);
+            local("kv watch", kv.subscribe(&format!("kv://{r}/a*")).await);
 
             // Queue: concrete three-segment routes to enqueue; patterns
             // that can match one to reserve and watch.

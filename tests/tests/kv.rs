@@ -115,7 +115,7 @@ async fn broker_errors_are_typed_and_bad_routes_never_leave() {
         format!("kv://{test}/ab*"),
         format!("notice://{test}/**"),
     ] {
-        let e = kv.watch(&bad).await.unwrap_err();
+        let e = kv.subscribe(&bad).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{bad}: {e}");
     }
 
@@ -380,7 +380,7 @@ async fn a_watch_is_restored_on_the_same_handle_after_a_cut() {
             format!("kv://{test}/watch/b"),
         );
         let pattern = format!("kv://{test}/watch/*");
-        let mut watch = watcher.kv().watch(&pattern).await.unwrap();
+        let mut watch = watcher.kv().subscribe(&pattern).await.unwrap();
         assert_eq!(watch.pattern(), pattern);
 
         let mut tx = writer.kv().begin(&a, TxMode::ReadWrite).await.unwrap();
@@ -418,8 +418,8 @@ async fn watches_of_one_pattern_share_a_registration() {
     let test = realm("kv");
     let pattern = format!("kv://{test}/shared/**");
     let route = format!("kv://{test}/shared/r");
-    let mut a = client.kv().watch(&pattern).await.unwrap();
-    let mut b = client.kv().watch(&pattern).await.unwrap();
+    let mut a = client.kv().subscribe(&pattern).await.unwrap();
+    let mut b = client.kv().subscribe(&pattern).await.unwrap();
     assert_ne!(a.id(), b.id());
     assert_eq!(client.debug_snapshot().await.unwrap().registrations, 1);
     let mut tx = client.kv().begin(&route, TxMode::ReadWrite).await.unwrap();
@@ -463,7 +463,7 @@ async fn a_scoped_token_is_refused_with_1011() {
             let e = kv.begin(&route, mode).await.unwrap_err();
             assert_eq!(code(&e), Some(codes::KV_UNAUTHORIZED), "{route}");
         }
-        let e = kv.watch(&format!("kv://{other}/**")).await.unwrap_err();
+        let e = kv.subscribe(&format!("kv://{other}/**")).await.unwrap_err();
         assert_eq!(code(&e), Some(codes::KV_UNAUTHORIZED));
         client.close().await;
     }

@@ -14,8 +14,8 @@ use futures_util::StreamExt;
 async fn publish_until_seen(
     publisher: &Client,
     route: &str,
-    sub: &mut fitz::NoticeSubscription,
-) -> fitz::NoticeMessage {
+    sub: &mut fitz::notice::NoticeSubscription,
+) -> fitz::notice::NoticeMessage {
     tokio::time::timeout(WAIT, async {
         loop {
             publisher.notice().publish(route, "ping").await.unwrap();

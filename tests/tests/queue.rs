@@ -388,12 +388,12 @@ async fn reservations_die_with_their_session_and_the_broker_releases_them() {
         .unwrap()
         .pop()
         .unwrap();
-    assert!(!r.is_stale());
+    assert!(r.is_current());
 
     let mut events = client.events();
     proxy.cut_all();
     wait_event(&mut events, reconnected).await;
-    assert!(r.is_stale());
+    assert!(!r.is_current());
     let e = r.extend(Duration::from_secs(5)).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale);
     let failed = r.complete().await.unwrap_err();

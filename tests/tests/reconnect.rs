@@ -249,7 +249,7 @@ async fn a_kv_watch_keeps_receiving_across_cuts() {
         let area = realm("kv");
         let mut watch = receiver
             .kv()
-            .watch(&format!("kv://{area}/cfg/*"))
+            .subscribe(&format!("kv://{area}/cfg/*"))
             .await
             .unwrap();
         for round in 0..=CUTS {

@@ -509,7 +509,7 @@ async fn spawn_worker(
     s: &mut Scripted,
     pattern: &'static str,
     max: u32,
-) -> (fitz::rpc::WorkerHandle, SubscribeWorker, Orders) {
+) -> (fitz::rpc::RpcWorker, SubscribeWorker, Orders) {
     let (tx, rx) = mpsc::unbounded_channel();
     let rpc = s.client.rpc();
     let serving = tokio::spawn(async move {
@@ -559,7 +559,7 @@ async fn a_worker_answers_and_acknowledges_cleanup_with_the_capability() {
 
 /// Graceful shutdown against the scripted broker: UNSUBSCRIBE_WORKER
 /// carries the pattern and is acknowledged.
-async fn shut_down(worker: fitz::rpc::WorkerHandle, s: &mut Scripted) {
+async fn shut_down(worker: fitz::rpc::RpcWorker, s: &mut Scripted) {
     let pattern = worker.pattern().to_owned();
     let stopping = tokio::spawn(worker.shutdown());
     let r = s.next(types::RPC_UNSUBSCRIBE_WORKER).await;
@@ -980,7 +980,7 @@ async fn json_calls_and_workers() {
 
     let rpc = s.client.rpc();
     let calling = tokio::spawn(async move {
-        rpc.call_json::<_, i64>("rpc://math/add", &Add { a: 1, b: 1 })
+        rpc.request_json::<_, i64>("rpc://math/add", &Add { a: 1, b: 1 })
             .await
     });
     let req = wire::Request::decode(s.next(types::RPC_REQUEST).await.payload).unwrap();
@@ -1022,7 +1022,7 @@ mod broker {
         client: &Client,
         pattern: &str,
         max: u32,
-    ) -> (fitz::WorkerHandle, Held) {
+    ) -> (fitz::rpc::RpcWorker, Held) {
         let (tx, rx) = mpsc::unbounded_channel();
         let worker = client
             .rpc()

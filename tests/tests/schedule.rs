@@ -354,7 +354,7 @@ async fn json_payloads_round_trip_through_a_fire() {
         .try_collect()
         .await
         .unwrap();
-    assert_eq!(listed[0].payload_json::<Job>().unwrap(), job);
+    assert_eq!(listed[0].json::<Job>().unwrap(), job);
     broker.clock.next_minute().await;
     assert_eq!(next_fire(&mut sub).await.json::<Job>().unwrap(), job);
     schedule.cancel(&route).await.unwrap();

@@ -917,7 +917,7 @@ async fn subscribe(
     pattern: &str,
     sub_id: u64,
     opts: SubscriptionOptions,
-) -> crate::NoticeSubscription {
+) -> crate::notice::NoticeSubscription {
     let notice = h.client.notice();
     let pattern2 = pattern.to_owned();
     let t = tokio::spawn(async move { notice.subscribe_with(&pattern2, opts).await });

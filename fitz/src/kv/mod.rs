@@ -56,11 +56,6 @@ pub use fitz_protocol::kv::{Durability, TxMode};
 pub use scan::{Scan, ScanOptions, ScanPage};
 pub use watch::{KvChange, KvSubscription};
 
-/// The former name of [`KvSubscription`], kept while the test suite moves
-/// over.
-#[doc(hidden)]
-pub type KvWatch = KvSubscription;
-
 /// The KV domain of a [`crate::Client`] (see [`crate::Client::kv`]).
 #[derive(Clone)]
 pub struct Kv {
@@ -131,13 +126,6 @@ impl Kv {
         options: SubscriptionOptions,
     ) -> Result<KvSubscription> {
         watch::subscribe(&self.conn, pattern, options).await
-    }
-
-    /// The former name of [`Kv::subscribe`], kept while the test suite
-    /// moves over.
-    #[doc(hidden)]
-    pub async fn watch(&self, pattern: &str) -> Result<KvSubscription> {
-        self.subscribe(pattern).await
     }
 }
 

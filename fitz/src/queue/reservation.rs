@@ -157,13 +157,6 @@ impl Reservation {
         self.conn.check_generation(self.generation).is_ok()
     }
 
-    /// The former, inverted form of [`Reservation::is_current`], kept while
-    /// the test suite moves over.
-    #[doc(hidden)]
-    pub fn is_stale(&self) -> bool {
-        !self.is_current()
-    }
-
     /// Resets the lease to `lease` from now (rounded up to whole seconds, at
     /// least one).
     ///

@@ -52,17 +52,6 @@ impl Rpc {
         crate::json::decode(&response, what).map_err(|e| e.applied_if(true))
     }
 
-    /// The former name of [`Rpc::request_json`], kept while the test suite
-    /// moves over.
-    #[doc(hidden)]
-    pub async fn call_json<Req, Resp>(&self, route: &str, request: &Req) -> Result<Resp>
-    where
-        Req: Serialize + ?Sized,
-        Resp: DeserializeOwned,
-    {
-        self.request_json(route, request).await
-    }
-
     /// [`Rpc::serve`] with JSON in and out: the handler gets the decoded
     /// request (and the [`RpcRequest`] for its deadline and cancellation);
     /// its `Ok` value is sent as JSON. A body that is not a `Req` is answered

@@ -98,10 +98,6 @@ use crate::events::State;
 pub use call::{CallOptions, CancelOutcome, RpcCall};
 pub use worker::{CancelReason, HandlerError, IntoBody, Responder, RpcRequest, RpcWorker};
 
-/// The former name of [`RpcWorker`], kept while the test suite moves over.
-#[doc(hidden)]
-pub type WorkerHandle = RpcWorker;
-
 /// The RPC domain of a [`crate::Client`] (see [`crate::Client::rpc`]).
 #[derive(Clone)]
 pub struct Rpc {

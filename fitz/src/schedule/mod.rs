@@ -352,14 +352,6 @@ impl ScheduleEntry {
         let what = format_args!("the payload of {}", &*self.entry.route);
         crate::json::decode(&self.entry.payload, what)
     }
-
-    /// The former name of [`ScheduleEntry::json`], kept while the test
-    /// suite moves over.
-    #[doc(hidden)]
-    #[cfg(feature = "serde")]
-    pub fn payload_json<T: serde::de::DeserializeOwned>(&self) -> Result<T> {
-        self.json()
-    }
 }
 
 impl From<Entry> for ScheduleEntry {
