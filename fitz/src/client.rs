@@ -70,8 +70,11 @@ impl Client {
     ///
     /// * `Ok(())` once the session is ready (immediately if it already is;
     ///   after the restore if a reconnect is under way).
-    /// * [`ErrorKind::Auth`]: the broker closed the connection after CONNECT.
-    ///   The client is now closed for good; not retryable.
+    /// * [`ErrorKind::Auth`]: the broker refused the token — it said so, or
+    ///   it closed the connection right after CONNECT on
+    ///   [`ClientBuilder::auth_attempts`] attempts in a row, each with a fresh
+    ///   token. The client is now closed for good (its state already reads
+    ///   [`crate::State::Closed`]); not retryable.
     /// * [`ErrorKind::Connection`] / [`ErrorKind::Timeout`] /
     ///   [`ErrorKind::Protocol`]: this attempt failed, the client stays
     ///   `Disconnected`; call again or use [`Client::connect_when_ready`].
@@ -202,6 +205,7 @@ pub struct ClientBuilder {
     connector: Option<Arc<dyn Connector>>,
     tls: TlsConfig,
     connect_timeout: Duration,
+    auth_attempts: u32,
     request_timeout: Duration,
     reconnect: ReconnectPolicy,
     max_frame: usize,
@@ -234,6 +238,7 @@ impl ClientBuilder {
             connector: None,
             tls: TlsConfig::default(),
             connect_timeout: Duration::from_secs(10),
+            auth_attempts: 3,
             request_timeout: Duration::from_secs(30),
             reconnect: ReconnectPolicy::default(),
             max_frame: DEFAULT_MAX_FRAME,
@@ -249,6 +254,27 @@ impl ClientBuilder {
     /// WebSocket upgrade), CONNECT and the wait for SERVER_HELLO. Default 10 s.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         self.connect_timeout = timeout;
+        self
+    }
+
+    /// How many handshakes in a row may end the way a token refusal does
+    /// before the client gives up with [`ErrorKind::Auth`] and closes for
+    /// good (default 3, at least 1). Each attempt asks the token provider for
+    /// a fresh token.
+    ///
+    /// Over WebSocket a refusing broker says so in its Close frame
+    /// (`connect failed: …`); the client then never sends that same token
+    /// again, so a provider that keeps returning it ends the client at the
+    /// next attempt. Over TCP a broker refuses a token by closing without a
+    /// word, which is also how a connection cut at that instant looks: a
+    /// close counts only when CONNECT was completely written, nothing came
+    /// back, the close was orderly (a FIN, not a reset or a refusal) and no
+    /// reset followed within about a round trip (a peer that closes without
+    /// reading CONNECT — a proxy or load balancer whose broker is down —
+    /// resets it). Every other failure is a network failure and is retried
+    /// as the [`ReconnectPolicy`] says; it also restarts the count.
+    pub fn auth_attempts(mut self, attempts: u32) -> Self {
+        self.auth_attempts = attempts;
         self
     }
 
@@ -338,6 +364,9 @@ impl ClientBuilder {
         if endpoint.scheme == Scheme::Memory && self.connector.is_none() {
             return Err(Error::invalid("memory:// URLs need a connector"));
         }
+        if self.auth_attempts == 0 {
+            return Err(Error::invalid("auth_attempts must be at least 1"));
+        }
         if self.connect_timeout.is_zero() || self.request_timeout.is_zero() {
             return Err(Error::invalid("timeouts must be positive"));
         }
@@ -379,6 +408,7 @@ impl ClientBuilder {
             connector: self.connector,
             tls,
             connect_timeout: self.connect_timeout,
+            auth_attempts: self.auth_attempts,
             request_timeout: self.request_timeout,
             reconnect: self.reconnect,
             max_frame: self.max_frame,

@@ -31,7 +31,7 @@ use super::requests::{Book, Finished, Internal, Session};
 use super::{DebugSnapshot, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, State};
-use crate::transport::{Failure, Inbound, OpenSettings, Transport};
+use crate::transport::{Close, Inbound, OpenSettings, Transport};
 
 /// Stop admitting new frames while this much output is unwritten: the
 /// broker is not reading, and memory must stay bounded.
@@ -137,11 +137,14 @@ impl Actor {
     async fn connect_loop(&mut self, mut reconnecting: bool) -> End {
         let policy = self.shared.config.reconnect;
         let mut attempt: u32 = 0;
+        let mut refusals = Refusals::default();
         loop {
-            match self.attempt().await {
+            let mut delay = None;
+            match self.attempt(refusals.token.clone()).await {
                 Err(None) => return End::Closed,
                 Ok((mut transport, hello)) => {
                     attempt = 0;
+                    refusals = Refusals::default();
                     match self.serve(&mut transport, hello, reconnecting).await {
                         None => {
                             self.shutdown(Some(&mut transport), Error::closed()).await;
@@ -158,33 +161,60 @@ impl Actor {
                             .give_up(Error::connection("connection lost; reconnect is disabled"));
                     }
                 }
-                Err(Some(failure)) => {
-                    if failure.peer_closed {
-                        let error = Error::auth(format!(
-                            "the broker closed the connection during the handshake: {}",
-                            failure.error.message()
-                        ));
-                        tracing::warn!(error = %error, "fitz authentication rejected");
-                        self.shared.emit(Event::AuthRejected {
-                            error: error.clone(),
-                        });
-                        self.shutdown(None, error).await;
-                        return End::Closed;
+                Err(Some(failed)) => match failed.verdict {
+                    Verdict::Network => {
+                        tracing::debug!(error = %failed.error, "fitz connection attempt failed");
+                        // The refused token stays refused.
+                        refusals.streak = 0;
+                        if !reconnecting || !policy.enabled {
+                            return self.give_up(failed.error);
+                        }
                     }
-                    tracing::debug!(error = %failure.error, "fitz connection attempt failed");
-                    if !reconnecting || !policy.enabled {
-                        return self.give_up(failure.error);
+                    verdict => {
+                        // Possibly the token: retried with a fresh one from
+                        // the provider (a first `connect()` too), up to the
+                        // configured number of handshakes in a row.
+                        refusals.streak += 1;
+                        if verdict == Verdict::Refused {
+                            refusals.token = failed.token;
+                        }
+                        let limit = self.shared.config.auth_attempts;
+                        if verdict == Verdict::RefusedAgain || refusals.streak >= limit {
+                            let error = Error::auth(format!(
+                                "authentication rejected after {} handshake(s) in a row: {}",
+                                refusals.streak,
+                                failed.error.message()
+                            ));
+                            tracing::warn!(error = %error, "fitz authentication rejected");
+                            self.shared.emit(Event::AuthRejected {
+                                error: error.clone(),
+                            });
+                            self.shutdown(None, error).await;
+                            return End::Closed;
+                        }
+                        tracing::warn!(
+                            error = %failed.error,
+                            streak = refusals.streak,
+                            limit,
+                            "fitz handshake closed, possibly a token refusal: retrying with a fresh token"
+                        );
+                        if verdict == Verdict::Refused {
+                            // A refreshed token may be accepted at once.
+                            delay = Some(std::time::Duration::ZERO);
+                        }
                     }
-                }
+                },
             }
             attempt += 1;
             if policy.exhausted(attempt) {
                 return self.give_up(Error::connection("reconnect attempts exhausted"));
             }
-            let delay = policy.delay(attempt);
-            self.set_state(State::Reconnecting);
-            self.shared
-                .emit(Event::ReconnectScheduled { attempt, delay });
+            let delay = delay.unwrap_or_else(|| policy.delay(attempt));
+            if reconnecting {
+                self.set_state(State::Reconnecting);
+                self.shared
+                    .emit(Event::ReconnectScheduled { attempt, delay });
+            }
             if !self.backoff(delay).await {
                 return End::Closed;
             }
@@ -236,13 +266,21 @@ impl Actor {
         }
     }
 
-    /// One connection attempt, bounded by the connect timeout. `Err(None)`:
-    /// closing.
-    async fn attempt(&mut self) -> std::result::Result<(Transport, ServerHello), Option<Failure>> {
+    /// One connection attempt, bounded by the connect timeout, never sending
+    /// `refused` (a token the broker refused). `Err(None)`: closing.
+    async fn attempt(
+        &mut self,
+        refused: Option<Bytes>,
+    ) -> std::result::Result<(Transport, ServerHello), Option<Handshake>> {
         self.set_state(State::Connecting);
         let deadline = Instant::now() + self.shared.config.connect_timeout;
         let close = self.shared.close.clone();
-        let mut handshake = pin!(handshake(self.shared.clone(), self.state.clone(), deadline));
+        let mut handshake = pin!(handshake(
+            self.shared.clone(),
+            self.state.clone(),
+            deadline,
+            refused
+        ));
         loop {
             let book_deadline = self.book.next_deadline();
             tokio::select! {
@@ -348,6 +386,11 @@ impl Actor {
                 timer.as_mut().reset(wanted);
             }
 
+            // Held-back work is admitted as soon as the output drains,
+            // whether or not anything arrives meanwhile.
+            let room_below = matches!(mode, Mode::Session { ready: true, .. })
+                .then_some(HIGH_WATER)
+                .filter(|_| self.book.has_backlog());
             let Mode::Session { transport, .. } = &mut mode else {
                 break None;
             };
@@ -368,12 +411,15 @@ impl Actor {
                     }
                 }
                 Some(ctl) = self.control.recv() => self.on_control(ctl, &mut mode),
-                io = poll_fn(|cx| transport.poll_io(cx)) => {
-                    last_inbound = Instant::now();
-                    pinged = false;
+                io = poll_fn(|cx| transport.poll_io(cx, room_below)) => {
+                    if !matches!(io, Ok(Inbound::Room)) {
+                        last_inbound = Instant::now();
+                        pinged = false;
+                    }
                     match io {
                         Err(failure) => break Some(failure.error),
-                        Ok(Inbound::Activity) => {}
+                        // The backlog is admitted at the top of the loop.
+                        Ok(Inbound::Activity | Inbound::Room) => {}
                         Ok(Inbound::Frame(frame)) => {
                             if let Err(e) = self.on_frames(frame, &mut mode, &mut metadata_sent) {
                                 break Some(e);
@@ -696,6 +742,9 @@ impl Actor {
         );
         self.settle(&mut Mode::Idle);
         self.registry.close_all(&error);
+        // Final before anyone hears of it: a `connect()` that returns the
+        // error finds the client `Closed`.
+        self.set_state(State::Closed);
         for w in self.connect_waiters.drain(..) {
             let _ = w.send(Err(error.clone()));
         }
@@ -724,7 +773,6 @@ impl Actor {
         if let Some(t) = transport {
             let _ = tokio::time::timeout(GOODBYE, t.goodbye()).await;
         }
-        self.set_state(State::Closed);
         self.shared.emit(Event::Closed);
     }
 }
@@ -788,16 +836,68 @@ fn ack(payload: Bytes) -> Result<()> {
     }
 }
 
+/// What a failed handshake says about the token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Nothing points at the token: the network or the broker failed
+    /// (refused, reset, timed out, cut before CONNECT was written, a
+    /// WebSocket closed for another reason). Retried like any lost
+    /// connection.
+    Network,
+    /// The broker said so: a WebSocket Close with `connect failed: …`.
+    Refused,
+    /// The provider handed back the very token the broker refused; it is
+    /// not sent again (AC-CONN-003).
+    RefusedAgain,
+    /// A TCP connection closed cleanly right after CONNECT was written, with
+    /// nothing received and no reset following: how a broker refuses a token
+    /// on TCP, and also how a cut at that instant looks.
+    Ambiguous,
+}
+
+/// A failed handshake.
+struct Handshake {
+    verdict: Verdict,
+    error: Error,
+    /// The token CONNECT carried, when one was sent.
+    token: Option<Bytes>,
+}
+
+impl Handshake {
+    fn network(error: Error) -> Self {
+        Self {
+            verdict: Verdict::Network,
+            error,
+            token: None,
+        }
+    }
+}
+
+/// Handshakes in a row that may have been token refusals.
+#[derive(Default)]
+struct Refusals {
+    streak: u32,
+    /// The last token the broker refused outright.
+    token: Option<Bytes>,
+}
+
 /// Token, transport, CONNECT, SERVER_HELLO: one attempt, bounded by
-/// `deadline`. A peer that closes after CONNECT rejected the token.
+/// `deadline`.
+///
+/// On TCP a broker refuses a token by closing without a word, so a close is
+/// judged from what the client can know (see [`Verdict`]): whether CONNECT
+/// was completely written, whether the close was orderly, whether a reset
+/// followed it (the peer never read CONNECT), and on WebSocket the Close
+/// reason.
 async fn handshake(
     shared: Arc<Shared>,
     state: watch::Sender<State>,
     deadline: Instant,
-) -> std::result::Result<(Transport, ServerHello), Failure> {
+    refused: Option<Bytes>,
+) -> std::result::Result<(Transport, ServerHello), Handshake> {
     let cfg = &shared.config;
     let timed_out = |what: &str| {
-        Failure::error(Error::timed_out(format!(
+        Handshake::network(Error::timed_out(format!(
             "{what} within the connect timeout of {:?}",
             cfg.connect_timeout
         )))
@@ -805,12 +905,21 @@ async fn handshake(
     let token = match tokio::time::timeout_at(deadline, cfg.tokens.token()).await {
         Err(_) => return Err(timed_out("no token from the token provider")),
         Ok(Err(e)) => {
-            return Err(Failure::error(Error::connection(format!(
+            return Err(Handshake::network(Error::connection(format!(
                 "the token provider failed: {e}"
             ))));
         }
-        Ok(Ok(t)) => t,
+        Ok(Ok(t)) => Bytes::from(t),
     };
+    if refused.as_ref() == Some(&token) {
+        return Err(Handshake {
+            verdict: Verdict::RefusedAgain,
+            error: Error::auth(
+                "the token provider returned the token the broker refused; it is not sent again",
+            ),
+            token: Some(token),
+        });
+    }
     let settings = OpenSettings {
         connector: cfg.connector.as_deref(),
         tls: cfg.tls.as_ref(),
@@ -820,40 +929,62 @@ async fn handshake(
     let mut transport =
         match tokio::time::timeout_at(deadline, Transport::open(&cfg.endpoint, &settings)).await {
             Err(_) => return Err(timed_out("transport not open")),
-            Ok(Err(e)) => return Err(Failure::error(e)),
+            Ok(Err(e)) => return Err(Handshake::network(e)),
             Ok(Ok(t)) => t,
         };
     state.send_replace(State::Connected);
 
     let connect = control::Connect {
-        token: Bytes::from(token),
+        token: token.clone(),
     };
     let max = transport.max_frame();
     encode_frame_with(transport.out(), max, |b| connect.encode_record(b))
-        .map_err(|e| Failure::error(Error::encode(e)))?;
+        .map_err(|e| Handshake::network(Error::encode(e)))?;
     state.send_replace(State::Authenticating);
 
-    let frame = match tokio::time::timeout_at(deadline, async {
-        transport.flush().await?;
-        transport.read_frame().await
-    })
-    .await
-    {
+    // A failure before CONNECT is completely written is never a refusal.
+    match tokio::time::timeout_at(deadline, transport.flush()).await {
+        Err(_) => return Err(timed_out("CONNECT not written")),
+        Ok(Err(f)) => return Err(Handshake::network(f.error)),
+        Ok(Ok(())) => {}
+    }
+    let frame = match tokio::time::timeout_at(deadline, transport.read_frame()).await {
         Err(_) => return Err(timed_out("no SERVER_HELLO")),
-        Ok(Err(f)) => return Err(f),
+        Ok(Err(f)) => {
+            let verdict = match f.close {
+                Close::Refused => Verdict::Refused,
+                Close::Clean if !transport.is_websocket() => match transport.take_probe() {
+                    Some(probe) => {
+                        match tokio::time::timeout_at(deadline, probe.reset_follows()).await {
+                            Ok(true) => Verdict::Network,
+                            _ => Verdict::Ambiguous,
+                        }
+                    }
+                    None => Verdict::Ambiguous,
+                },
+                _ => Verdict::Network,
+            };
+            return Err(Handshake {
+                verdict,
+                error: f.error,
+                token: Some(token),
+            });
+        }
         Ok(Ok(f)) => f,
     };
+    drop(transport.take_probe());
     // The hello must be alone in its frame and unlabelled.
-    let record = decode_single_record(frame)
-        .map_err(|e| Failure::error(Error::protocol(format!("malformed handshake frame: {e}"))))?;
+    let record = decode_single_record(frame).map_err(|e| {
+        Handshake::network(Error::protocol(format!("malformed handshake frame: {e}")))
+    })?;
     if record.ty != types::SERVER_HELLO {
-        return Err(Failure::error(Error::protocol(format!(
+        return Err(Handshake::network(Error::protocol(format!(
             "expected SERVER_HELLO, the broker sent {} ({})",
             record.ty,
             types::name(record.ty)
         ))));
     }
     let hello = ServerHello::decode(record.payload)
-        .map_err(|e| Failure::error(Error::protocol(format!("malformed SERVER_HELLO: {e}"))))?;
+        .map_err(|e| Handshake::network(Error::protocol(format!("malformed SERVER_HELLO: {e}"))))?;
     Ok((transport, hello))
 }

@@ -142,6 +142,8 @@ pub(crate) struct Config {
     pub connector: Option<Arc<dyn Connector>>,
     pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     pub connect_timeout: Duration,
+    /// Handshakes in a row that may be token refusals before giving up.
+    pub auth_attempts: u32,
     pub request_timeout: Duration,
     pub reconnect: ReconnectPolicy,
     pub max_frame: usize,

@@ -215,20 +215,45 @@ async fn close_during_backoff_returns_promptly() {
     assert_eq!(e.kind(), ErrorKind::Closed);
 }
 
+/// Accepts the next connection and closes it right after CONNECT, as a
+/// broker refusing the token over TCP does (or a cut at that instant).
+async fn close_after_connect(listener: &mut MemoryListener) {
+    let mut peer = Peer::new(listener.accept().await.unwrap());
+    peer.read_connect().await.unwrap();
+    peer.close().await;
+}
+
 #[tokio::test(start_paused = true)]
-async fn auth_rejection_is_terminal_and_typed() {
+async fn auth_rejection_is_terminal_and_typed_after_the_configured_streak() {
     let tokens = Arc::new(AtomicUsize::new(0));
     let (b, mut listener) = builder(&tokens);
     let client = b.build().unwrap();
+    let mut events = client.events();
     let c = client.clone();
     let connecting = tokio::spawn(async move { c.connect().await });
-    let mut peer = Peer::new(listener.accept().await.unwrap());
-    peer.read_connect().await.unwrap();
-    peer.close().await; // what a broker does with a bad token
+    // The default three handshakes in a row, each with a fresh token.
+    for _ in 0..3 {
+        close_after_connect(&mut listener).await;
+    }
     let e = connecting.await.unwrap().unwrap_err();
-    assert_eq!(e.kind(), ErrorKind::Auth);
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
     assert!(!e.is_retryable());
+    // Final when the call returns.
     assert_eq!(client.state(), State::Closed);
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        3,
+        "a fresh token per attempt"
+    );
+    let mut rejected = false;
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {
+        rejected |= matches!(ev, Event::AuthRejected { .. });
+        assert!(
+            !matches!(ev, Event::ReconnectScheduled { .. }),
+            "a first connect is not a reconnect"
+        );
+    }
+    assert!(rejected);
     assert_eq!(
         client.connect().await.unwrap_err().kind(),
         ErrorKind::Closed
@@ -244,16 +269,79 @@ async fn auth_rejection_is_terminal_and_typed() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn one_attempt_is_enough_when_configured() {
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let (b, mut listener) = builder(&tokens);
+    let client = b.auth_attempts(1).build().unwrap();
+    let c = client.clone();
+    let connecting = tokio::spawn(async move { c.connect().await });
+    close_after_connect(&mut listener).await;
+    let e = connecting.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Auth, "{e}");
+    assert_eq!(client.state(), State::Closed);
+    assert_eq!(tokens.load(Ordering::SeqCst), 1);
+    assert!(
+        Client::builder("memory://x", crate::StaticToken::anonymous())
+            .connector(memory(16).0)
+            .auth_attempts(0)
+            .build()
+            .is_err()
+    );
+}
+
+/// The fault this guards against: one connection lost while the client
+/// waits for SERVER_HELLO (a cut, a broker restarting behind a proxy) ended
+/// the client for good as an authentication rejection.
+#[tokio::test(start_paused = true)]
+async fn a_close_during_the_handshake_is_retried_and_the_client_connects() {
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let (b, mut listener) = builder(&tokens);
+    let client = b.build().unwrap();
+    let c = client.clone();
+    let connecting = tokio::spawn(async move { c.connect().await });
+    close_after_connect(&mut listener).await;
+    close_after_connect(&mut listener).await;
+    let mut peer = Peer::new(listener.accept().await.unwrap());
+    let token = peer.handshake(CAP_CORRELATION).await.unwrap();
+    connecting.await.unwrap().unwrap();
+    assert_eq!(client.state(), State::Authenticated);
+    assert_eq!(
+        &token[..],
+        b"token-3",
+        "each attempt asked for a fresh token"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_network_failure_restarts_the_refusal_count() {
+    let mut h = start(CAP_CORRELATION).await;
+    // Two ambiguous closes, a handshake that times out (a network failure),
+    // two more ambiguous closes, then a broker that answers: four closes in
+    // all, never three in a row, so the client lives.
+    let old = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
+    old.close().await;
+    close_after_connect(&mut h.listener).await;
+    close_after_connect(&mut h.listener).await;
+    let mut silent = Peer::new(h.listener.accept().await.unwrap());
+    silent.read_connect().await.unwrap();
+    // The connect timeout passes (paused time) without a hello.
+    close_after_connect(&mut h.listener).await;
+    close_after_connect(&mut h.listener).await;
+    reaccept(&mut h, CAP_CORRELATION).await;
+    wait_state(&h.client, State::Authenticated).await;
+    drop(silent);
+}
+
+#[tokio::test(start_paused = true)]
 async fn auth_rejection_during_reconnect_closes_for_good() {
     let mut h = start(CAP_CORRELATION).await;
     let mut events = h.client.events();
     let mut sub = subscribe(&mut h, "notice://a/b/*", 1, SubscriptionOptions::default()).await;
     let old = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
     old.close().await;
-    h.peer = Peer::new(h.listener.accept().await.unwrap());
-    h.peer.read_connect().await.unwrap();
-    let peer = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
-    peer.close().await;
+    for _ in 0..3 {
+        close_after_connect(&mut h.listener).await;
+    }
     wait_state(&h.client, State::Closed).await;
     let mut rejected = false;
     while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(1), events.recv()).await {

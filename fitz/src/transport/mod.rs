@@ -30,7 +30,7 @@ use tokio::sync::mpsc;
 use crate::endpoint::{Endpoint, Scheme};
 use crate::error::{Error, Result};
 
-pub(crate) use stream::StreamIo;
+pub(crate) use stream::{ResetProbe, StreamIo};
 pub(crate) use ws::WsIo;
 
 /// A bidirectional byte stream a [`Connector`] may return.
@@ -121,40 +121,72 @@ pub(crate) enum Inbound {
     Frame(Bytes),
     /// Proof of life without a frame (WebSocket ping, pong or text).
     Activity,
+    /// Output drained below the level the caller asked to be told about.
+    Room,
+}
+
+/// How the peer ended a connection, as far as the client can tell.
+///
+/// During the handshake this decides whether a close may be the broker
+/// refusing the token (see `connection::actor`): only a [`Close::Refused`]
+/// says so for certain; a [`Close::Clean`] right after CONNECT may be a
+/// refusal on TCP (the broker closes without a word) or a network cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Close {
+    /// Not a close by the peer: a local, protocol or timeout failure.
+    Other,
+    /// An orderly end of stream with nothing left unread (a TCP FIN, a TLS
+    /// stream ending, a WebSocket Close frame without a refusal).
+    Clean,
+    /// A reset, an abort, a broken pipe, or an end in the middle of a frame.
+    Reset,
+    /// A WebSocket Close frame whose reason is a CONNECT refusal
+    /// (`connect failed: …`).
+    Refused,
 }
 
 /// Why a transport stopped.
 #[derive(Debug)]
 pub(crate) struct Failure {
-    /// The peer closed or reset the connection (during the handshake this
-    /// means the broker rejected CONNECT).
-    pub peer_closed: bool,
+    pub close: Close,
     pub error: Error,
 }
 
 impl Failure {
-    pub fn closed(reason: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+    /// The peer closed the connection in an orderly way.
+    pub fn clean(reason: impl Into<std::borrow::Cow<'static, str>>) -> Self {
         Self {
-            peer_closed: true,
+            close: Close::Clean,
+            error: Error::connection(reason),
+        }
+    }
+
+    /// The connection broke (reset, or cut in the middle of a frame).
+    pub fn reset(reason: impl Into<std::borrow::Cow<'static, str>>) -> Self {
+        Self {
+            close: Close::Reset,
             error: Error::connection(reason),
         }
     }
 
     pub fn error(error: Error) -> Self {
         Self {
-            peer_closed: false,
+            close: Close::Other,
             error,
         }
     }
 
     fn io(context: &'static str, err: io::Error) -> Self {
         use io::ErrorKind::*;
-        let peer_closed = matches!(
-            err.kind(),
-            ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof
-        );
+        let close = match err.kind() {
+            // A TLS stream that ends without close_notify is how a broker
+            // behind TLS closes: orderly as far as the socket goes.
+            UnexpectedEof => Close::Clean,
+            ConnectionReset | ConnectionAborted | BrokenPipe => Close::Reset,
+            _ => Close::Other,
+        };
         Self {
-            peer_closed,
+            close,
             error: Error::io(context, err),
         }
     }
@@ -171,16 +203,19 @@ pub(crate) struct Transport {
     /// Outbound frames, each `[u32 BE length][records]`.
     out: BytesMut,
     max_frame: usize,
+    probe: Option<ResetProbe>,
 }
 
 impl Transport {
     /// Opens the byte stream, TLS and WebSocket layers the endpoint asks for.
     pub async fn open(endpoint: &Endpoint, settings: &OpenSettings<'_>) -> Result<Self> {
-        let raw: BoxedStream = match settings.connector {
-            Some(c) => c
-                .connect()
-                .await
-                .map_err(|e| Error::io("connect failed", e))?,
+        let (raw, probe): (BoxedStream, _) = match settings.connector {
+            Some(c) => (
+                c.connect()
+                    .await
+                    .map_err(|e| Error::io("connect failed", e))?,
+                None,
+            ),
             None if endpoint.scheme == Scheme::Memory => {
                 return Err(Error::invalid("memory:// URLs need a connector"));
             }
@@ -204,7 +239,14 @@ impl Transport {
             io,
             out: BytesMut::with_capacity(8 * 1024),
             max_frame: settings.max_frame,
+            probe,
         })
+    }
+
+    /// The handshake's reset probe (plain TCP connections only); taking it
+    /// releases the second socket handle.
+    pub fn take_probe(&mut self) -> Option<ResetProbe> {
+        self.probe.take()
     }
 
     /// The outbound buffer: append whole length-prefixed frames
@@ -241,14 +283,25 @@ impl Transport {
     }
 
     /// Makes write progress, then returns the next inbound frame or activity.
-    /// Cancel-safe: all state lives in `self`.
-    pub fn poll_io(&mut self, cx: &mut Context<'_>) -> Poll<std::result::Result<Inbound, Failure>> {
+    ///
+    /// With `room_below: Some(level)` it also returns [`Inbound::Room`] as
+    /// soon as less than `level` bytes wait to be written: a caller holding
+    /// work back until the output drains is woken by writability alone, even
+    /// when nothing arrives. Cancel-safe: all state lives in `self`.
+    pub fn poll_io(
+        &mut self,
+        cx: &mut Context<'_>,
+        room_below: Option<usize>,
+    ) -> Poll<std::result::Result<Inbound, Failure>> {
         let write = match &mut self.io {
             Io::Stream(s) => s.poll_write_out(cx, &mut self.out),
             Io::Ws(ws) => ws.poll_write_out(cx, &mut self.out),
         };
         if let Poll::Ready(Err(f)) = write {
             return Poll::Ready(Err(f));
+        }
+        if room_below.is_some_and(|level| self.pending_out() < level) {
+            return Poll::Ready(Ok(Inbound::Room));
         }
         match &mut self.io {
             Io::Stream(s) => s.poll_read_frame(cx).map(|r| r.map(Inbound::Frame)),
@@ -303,9 +356,9 @@ impl Transport {
     /// Reads the next frame (handshake use; the actor uses [`Self::poll_io`]).
     pub async fn read_frame(&mut self) -> std::result::Result<Bytes, Failure> {
         loop {
-            match std::future::poll_fn(|cx| self.poll_io(cx)).await? {
+            match std::future::poll_fn(|cx| self.poll_io(cx, None)).await? {
                 Inbound::Frame(f) => return Ok(f),
-                Inbound::Activity => continue,
+                Inbound::Activity | Inbound::Room => continue,
             }
         }
     }

@@ -17,13 +17,40 @@ use crate::error::{Error, Result};
 /// Read-buffer growth step: large enough for many small frames per syscall.
 const READ_CHUNK: usize = 16 * 1024;
 
+/// A second handle on a freshly connected TCP socket, kept only for the
+/// handshake.
+///
+/// A broker that refuses a token reads CONNECT and closes: the client sees a
+/// FIN and nothing else. A peer that closes *without reading* what was sent
+/// (an L4 proxy or load balancer whose broker is down, a listener that is
+/// going away) answers the unread CONNECT with a reset, which may arrive just
+/// after its FIN. After an orderly close, [`ResetProbe::reset_follows`] waits
+/// about a round trip and reports whether such a reset came.
+pub(crate) struct ResetProbe {
+    socket: socket2::Socket,
+    /// How long the TCP connect took: one round trip.
+    rtt: Duration,
+}
+
+impl ResetProbe {
+    /// True when the connection was also reset (the socket holds an error),
+    /// i.e. the peer did not read what the client sent.
+    pub async fn reset_follows(&self) -> bool {
+        let grace = (self.rtt * 2 + Duration::from_millis(5)).min(Duration::from_millis(500));
+        tokio::time::sleep(grace).await;
+        matches!(self.socket.take_error(), Ok(Some(_)))
+    }
+}
+
 pub(crate) async fn connect_tcp(
     endpoint: &Endpoint,
     keepalive: Option<Duration>,
-) -> Result<BoxedStream> {
+) -> Result<(BoxedStream, Option<ResetProbe>)> {
+    let started = std::time::Instant::now();
     let tcp = TcpStream::connect(endpoint.socket_addr())
         .await
         .map_err(|e| Error::io("TCP connect failed", e))?;
+    let rtt = started.elapsed();
     // Requests are small and latency-bound; batching happens in the actor.
     tcp.set_nodelay(true)
         .map_err(|e| Error::io("TCP_NODELAY failed", e))?;
@@ -42,7 +69,12 @@ pub(crate) async fn connect_tcp(
             tracing::debug!(error = %e, "TCP keepalive not set");
         }
     }
-    Ok(Box::new(tcp))
+    // Without a second handle a close stays ambiguous; not a reason to fail.
+    let probe = socket2::SockRef::from(&tcp)
+        .try_clone()
+        .ok()
+        .map(|socket| ResetProbe { socket, rtt });
+    Ok((Box::new(tcp), probe))
 }
 
 pub(crate) struct StreamIo {
@@ -74,7 +106,7 @@ impl StreamIo {
             let n = ready!(Pin::new(&mut self.stream).poll_write(cx, out))
                 .map_err(|e| Failure::io("write failed", e))?;
             if n == 0 {
-                return Poll::Ready(Err(Failure::closed("connection closed while writing")));
+                return Poll::Ready(Err(Failure::reset("connection closed while writing")));
             }
             out.advance(n);
             self.needs_flush = true;
@@ -111,12 +143,11 @@ impl StreamIo {
             ))
             .map_err(|e| Failure::io("read failed", e))?;
             if n == 0 {
-                let why = if self.read.is_empty() {
-                    "connection closed by the broker"
+                return Poll::Ready(Err(if self.read.is_empty() {
+                    Failure::clean("connection closed by the broker")
                 } else {
-                    "connection closed by the broker mid-frame"
-                };
-                return Poll::Ready(Err(Failure::closed(why)));
+                    Failure::reset("connection closed by the broker mid-frame")
+                }));
             }
         }
     }

@@ -13,9 +13,13 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use super::{BoxedStream, Failure, Inbound};
+use super::{BoxedStream, Close, Failure, Inbound};
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
+
+/// How a broker's Close reason starts when it refuses CONNECT (the spec's
+/// `connect failed: <reason>`).
+const CONNECT_REFUSED: &str = "connect failed";
 
 pub(crate) struct WsIo {
     ws: WebSocketStream<BoxedStream>,
@@ -99,7 +103,11 @@ impl WsIo {
     ) -> Poll<std::result::Result<Inbound, Failure>> {
         loop {
             let msg = match ready!(Pin::new(&mut self.ws).poll_next(cx)) {
-                None => return Poll::Ready(Err(Failure::closed("WebSocket ended"))),
+                None => {
+                    return Poll::Ready(Err(Failure::reset(
+                        "WebSocket ended without a Close frame",
+                    )));
+                }
                 Some(Err(e)) => return Poll::Ready(Err(failure(e))),
                 Some(Ok(m)) => m,
             };
@@ -117,6 +125,9 @@ impl WsIo {
                 Message::Binary(frame) => Ok(Inbound::Frame(frame)),
                 Message::Ping(_) | Message::Pong(_) | Message::Text(_) => Ok(Inbound::Activity),
                 Message::Close(frame) => {
+                    let refused = frame
+                        .as_ref()
+                        .is_some_and(|f| f.reason.starts_with(CONNECT_REFUSED));
                     let reason = match frame {
                         Some(f) if !f.reason.is_empty() => {
                             format!("broker closed the WebSocket ({}): {}", f.code, f.reason)
@@ -124,7 +135,11 @@ impl WsIo {
                         Some(f) => format!("broker closed the WebSocket ({})", f.code),
                         None => "broker closed the WebSocket".to_owned(),
                     };
-                    Err(Failure::closed(reason))
+                    let mut failure = Failure::clean(reason);
+                    if refused {
+                        failure.close = Close::Refused;
+                    }
+                    Err(failure)
                 }
                 Message::Frame(_) => continue,
             });
@@ -138,21 +153,18 @@ impl WsIo {
 
 fn failure(e: WsError) -> Failure {
     match e {
-        WsError::ConnectionClosed | WsError::AlreadyClosed => Failure::closed("WebSocket closed"),
+        WsError::ConnectionClosed | WsError::AlreadyClosed => Failure::clean("WebSocket closed"),
         WsError::Io(io) => Failure::io("WebSocket I/O failed", io),
         WsError::Capacity(c) => Failure::error(Error::protocol(format!(
             "inbound WebSocket message too large: {c}"
         ))),
+        // A reset without a closing handshake is how a dead broker or a cut
+        // link looks: the connection was lost, retryably.
+        WsError::Protocol(
+            tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+        ) => Failure::reset("WebSocket connection lost without a closing handshake"),
         WsError::Protocol(p) => {
-            // A reset without a closing handshake is how a dead broker looks.
-            let closed = matches!(
-                p,
-                tokio_tungstenite::tungstenite::error::ProtocolError::ResetWithoutClosingHandshake
-            );
-            Failure {
-                peer_closed: closed,
-                error: Error::protocol(format!("WebSocket protocol error: {p}")),
-            }
+            Failure::error(Error::protocol(format!("WebSocket protocol error: {p}")))
         }
         other => Failure::error(Error::connection(format!("WebSocket failed: {other}"))),
     }

@@ -16,4 +16,4 @@ pub mod peer;
 pub mod proxy;
 
 pub use fixture::Brokers;
-pub use proxy::{Proxy, ProxyHandle};
+pub use proxy::{Direction, Proxy, ProxyHandle};

@@ -9,6 +9,9 @@
 //! // … connect a client to `url` …
 //! proxy.cut_all();             // every live connection is closed now
 //! proxy.blackhole(true);       // half-open: sockets stay, nothing moves
+//! proxy.stall(fitz_testkit::Direction::Up, true); // the broker "stops reading"
+//! proxy.cut_handshakes(1, 1);  // the next connection dies right after CONNECT
+//! proxy.upstream_down(true);   // accept, then drop: a proxy whose broker is down
 //! proxy.refuse_new(true);      // the port stops listening (connection refused)
 //! # Ok(()) }
 //! ```
@@ -25,13 +28,41 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// A direction of traffic through the proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    /// Client → broker.
+    Up,
+    /// Broker → client.
+    Down,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct Knobs {
-    blackhole: bool,
+    /// Nothing is read client → broker (the broker looks like a peer that
+    /// stopped reading).
+    stall_up: bool,
+    /// Nothing is read broker → client.
+    stall_down: bool,
     refuse: bool,
+    /// Accept, then close at once without connecting upstream.
+    upstream_down: bool,
     delay: Duration,
     /// Bumped by `cut_all`: connections of an older epoch close.
     epoch: u64,
+    /// The next this-many new connections are cut right after their
+    /// `cut_after`-th client chunk has been forwarded.
+    cut_handshakes: u32,
+    cut_after: u32,
+}
+
+impl Knobs {
+    fn stalled(&self, dir: Direction) -> bool {
+        match dir {
+            Direction::Up => self.stall_up,
+            Direction::Down => self.stall_down,
+        }
+    }
 }
 
 struct Inner {
@@ -109,7 +140,40 @@ impl ProxyHandle {
     /// Half-open mode: sockets stay open but no byte moves in either
     /// direction until switched off (bytes in flight are then delivered).
     pub fn blackhole(&self, on: bool) {
-        self.inner.knobs.send_modify(|k| k.blackhole = on);
+        self.inner.knobs.send_modify(|k| {
+            k.stall_up = on;
+            k.stall_down = on;
+        });
+    }
+
+    /// One-way black hole: nothing is read in `direction` until switched off
+    /// (then everything buffered moves on). `Up` makes the broker look like a
+    /// peer that stopped reading: the client's writes back up into its own
+    /// buffers. `Down` is a half-open link whose replies never arrive.
+    pub fn stall(&self, direction: Direction, on: bool) {
+        self.inner.knobs.send_modify(|k| match direction {
+            Direction::Up => k.stall_up = on,
+            Direction::Down => k.stall_down = on,
+        });
+    }
+
+    /// Cuts each of the next `connections` new connections right after its
+    /// `chunk`-th client write has been forwarded to the broker, before
+    /// anything more comes back: with `chunk = 1` on raw TCP that is just
+    /// after CONNECT (the client sees an orderly close and no SERVER_HELLO);
+    /// on WebSocket the first chunk is the HTTP upgrade, so `chunk = 2`.
+    pub fn cut_handshakes(&self, connections: u32, chunk: u32) {
+        self.inner.knobs.send_modify(|k| {
+            k.cut_handshakes = connections;
+            k.cut_after = chunk.max(1);
+        });
+    }
+
+    /// While on, new connections are accepted and closed at once without
+    /// connecting upstream: an L4 proxy or load balancer whose broker is down
+    /// or restarting.
+    pub fn upstream_down(&self, on: bool) {
+        self.inner.knobs.send_modify(|k| k.upstream_down = on);
     }
 
     /// Delays every forwarded chunk by `delay` (order is kept).
@@ -181,7 +245,22 @@ async fn accept_loop(
             accepted = l.accept() => {
                 let Ok((client, _)) = accepted else { continue };
                 let _ = client.set_nodelay(true);
-                tokio::spawn(forward(client, upstream, knobs.subscribe(), live.clone()));
+                let mut cut_after = None;
+                let mut down = false;
+                knobs.send_if_modified(|k| {
+                    down = k.upstream_down;
+                    if down || k.cut_handshakes == 0 {
+                        return false;
+                    }
+                    k.cut_handshakes -= 1;
+                    cut_after = Some(k.cut_after);
+                    true
+                });
+                if down {
+                    drop(client);
+                    continue;
+                }
+                tokio::spawn(forward(client, upstream, knobs.subscribe(), live.clone(), cut_after));
             }
             changed = rx.changed() => {
                 if changed.is_err() {
@@ -207,6 +286,7 @@ async fn forward(
     upstream: SocketAddr,
     mut knobs: watch::Receiver<Knobs>,
     live: Arc<AtomicUsize>,
+    cut_after: Option<u32>,
 ) {
     let epoch = knobs.borrow_and_update().epoch;
     let Ok(server) = TcpStream::connect(upstream).await else {
@@ -216,8 +296,10 @@ async fn forward(
     live.fetch_add(1, Ordering::AcqRel);
     let (cr, cw) = client.into_split();
     let (sr, sw) = server.into_split();
-    let up = pump(cr, sw, knobs.clone());
-    let down = pump(sr, cw, knobs.clone());
+    // `up` ends after its `cut_after`-th chunk; polled in this one task, so
+    // nothing more moves down once it has.
+    let up = pump(cr, sw, knobs.clone(), Direction::Up, cut_after);
+    let down = pump(sr, cw, knobs.clone(), Direction::Down, None);
     tokio::select! {
         _ = up => {}
         _ = down => {}
@@ -227,10 +309,16 @@ async fn forward(
     // Both halves drop here: the peers see the connection close.
 }
 
-async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut knobs: watch::Receiver<Knobs>) {
+async fn pump(
+    mut from: OwnedReadHalf,
+    mut to: OwnedWriteHalf,
+    mut knobs: watch::Receiver<Knobs>,
+    dir: Direction,
+    mut chunks_left: Option<u32>,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     loop {
-        if knobs.wait_for(|k| !k.blackhole).await.is_err() {
+        if knobs.wait_for(|k| !k.stalled(dir)).await.is_err() {
             return;
         }
         let n = match from.read(&mut buf).await {
@@ -241,11 +329,17 @@ async fn pump(mut from: OwnedReadHalf, mut to: OwnedWriteHalf, mut knobs: watch:
         if !delay.is_zero() {
             tokio::time::sleep(delay).await;
         }
-        if knobs.wait_for(|k| !k.blackhole).await.is_err() {
+        if knobs.wait_for(|k| !k.stalled(dir)).await.is_err() {
             return;
         }
         if to.write_all(&buf[..n]).await.is_err() {
             return;
+        }
+        if let Some(left) = &mut chunks_left {
+            *left -= 1;
+            if *left == 0 {
+                return;
+            }
         }
     }
 }
