@@ -16,6 +16,7 @@ use crate::auth::{AuthConfig, Family};
 use crate::clock::{AdvanceListener, Clock, Timers};
 use crate::config::Config;
 use crate::engines::{Engines, Services};
+use crate::input::InputBudget;
 use crate::registry::SubscriptionIds;
 use crate::session::{BrokerStats, OutboundLimits, Session, SessionId, Transport};
 use crate::storage::{self, StorageError, StorageMode};
@@ -46,6 +47,10 @@ pub(crate) struct Shared {
     pub tasks: TaskTracker,
     /// Closed at shutdown and drop so the path can be reopened.
     pub storage: Arc<dyn storage::Backend>,
+    /// One permit per connection served (`FITZ_MAX_CONNECTIONS`).
+    pub connections: Arc<tokio::sync::Semaphore>,
+    /// Unfinished input across connections (`FITZ_MAX_PENDING_INPUT_BYTES`).
+    pub input: InputBudget,
 }
 
 /// Live sessions, with a watch channel of their count for tests.
@@ -230,6 +235,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Bounds on connections, unfinished input and KV transactions.
+    #[must_use]
+    pub fn limits(mut self, limits: crate::config::Limits) -> Self {
+        self.config.limits = limits;
+        self
+    }
+
     /// Bounds of each session's outbound backlog.
     #[must_use]
     pub fn outbound_limits(mut self, limits: OutboundLimits) -> Self {
@@ -278,6 +290,7 @@ impl Broker {
             ));
         }
         let storage = storage::open(&config.storage)?;
+        let limits = config.limits;
         let config = Arc::new(config);
         let timers = Arc::new(Timers::new(clock.clone()));
         let services = Services {
@@ -303,6 +316,12 @@ impl Broker {
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
             storage,
+            connections: Arc::new(tokio::sync::Semaphore::new(
+                limits
+                    .max_connections
+                    .min(tokio::sync::Semaphore::MAX_PERMITS),
+            )),
+            input: InputBudget::new(limits.max_pending_input, limits.frame_timeout),
         });
         let listener: Weak<dyn AdvanceListener> =
             Arc::downgrade(&shared) as Weak<dyn AdvanceListener>;
@@ -398,6 +417,20 @@ impl Broker {
             .stats
             .dropped_notifications
             .load(Ordering::Relaxed)
+    }
+
+    /// Connections closed at accept because `FITZ_MAX_CONNECTIONS` were
+    /// already served.
+    pub fn refused_connections(&self) -> u64 {
+        self.shared
+            .stats
+            .refused_connections
+            .load(Ordering::Relaxed)
+    }
+
+    /// Bytes of the unfinished-input budget no connection holds right now.
+    pub fn input_budget_available(&self) -> usize {
+        self.shared.input.available()
     }
 
     /// Sessions opened since start.

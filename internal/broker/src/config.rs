@@ -43,8 +43,53 @@ pub struct Config {
     pub rpc_cancellation_grace: Duration,
     /// Bounds of each session's outbound backlog.
     pub outbound: OutboundLimits,
+    /// Bounds on connections and on what unfinished input may hold.
+    pub limits: Limits,
     /// `tracing` filter for the binary (`RUST_LOG`); unused when embedded.
     pub log_filter: Option<String>,
+}
+
+/// Bounds on what clients can make the broker hold in memory: connections,
+/// unfinished frames, uncommitted KV writes. The real broker has its own
+/// limits; these variables are this broker's (see docs/ARCHITECTURE.md,
+/// "Memory bounds").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Connections served at once, TCP and HTTP together
+    /// (`FITZ_MAX_CONNECTIONS`). A connection beyond it is closed as soon as
+    /// it is accepted.
+    pub max_connections: usize,
+    /// Time a frame may take to arrive once its first byte has, after
+    /// CONNECT (`FITZ_FRAME_TIMEOUT_SECS`; before CONNECT the connect timeout
+    /// applies). A connection that sends part of a frame and stalls is
+    /// closed with `frame timeout`.
+    pub frame_timeout: Duration,
+    /// Bytes of unfinished frames held across all connections
+    /// (`FITZ_MAX_PENDING_INPUT_BYTES`). A connection in the middle of a
+    /// frame reads on only while this budget has room; otherwise it waits
+    /// (the kernel's flow control holds the sender) until others finish
+    /// their frames or are closed by the frame timeout.
+    pub max_pending_input: usize,
+    /// Bytes of keys and values one uncommitted KV transaction may write
+    /// (`FITZ_KV_TX_MAX_BYTES`). A write beyond it aborts the transaction:
+    /// `1010` (the spec has no "transaction too large" code).
+    pub kv_tx_max_bytes: usize,
+    /// The same across every open KV transaction of the broker
+    /// (`FITZ_KV_TX_TOTAL_BYTES`); a write beyond it aborts its
+    /// transaction the same way.
+    pub kv_tx_total_bytes: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_connections: 4096,
+            frame_timeout: Duration::from_secs(10),
+            max_pending_input: 32 << 20,
+            kv_tx_max_bytes: 8 << 20,
+            kv_tx_total_bytes: 32 << 20,
+        }
+    }
 }
 
 /// Default connect deadline.
@@ -71,6 +116,7 @@ impl Default for Config {
             rpc_request_timeout: DEFAULT_RPC_REQUEST_TIMEOUT,
             rpc_cancellation_grace: DEFAULT_RPC_CANCELLATION_GRACE,
             outbound: OutboundLimits::default(),
+            limits: Limits::default(),
             log_filter: None,
         }
     }
@@ -194,6 +240,31 @@ const SETTINGS: &[Setting] = &[
         flag: "connect-timeout-secs",
         env: &["FITZ_CONNECT_TIMEOUT_SECS"],
         help: "Seconds a connection has to send CONNECT [default: 10]",
+    },
+    Setting {
+        flag: "max-connections",
+        env: &["FITZ_MAX_CONNECTIONS"],
+        help: "Connections served at once (this broker's own limit) [default: 4096]",
+    },
+    Setting {
+        flag: "frame-timeout-secs",
+        env: &["FITZ_FRAME_TIMEOUT_SECS"],
+        help: "Seconds a started frame may take to arrive (this broker's own limit) [default: 10]",
+    },
+    Setting {
+        flag: "max-pending-input-bytes",
+        env: &["FITZ_MAX_PENDING_INPUT_BYTES"],
+        help: "Bytes of unfinished frames held across connections (this broker's own limit) [default: 33554432]",
+    },
+    Setting {
+        flag: "kv-tx-max-bytes",
+        env: &["FITZ_KV_TX_MAX_BYTES"],
+        help: "Bytes one uncommitted KV transaction may write (this broker's own limit) [default: 8388608]",
+    },
+    Setting {
+        flag: "kv-tx-total-bytes",
+        env: &["FITZ_KV_TX_TOTAL_BYTES"],
+        help: "Bytes all uncommitted KV transactions may write (this broker's own limit) [default: 33554432]",
     },
     Setting {
         flag: "log",
@@ -371,6 +442,31 @@ impl Config {
         if let Some(v) = get("connect-timeout-secs") {
             let secs: u64 = parse(&v, "connect timeout")?;
             c.connect_timeout = Duration::from_secs(secs.max(1));
+        }
+        let positive = |name: &str, what: &str| -> Result<Option<u64>, ConfigError> {
+            match get(name) {
+                None => Ok(None),
+                Some(v) => match parse::<u64>(&v, what)? {
+                    0 => Err(ConfigError(format!("{what} must be > 0"))),
+                    n => Ok(Some(n)),
+                },
+            }
+        };
+        let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(n) = positive("max-connections", "max connections")? {
+            c.limits.max_connections = size(n);
+        }
+        if let Some(n) = positive("frame-timeout-secs", "frame timeout")? {
+            c.limits.frame_timeout = Duration::from_secs(n);
+        }
+        if let Some(n) = positive("max-pending-input-bytes", "max pending input")? {
+            c.limits.max_pending_input = size(n);
+        }
+        if let Some(n) = positive("kv-tx-max-bytes", "KV transaction bytes")? {
+            c.limits.kv_tx_max_bytes = size(n);
+        }
+        if let Some(n) = positive("kv-tx-total-bytes", "KV transaction total bytes")? {
+            c.limits.kv_tx_total_bytes = size(n);
         }
         c.log_filter = get("log");
         Ok(Command::Run(Box::new(c)))
@@ -557,5 +653,42 @@ mod tests {
         );
         assert_eq!(run(&[], &["--help"]).unwrap(), Command::Help);
         assert!(help().contains("FITZ_KV_IDLE_TRANSACTION_TTL_SECS"));
+    }
+
+    #[test]
+    fn memory_limits_are_ours_and_configurable() {
+        let anon = ("FITZ_AUTH_REQUIRED", "false");
+        assert_eq!(config(&[anon], &[]).limits, Limits::default());
+        let c = config(
+            &[
+                anon,
+                ("FITZ_MAX_CONNECTIONS", "10"),
+                ("FITZ_FRAME_TIMEOUT_SECS", "3"),
+                ("FITZ_MAX_PENDING_INPUT_BYTES", "65536"),
+                ("FITZ_KV_TX_MAX_BYTES", "1000"),
+            ],
+            &["--kv-tx-total-bytes", "5000"],
+        );
+        assert_eq!(
+            c.limits,
+            Limits {
+                max_connections: 10,
+                frame_timeout: Duration::from_secs(3),
+                max_pending_input: 65536,
+                kv_tx_max_bytes: 1000,
+                kv_tx_total_bytes: 5000,
+            }
+        );
+        assert!(run(&[anon, ("FITZ_MAX_CONNECTIONS", "0")], &[]).is_err());
+        assert!(run(&[anon, ("FITZ_KV_TX_MAX_BYTES", "lots")], &[]).is_err());
+        for name in [
+            "FITZ_MAX_CONNECTIONS",
+            "FITZ_FRAME_TIMEOUT_SECS",
+            "FITZ_MAX_PENDING_INPUT_BYTES",
+            "FITZ_KV_TX_MAX_BYTES",
+            "FITZ_KV_TX_TOTAL_BYTES",
+        ] {
+            assert!(help().contains(name), "{name}");
+        }
     }
 }

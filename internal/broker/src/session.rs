@@ -137,6 +137,8 @@ pub const SLOW_CONSUMER: CloseReason = CloseReason::new("slow consumer");
 pub(crate) struct BrokerStats {
     pub dropped_notifications: AtomicU64,
     pub sessions_opened: AtomicU64,
+    /// Connections closed at accept because the connection limit was reached.
+    pub refused_connections: AtomicU64,
 }
 
 /// A live session. Cheap to clone; engines keep clones in their state (a

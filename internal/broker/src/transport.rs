@@ -9,36 +9,38 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::frame::FrameDecoder;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
+use tokio_util::sync::PollSemaphore;
 
 use crate::broker::Shared;
 use crate::connection;
+use crate::input::{FREE_READ, Meter, Metered};
 use crate::session::{CloseReason, Transport};
 
 /// Largest HTTP request head accepted.
 const MAX_HTTP_HEAD: usize = 8 * 1024;
 /// Time a client has to send its HTTP request head.
 const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
-/// Bytes read from a TCP socket per call when no frame is pending.
-const READ_CHUNK: usize = 16 * 1024;
 /// Close reason sent when the broker stops.
 pub(crate) const SHUTDOWN: CloseReason = CloseReason::new("broker shutting down");
 
-type Ws = WebSocketStream<TcpStream>;
+type Ws = WebSocketStream<Metered<TcpStream>>;
 
 /// What reading the next frame produced.
 pub(crate) enum ReadEvent {
@@ -50,17 +52,37 @@ pub(crate) enum ReadEvent {
     Violation(CloseReason),
 }
 
-/// The reading half of a connection.
+/// Close reason of a connection whose frame did not complete in time.
+pub(crate) const FRAME_TIMEOUT: CloseReason = CloseReason::new("frame timeout");
+
+/// The reading half of a connection. Unfinished input is charged to the
+/// broker's [`crate::input`] budget and bounded by the frame deadline.
 pub(crate) enum FrameReader {
     Tcp {
         rd: OwnedReadHalf,
         buf: BytesMut,
         decoder: FrameDecoder,
+        meter: Arc<Meter>,
+        permits: PollSemaphore,
     },
-    Ws(SplitStream<Ws>),
+    Ws {
+        stream: SplitStream<Ws>,
+        meter: Arc<Meter>,
+    },
 }
 
 impl FrameReader {
+    /// A TCP reader for `rd`.
+    pub(crate) fn tcp(rd: OwnedReadHalf, max_frame: usize, meter: Arc<Meter>) -> Self {
+        FrameReader::Tcp {
+            rd,
+            buf: BytesMut::with_capacity(FREE_READ),
+            decoder: FrameDecoder::new(max_frame),
+            permits: meter.permits(),
+            meter,
+        }
+    }
+
     /// Whether a whole TCP frame is already buffered, so [`FrameReader::next`]
     /// returns without reading (always false on WebSocket).
     pub(crate) fn has_buffered_frame(&self) -> bool {
@@ -72,29 +94,67 @@ impl FrameReader {
                 }
                 None => false,
             },
-            FrameReader::Ws(_) => false,
+            FrameReader::Ws { .. } => false,
         }
     }
 
     /// The next frame. Cancel-safe: partial TCP input stays buffered.
     pub(crate) async fn next(&mut self) -> ReadEvent {
         match self {
-            FrameReader::Tcp { rd, buf, decoder } => loop {
+            FrameReader::Tcp {
+                rd,
+                buf,
+                decoder,
+                meter,
+                permits,
+            } => loop {
                 match decoder.decode(buf) {
-                    Ok(Some(frame)) => return ReadEvent::Frame(frame),
+                    Ok(Some(frame)) => {
+                        meter.settle(buf.len());
+                        return ReadEvent::Frame(frame);
+                    }
                     Ok(None) => {}
                     Err(e) => return ReadEvent::Violation(format!("frame error: {e}").into()),
                 }
-                if buf.capacity() - buf.len() < 1024 {
-                    buf.reserve(READ_CHUNK);
+                let deadline = meter.deadline();
+                let room = tokio::select! {
+                    room = meter.room(permits) => room,
+                    () = sleep_until_some(deadline) => return ReadEvent::Violation(FRAME_TIMEOUT),
+                };
+                if buf.capacity() - buf.len() < room {
+                    buf.reserve(room);
                 }
-                match rd.read_buf(buf).await {
+                let mut limited = (&mut *buf).limit(room);
+                let read = tokio::select! {
+                    r = rd.read_buf(&mut limited) => r,
+                    () = sleep_until_some(deadline) => return ReadEvent::Violation(FRAME_TIMEOUT),
+                };
+                match read {
                     Ok(0) | Err(_) => return ReadEvent::Closed,
-                    Ok(_) => {}
+                    Ok(n) => meter.read(n),
                 }
             },
-            FrameReader::Ws(stream) => loop {
-                match stream.next().await {
+            FrameReader::Ws { stream, meter } => loop {
+                // Bytes may start arriving during the wait: with no frame
+                // under way yet, look again after one timeout's length.
+                let check = meter
+                    .deadline()
+                    .unwrap_or_else(|| Instant::now() + meter.frame_timeout());
+                let next = tokio::select! {
+                    m = stream.next() => m,
+                    () = tokio::time::sleep_until(check) => {
+                        if meter.overdue() {
+                            return ReadEvent::Violation(FRAME_TIMEOUT);
+                        }
+                        continue;
+                    }
+                };
+                if next.is_some() {
+                    // A whole message (or control frame) came out: whatever
+                    // tungstenite holds beyond it is at most one read ahead.
+                    meter.settle(0);
+                }
+                match next {
                     Some(Ok(Message::Binary(b))) => {
                         if b.is_empty() {
                             return ReadEvent::Violation("frame error: zero-length frame".into());
@@ -115,6 +175,14 @@ impl FrameReader {
                 }
             },
         }
+    }
+}
+
+/// Sleeps until `deadline`, or forever without one.
+async fn sleep_until_some(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -171,6 +239,20 @@ impl FrameWriter {
     }
 }
 
+/// A connection slot, or `None` (and the accepted socket is dropped, which
+/// closes it) when `FITZ_MAX_CONNECTIONS` are already served.
+fn admit(shared: &Shared, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+    let slot = shared.connections.clone().try_acquire_owned().ok();
+    if slot.is_none() {
+        shared
+            .stats
+            .refused_connections
+            .fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(%peer, "connection limit reached: closing a new connection");
+    }
+    slot
+}
+
 /// Accepts raw TCP connections until shutdown.
 pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     loop {
@@ -180,21 +262,18 @@ pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = admit(&shared, peer) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let (rd, wr) = stream.into_split();
-                let reader = FrameReader::Tcp {
-                    rd,
-                    buf: BytesMut::with_capacity(READ_CHUNK),
-                    decoder: FrameDecoder::new(shared.config.max_frame),
-                };
+                let reader = FrameReader::tcp(rd, shared.config.max_frame, shared.input.meter());
                 let sh = shared.clone();
-                shared.tasks.spawn(connection::serve(
-                    sh,
-                    reader,
-                    FrameWriter::Tcp(wr),
-                    Transport::Tcp,
-                    Some(peer),
-                ));
+                shared.tasks.spawn(async move {
+                    connection::serve(sh, reader, FrameWriter::Tcp(wr), Transport::Tcp, Some(peer))
+                        .await;
+                    drop(slot);
+                });
             }
             Err(e) => {
                 tracing::warn!(error = %e, "TCP accept failed");
@@ -213,12 +292,16 @@ pub(crate) async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
         };
         match accepted {
             Ok((stream, peer)) => {
+                let Some(slot) = admit(&shared, peer) else {
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 let sh = shared.clone();
                 shared.tasks.spawn(async move {
                     if let Err(e) = http_connection(stream, peer, sh).await {
                         tracing::debug!(%peer, error = %e, "HTTP connection ended");
                     }
+                    drop(slot);
                 });
             }
             Err(e) => {
@@ -348,12 +431,17 @@ async fn http_connection(
             let config = WebSocketConfig::default()
                 .max_message_size(Some(max))
                 .max_frame_size(Some(max));
-            let ws = WebSocketStream::from_partially_read(stream, rest, Role::Server, Some(config))
-                .await;
+            let meter = shared.input.meter();
+            // The head's leftover bytes are buffered already: count them.
+            meter.read(rest.len());
+            let metered = Metered::new(stream, meter.clone());
+            let ws =
+                WebSocketStream::from_partially_read(metered, rest, Role::Server, Some(config))
+                    .await;
             let (sink, stream) = ws.split();
             connection::serve(
                 shared,
-                FrameReader::Ws(stream),
+                FrameReader::Ws { stream, meter },
                 FrameWriter::Ws(sink),
                 Transport::WebSocket,
                 Some(peer),
@@ -380,11 +468,8 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (rd, _wr) = server.into_split();
-        let mut reader = FrameReader::Tcp {
-            rd,
-            buf: BytesMut::with_capacity(READ_CHUNK),
-            decoder: FrameDecoder::new(1024),
-        };
+        let budget = crate::input::InputBudget::new(1 << 20, Duration::from_secs(10));
+        let mut reader = FrameReader::tcp(rd, 1024, budget.meter());
         assert!(!reader.has_buffered_frame());
         // Two whole frames and the first two bytes of a third, in one write.
         client

@@ -11,6 +11,10 @@ pub const DEFAULT_MAX_FRAME: usize = 1 << 20;
 /// Length of the TCP frame prefix.
 pub const PREFIX_LEN: usize = 4;
 
+/// Smallest step by which [`FrameDecoder::decode`] grows a buffer that holds
+/// part of a frame.
+const MIN_GROWTH: usize = 4 * 1024;
+
 /// Splits whole frames off a TCP read buffer.
 ///
 /// Cancel-safe by construction: it only looks at bytes already buffered and
@@ -55,7 +59,11 @@ impl FrameDecoder {
             });
         }
         if buf.len() < PREFIX_LEN + len {
-            buf.reserve(PREFIX_LEN + len - buf.len());
+            // Grow toward the announced frame, but never by more than is
+            // already buffered (doubling): a length prefix alone cannot make
+            // the reader allocate the frame before its bytes arrive.
+            let missing = PREFIX_LEN + len - buf.len();
+            buf.reserve(missing.min(buf.len().max(MIN_GROWTH)));
             return Ok(None);
         }
         buf.advance(PREFIX_LEN);
@@ -115,6 +123,21 @@ mod tests {
             }
         }
         assert_eq!(out, vec![&b"abc"[..], b"de", b"f"]);
+    }
+
+    #[test]
+    fn a_prefix_alone_does_not_reserve_the_frame() {
+        let d = FrameDecoder::new(DEFAULT_MAX_FRAME);
+        // A 1 MiB frame announced, 5 bytes of it here.
+        let mut buf = BytesMut::new();
+        buf.put_u32(1 << 20);
+        buf.put_u8(1);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() < 16 * 1024, "{}", buf.capacity());
+        // Growth follows what arrives (doubling), not what was announced.
+        buf.put_slice(&vec![0u8; 100_000]);
+        assert_eq!(d.decode(&mut buf), Ok(None));
+        assert!(buf.capacity() <= 4 * 100_005, "{}", buf.capacity());
     }
 
     #[test]

@@ -19,6 +19,14 @@
 //! * The NOTIFY mutation count is the number of writes that changed the
 //!   transaction's view: each PUT and INSERT, each DELETE of a present key,
 //!   each key removed by DELETE_RANGE.
+//! * Uncommitted writes are bounded: the keys and values one transaction
+//!   PUTs or INSERTs may add up to `FITZ_KV_TX_MAX_BYTES`, those of every
+//!   open transaction together to `FITZ_KV_TX_TOTAL_BYTES` (overwrites
+//!   count again; deletes free nothing until the transaction ends). A write
+//!   beyond either aborts its transaction at once — the staged writes are
+//!   dropped and the lock released — and answers `1010` (aborted): the spec
+//!   has no "transaction too large" code, and 1010 says what happened and
+//!   that nothing was applied.
 //! * A BEGIN that cannot be decoded, or whose route is invalid, closes the
 //!   session with `authorization parse failed: …` (kv.md); other malformed
 //!   requests get 1007 (1012 for SUBSCRIBE/UNSUBSCRIBE).
@@ -60,12 +68,18 @@ pub struct KvEngine {
     clock: Clock,
     idle_ttl: Duration,
     tx_ids: AtomicU64,
+    /// Bytes one transaction may stage.
+    tx_max_bytes: usize,
+    /// Bytes all open transactions may stage together.
+    tx_total_bytes: usize,
 }
 
 #[derive(Default)]
 struct State {
     resources: HashMap<Family, HashMap<Arc<str>, Resource>>,
     txs: HashMap<u64, Tx>,
+    /// Bytes staged by every open transaction (the sum of their `staged`).
+    staged: usize,
 }
 
 #[derive(Default)]
@@ -84,6 +98,8 @@ struct Tx {
     ops: Vec<Op>,
     mutations: u64,
     last_active: SystemTime,
+    /// Bytes of keys and values written so far.
+    staged: usize,
 }
 
 /// Counts for inspection.
@@ -161,6 +177,7 @@ impl KvEngine {
                 ops: Vec::new(),
                 mutations: 0,
                 last_active: now,
+                staged: 0,
             },
         );
         drop(s);
@@ -179,9 +196,62 @@ impl KvEngine {
         write: bool,
         f: impl FnOnce(&mut Tx, bool) -> Result<T, WireError>,
     ) -> Result<T, WireError> {
+        self.with_tx_staging(session, tx_id, route, write, |tx, durable, _| {
+            f(tx, durable)
+        })
+    }
+
+    /// [`KvEngine::with_tx`] for a write that stages `add` bytes (its key
+    /// and value): over the transaction's or the broker's byte budget the
+    /// transaction is aborted (1010) instead.
+    fn stage<T>(
+        &self,
+        session: &Session,
+        (tx_id, route): (u64, &str),
+        add: usize,
+        f: impl FnOnce(&mut Tx, bool) -> Result<T, WireError>,
+    ) -> Result<T, WireError> {
+        let result = self.with_tx_staging(session, tx_id, route, true, |tx, durable, staged| {
+            if tx.staged + add > self.tx_max_bytes || *staged + add > self.tx_total_bytes {
+                return Err(Staging::OverBudget);
+            }
+            let out = f(tx, durable)?;
+            tx.staged += add;
+            *staged += add;
+            Ok(out)
+        });
+        match result {
+            Ok(out) => Ok(out),
+            Err(Staging::Refused(e)) => Err(e),
+            Err(Staging::OverBudget) => {
+                let mut s = self.state.lock();
+                if let Some(tx) = s.take_tx(tx_id) {
+                    s.release(&tx, tx_id);
+                }
+                Err(err(
+                    codes::KV_ABORTED,
+                    format!(
+                        "transaction aborted: its writes would exceed the broker's budget \
+                         ({} bytes per transaction, {} across open transactions)",
+                        self.tx_max_bytes, self.tx_total_bytes
+                    ),
+                ))
+            }
+        }
+    }
+
+    fn with_tx_staging<T, E: From<WireError>>(
+        &self,
+        session: &Session,
+        tx_id: u64,
+        route: &str,
+        write: bool,
+        f: impl FnOnce(&mut Tx, bool, &mut usize) -> Result<T, E>,
+    ) -> Result<T, E> {
         let durable = self.storage.is_durable();
         let now = self.clock.now();
-        let mut s = self.state.lock();
+        let mut guard = self.state.lock();
+        let s = &mut *guard;
         let tx = s
             .txs
             .get_mut(&tx_id)
@@ -191,13 +261,14 @@ impl KvEngine {
             return Err(err(
                 codes::KV_INVALID_ROUTE,
                 "route does not match the transaction's resource",
-            ));
+            )
+            .into());
         }
         if write && tx.mode == TxMode::ReadOnly {
-            return Err(err(codes::KV_READ_ONLY, "write in a read-only transaction"));
+            return Err(err(codes::KV_READ_ONLY, "write in a read-only transaction").into());
         }
         tx.last_active = now;
-        f(tx, durable)
+        f(tx, durable, &mut s.staged)
     }
 
     fn commit(
@@ -216,7 +287,7 @@ impl KvEngine {
                 "route does not match the transaction's resource",
             ));
         }
-        let Some(tx) = s.txs.remove(&c.tx_id) else {
+        let Some(tx) = s.take_tx(c.tx_id) else {
             return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found"));
         };
         if tx.mode == TxMode::ReadOnly {
@@ -258,7 +329,7 @@ impl KvEngine {
             }
             _ => return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found")),
         }
-        if let Some(tx) = s.txs.remove(&r.tx_id) {
+        if let Some(tx) = s.take_tx(r.tx_id) {
             s.release(&tx, r.tx_id);
         }
         Ok(())
@@ -304,14 +375,16 @@ impl KvEngine {
                 let _ = reply.ok(&GetOk { value });
             }
             KvRequest::Put(p) => {
-                self.with_tx(session, p.tx_id, &p.route, true, |tx, durable| {
+                let add = p.key.len() + p.value.len();
+                self.stage(session, (p.tx_id, &p.route), add, |tx, durable| {
                     tx.put(p.key, p.value, durable);
                     Ok(())
                 })?;
                 reply.ack();
             }
             KvRequest::Insert(p) => {
-                self.with_tx(session, p.tx_id, &p.route, true, |tx, durable| {
+                let add = p.key.len() + p.value.len();
+                self.stage(session, (p.tx_id, &p.route), add, |tx, durable| {
                     if tx.view.get(&p.key[..]).is_some() {
                         return Err(err(codes::KV_KEY_EXISTS, "key already exists"));
                     }
@@ -374,7 +447,28 @@ impl KvEngine {
     }
 }
 
+/// Why a staged write failed.
+enum Staging {
+    /// The request's own error; the transaction lives on.
+    Refused(WireError),
+    /// Over budget: the transaction is aborted.
+    OverBudget,
+}
+
+impl From<WireError> for Staging {
+    fn from(e: WireError) -> Self {
+        Staging::Refused(e)
+    }
+}
+
 impl State {
+    /// Removes a transaction, returning its staged bytes to the budget.
+    fn take_tx(&mut self, tx_id: u64) -> Option<Tx> {
+        let tx = self.txs.remove(&tx_id)?;
+        self.staged -= tx.staged;
+        Some(tx)
+    }
+
     /// Releases the lock `tx` (with id `tx_id`) holds, if any.
     fn release(&mut self, tx: &Tx, tx_id: u64) {
         if let Some(res) = self
@@ -507,6 +601,8 @@ impl Engine for KvEngine {
             clock: services.clock.clone(),
             idle_ttl: services.config.kv_idle_transaction_ttl,
             tx_ids: AtomicU64::new(0),
+            tx_max_bytes: services.config.limits.kv_tx_max_bytes,
+            tx_total_bytes: services.config.limits.kv_tx_total_bytes,
         })
     }
 
@@ -560,7 +656,7 @@ impl Engine for KvEngine {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            if let Some(tx) = s.txs.remove(&id) {
+            if let Some(tx) = s.take_tx(id) {
                 s.release(&tx, id);
             }
         }
@@ -577,7 +673,7 @@ impl Engine for KvEngine {
             .map(|(id, _)| *id)
             .collect();
         for id in expired {
-            if let Some(tx) = s.txs.remove(&id) {
+            if let Some(tx) = s.take_tx(id) {
                 tracing::debug!(tx_id = id, route = %tx.route, "idle KV transaction rolled back");
                 s.release(&tx, id);
             }

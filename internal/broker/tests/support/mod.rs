@@ -214,6 +214,28 @@ impl RawClient {
         }
     }
 
+    /// Sends raw bytes on the WebSocket's TCP stream, under tungstenite
+    /// (hand-made WebSocket frames, e.g. a partial one).
+    pub async fn send_raw_ws_bytes(&mut self, bytes: &[u8]) {
+        match &mut self.conn {
+            Conn::Ws(ws) => match ws.get_mut() {
+                MaybeTlsStream::Plain(tcp) => {
+                    let _ = tcp.write_all(bytes).await;
+                }
+                _ => panic!("plain WebSocket only"),
+            },
+            Conn::Tcp { .. } => panic!("WS only"),
+        }
+    }
+
+    /// The TCP stream of a TCP client (buffered input is discarded).
+    pub fn into_tcp(self) -> TcpStream {
+        match self.conn {
+            Conn::Tcp { stream, .. } => stream,
+            Conn::Ws(_) => panic!("TCP only"),
+        }
+    }
+
     /// Sends a WebSocket message as is.
     pub async fn send_ws(&mut self, msg: WsMessage) {
         match &mut self.conn {
@@ -411,6 +433,19 @@ impl RawClient {
     pub async fn fails<M: Message>(&mut self, m: &M) -> WireError {
         let payload = self.call(m).await;
         WireError::decode(payload).unwrap_or_else(|e| panic!("not an error reply: {e}"))
+    }
+}
+
+/// Polls `cond` every 5 ms until it holds, failing the test after [`WAIT`]
+/// (for state no event announces, such as broker statistics).
+pub async fn until(what: &str, cond: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{what}: not within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
