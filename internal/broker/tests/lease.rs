@@ -202,6 +202,28 @@ async fn fencing_tokens_strictly_increase(kind: Kind) {
     assert!(tokens.windows(2).all(|w| w[0] < w[1]), "{tokens:?}");
 }
 
+/// Leases end with the broker process, but a restarted broker's tokens
+/// still exceed every token the earlier one issued: a resource guarded by
+/// fencing tokens never takes a new holder for an old one.
+#[tokio::test]
+async fn fencing_tokens_keep_growing_across_a_restart() {
+    let start = SystemTime::now();
+    let mut last = 0;
+    for restart in 0..3u64 {
+        // A second between incarnations, on the broker's clock.
+        let clock = Clock::manual(start + Duration::from_secs(restart));
+        let broker = broker_with(&clock).await;
+        let mut c = RawClient::anon(&broker, Kind::Tcp).await;
+        for _ in 0..100 {
+            let t = take(&mut c, L, "a", 30).await;
+            c.ok::<_, lease::ReleaseOk>(&release(L, "a", t)).await;
+            assert!(t > last, "incarnation {restart}: {t} after {last}");
+            last = t;
+        }
+        broker.shutdown().await;
+    }
+}
+
 async fn fifo_waiters_get_deferred_grants(kind: Kind) {
     let broker = support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;

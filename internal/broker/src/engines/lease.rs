@@ -8,7 +8,11 @@
 //! A lease of one route family is free, or held by one `owner_id` with a
 //! fencing token, an expiry and a renewal count. Fencing tokens come from
 //! one counter per broker process, so every grant's token is strictly
-//! larger than every earlier one, across routes and owners.
+//! larger than every earlier one, across routes and owners. The counter
+//! starts at the broker clock's time in microseconds, so tokens also keep
+//! growing across restarts (leases themselves do not survive one): an
+//! earlier process issued fewer grants than microseconds passed before the
+//! next one started, unless the wall clock went back.
 //!
 //! * ACQUIRE of a free lease grants it (kind 0, fresh token). The holder's
 //!   own owner id gets kind 1 with the same token and an unchanged expiry.
@@ -771,8 +775,17 @@ impl Engine for LeaseEngine {
     type Request = LeaseRequest;
 
     fn start(services: &Services) -> Result<Self, StorageError> {
+        let started = services
+            .clock
+            .now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default();
+        let state = State {
+            last_token: u64::try_from(started.as_micros()).unwrap_or(u64::MAX / 2),
+            ..State::default()
+        };
         Ok(Self {
-            state: Mutex::new(State::default()),
+            state: Mutex::new(state),
             watches: Registry::new(services.ids.clone()),
             timers: services.timers.clone(),
             clock: services.clock.clone(),
