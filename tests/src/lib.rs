@@ -22,6 +22,8 @@ use fitz::{Client, ClientBuilder, ErrorKind, Event, ReconnectPolicy, StaticToken
 use fitz_broker::{AuthConfig, Broker, Clock};
 use futures_util::{Stream, StreamExt};
 
+pub mod chaos;
+
 pub use fitz_testkit::jwt::{self, Jwt};
 pub use fitz_testkit::{Brokers, Proxy, ProxyHandle};
 

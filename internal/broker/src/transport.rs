@@ -35,8 +35,6 @@ use crate::session::{CloseReason, Transport};
 
 /// Largest HTTP request head accepted.
 const MAX_HTTP_HEAD: usize = 8 * 1024;
-/// Time a client has to send its HTTP request head.
-const HTTP_HEAD_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close reason sent when the broker stops.
 pub(crate) const SHUTDOWN: CloseReason = CloseReason::new("broker shutting down");
 
@@ -389,7 +387,8 @@ async fn http_connection(
 ) -> io::Result<()> {
     let head = tokio::select! {
         () = shared.shutdown.cancelled() => return Ok(()),
-        h = tokio::time::timeout(HTTP_HEAD_TIMEOUT, read_head(&mut stream)) => h,
+        // The head comes before CONNECT: the connect timeout bounds it too.
+        h = tokio::time::timeout(shared.config.connect_timeout, read_head(&mut stream)) => h,
     };
     let Ok(head) = head else {
         return respond(
