@@ -60,7 +60,7 @@ pub(crate) struct SessionTable {
 }
 
 impl SessionTable {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self {
             map: Mutex::new(HashMap::new()),
             count: watch::Sender::new(0),

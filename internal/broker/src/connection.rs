@@ -131,7 +131,7 @@ pub(crate) async fn serve(
 /// Checks the first frame: CONNECT first, a valid token. On success the
 /// session exists, SERVER_HELLO is queued alone in its own frame, and the
 /// rest of the frame's records are returned for normal handling.
-fn handshake(
+pub(crate) fn handshake(
     shared: &Arc<Shared>,
     frame: Bytes,
     transport: Transport,
@@ -175,7 +175,7 @@ fn handshake(
 const INLINE_BATCH: usize = 64;
 
 /// Handles every record of one frame in order.
-fn handle_records(
+pub(crate) fn handle_records(
     shared: &Shared,
     session: &Session,
     records: LabelledRecords,

@@ -36,6 +36,9 @@ pub mod clock;
 pub mod config;
 mod connection;
 pub mod engines;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod input;
 pub mod registry;
 pub mod session;

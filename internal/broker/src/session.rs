@@ -257,6 +257,12 @@ impl Session {
         self.inner.closed.is_cancelled()
     }
 
+    /// Why the session was closed, once it was.
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub(crate) fn close_reason(&self) -> Option<CloseReason> {
+        self.inner.out.lock().close.clone()
+    }
+
     /// Resolves when the session starts closing.
     pub async fn closed(&self) {
         self.inner.closed.cancelled().await;

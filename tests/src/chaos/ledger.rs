@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 /// here are Sync and get no such allowance.
 pub const CRASH_WINDOW: Duration = Duration::from_millis(250);
 
+/// How long after the broker sent an acknowledgement the client may record
+/// it (the reply in flight, the client's task scheduled).
+pub const ACK_LAG: Duration = Duration::from_millis(50);
+
 /// How one operation ended, as the client reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
@@ -149,11 +153,43 @@ pub struct Ledger {
 }
 
 impl Ledger {
-    /// True when a crash came within [`CRASH_WINDOW`] after `at`.
+    /// True when a crash came within [`CRASH_WINDOW`] after `at`, or just
+    /// before it: an acknowledgement the broker sent right before it was
+    /// killed is recorded by the client a moment later (within
+    /// [`ACK_LAG`]).
     pub fn crash_after(&self, at: Instant) -> bool {
+        self.crash_gap(at).is_some_and(|gap| gap <= CRASH_WINDOW)
+            || self.crash_before(at).is_some_and(|gap| gap <= ACK_LAG)
+    }
+
+    /// How long after `at` the next crash came, if one did.
+    pub fn crash_gap(&self, at: Instant) -> Option<Duration> {
         self.crashes
             .iter()
-            .any(|c| *c >= at && *c <= at + CRASH_WINDOW)
+            .filter(|c| **c >= at)
+            .map(|c| c.duration_since(at))
+            .min()
+    }
+
+    /// How long before `at` the last crash came, if one did.
+    pub fn crash_before(&self, at: Instant) -> Option<Duration> {
+        self.crashes
+            .iter()
+            .filter(|c| **c <= at)
+            .map(|c| at.duration_since(*c))
+            .min()
+    }
+
+    /// Where `at` lies between crashes, for a report.
+    pub fn when(&self, at: Option<&Instant>) -> String {
+        let Some(at) = at else {
+            return String::new();
+        };
+        format!(
+            " (last SIGKILL {:?} before, next {:?} after)",
+            self.crash_before(*at),
+            self.crash_gap(*at)
+        )
     }
 
     /// A delivery of queue message `id`: a message is never delivered again
@@ -168,8 +204,9 @@ impl Ledger {
             if excused {
                 self.undone_by_crash += 1;
             } else {
+                let when = self.when(self.completed_at.get(&id));
                 self.violations.push(format!(
-                    "queue: message {id} delivered after a confirmed complete"
+                    "queue: message {id} delivered after a confirmed complete{when}"
                 ));
             }
         }

@@ -163,10 +163,12 @@ impl fmt::Display for Report {
             writeln!(
                 f,
                 "          {} completions undone and {} enqueues lost by a SIGKILL within {:?} \
-                 of their acknowledgement (queue commits are Buffered: best effort)",
+                 after (or {:?} before) their acknowledgement (queue commits are Buffered: \
+                 best effort)",
                 l.undone_by_crash,
                 l.lost_to_crash,
-                ledger::CRASH_WINDOW
+                ledger::CRASH_WINDOW,
+                ledger::ACK_LAG
             )?;
         }
         writeln!(f, "  lease   {:>7} grants", l.fencing.len())?;
@@ -565,10 +567,15 @@ async fn final_checks(direct: &Client, routes: &Routes, ledger: &workloads::Shar
     let mut l = ledger.lock();
     let lost = l.undelivered();
     if !lost.is_empty() {
+        let gaps: Vec<String> = lost
+            .iter()
+            .take(8)
+            .map(|id| format!("{id}{}", l.when(l.enqueued_at.get(id))))
+            .collect();
         v.push(format!(
-            "queue: {} acknowledged messages never delivered: {:?}",
+            "queue: {} acknowledged messages never delivered: {}",
             lost.len(),
-            &lost[..lost.len().min(8)]
+            gaps.join(", ")
         ));
     }
     let delivered: std::collections::BTreeSet<u64> = l.deliveries.keys().copied().collect();

@@ -140,7 +140,7 @@ pub(super) async fn consume(
         wait: Duration::from_millis(200),
     };
     while !stop.is_cancelled() {
-        let batch = match client.queue().reserve(&routes.queue, options.clone()).await {
+        let batch = match client.queue().reserve(&routes.queue, options).await {
             Ok(b) => b,
             Err(_) => {
                 tokio::time::sleep(Duration::from_millis(5)).await;
