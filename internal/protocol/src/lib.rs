@@ -43,6 +43,7 @@
 
 pub mod caps;
 pub mod codes;
+mod commit_event;
 pub mod control;
 pub mod cron;
 mod error;

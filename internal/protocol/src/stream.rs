@@ -602,8 +602,11 @@ pub type SubscribeReply = IdDataOk<{ types::STREAM_SUBSCRIBE }>;
 pub type Unsubscribe = RouteOnly<{ types::STREAM_UNSUBSCRIBE }>;
 /// UNSUBSCRIBE reply (anything after the status is ignored).
 pub type UnsubscribeOk = Ack<{ types::STREAM_UNSUBSCRIBE }>;
-/// NOTIFY (609): `u64 sub_id, str route, bytes json`.
+/// NOTIFY (609): `u64 sub_id, str route, bytes json`; the JSON is a
+/// [`CommitEvent`].
 pub type Notify = crate::reply::Notify<{ types::STREAM_NOTIFY }>;
+
+pub use crate::commit_event::{CommitEvent, Committed};
 
 /// Filter marker bytes: format `0x00`, version `0xF1`.
 pub const FILTER_MARKER: [u8; 2] = [0x00, 0xF1];

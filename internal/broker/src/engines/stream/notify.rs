@@ -16,6 +16,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use fitz_protocol::Str;
+use fitz_protocol::stream::{CommitEvent, Committed};
 
 use super::log::{AREA, GLOBAL, REALM, RESOURCE, Span};
 use crate::auth::Family;
@@ -82,29 +83,22 @@ impl Debouncer {
     }
 }
 
-/// The NOTIFY payload: compact JSON in the field order of the spec's
-/// example, plus the global offsets the broker also assigns.
+/// The NOTIFY payload: the commit event with every axis the broker
+/// assigns (global offsets included).
 pub fn committed_json(span: &Span) -> Bytes {
     let (f, l) = (&span.first, &span.last);
-    Bytes::from(format!(
-        concat!(
-            "{{\"event\":\"committed\",",
-            "\"first_resource_offset\":{},\"last_resource_offset\":{},",
-            "\"first_area_offset\":{},\"last_area_offset\":{},",
-            "\"first_realm_offset\":{},\"last_realm_offset\":{},",
-            "\"first_global_offset\":{},\"last_global_offset\":{},",
-            "\"batch_size\":{}}}"
-        ),
-        f[RESOURCE],
-        l[RESOURCE],
-        f[AREA],
-        l[AREA],
-        f[REALM],
-        l[REALM],
-        f[GLOBAL],
-        l[GLOBAL],
-        span.count
-    ))
+    CommitEvent::Committed(Committed {
+        first_resource_offset: f[RESOURCE],
+        last_resource_offset: l[RESOURCE],
+        first_area_offset: Some(f[AREA]),
+        last_area_offset: Some(l[AREA]),
+        first_realm_offset: Some(f[REALM]),
+        last_realm_offset: Some(l[REALM]),
+        first_global_offset: Some(f[GLOBAL]),
+        last_global_offset: Some(l[GLOBAL]),
+        batch_size: Some(span.count),
+    })
+    .to_json()
 }
 
 #[cfg(test)]
