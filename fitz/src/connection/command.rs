@@ -15,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
+use super::Push;
 use super::mailbox::MailboxTx;
 use super::{PushKey, RegistrationSpec};
 use crate::error::Result;
@@ -91,7 +92,7 @@ pub(crate) struct PushCmd {
     pub ty: u16,
     pub key: PushKey,
     pub sink: SubscriptionId,
-    pub mailbox: MailboxTx,
+    pub mailbox: MailboxTx<Push>,
     pub reply: oneshot::Sender<Result<()>>,
 }
 

@@ -20,8 +20,8 @@ use futures_util::task::AtomicWaker;
 use crate::error::Error;
 use crate::options::{Overflow, SubscriptionOptions};
 
-struct Shared {
-    queue: ArrayQueue<Bytes>,
+struct Shared<T> {
+    queue: ArrayQueue<T>,
     waker: AtomicWaker,
     /// The producer finished; `terminal` (if set) is the reason.
     closed: AtomicBool,
@@ -44,7 +44,7 @@ pub(crate) enum Pushed {
     ReceiverGone,
 }
 
-pub(crate) fn mailbox(options: SubscriptionOptions) -> (MailboxTx, MailboxRx) {
+pub(crate) fn mailbox<T>(options: SubscriptionOptions) -> (MailboxTx<T>, MailboxRx<T>) {
     let shared = Arc::new(Shared {
         queue: ArrayQueue::new(options.buffer.max(1)),
         waker: AtomicWaker::new(),
@@ -66,13 +66,13 @@ pub(crate) fn mailbox(options: SubscriptionOptions) -> (MailboxTx, MailboxRx) {
 }
 
 /// The actor's end.
-pub(crate) struct MailboxTx {
-    shared: Arc<Shared>,
+pub(crate) struct MailboxTx<T = Bytes> {
+    shared: Arc<Shared<T>>,
 }
 
-impl MailboxTx {
+impl<T> MailboxTx<T> {
     /// Delivers without ever waiting.
-    pub fn push(&self, item: Bytes) -> Pushed {
+    pub fn push(&self, item: T) -> Pushed {
         let s = &*self.shared;
         if s.receiver_gone.load(Ordering::Acquire) {
             return Pushed::ReceiverGone;
@@ -125,7 +125,7 @@ impl MailboxTx {
     }
 }
 
-impl Drop for MailboxTx {
+impl<T> Drop for MailboxTx<T> {
     fn drop(&mut self) {
         // A producer that vanishes without a reason ends the stream cleanly.
         self.shared.closed.store(true, Ordering::Release);
@@ -134,14 +134,14 @@ impl Drop for MailboxTx {
 }
 
 /// The consumer's end.
-pub(crate) struct MailboxRx {
-    shared: Arc<Shared>,
+pub(crate) struct MailboxRx<T = Bytes> {
+    shared: Arc<Shared<T>>,
     finished: bool,
 }
 
-impl MailboxRx {
+impl<T> MailboxRx<T> {
     /// Next item; `Some(Err)` is always the last item before `None`.
-    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Error>>> {
+    pub fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T, Error>>> {
         if self.finished {
             return Poll::Ready(None);
         }
@@ -173,7 +173,7 @@ impl MailboxRx {
     }
 }
 
-impl Drop for MailboxRx {
+impl<T> Drop for MailboxRx<T> {
     fn drop(&mut self) {
         self.shared.receiver_gone.store(true, Ordering::Release);
     }

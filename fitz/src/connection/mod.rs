@@ -227,6 +227,20 @@ impl Shared {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub(crate) struct Generation(pub(crate) u64);
 
+/// What a push handler receives.
+#[derive(Debug, Clone)]
+pub(crate) enum Push {
+    /// A record's payload.
+    Record(Bytes),
+    /// The session ended. Only RPC worker deliveries carry it, in their own
+    /// order: what follows belongs to the session of generation `next`,
+    /// and invocations of the ended one are void.
+    SessionEnded {
+        /// The generation of the next session.
+        next: Generation,
+    },
+}
+
 /// Per-request options.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct RequestOptions {

@@ -13,15 +13,14 @@ use std::collections::HashMap;
 use std::collections::hash_map::Entry;
 
 use bytes::{Bytes, BytesMut};
-use fitz_protocol::wire::Reader;
-use fitz_protocol::{route, types};
+use fitz_protocol::{record, route, rpc, types};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use super::command::{PushCmd, RegisterCmd};
 use super::mailbox::{MailboxTx, Pushed};
 use super::requests::{Book, Finished, IdMap, Internal, Session};
-use super::{PushKey, RegistrationSpec, Shared};
+use super::{Generation, Push, PushKey, RegistrationSpec, Shared};
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Event, SubscriptionId};
 
@@ -67,7 +66,7 @@ impl Reg {
 struct PushSink {
     id: SubscriptionId,
     key: PushKey,
-    tx: MailboxTx,
+    tx: MailboxTx<Push>,
     /// For pattern keys: how specific the pattern is (see [`specificity`]).
     rank: Specificity,
 }
@@ -300,12 +299,12 @@ impl Registry {
         }
         self.push.retain(|_, v| !v.is_empty());
         // Worker deliveries carry no session stamp and their invocation ids
-        // die with the session: an 8-byte item (never a valid REQUEST), the
-        // next generation, marks the boundary in the handler's own order.
+        // die with the session: the boundary goes in the handler's own order.
         if let Some(sinks) = self.push.get(&types::RPC_REQUEST) {
-            let marker = Bytes::copy_from_slice(&next.to_be_bytes());
             for s in sinks {
-                s.tx.push(marker.clone());
+                s.tx.push(Push::SessionEnded {
+                    next: Generation(next),
+                });
             }
         }
     }
@@ -375,7 +374,7 @@ impl Registry {
             }
             Phase::Live => {
                 let record = (reg.spec.unsubscribe)(reg.wire_id, &reg.payload());
-                let ty = record.as_ref().and_then(|r| record_type(r));
+                let ty = record.as_ref().and_then(|r| record::peek_type(r));
                 self.remove(reg_id, None);
                 match (record, ty, wire.session.is_some()) {
                     (Some(record), Some(ty), true) => {
@@ -588,14 +587,14 @@ impl Registry {
     /// Routes a push (RPC traffic, late replies) to its handlers. False when
     /// none claimed it.
     pub fn dispatch_push(&mut self, ty: u16, payload: &Bytes) -> bool {
-        let uuid = push_uuid(ty, payload);
+        let uuid = rpc::push_id(ty, payload).map(|id| id.0);
         let mut claimed = false;
         if let Some(u) = uuid
             && let Entry::Occupied(e) = self.push_by_uuid.entry((ty, u))
         {
             claimed = true;
             let s = e.get();
-            s.tx.push(payload.clone());
+            s.tx.push(Push::Record(payload.clone()));
             if !s.is_live() {
                 self.push_index.remove(&s.id.0);
                 e.remove();
@@ -605,7 +604,7 @@ impl Registry {
             return claimed;
         };
         let route = (ty == types::RPC_REQUEST)
-            .then(|| push_route(payload))
+            .then(|| rpc::request_route(payload))
             .flatten();
         let mut any = Vec::new();
         // The most specific live pattern handler (the earliest on a tie).
@@ -630,17 +629,17 @@ impl Registry {
             };
             if hit {
                 claimed = true;
-                s.tx.push(payload.clone());
+                s.tx.push(Push::Record(payload.clone()));
             }
         }
         if let Some((i, _)) = best {
             claimed = true;
-            sinks[i].tx.push(payload.clone());
+            sinks[i].tx.push(Push::Record(payload.clone()));
         }
         if !claimed {
             for i in any {
                 claimed = true;
-                sinks[i].tx.push(payload.clone());
+                sinks[i].tx.push(Push::Record(payload.clone()));
             }
         }
         sinks.retain(PushSink::is_live);
@@ -668,26 +667,4 @@ fn specificity(pattern: &str) -> Specificity {
         ),
         Err(_) => (0, Reverse(usize::MAX), Reverse(usize::MAX)),
     }
-}
-
-/// The type of an encoded record (1 or 3 type bytes).
-fn record_type(record: &[u8]) -> Option<u16> {
-    match record {
-        [0xFF, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
-        [t, ..] => Some(u16::from(*t)),
-        [] => None,
-    }
-}
-
-/// The UUID a push of `ty` carries: the leading field of 302/303, after the
-/// kind byte of 305.
-fn push_uuid(ty: u16, payload: &[u8]) -> Option<[u8; 16]> {
-    let at = usize::from(ty == types::RPC_LIFECYCLE);
-    payload.get(at..at + 16)?.try_into().ok()
-}
-
-/// The route of an RPC REQUEST delivery: the string after the UUID.
-fn push_route(payload: &Bytes) -> Option<fitz_protocol::Str> {
-    let mut r = Reader::new(payload.slice(16.min(payload.len())..));
-    r.str().ok()
 }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use futures_core::Stream;
 use tokio::sync::mpsc;
 
-use super::{Connection, MailboxRx};
+use super::{Connection, MailboxRx, Push};
 use crate::error::{Error, Result};
 use crate::events::SubscriptionId;
 
@@ -98,17 +98,16 @@ impl<T> fmt::Debug for Subscription<T> {
     }
 }
 
-/// Raw pushes matched by a [`super::PushKey`]: whole record payloads.
-#[allow(dead_code)] // for the RPC client
+/// Raw pushes matched by a [`super::PushKey`]: whole record payloads, and
+/// for RPC worker deliveries the session boundaries between them.
 pub(crate) struct PushStream {
     conn: Connection,
     sink: SubscriptionId,
-    mailbox: MailboxRx,
+    mailbox: MailboxRx<Push>,
 }
 
-#[allow(dead_code)] // for the RPC client
 impl PushStream {
-    pub(super) fn new(conn: Connection, sink: SubscriptionId, mailbox: MailboxRx) -> Self {
+    pub(super) fn new(conn: Connection, sink: SubscriptionId, mailbox: MailboxRx<Push>) -> Self {
         Self {
             conn,
             sink,
@@ -116,19 +115,34 @@ impl PushStream {
         }
     }
 
-    pub fn id(&self) -> SubscriptionId {
-        self.sink
-    }
-
     pub fn dropped(&self) -> u64 {
         self.mailbox.dropped()
+    }
+
+    /// The next record payload (session boundaries, which only worker
+    /// deliveries carry, are skipped).
+    pub fn poll_record(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+        loop {
+            return match self.mailbox.poll_recv(cx) {
+                Poll::Ready(Some(Ok(Push::SessionEnded { .. }))) => continue,
+                Poll::Ready(Some(Ok(Push::Record(payload)))) => Poll::Ready(Some(Ok(payload))),
+                Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+
+    /// [`PushStream::poll_record`] as a future.
+    pub async fn next_record(&mut self) -> Option<Result<Bytes>> {
+        std::future::poll_fn(|cx| self.poll_record(cx)).await
     }
 }
 
 impl Stream for PushStream {
-    type Item = Result<Bytes>;
+    type Item = Result<Push>;
 
-    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes>>> {
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Push>>> {
         self.get_mut().mailbox.poll_recv(cx)
     }
 }

@@ -16,7 +16,7 @@ use futures_util::StreamExt;
 use rand::Rng;
 use rand::seq::SliceRandom;
 
-use super::{PushKey, RequestOptions};
+use super::{Push, PushKey, RequestOptions};
 use crate::transport::{MemoryListener, memory};
 use crate::{
     Client, ClientBuilder, ErrorKind, Event, Overflow, ReconnectPolicy, State, SubscriptionOptions,
@@ -839,12 +839,15 @@ async fn push_handlers_match_by_uuid_pattern_or_any() {
         .await
         .unwrap();
 
-    assert_eq!(by_uuid.next().await.unwrap().unwrap(), Bytes::from(resp));
     assert_eq!(
-        by_pattern.next().await.unwrap().unwrap(),
+        by_uuid.next_record().await.unwrap().unwrap(),
+        Bytes::from(resp)
+    );
+    assert_eq!(
+        by_pattern.next_record().await.unwrap().unwrap(),
         Bytes::from(delivery)
     );
-    assert_eq!(&any.next().await.unwrap().unwrap()[..], b"\0late");
+    assert_eq!(&any.next_record().await.unwrap().unwrap()[..], b"\0late");
 
     // UUID handlers belong to the session.
     let peer = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
@@ -889,10 +892,13 @@ async fn uuid_handlers_are_found_among_many_and_leave_when_dropped() {
             .send_record(types::RPC_RESPONSE, &resp)
             .await
             .unwrap();
-        let got = handlers[i].1.next().await.unwrap().unwrap();
+        let got = handlers[i].1.next_record().await.unwrap().unwrap();
         assert_eq!(got, Bytes::from(resp.clone()));
         if i == 7 {
-            assert_eq!(twin.next().await.unwrap().unwrap(), Bytes::from(resp));
+            assert_eq!(
+                twin.next_record().await.unwrap().unwrap(),
+                Bytes::from(resp)
+            );
         }
     }
     assert_eq!(h.client.debug_snapshot().await.unwrap().push_handlers, 301);
@@ -929,11 +935,11 @@ async fn a_delivery_goes_to_the_most_specific_pattern_and_sessions_are_marked() 
             .unwrap();
     }
     assert_eq!(
-        narrow.next().await.unwrap().unwrap(),
+        narrow.next_record().await.unwrap().unwrap(),
         Bytes::from(delivery("rpc://a/b/run"))
     );
     assert_eq!(
-        wide.next().await.unwrap().unwrap(),
+        wide.next_record().await.unwrap().unwrap(),
         Bytes::from(delivery("rpc://a/b/stop"))
     );
 
@@ -941,16 +947,19 @@ async fn a_delivery_goes_to_the_most_specific_pattern_and_sessions_are_marked() 
     // in order.
     let peer = std::mem::replace(&mut h.peer, Peer::new(tokio::io::duplex(1).0));
     peer.close().await;
-    let marker = Bytes::copy_from_slice(&1u64.to_be_bytes());
-    assert_eq!(narrow.next().await.unwrap().unwrap(), marker);
-    assert_eq!(wide.next().await.unwrap().unwrap(), marker);
+    for handler in [&mut narrow, &mut wide] {
+        match handler.next().await.unwrap().unwrap() {
+            Push::SessionEnded { next } => assert_eq!(next.0, 1),
+            other => panic!("{other:?}"),
+        }
+    }
     reaccept(&mut h, CAP_CORRELATION).await;
     h.peer
         .send_record(types::RPC_REQUEST, &delivery("rpc://a/c/run"))
         .await
         .unwrap();
     assert_eq!(
-        narrow.next().await.unwrap().unwrap(),
+        narrow.next_record().await.unwrap().unwrap(),
         Bytes::from(delivery("rpc://a/c/run"))
     );
 }

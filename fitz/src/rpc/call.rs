@@ -286,7 +286,7 @@ impl RpcCall {
         let id = *id;
         let wait = conn.shared().config.request_timeout;
         let answer = tokio::time::timeout(wait, async {
-            while let Some(item) = lifecycle.next().await {
+            while let Some(item) = lifecycle.next_record().await {
                 match item.map(Lifecycle::decode) {
                     Ok(Ok(Lifecycle::CallerResult { id: of, status })) if of == id => {
                         return Some(status);
@@ -415,7 +415,7 @@ impl Stream for RpcCall {
             let Some(responses) = this.responses.as_mut() else {
                 return Poll::Ready(None);
             };
-            match Pin::new(responses).poll_next(cx) {
+            match responses.poll_record(cx) {
                 Poll::Ready(Some(Ok(payload))) => {
                     if let Some(item) = this.on_response(payload) {
                         return Poll::Ready(Some(item));

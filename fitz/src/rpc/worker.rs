@@ -30,8 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use super::{session_capabilities, supports_cancellation};
 use crate::connection::{
-    Connection, Generation, PushKey, PushStream, Registration, RegistrationSpec, Subscription,
-    ack_only, encode_record,
+    Connection, Generation, Push, PushKey, PushStream, Registration, RegistrationSpec,
+    Subscription, ack_only, encode_record,
 };
 use crate::error::{Error, Result};
 use crate::options::{Overflow, SubscriptionOptions};
@@ -153,7 +153,7 @@ pub struct HandlerError {
 impl HandlerError {
     /// A failure with `code` (6001–6013; others become 6010).
     pub fn new(code: u32, message: impl Into<String>) -> Self {
-        let code = if is_rpc_code(code) {
+        let code = if codes::is_rpc(code) {
             code
         } else {
             codes::RPC_UNAVAILABLE
@@ -209,7 +209,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for HandlerError {
     fn from(error: E) -> Self {
         let any: &dyn std::any::Any = &error;
         if let Some(e) = any.downcast_ref::<Error>() {
-            if let Some(code) = e.code().filter(|c| is_rpc_code(*c)) {
+            if let Some(code) = e.code().filter(|c| codes::is_rpc(*c)) {
                 return Self::new(code, e.message());
             }
             // A downstream call that ran out of (inherited) budget.
@@ -240,10 +240,6 @@ impl fmt::Display for HandlerError {
             self.message
         )
     }
-}
-
-fn is_rpc_code(code: u32) -> bool {
-    (codes::RPC_TIMEOUT..=codes::RPC_SUBSCRIPTION_LIMIT).contains(&code)
 }
 
 fn error_body(code: u32, message: &str) -> Bytes {
@@ -947,9 +943,15 @@ impl Worker {
                     let mut taken = 0;
                     let ended = loop {
                         match item {
-                            Some(Some(Ok(payload))) => {
+                            Some(Some(Ok(Push::Record(payload)))) => {
                                 self.note_dropped(streams.deliveries.dropped());
                                 self.on_delivery(payload, phase == Phase::Serving);
+                            }
+                            Some(Some(Ok(Push::SessionEnded { next }))) => {
+                                // What follows belongs to the next session,
+                                // and everything running to a dead one.
+                                self.generation = next;
+                                self.finish_all(CancelReason::ConnectionLost);
                             }
                             // The client closed.
                             Some(Some(Err(e))) => break Some(e),
@@ -967,7 +969,7 @@ impl Worker {
                     }
                 }
                 Some(signal) = next_opt(&mut streams.lifecycle) => {
-                    if let Ok(payload) = signal {
+                    if let Ok(Push::Record(payload)) = signal {
                         self.on_signal(payload);
                     }
                 }
@@ -1021,13 +1023,6 @@ impl Worker {
     }
 
     fn on_delivery(&mut self, payload: Bytes, serve: bool) {
-        if let Some(next) = payload.first_chunk::<8>().filter(|_| payload.len() == 8) {
-            // Session boundary: what follows belongs to the next session,
-            // and everything running belongs to a dead one.
-            self.generation = Generation(u64::from_be_bytes(*next));
-            self.finish_all(CancelReason::ConnectionLost);
-            return;
-        }
         if self.conn.generation() != self.generation {
             tracing::trace!("ignoring an RPC delivery of an ended session");
             return;

@@ -138,6 +138,12 @@ codes! {
     SCHEDULE_TIMEOUT = 7011, false, Unknown;
 }
 
+/// True for the RPC domain's codes (6001–6013): what an RPC terminal
+/// response may carry, and what a worker may answer with.
+pub fn is_rpc(code: u32) -> bool {
+    (RPC_TIMEOUT..=RPC_SUBSCRIPTION_LIMIT).contains(&code)
+}
+
 /// True for codes the registry marks retryable.
 pub fn is_retryable(code: u32) -> bool {
     matches!(

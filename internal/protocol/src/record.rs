@@ -41,6 +41,16 @@ pub fn put_type<B: BufMut + ?Sized>(buf: &mut B, ty: u16) {
     }
 }
 
+/// The type of an encoded record, read from its type field alone (1 byte,
+/// or `0xFF` and 2 more).
+pub fn peek_type(record: &[u8]) -> Option<u16> {
+    match record {
+        [0xFF, hi, lo, ..] => Some(u16::from_be_bytes([*hi, *lo])),
+        [0xFF, ..] | [] => None,
+        [t, ..] => Some(u16::from(*t)),
+    }
+}
+
 /// Appends one record whose payload is written by `body`. The length field is
 /// patched afterwards, so the payload is encoded exactly once, in place. On
 /// error (payload over 65,535 bytes) `buf` is restored to its previous length.

@@ -182,6 +182,26 @@ impl Message for Request {
     }
 }
 
+/// The call UUID an RPC push carries, read without decoding the rest (for
+/// routing): the leading field of REQUEST (302) and RESPONSE (303), after
+/// the kind byte of LIFECYCLE (305). `None` for other types or a payload too
+/// short to hold one.
+pub fn push_id(ty: u16, payload: &[u8]) -> Option<RpcId> {
+    let at = match ty {
+        types::RPC_REQUEST | types::RPC_RESPONSE => 0,
+        types::RPC_LIFECYCLE => 1,
+        _ => return None,
+    };
+    Some(RpcId(payload.get(at..at + 16)?.try_into().ok()?))
+}
+
+/// The route of a REQUEST delivery (302), read without decoding its body
+/// (for routing to the worker whose pattern matches).
+pub fn request_route(payload: &Bytes) -> Option<Str> {
+    let mut r = Reader::new(payload.slice(16.min(payload.len())..));
+    r.str().ok()
+}
+
 /// RESPONSE (303): `uuid id, u64 sequence, u8 flags (bit 0 = end), bytes body`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Response {
@@ -216,10 +236,7 @@ impl Response {
             return None;
         }
         let e = WireError::decode(self.body.clone()).ok()?;
-        match e.code() {
-            Some(6001..=6013) => Some(e),
-            _ => None,
-        }
+        e.code().is_some_and(crate::codes::is_rpc).then_some(e)
     }
 }
 
