@@ -413,3 +413,21 @@ impl Message for Notify {
         })
     }
 }
+
+crate::message::message_enum! {
+    /// Every KV record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (100–110).
+    ClientMessage in Kv {
+        Begin(Begin),
+        Commit(Commit),
+        Rollback(Rollback),
+        Get(Get),
+        Put(Put),
+        Insert(Insert),
+        Delete(Delete),
+        DeleteRange(DeleteRange),
+        Scan(Scan),
+        Subscribe(Subscribe),
+        Unsubscribe(Unsubscribe),
+    }
+}

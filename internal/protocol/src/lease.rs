@@ -382,3 +382,17 @@ impl ReplyBody for ListOk {
         })
     }
 }
+
+crate::message::message_enum! {
+    /// Every Lease record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (400–403, 407, 408, 410).
+    ClientMessage in Lease {
+        Acquire(Acquire),
+        Renew(Renew),
+        Release(Release),
+        Query(Query),
+        Subscribe(Subscribe),
+        Unsubscribe(Unsubscribe),
+        List(List),
+    }
+}

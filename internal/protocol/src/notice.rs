@@ -75,3 +75,14 @@ pub type UnsubscribeAllOk = Ack<{ types::NOTICE_UNSUBSCRIBE_ALL }>;
 
 /// NOTIFY (504): `u64 sub_id, str route, bytes payload`.
 pub type Notify = crate::reply::Notify<{ types::NOTICE_NOTIFY }>;
+
+crate::message::message_enum! {
+    /// Every Notice record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (500–503).
+    ClientMessage in Notice {
+        Publish(Publish),
+        Subscribe(Subscribe),
+        Unsubscribe(Unsubscribe),
+        UnsubscribeAll(UnsubscribeAll),
+    }
+}

@@ -340,6 +340,19 @@ impl Message for Notify {
     }
 }
 
+crate::message::message_enum! {
+    /// Every Queue record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (200, 202–204, 207, 208).
+    ClientMessage in Queue {
+        Enqueue(Enqueue),
+        Reserve(Reserve),
+        Extend(Extend),
+        Complete(Complete),
+        Subscribe(Subscribe),
+        Unsubscribe(Unsubscribe),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

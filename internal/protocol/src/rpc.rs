@@ -431,6 +431,18 @@ impl Message for Lifecycle {
     }
 }
 
+crate::message::message_enum! {
+    /// Every RPC record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (300–304).
+    ClientMessage in Rpc {
+        SubscribeWorker(SubscribeWorker),
+        UnsubscribeWorker(UnsubscribeWorker),
+        Request(Request),
+        Response(Response),
+        Cancel(Cancel),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -264,3 +264,17 @@ impl ReplyBody for ListV2Ok {
         })
     }
 }
+
+crate::message::message_enum! {
+    /// Every Schedule record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (700–704, 706, 707).
+    ClientMessage in Schedule {
+        Create(Create),
+        Cancel(Cancel),
+        List(List),
+        Subscribe(Subscribe),
+        Unsubscribe(Unsubscribe),
+        CreateBatch(CreateBatch),
+        ListV2(ListV2),
+    }
+}

@@ -734,6 +734,22 @@ impl FilterSet {
     }
 }
 
+crate::message::message_enum! {
+    /// Every Stream record a client may send: the domain's part of
+    /// [`crate::ClientMessage`] (600–608).
+    ClientMessage in Stream {
+        Begin(Begin),
+        Append(Append),
+        Commit(Commit),
+        Rollback(Rollback),
+        Read(Read),
+        Last(Last),
+        GetMetadata(GetMetadata),
+        Subscribe(Subscribe),
+        Unsubscribe(Unsubscribe),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -44,12 +44,15 @@ use fitz_protocol::{WireError, codes};
 use imbl::OrdMap;
 use parking_lot::Mutex;
 
+use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, KvRequest, Refusal, Services};
+use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
 use crate::storage::{self, Backend, Batch, Keyspace, Op, StorageError};
+use fitz_protocol::route::Scheme;
 
 /// Most items in one SCAN page.
 pub const MAX_SCAN_ITEMS: usize = 1024;
@@ -687,6 +690,38 @@ impl Engine for KvEngine {
         drop(s);
         if let Some(at) = next {
             self.timers.wake_at(Domain::Kv, at);
+        }
+    }
+}
+
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for KvRequest {
+    /// BEGIN needs read or write by mode. The manifest treats 101–108 as
+    /// session-owned; reads and writes inside a transaction are additionally
+    /// checked against the route (AC-KV-010 expects 1011 for a PUT by a
+    /// read-only session), COMMIT and ROLLBACK only touch the session's own
+    /// transaction.
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Kv;
+        match self {
+            KvRequest::Begin(m) => concrete(
+                &m.route,
+                S,
+                match m.mode {
+                    fitz_protocol::kv::TxMode::ReadOnly => Access::Read,
+                    fitz_protocol::kv::TxMode::ReadWrite => Access::Write,
+                },
+            ),
+            KvRequest::Commit(_) | KvRequest::Rollback(_) => Target::SessionOwned,
+            KvRequest::Get(m) => concrete(&m.route, S, Access::Read),
+            KvRequest::Scan(m) => concrete(&m.route, S, Access::Read),
+            KvRequest::Put(m) => concrete(&m.route, S, Access::Write),
+            KvRequest::Insert(m) => concrete(&m.route, S, Access::Write),
+            KvRequest::Delete(m) => concrete(&m.route, S, Access::Write),
+            KvRequest::DeleteRange(m) => concrete(&m.route, S, Access::Write),
+            KvRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
+            KvRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
         }
     }
 }

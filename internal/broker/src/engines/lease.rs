@@ -79,12 +79,15 @@ use fitz_protocol::types::{self, Domain};
 use fitz_protocol::{Str, WireError, codes, route};
 use parking_lot::Mutex;
 
+use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, LeaseRequest, Refusal, Services};
+use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
 use crate::storage::StorageError;
+use fitz_protocol::route::Scheme;
 
 pub use fitz_protocol::lease::{MAX_OWNER_LEN, MAX_WAITERS};
 
@@ -897,6 +900,23 @@ impl Engine for LeaseEngine {
     }
 }
 
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for LeaseRequest {
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Lease;
+        match self {
+            LeaseRequest::Acquire(m) => concrete(&m.route, S, Access::Write),
+            LeaseRequest::Renew(m) => concrete(&m.route, S, Access::Write),
+            LeaseRequest::Release(m) => concrete(&m.route, S, Access::Write),
+            LeaseRequest::Query(m) => concrete(&m.route, S, Access::Read),
+            LeaseRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
+            LeaseRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
+            LeaseRequest::List(m) => pattern(&m.pattern, S, Access::Read),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -919,7 +939,6 @@ mod tests {
     }
 
     fn call(e: &LeaseEngine, s: &Session, r: LeaseRequest) -> bytes::Bytes {
-        use super::super::DomainRequest;
         let reply = Reply::new(s.clone(), r.message_type(), None);
         e.handle(s, r, reply);
         let (batch, _) = s.take_batch();
@@ -965,7 +984,11 @@ mod tests {
         let err = WireError::decode(got).unwrap();
         assert_eq!(err.code(), Some(codes::LEASE_EXPIRED));
         assert_eq!(e.stats().held, 0, "the expired holding ended");
-        let got = call(&e, &s, LeaseRequest::Query(proto::Query::new(route)));
+        let got = call(
+            &e,
+            &s,
+            LeaseRequest::Query(proto::Query::new(route)),
+        );
         assert_eq!(&got[..], &[0, 0, 0, 0, 0, 0]);
     }
 

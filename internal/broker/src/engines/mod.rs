@@ -1,17 +1,17 @@
 //! Domain engines and the dispatcher that feeds them.
 //!
-//! # Adding (or filling in) a domain
+//! A record is decoded once, in the protocol crate, into a
+//! [`ClientMessage`] whose variant is its domain and whose inner enum
+//! (`fitz_protocol::kv::ClientMessage`, here [`KvRequest`], …) is the
+//! operation. `Engines::dispatch` matches once, on the domain; `run` checks
+//! the route shape and the caller's permission from the request's
+//! [`DomainRequest::target`] (each engine's file holds its domain's table,
+//! the spec's "Permission levels per message") and only then calls
+//! [`Engine::handle`], which matches once, on the operation. A refused
+//! request goes to [`Engine::refuse`] so the engine answers in its own
+//! envelope and code.
 //!
-//! Each of the seven domains has one file here and one engine type
-//! implementing [`Engine`]. The session layer decodes a record into a
-//! [`ClientMessage`], `Engines::dispatch` turns it into the domain's request
-//! enum ([`KvRequest`], [`QueueRequest`], …), checks the route shape and the
-//! caller's permission using [`DomainRequest::target`] (the table of the
-//! spec's "Permission levels per message", already written for every
-//! message), and only then calls [`Engine::handle`]. A refused request goes to
-//! [`Engine::refuse`] so the engine answers in its own envelope and code.
-//!
-//! To implement a domain, replace the stub's bodies in its file:
+//! Each engine implements [`Engine`]:
 //! * `start` builds the engine from [`Services`] (clock, timers, subscription
 //!   ids, storage backend, configuration) and recovers durable state;
 //! * `handle` answers through the [`Reply`] (now, or later from a stored
@@ -22,8 +22,8 @@
 //! * `tick` runs expiries the engine asked for with [`Timers::wake_at`].
 //!
 //! Engines are synchronous: they keep state behind short-lived locks, never
-//! await, and push to any session's outbound without blocking. Nothing in
-//! the session or dispatch code needs to change.
+//! await, and push to any session's outbound without blocking.
+//! docs/ARCHITECTURE.md walks through adding an operation end to end.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -215,8 +215,6 @@ impl Target<'_> {
 
 /// A decoded request of one domain.
 pub trait DomainRequest: Sized {
-    /// The record type.
-    fn message_type(&self) -> u16;
     /// What it addresses (spec §4 "Permission levels per message").
     fn target(&self) -> Target<'_>;
 }
@@ -265,109 +263,13 @@ impl Engines {
         use ClientMessage as M;
         match message {
             M::Connect(_) | M::SessionMetadata(_) => Ok(()),
-            M::KvBegin(m) => self.run(&self.kv, session, KvRequest::Begin(m), reply),
-            M::KvCommit(m) => self.run(&self.kv, session, KvRequest::Commit(m), reply),
-            M::KvRollback(m) => self.run(&self.kv, session, KvRequest::Rollback(m), reply),
-            M::KvGet(m) => self.run(&self.kv, session, KvRequest::Get(m), reply),
-            M::KvPut(m) => self.run(&self.kv, session, KvRequest::Put(m), reply),
-            M::KvInsert(m) => self.run(&self.kv, session, KvRequest::Insert(m), reply),
-            M::KvDelete(m) => self.run(&self.kv, session, KvRequest::Delete(m), reply),
-            M::KvDeleteRange(m) => self.run(&self.kv, session, KvRequest::DeleteRange(m), reply),
-            M::KvScan(m) => self.run(&self.kv, session, KvRequest::Scan(m), reply),
-            M::KvSubscribe(m) => self.run(&self.kv, session, KvRequest::Subscribe(m), reply),
-            M::KvUnsubscribe(m) => self.run(&self.kv, session, KvRequest::Unsubscribe(m), reply),
-            M::QueueEnqueue(m) => self.run(&self.queue, session, QueueRequest::Enqueue(m), reply),
-            M::QueueReserve(m) => self.run(&self.queue, session, QueueRequest::Reserve(m), reply),
-            M::QueueExtend(m) => self.run(&self.queue, session, QueueRequest::Extend(m), reply),
-            M::QueueComplete(m) => self.run(&self.queue, session, QueueRequest::Complete(m), reply),
-            M::QueueSubscribe(m) => {
-                self.run(&self.queue, session, QueueRequest::Subscribe(m), reply)
-            }
-            M::QueueUnsubscribe(m) => {
-                self.run(&self.queue, session, QueueRequest::Unsubscribe(m), reply)
-            }
-            M::RpcSubscribeWorker(m) => {
-                self.run(&self.rpc, session, RpcRequest::SubscribeWorker(m), reply)
-            }
-            M::RpcUnsubscribeWorker(m) => {
-                self.run(&self.rpc, session, RpcRequest::UnsubscribeWorker(m), reply)
-            }
-            M::RpcRequest(m) => self.run(&self.rpc, session, RpcRequest::Request(m), reply),
-            M::RpcResponse(m) => self.run(&self.rpc, session, RpcRequest::Response(m), reply),
-            M::RpcCancel(m) => self.run(&self.rpc, session, RpcRequest::Cancel(m), reply),
-            M::LeaseAcquire(m) => self.run(&self.lease, session, LeaseRequest::Acquire(m), reply),
-            M::LeaseRenew(m) => self.run(&self.lease, session, LeaseRequest::Renew(m), reply),
-            M::LeaseRelease(m) => self.run(&self.lease, session, LeaseRequest::Release(m), reply),
-            M::LeaseQuery(m) => self.run(&self.lease, session, LeaseRequest::Query(m), reply),
-            M::LeaseSubscribe(m) => {
-                self.run(&self.lease, session, LeaseRequest::Subscribe(m), reply)
-            }
-            M::LeaseUnsubscribe(m) => {
-                self.run(&self.lease, session, LeaseRequest::Unsubscribe(m), reply)
-            }
-            M::LeaseList(m) => self.run(&self.lease, session, LeaseRequest::List(m), reply),
-            M::NoticePublish(m) => {
-                self.run(&self.notice, session, NoticeRequest::Publish(m), reply)
-            }
-            M::NoticeSubscribe(m) => {
-                self.run(&self.notice, session, NoticeRequest::Subscribe(m), reply)
-            }
-            M::NoticeUnsubscribe(m) => {
-                self.run(&self.notice, session, NoticeRequest::Unsubscribe(m), reply)
-            }
-            M::NoticeUnsubscribeAll(m) => self.run(
-                &self.notice,
-                session,
-                NoticeRequest::UnsubscribeAll(m),
-                reply,
-            ),
-            M::StreamBegin(m) => self.run(&self.stream, session, StreamRequest::Begin(m), reply),
-            M::StreamAppend(m) => self.run(&self.stream, session, StreamRequest::Append(m), reply),
-            M::StreamCommit(m) => self.run(&self.stream, session, StreamRequest::Commit(m), reply),
-            M::StreamRollback(m) => {
-                self.run(&self.stream, session, StreamRequest::Rollback(m), reply)
-            }
-            M::StreamRead(m) => self.run(&self.stream, session, StreamRequest::Read(m), reply),
-            M::StreamLast(m) => self.run(&self.stream, session, StreamRequest::Last(m), reply),
-            M::StreamGetMetadata(m) => {
-                self.run(&self.stream, session, StreamRequest::GetMetadata(m), reply)
-            }
-            M::StreamSubscribe(m) => {
-                self.run(&self.stream, session, StreamRequest::Subscribe(m), reply)
-            }
-            M::StreamUnsubscribe(m) => {
-                self.run(&self.stream, session, StreamRequest::Unsubscribe(m), reply)
-            }
-            M::ScheduleCreate(m) => {
-                self.run(&self.schedule, session, ScheduleRequest::Create(m), reply)
-            }
-            M::ScheduleCancel(m) => {
-                self.run(&self.schedule, session, ScheduleRequest::Cancel(m), reply)
-            }
-            M::ScheduleList(m) => {
-                self.run(&self.schedule, session, ScheduleRequest::List(m), reply)
-            }
-            M::ScheduleSubscribe(m) => self.run(
-                &self.schedule,
-                session,
-                ScheduleRequest::Subscribe(m),
-                reply,
-            ),
-            M::ScheduleUnsubscribe(m) => self.run(
-                &self.schedule,
-                session,
-                ScheduleRequest::Unsubscribe(m),
-                reply,
-            ),
-            M::ScheduleCreateBatch(m) => self.run(
-                &self.schedule,
-                session,
-                ScheduleRequest::CreateBatch(m),
-                reply,
-            ),
-            M::ScheduleListV2(m) => {
-                self.run(&self.schedule, session, ScheduleRequest::ListV2(m), reply)
-            }
+            M::Kv(r) => self.run(&self.kv, session, r, reply),
+            M::Queue(r) => self.run(&self.queue, session, r, reply),
+            M::Rpc(r) => self.run(&self.rpc, session, r, reply),
+            M::Lease(r) => self.run(&self.lease, session, r, reply),
+            M::Notice(r) => self.run(&self.notice, session, r, reply),
+            M::Stream(r) => self.run(&self.stream, session, r, reply),
+            M::Schedule(r) => self.run(&self.schedule, session, r, reply),
         }
     }
 
@@ -470,7 +372,7 @@ impl Engines {
     }
 }
 
-const fn concrete(route: &str, scheme: Scheme, access: Access) -> Target<'_> {
+pub(crate) const fn concrete(route: &str, scheme: Scheme, access: Access) -> Target<'_> {
     Target::Concrete {
         route,
         scheme,
@@ -478,7 +380,7 @@ const fn concrete(route: &str, scheme: Scheme, access: Access) -> Target<'_> {
     }
 }
 
-const fn pattern(pattern: &str, scheme: Scheme, access: Access) -> Target<'_> {
+pub(crate) const fn pattern(pattern: &str, scheme: Scheme, access: Access) -> Target<'_> {
     Target::Pattern {
         pattern,
         scheme,
@@ -486,311 +388,17 @@ const fn pattern(pattern: &str, scheme: Scheme, access: Access) -> Target<'_> {
     }
 }
 
-/// KV requests (100–110).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum KvRequest {
-    Begin(proto::kv::Begin),
-    Commit(proto::kv::Commit),
-    Rollback(proto::kv::Rollback),
-    Get(proto::kv::Get),
-    Put(proto::kv::Put),
-    Insert(proto::kv::Insert),
-    Delete(proto::kv::Delete),
-    DeleteRange(proto::kv::DeleteRange),
-    Scan(proto::kv::Scan),
-    Subscribe(proto::kv::Subscribe),
-    Unsubscribe(proto::kv::Unsubscribe),
-}
-
-impl DomainRequest for KvRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            KvRequest::Begin(_) => proto::kv::Begin::TYPE,
-            KvRequest::Commit(_) => proto::kv::Commit::TYPE,
-            KvRequest::Rollback(_) => proto::kv::Rollback::TYPE,
-            KvRequest::Get(_) => proto::kv::Get::TYPE,
-            KvRequest::Put(_) => proto::kv::Put::TYPE,
-            KvRequest::Insert(_) => proto::kv::Insert::TYPE,
-            KvRequest::Delete(_) => proto::kv::Delete::TYPE,
-            KvRequest::DeleteRange(_) => proto::kv::DeleteRange::TYPE,
-            KvRequest::Scan(_) => proto::kv::Scan::TYPE,
-            KvRequest::Subscribe(_) => proto::kv::Subscribe::TYPE,
-            KvRequest::Unsubscribe(_) => proto::kv::Unsubscribe::TYPE,
-        }
-    }
-
-    /// BEGIN needs read or write by mode. The manifest treats 101–108 as
-    /// session-owned; reads and writes inside a transaction are additionally
-    /// checked against the route (AC-KV-010 expects 1011 for a PUT by a
-    /// read-only session), COMMIT and ROLLBACK only touch the session's own
-    /// transaction.
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Kv;
-        match self {
-            KvRequest::Begin(m) => concrete(
-                &m.route,
-                S,
-                match m.mode {
-                    proto::kv::TxMode::ReadOnly => Access::Read,
-                    proto::kv::TxMode::ReadWrite => Access::Write,
-                },
-            ),
-            KvRequest::Commit(_) | KvRequest::Rollback(_) => Target::SessionOwned,
-            KvRequest::Get(m) => concrete(&m.route, S, Access::Read),
-            KvRequest::Scan(m) => concrete(&m.route, S, Access::Read),
-            KvRequest::Put(m) => concrete(&m.route, S, Access::Write),
-            KvRequest::Insert(m) => concrete(&m.route, S, Access::Write),
-            KvRequest::Delete(m) => concrete(&m.route, S, Access::Write),
-            KvRequest::DeleteRange(m) => concrete(&m.route, S, Access::Write),
-            KvRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
-            KvRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
-        }
-    }
-}
-
-/// Queue requests (200, 202–204, 207, 208).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum QueueRequest {
-    Enqueue(proto::queue::Enqueue),
-    Reserve(proto::queue::Reserve),
-    Extend(proto::queue::Extend),
-    Complete(proto::queue::Complete),
-    Subscribe(proto::queue::Subscribe),
-    Unsubscribe(proto::queue::Unsubscribe),
-}
-
-impl DomainRequest for QueueRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            QueueRequest::Enqueue(_) => proto::queue::Enqueue::TYPE,
-            QueueRequest::Reserve(_) => proto::queue::Reserve::TYPE,
-            QueueRequest::Extend(_) => proto::queue::Extend::TYPE,
-            QueueRequest::Complete(_) => proto::queue::Complete::TYPE,
-            QueueRequest::Subscribe(_) => proto::queue::Subscribe::TYPE,
-            QueueRequest::Unsubscribe(_) => proto::queue::Unsubscribe::TYPE,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Queue;
-        match self {
-            QueueRequest::Enqueue(m) => concrete(&m.route, S, Access::Write),
-            QueueRequest::Reserve(m) => pattern(&m.route, S, Access::Write),
-            QueueRequest::Extend(m) => concrete(&m.route, S, Access::Write),
-            QueueRequest::Complete(m) => concrete(&m.route, S, Access::Write),
-            QueueRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
-            QueueRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
-        }
-    }
-}
-
-/// RPC requests (300–304).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum RpcRequest {
-    SubscribeWorker(proto::rpc::SubscribeWorker),
-    UnsubscribeWorker(proto::rpc::UnsubscribeWorker),
-    Request(proto::rpc::Request),
-    Response(proto::rpc::Response),
-    Cancel(proto::rpc::Cancel),
-}
-
-impl DomainRequest for RpcRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            RpcRequest::SubscribeWorker(_) => proto::rpc::SubscribeWorker::TYPE,
-            RpcRequest::UnsubscribeWorker(_) => proto::rpc::UnsubscribeWorker::TYPE,
-            RpcRequest::Request(_) => proto::rpc::Request::TYPE,
-            RpcRequest::Response(_) => proto::rpc::Response::TYPE,
-            RpcRequest::Cancel(_) => proto::rpc::Cancel::TYPE,
-        }
-    }
-
-    /// Worker registration needs `#*` (AC-RPC-007); a REQUEST needs write;
-    /// RESPONSE and CANCEL act on calls the session is part of.
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Rpc;
-        match self {
-            RpcRequest::SubscribeWorker(m) => pattern(&m.pattern, S, Access::All),
-            RpcRequest::UnsubscribeWorker(m) => pattern(&m.route, S, Access::All),
-            RpcRequest::Request(m) => concrete(&m.route, S, Access::Write),
-            RpcRequest::Response(_) | RpcRequest::Cancel(_) => Target::SessionOwned,
-        }
-    }
-}
-
-/// Lease requests (400–403, 407, 408, 410).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum LeaseRequest {
-    Acquire(proto::lease::Acquire),
-    Renew(proto::lease::Renew),
-    Release(proto::lease::Release),
-    Query(proto::lease::Query),
-    Subscribe(proto::lease::Subscribe),
-    Unsubscribe(proto::lease::Unsubscribe),
-    List(proto::lease::List),
-}
-
-impl DomainRequest for LeaseRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            LeaseRequest::Acquire(_) => proto::lease::Acquire::TYPE,
-            LeaseRequest::Renew(_) => proto::lease::Renew::TYPE,
-            LeaseRequest::Release(_) => proto::lease::Release::TYPE,
-            LeaseRequest::Query(_) => proto::lease::Query::TYPE,
-            LeaseRequest::Subscribe(_) => proto::lease::Subscribe::TYPE,
-            LeaseRequest::Unsubscribe(_) => proto::lease::Unsubscribe::TYPE,
-            LeaseRequest::List(_) => proto::lease::List::TYPE,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Lease;
-        match self {
-            LeaseRequest::Acquire(m) => concrete(&m.route, S, Access::Write),
-            LeaseRequest::Renew(m) => concrete(&m.route, S, Access::Write),
-            LeaseRequest::Release(m) => concrete(&m.route, S, Access::Write),
-            LeaseRequest::Query(m) => concrete(&m.route, S, Access::Read),
-            LeaseRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
-            LeaseRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
-            LeaseRequest::List(m) => pattern(&m.pattern, S, Access::Read),
-        }
-    }
-}
-
-/// Notice requests (500–503).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum NoticeRequest {
-    Publish(proto::notice::Publish),
-    Subscribe(proto::notice::Subscribe),
-    Unsubscribe(proto::notice::Unsubscribe),
-    UnsubscribeAll(proto::notice::UnsubscribeAll),
-}
-
-impl DomainRequest for NoticeRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            NoticeRequest::Publish(_) => proto::notice::Publish::TYPE,
-            NoticeRequest::Subscribe(_) => proto::notice::Subscribe::TYPE,
-            NoticeRequest::Unsubscribe(_) => proto::notice::Unsubscribe::TYPE,
-            NoticeRequest::UnsubscribeAll(_) => proto::notice::UnsubscribeAll::TYPE,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Notice;
-        match self {
-            NoticeRequest::Publish(m) => concrete(&m.route, S, Access::Write),
-            NoticeRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
-            NoticeRequest::Unsubscribe(_) | NoticeRequest::UnsubscribeAll(_) => {
-                Target::SessionOwned
-            }
-        }
-    }
-}
-
-/// Stream requests (600–608).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum StreamRequest {
-    Begin(proto::stream::Begin),
-    Append(proto::stream::Append),
-    Commit(proto::stream::Commit),
-    Rollback(proto::stream::Rollback),
-    Read(proto::stream::Read),
-    Last(proto::stream::Last),
-    GetMetadata(proto::stream::GetMetadata),
-    Subscribe(proto::stream::Subscribe),
-    Unsubscribe(proto::stream::Unsubscribe),
-}
-
-impl DomainRequest for StreamRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            StreamRequest::Begin(_) => proto::stream::Begin::TYPE,
-            StreamRequest::Append(_) => proto::stream::Append::TYPE,
-            StreamRequest::Commit(_) => proto::stream::Commit::TYPE,
-            StreamRequest::Rollback(_) => proto::stream::Rollback::TYPE,
-            StreamRequest::Read(_) => proto::stream::Read::TYPE,
-            StreamRequest::Last(_) => proto::stream::Last::TYPE,
-            StreamRequest::GetMetadata(_) => proto::stream::GetMetadata::TYPE,
-            StreamRequest::Subscribe(_) => proto::stream::Subscribe::TYPE,
-            StreamRequest::Unsubscribe(_) => proto::stream::Unsubscribe::TYPE,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Stream;
-        match self {
-            StreamRequest::Begin(m) => concrete(&m.route, S, Access::Write),
-            StreamRequest::Append(_) | StreamRequest::Commit(_) | StreamRequest::Rollback(_) => {
-                Target::SessionOwned
-            }
-            StreamRequest::Read(m) => Target::StreamSelector {
-                selector: &m.selector,
-                access: Access::Read,
-            },
-            StreamRequest::Last(m) => concrete(&m.route, S, Access::Read),
-            StreamRequest::GetMetadata(m) => concrete(&m.route, S, Access::Read),
-            StreamRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
-            StreamRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
-        }
-    }
-}
-
-/// Schedule requests (700–704, 706, 707).
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(missing_docs)]
-pub enum ScheduleRequest {
-    Create(proto::schedule::Create),
-    Cancel(proto::schedule::Cancel),
-    List(proto::schedule::List),
-    Subscribe(proto::schedule::Subscribe),
-    Unsubscribe(proto::schedule::Unsubscribe),
-    CreateBatch(proto::schedule::CreateBatch),
-    ListV2(proto::schedule::ListV2),
-}
-
-impl DomainRequest for ScheduleRequest {
-    fn message_type(&self) -> u16 {
-        use fitz_protocol::Message as _;
-        match self {
-            ScheduleRequest::Create(_) => proto::schedule::Create::TYPE,
-            ScheduleRequest::Cancel(_) => proto::schedule::Cancel::TYPE,
-            ScheduleRequest::List(_) => proto::schedule::List::TYPE,
-            ScheduleRequest::Subscribe(_) => proto::schedule::Subscribe::TYPE,
-            ScheduleRequest::Unsubscribe(_) => proto::schedule::Unsubscribe::TYPE,
-            ScheduleRequest::CreateBatch(_) => proto::schedule::CreateBatch::TYPE,
-            ScheduleRequest::ListV2(_) => proto::schedule::ListV2::TYPE,
-        }
-    }
-
-    fn target(&self) -> Target<'_> {
-        const S: Scheme = Scheme::Schedule;
-        match self {
-            ScheduleRequest::Create(m) => concrete(&m.entry.route, S, Access::Write),
-            ScheduleRequest::Cancel(m) => concrete(&m.route, S, Access::Write),
-            ScheduleRequest::List(_) | ScheduleRequest::ListV2(_) => Target::SchemeWide {
-                scheme: S,
-                access: Access::Read,
-            },
-            ScheduleRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
-            ScheduleRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
-            ScheduleRequest::CreateBatch(m) => Target::ConcreteSet {
-                routes: m.entries.iter().map(|e| &*e.route).collect(),
-                scheme: S,
-                access: Access::Write,
-            },
-        }
-    }
-}
+/// KV requests: [`proto::kv::ClientMessage`], under the name the engine uses.
+pub type KvRequest = proto::kv::ClientMessage;
+/// Queue requests: [`proto::queue::ClientMessage`], under the name the engine uses.
+pub type QueueRequest = proto::queue::ClientMessage;
+/// RPC requests: [`proto::rpc::ClientMessage`], under the name the engine uses.
+pub type RpcRequest = proto::rpc::ClientMessage;
+/// Lease requests: [`proto::lease::ClientMessage`], under the name the engine uses.
+pub type LeaseRequest = proto::lease::ClientMessage;
+/// Notice requests: [`proto::notice::ClientMessage`], under the name the engine uses.
+pub type NoticeRequest = proto::notice::ClientMessage;
+/// Stream requests: [`proto::stream::ClientMessage`], under the name the engine uses.
+pub type StreamRequest = proto::stream::ClientMessage;
+/// Schedule requests: [`proto::schedule::ClientMessage`], under the name the engine uses.
+pub type ScheduleRequest = proto::schedule::ClientMessage;

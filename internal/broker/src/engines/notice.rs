@@ -16,10 +16,13 @@
 use fitz_protocol::notice::{Notify, SubscribeReply};
 use fitz_protocol::{codes, types};
 
+use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, NoticeRequest, Refusal, Services};
+use crate::auth::Access;
 use crate::registry::{LimitError, Registry};
 use crate::session::{CloseReason, Reply, Session};
 use crate::storage::StorageError;
+use fitz_protocol::route::Scheme;
 
 /// The Notice engine.
 pub struct NoticeEngine {
@@ -104,5 +107,20 @@ impl Engine for NoticeEngine {
 
     fn session_closed(&self, session: &Session) {
         self.subscriptions.unregister_session(session.id());
+    }
+}
+
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for NoticeRequest {
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Notice;
+        match self {
+            NoticeRequest::Publish(m) => concrete(&m.route, S, Access::Write),
+            NoticeRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
+            NoticeRequest::Unsubscribe(_) | NoticeRequest::UnsubscribeAll(_) => {
+                Target::SessionOwned
+            }
+        }
     }
 }

@@ -87,12 +87,15 @@ use fitz_protocol::types::{self, Domain};
 use fitz_protocol::{Str, WireError, codes, route};
 use parking_lot::Mutex;
 
+use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, QueueRequest, Refusal, Services};
+use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers, to_unix_millis};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
 use crate::storage::{self, Backend, Batch, Durability, Keyspace, Op, StorageError};
+use fitz_protocol::route::Scheme;
 
 /// RESERVEs that may wait on one route or pattern of one family.
 pub const MAX_PARKED_PER_ROUTE: usize = 100;
@@ -1185,6 +1188,22 @@ impl Engine for QueueEngine {
     }
 }
 
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for QueueRequest {
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Queue;
+        match self {
+            QueueRequest::Enqueue(m) => concrete(&m.route, S, Access::Write),
+            QueueRequest::Reserve(m) => pattern(&m.route, S, Access::Write),
+            QueueRequest::Extend(m) => concrete(&m.route, S, Access::Write),
+            QueueRequest::Complete(m) => concrete(&m.route, S, Access::Write),
+            QueueRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
+            QueueRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1259,7 +1278,6 @@ mod tests {
     }
 
     fn r_type(r: &QueueRequest) -> u16 {
-        use super::super::DomainRequest;
         r.message_type()
     }
 

@@ -90,8 +90,11 @@ use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
 use crate::storage::StorageError;
 
+use super::{DomainRequest, Target, concrete, pattern};
+use crate::auth::Access;
 #[cfg(doc)]
 use crate::config::Config;
+use fitz_protocol::route::Scheme;
 
 /// Calls waiting for a worker on one route; one more gets 6003.
 pub const ROUTE_QUEUE_CAPACITY: usize = 1024;
@@ -999,6 +1002,22 @@ impl Engine for RpcEngine {
             .min();
         if let Some(at) = next {
             self.arm(&mut st, at);
+        }
+    }
+}
+
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for RpcRequest {
+    /// Worker registration needs `#*` (AC-RPC-007); a REQUEST needs write;
+    /// RESPONSE and CANCEL act on calls the session is part of.
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Rpc;
+        match self {
+            RpcRequest::SubscribeWorker(m) => pattern(&m.pattern, S, Access::All),
+            RpcRequest::UnsubscribeWorker(m) => pattern(&m.route, S, Access::All),
+            RpcRequest::Request(m) => concrete(&m.route, S, Access::Write),
+            RpcRequest::Response(_) | RpcRequest::Cancel(_) => Target::SessionOwned,
         }
     }
 }

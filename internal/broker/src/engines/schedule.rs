@@ -62,12 +62,15 @@ use fitz_protocol::{DecodeError, Reader, Str, WireError, codes};
 use parking_lot::Mutex;
 
 use self::cron::CronSchedule;
+use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, Refusal, ScheduleRequest, Services};
+use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Delivery, Reply, Session};
 use crate::storage::{self, Backend, Batch, Durability, Keyspace, Op, StorageError};
+use fitz_protocol::route::Scheme;
 
 /// Schedules one route family may hold.
 pub const MAX_SCHEDULES_PER_FAMILY: usize = 100_000;
@@ -743,6 +746,29 @@ impl Engine for ScheduleEngine {
         self.wake(earliest);
         for fire in &fires {
             self.deliver(fire);
+        }
+    }
+}
+
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for ScheduleRequest {
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Schedule;
+        match self {
+            ScheduleRequest::Create(m) => concrete(&m.entry.route, S, Access::Write),
+            ScheduleRequest::Cancel(m) => concrete(&m.route, S, Access::Write),
+            ScheduleRequest::List(_) | ScheduleRequest::ListV2(_) => Target::SchemeWide {
+                scheme: S,
+                access: Access::Read,
+            },
+            ScheduleRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
+            ScheduleRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
+            ScheduleRequest::CreateBatch(m) => Target::ConcreteSet {
+                routes: m.entries.iter().map(|e| &*e.route).collect(),
+                scheme: S,
+                access: Access::Write,
+            },
         }
     }
 }

@@ -68,11 +68,36 @@ use parking_lot::{Mutex, RwLock};
 
 use self::log::{FamilyLog, Mark, Pending, Span, StoredRecord};
 use self::notify::Debouncer;
+use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, Refusal, Services, StreamRequest};
+use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
 use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
+use fitz_protocol::route::Scheme;
+/// Route shapes and permissions per request (spec §4, "Permission levels
+/// per message"): checked by the dispatcher before [`Engine::handle`].
+impl DomainRequest for StreamRequest {
+    fn target(&self) -> Target<'_> {
+        const S: Scheme = Scheme::Stream;
+        match self {
+            StreamRequest::Begin(m) => concrete(&m.route, S, Access::Write),
+            StreamRequest::Append(_) | StreamRequest::Commit(_) | StreamRequest::Rollback(_) => {
+                Target::SessionOwned
+            }
+            StreamRequest::Read(m) => Target::StreamSelector {
+                selector: &m.selector,
+                access: Access::Read,
+            },
+            StreamRequest::Last(m) => concrete(&m.route, S, Access::Read),
+            StreamRequest::GetMetadata(m) => concrete(&m.route, S, Access::Read),
+            StreamRequest::Subscribe(m) => pattern(&m.route, S, Access::Read),
+            StreamRequest::Unsubscribe(m) => pattern(&m.route, S, Access::Read),
+        }
+    }
+}
+
 #[cfg(test)]
 use crate::storage::Durability;
 use crate::storage::{Backend, Batch, Keyspace, Op, StorageError};
