@@ -191,7 +191,9 @@ impl Client {
         self.conn.debug_snapshot().await
     }
 
-    #[allow(dead_code)] // for the domain clients
+    /// The connection under the domain views (the actor's tests and the
+    /// benchmark harnesses reach it from a client).
+    #[cfg(any(test, feature = "unstable-bench"))]
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }

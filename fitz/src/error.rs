@@ -235,8 +235,6 @@ impl Error {
             "the handle belongs to an earlier connection session",
         )
     }
-
-    #[allow(dead_code)] // for the domain clients (RPC cancellation)
     pub(crate) fn cancelled(message: impl Into<Cow<'static, str>>) -> Self {
         Self::build(ErrorKind::Cancelled, message)
     }
@@ -249,13 +247,13 @@ impl Error {
         Self::build(ErrorKind::Overflow, message)
     }
 
-    #[allow(dead_code)] // for the domain clients (capability-gated features)
     pub(crate) fn unsupported(message: impl Into<Cow<'static, str>>) -> Self {
         Self::build(ErrorKind::Unsupported, message)
     }
 
-    /// A received payload is not of the type the caller asked for.
-    #[cfg_attr(not(feature = "serde"), allow(dead_code))]
+    /// A received payload is not of the type the caller asked for (the
+    /// `serde` feature's typed helpers).
+    #[cfg(feature = "serde")]
     pub(crate) fn decode(message: impl Into<Cow<'static, str>>) -> Self {
         Self::build(ErrorKind::Decode, message)
     }

@@ -189,7 +189,9 @@ pub use connection::DebugSnapshot;
 #[doc = include_str!("../../README.md")]
 struct ReadmeSnippets;
 
-/// Benchmark harnesses over internal structures. Not a stable API.
+/// Benchmark harnesses over internal structures (the `unstable-bench`
+/// feature, which only `bench/` turns on). Not a stable API.
+#[cfg(feature = "unstable-bench")]
 #[doc(hidden)]
 pub mod __bench {
     pub use crate::connection::bench::*;

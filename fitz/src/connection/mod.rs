@@ -9,8 +9,8 @@
 //!
 //! # Internal API for domain clients
 //!
-//! A domain (`kv.rs`, `queue.rs`, …) is a thin typed view holding a
-//! `Connection`. It validates routes locally, encodes with `fitz-protocol`,
+//! A domain (`fitz/src/kv/`, `queue/`, …, `notice.rs`) is a thin typed view
+//! holding a `Connection`. It validates routes locally, encodes with `fitz-protocol`,
 //! and uses these calls; it never touches wire ids, correlation or framing.
 //!
 //! | call | for |
@@ -83,8 +83,10 @@
 //! let responses = conn.push_handler(types::RPC_RESPONSE, PushKey::Uuid(caller_id), opts).await?;
 //! ```
 //!
-//! Pair the worker handler with a `register` of the 300 SUBSCRIBE_WORKER
-//! record (`notify_type: None`, `ack` returning `Ok(None)`) so the worker is
+//! A handler yields [`Push`] items: record payloads, and for worker
+//! deliveries a [`Push::SessionEnded`] between the last delivery of a lost
+//! session and the first of the next. Pair the worker handler with a
+//! `register` of the 300 SUBSCRIBE_WORKER record (`notify_type: None`, `ack` returning `Ok(None)`) so the worker is
 //! restored after a reconnect.
 //!
 //! # Policies
@@ -107,6 +109,7 @@
 
 mod actor;
 #[doc(hidden)]
+#[cfg(feature = "unstable-bench")]
 pub mod bench;
 mod command;
 mod mailbox;
@@ -250,8 +253,6 @@ pub(crate) struct RequestOptions {
     /// Fails with `Stale` instead of being written on another session.
     pub generation: Option<Generation>,
 }
-
-#[allow(dead_code)] // constructors for the domain clients
 impl RequestOptions {
     pub fn timeout(timeout: Duration) -> Self {
         Self {
@@ -318,7 +319,6 @@ impl<T> Registration<T> {
 
 /// Which pushes of a type a push handler receives.
 #[derive(Debug, Clone, PartialEq, Eq)]
-#[allow(dead_code)] // variants for the RPC client
 pub(crate) enum PushKey {
     /// Pushes carrying this 16-byte UUID: the leading field of 302 and 303,
     /// the field after the kind byte of 305. Session-scoped: the handler ends
@@ -408,6 +408,7 @@ impl Connection {
         &self.shared
     }
 
+    #[cfg(feature = "unstable-bench")]
     pub(crate) fn shared_arc(&self) -> Arc<Shared> {
         self.shared.clone()
     }
@@ -415,14 +416,11 @@ impl Connection {
     pub fn capabilities(&self) -> Option<Capabilities> {
         self.shared.capabilities()
     }
-
-    #[allow(dead_code)] // for the stateful domain handles
     pub fn generation(&self) -> Generation {
         Generation(self.shared.generation())
     }
 
     /// `Err(Stale)` when `g` is not the current session's generation.
-    #[allow(dead_code)] // for the stateful domain handles
     pub fn check_generation(&self, g: Generation) -> Result<()> {
         if self.shared.is_closed() {
             Err(Error::closed())
@@ -469,7 +467,6 @@ impl Connection {
     // ----- requests -----
 
     /// Sends `msg` and returns the reply payload (status byte included).
-    #[allow(dead_code)] // for the domain clients
     pub async fn request<M: Message>(&self, msg: &M) -> Result<Bytes> {
         self.request_with(msg, RequestOptions::default()).await
     }
@@ -510,7 +507,6 @@ impl Connection {
     }
 
     /// A request answered by several frames; see the module docs.
-    #[allow(dead_code)] // for the Lease client
     pub async fn request_frames<M: Message>(
         &self,
         msg: &M,
@@ -562,7 +558,6 @@ impl Connection {
     /// may return a lock guard with the record: it is dropped only once the
     /// record is queued, so concurrent builders reach the wire in the order
     /// they built.
-    #[allow(dead_code)] // for the RPC client
     pub async fn send_committed<G>(
         &self,
         ty: u16,
@@ -615,7 +610,6 @@ impl Connection {
     /// in-flight slot and queue room are free right now; false when it was
     /// not queued (full, closed, or another session). Once queued it behaves
     /// like [`Connection::send_committed`].
-    #[allow(dead_code)] // for the RPC client
     pub fn send_detached(&self, ty: u16, generation: Generation, record: Bytes) -> bool {
         if self.shared.is_closed() || generation.0 != self.shared.generation() {
             return false;
@@ -761,7 +755,6 @@ impl Connection {
     }
 
     /// Installs a raw push handler; see [`PushKey`].
-    #[allow(dead_code)] // for the RPC client
     pub async fn push_handler(
         &self,
         ty: u16,
@@ -865,14 +858,12 @@ pub(crate) fn decode_ack<R: ReplyBody>(payload: Bytes, id: fn(&R) -> u64) -> Res
 
 /// A [`RegistrationSpec::ack`] for acknowledgements without an id (RPC
 /// SUBSCRIBE_WORKER): status 0, or the broker's error.
-#[allow(dead_code)] // for the RPC client
 pub(crate) fn ack_only(payload: Bytes) -> Result<Option<u64>> {
     decode_body::<fitz_protocol::Ack<0>>(payload).map(|_| None)
 }
 
 /// A whole record of type `ty` around an existing payload (for UNSUBSCRIBE
 /// records that repeat the SUBSCRIBE pattern).
-#[allow(dead_code)] // for the domain clients
 pub(crate) fn record_with_payload(ty: u16, payload: &Bytes) -> Option<Bytes> {
     let mut b = BytesMut::with_capacity(payload.len() + 5);
     fitz_protocol::record::encode_raw_record(&mut b, ty, payload).ok()?;

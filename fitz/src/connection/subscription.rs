@@ -156,12 +156,9 @@ impl Drop for PushStream {
 /// The frames answering one multi-frame request, in arrival order. Ends
 /// after the final frame or an error. Dropping it abandons the request (its
 /// remaining frames are discarded).
-#[allow(dead_code)] // for the Lease client
 pub(crate) struct ReplyFrames {
     rx: mpsc::Receiver<Result<Bytes>>,
 }
-
-#[allow(dead_code)] // for the Lease client
 impl ReplyFrames {
     pub(super) fn new(rx: mpsc::Receiver<Result<Bytes>>) -> Self {
         Self { rx }
@@ -180,8 +177,6 @@ impl Stream for ReplyFrames {
         self.get_mut().rx.poll_recv(cx)
     }
 }
-
-#[allow(dead_code)]
 fn _assert_send() {
     fn is_send<T: Send>() {}
     is_send::<Subscription<Bytes>>();

@@ -984,11 +984,7 @@ mod tests {
         let err = WireError::decode(got).unwrap();
         assert_eq!(err.code(), Some(codes::LEASE_EXPIRED));
         assert_eq!(e.stats().held, 0, "the expired holding ended");
-        let got = call(
-            &e,
-            &s,
-            LeaseRequest::Query(proto::Query::new(route)),
-        );
+        let got = call(&e, &s, LeaseRequest::Query(proto::Query::new(route)));
         assert_eq!(&got[..], &[0, 0, 0, 0, 0, 0]);
     }
 
