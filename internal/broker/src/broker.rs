@@ -1,26 +1,20 @@
 //! The embeddable broker: start, addresses, inspection, shutdown.
 
-use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use parking_lot::Mutex;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::auth::{AuthConfig, Family};
-use crate::clock::{AdvanceListener, Clock, Timers};
+use crate::clock::Clock;
 use crate::config::Config;
-use crate::engines::{Engines, Services};
-use crate::input::InputBudget;
-use crate::registry::SubscriptionIds;
-use crate::session::{BrokerStats, OutboundLimits, Session, SessionId, Transport};
-use crate::storage::{self, StorageError, StorageMode};
-use crate::transport;
+use crate::engines::Engines;
+use crate::listener;
+use crate::session::{self, OutboundLimits, Session, SessionId, Transport};
+use crate::shared::Shared;
+use crate::storage::{StorageError, StorageMode};
 
 /// Time [`Broker::shutdown`] waits for connections to finish.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -32,86 +26,6 @@ pub struct Broker {
     shared: Arc<Shared>,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
-}
-
-/// State shared by the listeners, connections and timer task.
-pub(crate) struct Shared {
-    pub config: Arc<Config>,
-    pub clock: Clock,
-    pub timers: Arc<Timers>,
-    pub engines: Engines,
-    pub sessions: SessionTable,
-    pub next_session: AtomicU64,
-    pub stats: Arc<BrokerStats>,
-    pub shutdown: CancellationToken,
-    pub tasks: TaskTracker,
-    /// Closed at shutdown and drop so the path can be reopened.
-    pub storage: Arc<dyn storage::Backend>,
-    /// One permit per connection served (`FITZ_MAX_CONNECTIONS`).
-    pub connections: Arc<tokio::sync::Semaphore>,
-    /// Unfinished input across connections (`FITZ_MAX_PENDING_INPUT_BYTES`).
-    pub input: InputBudget,
-}
-
-/// Live sessions, with a watch channel of their count for tests.
-pub(crate) struct SessionTable {
-    map: Mutex<HashMap<SessionId, Session>>,
-    count: watch::Sender<usize>,
-}
-
-impl SessionTable {
-    pub(crate) fn new() -> Self {
-        Self {
-            map: Mutex::new(HashMap::new()),
-            count: watch::Sender::new(0),
-        }
-    }
-
-    pub(crate) fn lock(&self) -> SessionGuard<'_> {
-        SessionGuard {
-            map: self.map.lock(),
-            count: &self.count,
-        }
-    }
-}
-
-/// The locked table; publishes the count when dropped.
-pub(crate) struct SessionGuard<'a> {
-    map: parking_lot::MutexGuard<'a, HashMap<SessionId, Session>>,
-    count: &'a watch::Sender<usize>,
-}
-
-impl SessionGuard<'_> {
-    pub(crate) fn insert(&mut self, id: SessionId, s: Session) {
-        self.map.insert(id, s);
-    }
-
-    pub(crate) fn remove(&mut self, id: &SessionId) -> Option<Session> {
-        self.map.remove(id)
-    }
-
-    fn values(&self) -> impl Iterator<Item = &Session> {
-        self.map.values()
-    }
-}
-
-impl Drop for SessionGuard<'_> {
-    fn drop(&mut self) {
-        let n = self.map.len();
-        self.count.send_if_modified(|c| {
-            let changed = *c != n;
-            *c = n;
-            changed
-        });
-    }
-}
-
-impl AdvanceListener for Shared {
-    fn advanced(&self, now: SystemTime) {
-        for domain in self.timers.take_due(now) {
-            self.engines.tick(domain, now);
-        }
-    }
 }
 
 /// Why a broker could not start.
@@ -289,49 +203,16 @@ impl Broker {
                 "max frame must be at least 64 bytes".into(),
             ));
         }
-        let storage = storage::open(&config.storage)?;
-        let limits = config.limits;
-        let config = Arc::new(config);
-        let timers = Arc::new(Timers::new(clock.clone()));
-        let services = Services {
-            clock: clock.clone(),
-            timers: timers.clone(),
-            ids: SubscriptionIds::default(),
-            storage: storage.clone(),
-            config: config.clone(),
-        };
-        let engines = Engines::start(&services)?;
-        let tcp = TcpListener::bind((config.bind_addr, config.tcp_port)).await?;
-        let http = TcpListener::bind((config.bind_addr, config.http_port)).await?;
+        let bind = (config.bind_addr, config.tcp_port, config.http_port);
+        let shared = Shared::new(config, clock)?;
+        let tcp = TcpListener::bind((bind.0, bind.1)).await?;
+        let http = TcpListener::bind((bind.0, bind.2)).await?;
         let tcp_addr = tcp.local_addr()?;
         let http_addr = http.local_addr()?;
-        let shared = Arc::new(Shared {
-            config,
-            clock: clock.clone(),
-            timers,
-            engines,
-            sessions: SessionTable::new(),
-            next_session: AtomicU64::new(0),
-            stats: Arc::default(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            storage,
-            connections: Arc::new(tokio::sync::Semaphore::new(
-                limits
-                    .max_connections
-                    .min(tokio::sync::Semaphore::MAX_PERMITS),
-            )),
-            input: InputBudget::new(limits.max_pending_input, limits.frame_timeout),
-        });
-        let listener: Weak<dyn AdvanceListener> =
-            Arc::downgrade(&shared) as Weak<dyn AdvanceListener>;
-        clock.subscribe(listener);
+        shared.tasks.spawn(listener::serve_tcp(tcp, shared.clone()));
         shared
             .tasks
-            .spawn(transport::serve_tcp(tcp, shared.clone()));
-        shared
-            .tasks
-            .spawn(transport::serve_http(http, shared.clone()));
+            .spawn(listener::serve_http(http, shared.clone()));
         shared.tasks.spawn(run_timers(shared.clone()));
         tracing::info!(%tcp_addr, %http_addr, anonymous = shared.config.auth.is_anonymous(), "broker listening");
         Ok(Broker {
@@ -383,12 +264,12 @@ impl Broker {
 
     /// Number of live sessions (connections past CONNECT).
     pub fn session_count(&self) -> usize {
-        *self.shared.sessions.count.borrow()
+        *self.shared.sessions.count().borrow()
     }
 
     /// Waits until exactly `n` sessions are live.
     pub async fn wait_for_session_count(&self, n: usize) {
-        let mut rx = self.shared.sessions.count.subscribe();
+        let mut rx = self.shared.sessions.count();
         let _ = rx.wait_for(|c| *c == n).await;
     }
 
@@ -454,7 +335,7 @@ impl Broker {
         self.shared.shutdown.cancel();
         let sessions: Vec<Session> = self.shared.sessions.lock().values().cloned().collect();
         for s in sessions {
-            s.close(transport::SHUTDOWN);
+            s.close(session::SHUTDOWN);
         }
         self.shared.tasks.close();
         if tokio::time::timeout(SHUTDOWN_GRACE, self.shared.tasks.wait())

@@ -22,9 +22,9 @@ use fitz_protocol::control::{self, ServerHello};
 use fitz_protocol::record::{Labelled, LabelledRecords, Record, Side};
 use fitz_protocol::{Capabilities, ClientMessage, Message, types};
 
-use crate::broker::Shared;
+use crate::io::{FrameReader, FrameWriter, ReadEvent};
 use crate::session::{CloseReason, Reply, Session, Transport};
-use crate::transport::{FrameReader, FrameWriter, ReadEvent};
+use crate::shared::Shared;
 
 /// The capability bits every SERVER_HELLO advertises: the one place to
 /// extend when a feature lands (RPC_CANCELLATION with the RPC engine; type
@@ -50,7 +50,7 @@ pub(crate) async fn serve(
 ) {
     let first = tokio::select! {
         () = shared.shutdown.cancelled() => {
-            writer.close(&crate::transport::SHUTDOWN).await;
+            writer.close(&crate::session::SHUTDOWN).await;
             return;
         }
         r = tokio::time::timeout(shared.config.connect_timeout, reader.next()) => r,
@@ -99,7 +99,7 @@ pub(crate) async fn serve(
             biased;
             () = session.closed() => break,
             () = shared.shutdown.cancelled() => {
-                session.close(crate::transport::SHUTDOWN);
+                session.close(crate::session::SHUTDOWN);
                 break;
             }
             e = reader.next() => e,

@@ -4,7 +4,6 @@
 //! stable API; compiled for tests and with the `fuzzing` feature only.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -13,18 +12,12 @@ use fitz_protocol::frame::FrameDecoder;
 use fitz_protocol::kv::TxMode;
 use fitz_protocol::record::{LabelledRecords, Side, put_label};
 use fitz_protocol::{Message, types};
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
-use crate::broker::{SessionTable, Shared};
-use crate::clock::{Clock, Timers};
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::connection;
-use crate::engines::{Engines, Services};
-use crate::input::InputBudget;
-use crate::registry::SubscriptionIds;
 use crate::session::{Session, Transport};
-use crate::storage;
+use crate::shared::Shared;
 
 /// An anonymous, memory-backed broker core on a manual clock, plus one
 /// bystander session that must stay served whatever other sessions do.
@@ -54,42 +47,11 @@ impl Default for Harness {
 impl Harness {
     /// A fresh broker core.
     pub fn new() -> Harness {
-        let config = Arc::new(Config::default());
         let clock = Clock::manual(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
-        let timers = Arc::new(Timers::new(clock.clone()));
-        let storage = match storage::open(&config.storage) {
+        let shared = match Shared::new(Config::default(), clock) {
             Ok(s) => s,
             Err(e) => unreachable_storage(&e),
         };
-        let services = Services {
-            clock: clock.clone(),
-            timers: timers.clone(),
-            ids: SubscriptionIds::default(),
-            storage: storage.clone(),
-            config: config.clone(),
-        };
-        let engines = match Engines::start(&services) {
-            Ok(e) => e,
-            Err(e) => unreachable_storage(&e),
-        };
-        let limits = config.limits;
-        let shared = Arc::new(Shared {
-            config,
-            clock: clock.clone(),
-            timers,
-            engines,
-            sessions: SessionTable::new(),
-            next_session: AtomicU64::new(0),
-            stats: Arc::default(),
-            shutdown: CancellationToken::new(),
-            tasks: TaskTracker::new(),
-            storage,
-            connections: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
-            input: InputBudget::new(limits.max_pending_input, limits.frame_timeout),
-        });
-        let listener: std::sync::Weak<dyn crate::clock::AdvanceListener> =
-            Arc::downgrade(&shared) as std::sync::Weak<dyn crate::clock::AdvanceListener>;
-        clock.subscribe(listener);
         let bystander = match open(&shared) {
             Some(s) => s,
             None => unreachable_storage(&"the bystander's CONNECT was refused"),

@@ -16,13 +16,17 @@
 //! # Ok(()) }
 //! ```
 //!
-//! Layout: [`transport`](crate::Broker) listeners accept connections; a
-//! connection task runs the CONNECT handshake and the read loop, handing
-//! each decoded request to [`engines`] after the route-shape and permission
-//! checks; engines answer through a [`Reply`] into the session's bounded
-//! outbound queue ([`session`]), drained by a writer task. Time comes from
-//! [`Clock`], expiries from [`Timers`]; registrations from [`registry`];
-//! durable data through [`storage`].
+//! Layout, one way down: the public [`Broker`] binds the listeners
+//! (`listener.rs`: TCP, HTTP with `/ws` and probes, the connection cap);
+//! each accepted connection gets its frame I/O (`io.rs`, with the unfinished
+//! input budget of `input.rs`) and a connection task (`connection.rs`: the
+//! CONNECT handshake, the read loop, the writer). Decoded requests go to
+//! [`engines`] after the route-shape and permission checks; engines answer
+//! through a [`Reply`] into the session's bounded outbound queue
+//! ([`session`]). What all of these share — config, clock, timers, engines,
+//! the session table, storage — is `shared.rs`. Time comes from [`Clock`],
+//! expiries from [`Timers`]; registrations from [`registry`]; durable data
+//! through [`storage`].
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -40,10 +44,12 @@ pub mod engines;
 #[doc(hidden)]
 pub mod fuzzing;
 mod input;
+mod io;
+mod listener;
 pub mod registry;
 pub mod session;
+mod shared;
 pub mod storage;
-mod transport;
 
 pub use auth::{Access, AuthConfig, Family, Grant, Permission, Permissions};
 pub use broker::{Broker, BrokerBuilder, SessionInfo, StartError};

@@ -129,6 +129,9 @@ impl std::fmt::Display for CloseReason {
     }
 }
 
+/// Close reason sent when the broker stops.
+pub const SHUTDOWN: CloseReason = CloseReason::new("broker shutting down");
+
 /// Close reason of a session whose reply backlog exceeded its bound.
 pub const SLOW_CONSUMER: CloseReason = CloseReason::new("slow consumer");
 

@@ -1,44 +1,29 @@
-//! Listeners and frame I/O: raw TCP with 4-byte length prefixes, and HTTP
-//! with the `/ws` WebSocket upgrade and the probes.
-//!
-//! The HTTP side parses the request head itself (`httparse`) and completes
-//! the RFC 6455 handshake with tungstenite's accept-key helper: the broker
-//! serves four fixed paths and never a request body, so a full HTTP stack
-//! (hyper) would add a large dependency for nothing.
+//! Frame I/O of one connection: raw TCP with 4-byte length prefixes, or
+//! WebSocket binary messages. Unfinished input is charged to the broker's
+//! [`crate::input`] budget and bounded by the frame deadline.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::frame::FrameDecoder;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_util::sync::PollSemaphore;
 
-use crate::broker::Shared;
-use crate::connection;
 use crate::input::{FREE_READ, Meter, Metered};
-use crate::session::{CloseReason, Transport};
+use crate::session::{CloseReason, SHUTDOWN};
 
-/// Largest HTTP request head accepted.
-const MAX_HTTP_HEAD: usize = 8 * 1024;
-/// Close reason sent when the broker stops.
-pub(crate) const SHUTDOWN: CloseReason = CloseReason::new("broker shutting down");
-
-type Ws = WebSocketStream<Metered<TcpStream>>;
+/// A server-side WebSocket over a metered TCP stream.
+pub(crate) type Ws = WebSocketStream<Metered<TcpStream>>;
 
 /// What reading the next frame produced.
 pub(crate) enum ReadEvent {
@@ -237,221 +222,6 @@ impl FrameWriter {
     }
 }
 
-/// A connection slot, or `None` (and the accepted socket is dropped, which
-/// closes it) when `FITZ_MAX_CONNECTIONS` are already served.
-fn admit(shared: &Shared, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
-    let slot = shared.connections.clone().try_acquire_owned().ok();
-    if slot.is_none() {
-        shared
-            .stats
-            .refused_connections
-            .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%peer, "connection limit reached: closing a new connection");
-    }
-    slot
-}
-
-/// Accepts raw TCP connections until shutdown.
-pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let Some(slot) = admit(&shared, peer) else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let (rd, wr) = stream.into_split();
-                let reader = FrameReader::tcp(rd, shared.config.max_frame, shared.input.meter());
-                let sh = shared.clone();
-                shared.tasks.spawn(async move {
-                    connection::serve(sh, reader, FrameWriter::Tcp(wr), Transport::Tcp, Some(peer))
-                        .await;
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// Accepts HTTP connections until shutdown.
-pub(crate) async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let Some(slot) = admit(&shared, peer) else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let sh = shared.clone();
-                shared.tasks.spawn(async move {
-                    if let Err(e) = http_connection(stream, peer, sh).await {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
-                    }
-                    drop(slot);
-                });
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
-}
-
-/// A parsed request head.
-struct Head {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-}
-
-impl Head {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-
-    fn header_has_token(&self, name: &str, token: &str) -> bool {
-        self.header(name)
-            .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    }
-}
-
-/// Reads the request head; returns it with any bytes that followed it.
-async fn read_head(stream: &mut TcpStream) -> io::Result<Option<(Head, Vec<u8>)>> {
-    let mut buf = Vec::with_capacity(1024);
-    loop {
-        let mut chunk = [0u8; 1024];
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk[..n]);
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut req = httparse::Request::new(&mut headers);
-        match req.parse(&buf) {
-            Ok(httparse::Status::Complete(len)) => {
-                let head = Head {
-                    method: req.method.unwrap_or("").to_owned(),
-                    path: req.path.unwrap_or("").to_owned(),
-                    headers: req
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_owned(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect(),
-                };
-                return Ok(Some((head, buf[len..].to_vec())));
-            }
-            Ok(httparse::Status::Partial) if buf.len() < MAX_HTTP_HEAD => {}
-            Ok(httparse::Status::Partial) => {
-                return Err(io::Error::other("request head too large"));
-            }
-            Err(e) => return Err(io::Error::other(e)),
-        }
-    }
-}
-
-async fn respond(stream: &mut TcpStream, status: &str, body: &str) -> io::Result<()> {
-    let resp = format!(
-        "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
-    stream.write_all(resp.as_bytes()).await?;
-    stream.shutdown().await
-}
-
-async fn http_connection(
-    mut stream: TcpStream,
-    peer: SocketAddr,
-    shared: Arc<Shared>,
-) -> io::Result<()> {
-    let head = tokio::select! {
-        () = shared.shutdown.cancelled() => return Ok(()),
-        // The head comes before CONNECT: the connect timeout bounds it too.
-        h = tokio::time::timeout(shared.config.connect_timeout, read_head(&mut stream)) => h,
-    };
-    let Ok(head) = head else {
-        return respond(
-            &mut stream,
-            "408 Request Timeout",
-            r#"{"status":"timeout"}"#,
-        )
-        .await;
-    };
-    let Some((head, rest)) = head? else {
-        return Ok(());
-    };
-    let path = head.path.split('?').next().unwrap_or("");
-    let get = head.method == "GET" || head.method == "HEAD";
-    match path {
-        "/healthz" | "/readyz" | "/livez" if get => {
-            respond(&mut stream, "200 OK", r#"{"status":"ok"}"#).await
-        }
-        "/ws" if head.method == "GET" => {
-            let key = head.header("sec-websocket-key").map(str::to_owned);
-            let upgrade = head.header_has_token("upgrade", "websocket")
-                && head.header_has_token("connection", "upgrade")
-                && head.header("sec-websocket-version") == Some("13");
-            let Some(key) = key.filter(|_| upgrade) else {
-                return respond(
-                    &mut stream,
-                    "400 Bad Request",
-                    r#"{"status":"error","error":"websocket upgrade required"}"#,
-                )
-                .await;
-            };
-            let accept = derive_accept_key(key.trim().as_bytes());
-            let resp = format!(
-                "HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n\
-                 sec-websocket-accept: {accept}\r\n\r\n"
-            );
-            stream.write_all(resp.as_bytes()).await?;
-            let max = shared.config.max_frame;
-            let config = WebSocketConfig::default()
-                .max_message_size(Some(max))
-                .max_frame_size(Some(max));
-            let meter = shared.input.meter();
-            // The head's leftover bytes are buffered already: count them.
-            meter.read(rest.len());
-            let metered = Metered::new(stream, meter.clone());
-            let ws =
-                WebSocketStream::from_partially_read(metered, rest, Role::Server, Some(config))
-                    .await;
-            let (sink, stream) = ws.split();
-            connection::serve(
-                shared,
-                FrameReader::Ws { stream, meter },
-                FrameWriter::Ws(sink),
-                Transport::WebSocket,
-                Some(peer),
-            )
-            .await;
-            Ok(())
-        }
-        _ => respond(&mut stream, "404 Not Found", r#"{"status":"not found"}"#).await,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -467,7 +237,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (rd, _wr) = server.into_split();
-        let budget = crate::input::InputBudget::new(1 << 20, Duration::from_secs(10));
+        let budget = crate::input::InputBudget::new(1 << 20, std::time::Duration::from_secs(10));
         let mut reader = FrameReader::tcp(rd, 1024, budget.meter());
         assert!(!reader.has_buffered_frame());
         // Two whole frames and the first two bytes of a third, in one write.
