@@ -112,6 +112,7 @@ mod actor;
 #[cfg(feature = "unstable-bench")]
 pub mod bench;
 mod command;
+mod handshake;
 mod mailbox;
 mod registry;
 mod requests;
