@@ -758,9 +758,9 @@ impl DomainRequest for QueueRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::SessionId;
     use crate::config::Config;
     use crate::registry::SubscriptionIds;
+    use crate::session::SessionId;
 
     #[test]
     fn stored_values_round_trip() {

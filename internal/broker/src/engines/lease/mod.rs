@@ -64,15 +64,15 @@
 //! malformed payload is 5008, a bad route 5008, a bad watch pattern 5010 and
 //! a bad LIST pattern 5012.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::ops::Bound;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use fitz_protocol::lease::{
-    self as proto, AcquireKind, AcquireOk, Holder as QueryHolder, LeaseInfo, ListCursor, ListOk,
-    Notify, QueryOk, RenewOk, SubscribeReply,
+    self as proto, AcquireKind, AcquireOk, Holder as QueryHolder, LeaseInfo, ListOk, Notify,
+    QueryOk, RenewOk, SubscribeReply,
 };
 use fitz_protocol::record::MAX_RECORD_PAYLOAD;
 use fitz_protocol::types::{self, Domain};
@@ -85,9 +85,13 @@ use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
 use crate::registry::Registry;
-use crate::session::{CloseReason, Reply, Session, SessionId};
+use crate::session::{CloseReason, Reply, Session};
 use crate::storage::StorageError;
 use fitz_protocol::route::Scheme;
+
+mod state;
+
+use self::state::*;
 
 pub use fitz_protocol::lease::{MAX_OWNER_LEN, MAX_WAITERS};
 
@@ -120,220 +124,6 @@ pub struct LeaseStats {
     pub snapshots: usize,
     /// Watch registrations.
     pub watches: usize,
-}
-
-struct Holder {
-    owner: Str,
-    session: SessionId,
-    token: u64,
-    expires: SystemTime,
-    acquired_at: SystemTime,
-    renewals: u32,
-}
-
-struct Waiter {
-    id: u64,
-    owner: Str,
-    session: SessionId,
-    ttl: Duration,
-    deadline: SystemTime,
-    reply: Reply,
-}
-
-#[derive(Default)]
-struct Lease {
-    holder: Option<Holder>,
-    waiters: VecDeque<Waiter>,
-}
-
-struct Snapshot {
-    family: Family,
-    session: SessionId,
-    pattern: String,
-    items: Vec<LeaseInfo>,
-    /// The only offset a continuation may present.
-    next: usize,
-    expires: SystemTime,
-}
-
-#[derive(Default)]
-struct State {
-    leases: HashMap<Family, BTreeMap<Arc<str>, Lease>>,
-    expiries: BTreeSet<(SystemTime, Key)>,
-    waiter_due: BTreeSet<(SystemTime, u64)>,
-    waiter_keys: HashMap<u64, Key>,
-    /// Leases each session holds or waits for.
-    by_session: HashMap<SessionId, HashSet<Key>>,
-    snapshots: BTreeMap<u64, Snapshot>,
-    last_token: u64,
-    next_waiter: u64,
-    next_snapshot: u64,
-}
-
-fn err(code: u32, message: impl Into<Str>) -> WireError {
-    WireError::coded(code, message)
-}
-
-fn bad(message: impl Into<Str>) -> WireError {
-    err(codes::LEASE_BAD_REQUEST, message)
-}
-
-/// `YYYY-MM-DDTHH:MM:SSZ` (UTC).
-pub fn rfc3339(t: SystemTime) -> String {
-    let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let (y, m, d) = civil_from_days(i64::try_from(secs / 86_400).unwrap_or(i64::MAX / 2));
-    let rem = secs % 86_400;
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Proleptic Gregorian date of a day count since 1970-01-01 (the
-/// well-known era-based conversion: 400-year eras of 146,097 days, years
-/// starting in March so the leap day falls last).
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month as u32, day as u32)
-}
-
-fn info_len(i: &LeaseInfo) -> usize {
-    4 + i.route.len() + 4 + i.owner.len() + 8 + 4 + i.acquired_at.len() + 8 + 4
-}
-
-impl State {
-    fn lease(&self, family: Family, route: &str) -> Option<&Lease> {
-        self.leases.get(&family)?.get(route)
-    }
-
-    fn lease_mut(&mut self, key: &Key) -> Option<&mut Lease> {
-        self.leases.get_mut(&key.0)?.get_mut(&*key.1)
-    }
-
-    fn next_token(&mut self) -> Option<u64> {
-        self.last_token = self.last_token.checked_add(1)?;
-        Some(self.last_token)
-    }
-
-    fn track(&mut self, session: SessionId, key: &Key) {
-        self.by_session
-            .entry(session)
-            .or_default()
-            .insert(key.clone());
-    }
-
-    /// Forgets that `session` is involved in `key` unless it still holds or
-    /// waits for it.
-    fn untrack(&mut self, session: SessionId, key: &Key) {
-        let involved = self.lease(key.0, &key.1).is_some_and(|l| {
-            l.holder.as_ref().is_some_and(|h| h.session == session)
-                || l.waiters.iter().any(|w| w.session == session)
-        });
-        if involved {
-            return;
-        }
-        if let Some(set) = self.by_session.get_mut(&session) {
-            set.remove(key);
-            if set.is_empty() {
-                self.by_session.remove(&session);
-            }
-        }
-    }
-
-    /// Drops the lease entry once nobody holds or waits for it.
-    fn forget_if_idle(&mut self, key: &Key) {
-        if let Some(m) = self.leases.get_mut(&key.0) {
-            if m.get(&*key.1)
-                .is_some_and(|l| l.holder.is_none() && l.waiters.is_empty())
-            {
-                m.remove(&*key.1);
-            }
-            if m.is_empty() {
-                self.leases.remove(&key.0);
-            }
-        }
-    }
-
-    fn remove_waiter(&mut self, key: &Key, id: u64) -> Option<Waiter> {
-        let lease = self.lease_mut(key)?;
-        let i = lease.waiters.iter().position(|w| w.id == id)?;
-        let w = lease.waiters.remove(i)?;
-        self.waiter_due.remove(&(w.deadline, id));
-        self.waiter_keys.remove(&id);
-        self.untrack(w.session, key);
-        Some(w)
-    }
-
-    /// Makes `session`/`owner` the holder of a lease nobody holds.
-    fn grant(
-        &mut self,
-        key: &Key,
-        owner: Str,
-        session: SessionId,
-        expires: SystemTime,
-        now: SystemTime,
-    ) -> Option<u64> {
-        let token = self.next_token()?;
-        self.leases
-            .entry(key.0)
-            .or_default()
-            .entry(key.1.clone())
-            .or_default()
-            .holder = Some(Holder {
-            owner,
-            session,
-            token,
-            expires,
-            acquired_at: now,
-            renewals: 0,
-        });
-        self.expiries.insert((expires, key.clone()));
-        self.track(session, key);
-        Some(token)
-    }
-
-    fn snapshot_page(&mut self, id: u64, limit: usize) -> ListOk {
-        let Some(snap) = self.snapshots.get_mut(&id) else {
-            return ListOk::default();
-        };
-        let mut page = ListOk::default();
-        let mut used = 0usize;
-        while snap.next < snap.items.len() && page.items.len() < limit {
-            let item = &snap.items[snap.next];
-            let len = info_len(item);
-            if used + len > PAGE_BUDGET && !page.items.is_empty() {
-                break;
-            }
-            used += len;
-            page.items.push(item.clone());
-            snap.next += 1;
-        }
-        if snap.next < snap.items.len() {
-            page.next = Some(ListCursor {
-                snapshot_id: id,
-                offset: u32::try_from(snap.next).unwrap_or(u32::MAX),
-            });
-        } else {
-            self.snapshots.remove(&id);
-        }
-        page
-    }
-
-    fn earliest_deadline(&self) -> Option<SystemTime> {
-        let a = self.expiries.first().map(|(t, _)| *t);
-        let b = self.waiter_due.first().map(|(t, _)| *t);
-        a.into_iter().chain(b).min()
-    }
 }
 
 /// The Lease engine.
@@ -920,6 +710,7 @@ impl DomainRequest for LeaseRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::UNIX_EPOCH;
     use crate::config::Config;
     use crate::registry::SubscriptionIds;
     use crate::session::{OutboundLimits, Transport, frames};

@@ -69,12 +69,10 @@
 //! its calls on supporting workers (kind 2 reason 3) and lets calls on
 //! legacy workers run to their end with the responses discarded.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use fitz_protocol::rpc::{
     Cancel, CancelReason, CancelStatus, Lifecycle, MAX_CONCURRENT, Request, Response, RpcId,
     SignalReason, SubscribeWorker, SubscribeWorkerOk,
@@ -87,11 +85,16 @@ use super::{Engine, Refusal, RpcRequest, Services};
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
 use crate::registry::Registry;
-use crate::session::{CloseReason, Reply, Session, SessionId};
+use crate::session::{CloseReason, Reply, Session};
 use crate::storage::StorageError;
 
 use super::{DomainRequest, Target, concrete, pattern};
 use crate::auth::Access;
+
+mod state;
+
+use self::state::*;
+
 #[cfg(doc)]
 use crate::config::Config;
 use fitz_protocol::route::Scheme;
@@ -129,174 +132,8 @@ pub struct RpcEngine {
     state: Mutex<State>,
 }
 
-/// The engine's maps hash with [`Seeded`]: SipHash was a quarter of the
+/// The engine's maps hash with `Seeded`: SipHash was a quarter of the
 /// broker's instructions on the call path.
-type Map<K, V> = HashMap<K, V, Seeded>;
-
-#[derive(Default)]
-struct State {
-    /// Credit of every registration, by registration id.
-    credit: Map<u64, Credit>,
-    calls: Map<u64, Call>,
-    by_caller: Map<(Family, RpcId), u64>,
-    by_worker_id: Map<(Family, RpcId), u64>,
-    queues: Map<Family, Map<Str, VecDeque<u64>>>,
-    queued: usize,
-    /// Call deadlines (queued and running calls).
-    deadlines: BTreeSet<(SystemTime, u64)>,
-    /// Cleanup grace deadlines of cancelled calls.
-    graces: BTreeSet<(SystemTime, u64)>,
-    /// The tick requested and not yet run.
-    armed: Option<SystemTime>,
-    next_call: u64,
-    /// Dispatch counter stamping `Credit::last_used`.
-    uses: u64,
-    invocations: u64,
-}
-
-/// A fast keyed hash (folded 64×64→128 multiplies over 8-byte words) with
-/// a random seed per map. Caller UUIDs are chosen by clients, so the seed
-/// keeps colliding keys from being precomputed; the other keys are broker
-/// counters.
-#[derive(Clone, Copy)]
-struct Seeded(u64);
-
-impl Default for Seeded {
-    fn default() -> Self {
-        Seeded(RandomState::new().hash_one(0x5EED_u64) | 1)
-    }
-}
-
-impl BuildHasher for Seeded {
-    type Hasher = Folded;
-    fn build_hasher(&self) -> Folded {
-        Folded(self.0)
-    }
-}
-
-#[derive(Clone, Copy)]
-struct Folded(u64);
-
-impl Folded {
-    #[inline]
-    fn mix(&mut self, word: u64) {
-        const K: u64 = 0x9E37_79B9_7F4A_7C15;
-        let x = u128::from(self.0 ^ word) * u128::from(K);
-        self.0 = (x as u64) ^ ((x >> 64) as u64);
-    }
-}
-
-impl Hasher for Folded {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.mix(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            // The length keeps "ab" and "ab\0" apart.
-            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
-        }
-    }
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.mix(n.into());
-    }
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.mix(n.into());
-    }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.mix(n);
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.mix(n as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = *self;
-        h.mix(0x2D35_8DCC_AA6C_78A5);
-        h.0
-    }
-}
-
-struct Credit {
-    session: Session,
-    pattern: Arc<str>,
-    wildcard: bool,
-    max: u32,
-    in_flight: u32,
-    supports_cancellation: bool,
-    last_used: u64,
-}
-
-impl Credit {
-    fn free(&self) -> bool {
-        self.in_flight < self.max && !self.session.is_closed()
-    }
-}
-
-struct Call {
-    family: Family,
-    caller_id: RpcId,
-    caller_session: SessionId,
-    /// `None` once the caller is detached (cancelled, timed out, gone).
-    caller: Option<Session>,
-    route: Str,
-    /// Held while queued, handed to the worker on dispatch.
-    body: Bytes,
-    has_budget: bool,
-    deadline: SystemTime,
-    phase: Phase,
-}
-
-enum Phase {
-    Queued,
-    Running(Running),
-    /// Cancelled (or timed out) on a supporting worker: credit is held
-    /// until cleanup acknowledgement, the worker's session end, or the
-    /// grace deadline closes that session.
-    Cancelled(Running, SystemTime),
-}
-
-struct Running {
-    registration: u64,
-    worker: Session,
-    worker_id: RpcId,
-    supports_cancellation: bool,
-    next_sequence: u64,
-    /// The worker acknowledged cleanup before any cancellation reached it.
-    cleaned_up: bool,
-}
-
-impl Call {
-    fn running(&self) -> Option<&Running> {
-        match &self.phase {
-            Phase::Queued => None,
-            Phase::Running(r) | Phase::Cancelled(r, _) => Some(r),
-        }
-    }
-}
-
-/// Sends a terminal error RESPONSE with `id` (never frame-correlated).
-fn terminal(session: &Session, id: RpcId, code: u32, message: &str) {
-    let r = Response::terminal_error(id, code, message);
-    // A short coded body always fits a record.
-    let _ = session.send_frame(None, |b| r.encode_record(b));
-}
-
-fn lifecycle(session: &Session, l: Lifecycle) {
-    // 18 bytes always fit a record.
-    let _ = session.send_frame(None, |b| l.encode_record(b));
-}
-
 impl RpcEngine {
     /// The worker registrations (inspection).
     pub fn workers(&self) -> &Registry {
@@ -1025,6 +862,7 @@ impl DomainRequest for RpcRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::hash::Hasher;
 
     #[test]
     fn seeded_hash_separates_close_keys_and_seeds() {
