@@ -710,12 +710,12 @@ impl DomainRequest for LeaseRequest {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::UNIX_EPOCH;
     use crate::config::Config;
     use crate::registry::SubscriptionIds;
     use crate::session::{OutboundLimits, Transport, frames};
     use crate::storage::MemoryBackend;
     use fitz_protocol::record::decode_single_record;
+    use std::time::UNIX_EPOCH;
 
     /// An engine whose timers never fire, so expiry is only ever found lazily.
     fn lazy_engine(clock: &Clock) -> LeaseEngine {

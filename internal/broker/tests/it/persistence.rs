@@ -8,11 +8,11 @@
 //! reply. Sessions, transactions, reservations, append sessions and
 //! subscriptions never survive.
 
-mod support;
-
 use std::path::Path;
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::support::binary::{BrokerProcess, temp_dir};
+use crate::support::{Kind, RawClient};
 use bytes::Bytes;
 use cntryl_fitz::client_domains::kv::KvGetResult;
 use cntryl_fitz::{Client, KvDurability, TransactionMode};
@@ -20,8 +20,6 @@ use fitz_broker::{Broker, Clock, StartError, StorageMode};
 use fitz_protocol::kv::{self, BeginOk, Durability, GetOk, TxMode};
 use fitz_protocol::schedule::{self, Create, DeliveryMode, Entry, List, ListOk, Notify};
 use fitz_protocol::{Message, types};
-use support::binary::{BrokerProcess, temp_dir};
-use support::{Kind, RawClient};
 
 const T0: u64 = 1_704_067_200;
 
@@ -186,12 +184,12 @@ async fn a_path_in_use_is_refused_and_memory_mode_keeps_nothing() {
     second.shutdown().await;
     drop(second);
 
-    let mem = support::anon().await;
+    let mem = crate::support::anon().await;
     let mut c = RawClient::anon(&mem, Kind::Tcp).await;
     write(&mut c, "kv://r/a/x", &[("k", "v")], Durability::Sync).await;
     mem.shutdown().await;
     drop(mem);
-    let mem = support::anon().await;
+    let mem = crate::support::anon().await;
     let mut c = RawClient::anon(&mem, Kind::Tcp).await;
     assert_eq!(read(&mut c, "kv://r/a/x", "k").await, None);
     let _ = std::fs::remove_dir_all(dir);
@@ -394,7 +392,7 @@ async fn schedules_are_kept_per_route_family() {
         Broker::builder()
             .storage(StorageMode::Local(path.to_path_buf()))
             .auth(
-                fitz_broker::AuthConfig::jwt_hs256(support::SECRET)
+                fitz_broker::AuthConfig::jwt_hs256(crate::support::SECRET)
                     .audiences(["fitz"])
                     .family_map([("dev", 1), ("acme", 2)]),
             )
@@ -402,8 +400,12 @@ async fn schedules_are_kept_per_route_family() {
     };
     let broker = jwt(&dir).await.unwrap();
     for tid in ["dev", "acme"] {
-        let (mut c, _) =
-            RawClient::connect(&broker, Kind::Tcp, &support::token(tid, support::ALL)).await;
+        let (mut c, _) = RawClient::connect(
+            &broker,
+            Kind::Tcp,
+            &crate::support::token(tid, crate::support::ALL),
+        )
+        .await;
         c.ok::<_, schedule::CreateOk>(&Create {
             entry: Entry {
                 payload: Bytes::copy_from_slice(tid.as_bytes()),
@@ -416,8 +418,12 @@ async fn schedules_are_kept_per_route_family() {
     drop(broker);
     let broker = jwt(&dir).await.unwrap();
     for tid in ["dev", "acme"] {
-        let (mut c, _) =
-            RawClient::connect(&broker, Kind::Tcp, &support::token(tid, support::ALL)).await;
+        let (mut c, _) = RawClient::connect(
+            &broker,
+            Kind::Tcp,
+            &crate::support::token(tid, crate::support::ALL),
+        )
+        .await;
         let page = c.ok::<_, ListOk>(&List::default()).await;
         assert_eq!(page.total_count, 1);
         assert_eq!(&page.entries[0].payload[..], tid.as_bytes());

@@ -9,10 +9,9 @@
 //! else uses the defaults.
 #![cfg(target_os = "linux")]
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::binary::BrokerProcess;
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::control::Connect;
 use fitz_protocol::frame::FrameDecoder;
@@ -20,7 +19,6 @@ use fitz_protocol::kv::{self, TxMode};
 use fitz_protocol::record::{self, LabelledRecords, Side, put_label};
 use fitz_protocol::{Message, WireError, codes, types};
 use rand::RngCore;
-use support::binary::BrokerProcess;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

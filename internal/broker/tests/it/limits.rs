@@ -13,15 +13,13 @@
 //! * against the binary with its defaults, the attacks that found these
 //!   faults keep its resident memory within its baseline + 64 MiB.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Event, Kind, RawClient, code};
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_broker::{Broker, Limits};
 use fitz_protocol::codes;
 use fitz_protocol::kv::{self, Begin, BeginOk, TxMode};
-use support::{Event, Kind, RawClient, code};
 use tokio::io::AsyncWriteExt;
 
 async fn broker_with(limits: Limits) -> Broker {
@@ -136,7 +134,7 @@ async fn unfinished_frames_share_one_budget_and_others_are_served() {
         attackers.push(task);
     }
     // The budget runs dry and stays at zero: nobody holds more.
-    support::until("the budget is spent", || {
+    crate::support::until("the budget is spent", || {
         broker.input_budget_available() == 0
     })
     .await;
@@ -147,7 +145,7 @@ async fn unfinished_frames_share_one_budget_and_others_are_served() {
         .ok::<_, kv::PutOk>(&put("kv://a/b/c", tx, "k", Bytes::from_static(b"v")))
         .await;
     // The frame timeout closes the stalled attackers and returns the budget.
-    support::until("the budget is back", || {
+    crate::support::until("the budget is back", || {
         broker.input_budget_available() == BUDGET
     })
     .await;

@@ -3,11 +3,9 @@
 //! byte budgets and dead letters, disconnect cleanup, availability watches,
 //! errors and permissions.
 
-#[macro_use]
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Kind, RawClient, code};
 use bytes::Bytes;
 use fitz_broker::engines::queue::{MessageState, REASON_TOO_LARGE};
 use fitz_broker::{AuthConfig, Broker, Clock};
@@ -15,7 +13,6 @@ use fitz_protocol::queue::{
     self, Counters, EnqueueOk, Notify, ReserveOk, ReservedItem, SubscribeReply,
 };
 use fitz_protocol::{Envelope, Message, WireError, codes, decode_reply_with, types};
-use support::{Kind, RawClient, code};
 
 both_transports!(
     enqueue_reserve_complete,
@@ -194,7 +191,7 @@ async fn delayed_messages_stay_invisible_until_due(kind: Kind) {
 }
 
 async fn batch_and_lease_bounds(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for i in 0..5u8 {
         enqueue(&mut c, Q, &[i]).await;
@@ -333,7 +330,7 @@ async fn wrong_token_leaves_state_unchanged(kind: Kind) {
 }
 
 async fn long_poll_answered_by_a_later_enqueue(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut consumer = RawClient::anon(&broker, kind).await;
     let mut producer = RawClient::anon(&broker, kind).await;
     consumer
@@ -409,7 +406,7 @@ async fn reservations_handed_to_parked_reserves_expire_too(kind: Kind) {
 }
 
 async fn parked_reserves_are_capped_per_route(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     for id in 1001..=1060 {
@@ -447,7 +444,7 @@ async fn parked_reserves_are_capped_per_route(kind: Kind) {
 }
 
 async fn wildcard_reserve_spans_queues_in_order(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let sends = [
         ("queue://w/a/one", "1"),
@@ -494,7 +491,7 @@ async fn wildcard_reserve_spans_queues_in_order(kind: Kind) {
 }
 
 async fn replies_respect_the_record_budget(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let big = vec![7u8; 30_000];
     for _ in 0..3 {
@@ -506,7 +503,7 @@ async fn replies_respect_the_record_budget(kind: Kind) {
 }
 
 async fn oversize_messages_are_dead_lettered(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "queue://a/b/c";
     // The largest body an ENQUEUE record can carry on this route is too
@@ -546,7 +543,7 @@ async fn oversize_messages_are_dead_lettered(kind: Kind) {
 }
 
 async fn reservations_and_parked_reserves_end_with_the_session(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     let first = enqueue(&mut b, Q, b"1").await;
@@ -654,7 +651,7 @@ async fn availability_notifications(kind: Kind) {
 }
 
 async fn watch_registration_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for i in 0..128 {
         subscribe(&mut c, &format!("queue://w{i}/**")).await;
@@ -682,7 +679,7 @@ async fn watch_registration_limits(kind: Kind) {
 }
 
 async fn invalid_routes_and_patterns(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let bad_routes = [
         "queue://a/b",
@@ -746,14 +743,14 @@ async fn invalid_routes_and_patterns(kind: Kind) {
 async fn unauthorized_requests_keep_the_session(kind: Kind) {
     let broker = Broker::builder()
         .auth(
-            AuthConfig::jwt_hs256(support::SECRET)
+            AuthConfig::jwt_hs256(crate::support::SECRET)
                 .audiences(["fitz"])
                 .family_map([("dev", 1)]),
         )
         .start()
         .await
         .unwrap();
-    let token = support::token("dev", &["queue://ok/**#*", "queue://ro/**#read"]);
+    let token = crate::support::token("dev", &["queue://ok/**#*", "queue://ro/**#read"]);
     let (mut c, _) = RawClient::connect(&broker, kind, &token).await;
     let it = ReservedItem {
         route: None,
@@ -791,11 +788,19 @@ async fn unauthorized_requests_keep_the_session(kind: Kind) {
 }
 
 async fn route_families_are_isolated(kind: Kind) {
-    let broker = support::jwt().await;
-    let (mut dev, _) =
-        RawClient::connect(&broker, kind, &support::token("dev", support::ALL)).await;
-    let (mut acme, _) =
-        RawClient::connect(&broker, kind, &support::token("acme", support::ALL)).await;
+    let broker = crate::support::jwt().await;
+    let (mut dev, _) = RawClient::connect(
+        &broker,
+        kind,
+        &crate::support::token("dev", crate::support::ALL),
+    )
+    .await;
+    let (mut acme, _) = RawClient::connect(
+        &broker,
+        kind,
+        &crate::support::token("acme", crate::support::ALL),
+    )
+    .await;
     subscribe(&mut acme, "queue://**").await;
     let id = enqueue(&mut dev, Q, b"dev").await;
     acme.expect_quiet().await;

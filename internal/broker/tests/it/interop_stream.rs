@@ -3,10 +3,9 @@
 //! global across realms with continuation), LAST, metadata and a commit
 //! notification — anonymously and with its test JWT, over TCP and WebSocket.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{ALL, token};
 use cntryl_fitz::client_domains::stream::{
     StreamClient, StreamCommitMode, StreamDiscriminator, StreamFilterClause, StreamFilterSet,
     StreamReadOptions,
@@ -14,7 +13,6 @@ use cntryl_fitz::client_domains::stream::{
 use cntryl_fitz::{Client, FitzError};
 use fitz_broker::Broker;
 use futures_util::StreamExt;
-use support::{ALL, token};
 
 async fn write(stream: &StreamClient, route: &str, records: &[(&str, Option<&str>)]) -> u64 {
     let first = stream.metadata(route).await.unwrap().record_count;
@@ -272,7 +270,7 @@ fn urls(broker: &Broker) -> [(String, &'static str); 2] {
 
 #[tokio::test]
 async fn official_client_streams_anonymously_over_tcp_and_ws() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     for (url, tag) in urls(&broker) {
         let client = Client::anonymous(url)
             .service_name("interop-stream")
@@ -284,7 +282,7 @@ async fn official_client_streams_anonymously_over_tcp_and_ws() {
 
 #[tokio::test]
 async fn official_client_streams_with_its_test_jwt_over_tcp_and_ws() {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     for (url, tag) in urls(&broker) {
         let client = Client::builder(url, || async { Ok(token("dev", ALL)) })
             .build()
@@ -295,7 +293,7 @@ async fn official_client_streams_with_its_test_jwt_over_tcp_and_ws() {
 
 #[tokio::test]
 async fn official_client_sees_stream_errors_by_code() {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     for (url, tag) in urls(&broker) {
         let t = token("dev", &["stream://ro/**#read"]);
         let client = Client::builder(url, move || {

@@ -1,16 +1,14 @@
 //! The official client, `cntryl-fitz` 0.2.0, using Queue and Lease on the
 //! embedded broker: anonymous and with its test JWT, over TCP and WebSocket.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{ALL, token};
 use cntryl_fitz::Client;
 use cntryl_fitz::client_domains::lease::LeaseAcquireOptions;
 use fitz_broker::Broker;
 use fitz_protocol::queue::Counters;
 use futures_util::StreamExt;
-use support::{ALL, token};
 
 const WAIT: Duration = Duration::from_secs(5);
 
@@ -203,12 +201,12 @@ async fn exercise(broker: &Broker, jwt: bool) {
 
 #[tokio::test]
 async fn official_client_uses_queue_and_lease_anonymously() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     exercise(&broker, false).await;
 }
 
 #[tokio::test]
 async fn official_client_uses_queue_and_lease_with_its_test_jwt() {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     exercise(&broker, true).await;
 }

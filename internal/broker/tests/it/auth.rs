@@ -1,10 +1,8 @@
 //! CONNECT authentication, permissions, route families, token expiry.
 
-#[macro_use]
-mod support;
-
 use std::time::{Duration, UNIX_EPOCH};
 
+use crate::support::{ALL, Kind, RawClient, SECRET, code, now_secs, token, token_with};
 use bytes::Bytes;
 use fitz_broker::{AuthConfig, Broker, Clock};
 use fitz_protocol::control::Connect;
@@ -12,7 +10,6 @@ use fitz_protocol::kv::{self, BeginOk, GetOk, TxMode};
 use fitz_protocol::notice::{self, Notify, SubscribeReply};
 use fitz_protocol::{Message, WireError, codes, types};
 use serde_json::json;
-use support::{ALL, Kind, RawClient, SECRET, code, now_secs, token, token_with};
 
 both_transports!(
     official_client_test_token_is_accepted,
@@ -41,7 +38,7 @@ async fn refused(broker: &Broker, kind: Kind, token: &str) -> Option<String> {
 }
 
 async fn official_client_test_token_is_accepted(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let (mut c, hello) = RawClient::connect(&broker, kind, &token("dev", ALL)).await;
     assert_eq!(hello.version, 1);
     c.ok::<_, BeginOk>(&kv::Begin {
@@ -54,7 +51,7 @@ async fn official_client_test_token_is_accepted(kind: Kind) {
 }
 
 async fn bad_tokens_close_with_a_reason(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let now = now_secs();
     let claims = |f: &dyn Fn(&mut serde_json::Value)| {
         let mut c = json!({"aud": "fitz", "sub": "t", "tid": "dev", "exp": now + 3600, "iat": now, "permissions": ALL});
@@ -123,7 +120,7 @@ async fn bad_tokens_close_with_a_reason(kind: Kind) {
 }
 
 async fn scoped_token_gets_unauthorized_errors_and_stays_open(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let t = token(
         "dev",
         &[
@@ -264,7 +261,7 @@ async fn coarse_scopes_and_custom_claims(kind: Kind) {
 }
 
 async fn route_families_isolate_state(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let (mut dev, _) = RawClient::connect(&broker, kind, &token("dev", ALL)).await;
     let (mut acme, _) = RawClient::connect(&broker, kind, &token("acme", ALL)).await;
     let route = "kv://shared/area/res";
@@ -325,7 +322,7 @@ async fn route_families_isolate_state(kind: Kind) {
 }
 
 async fn anonymous_accepts_any_token(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     for t in ["", "anonymous", "garbage.not.jwt", &token("nobody", &[])] {
         let (mut c, _) = RawClient::connect(&broker, kind, t).await;
         c.ok::<_, BeginOk>(&kv::Begin {
@@ -341,7 +338,7 @@ async fn anonymous_accepts_any_token(kind: Kind) {
 async fn token_expiring_mid_session_refuses_requests_but_keeps_the_session() {
     let start = UNIX_EPOCH + Duration::from_secs(now_secs());
     let clock = Clock::manual(start);
-    let broker = support::jwt_with_clock(clock.clone()).await;
+    let broker = crate::support::jwt_with_clock(clock.clone()).await;
     let exp = now_secs() + 60;
     let t = token_with(
         SECRET,

@@ -3,17 +3,15 @@
 //! built binary run as the compose pair (env only), including a fire on the
 //! real clock.
 
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::binary::{BrokerProcess, temp_dir};
+use crate::support::{ALL, SECRET, token};
 use cntryl_fitz::client_domains::kv::KvGetResult;
 use cntryl_fitz::client_domains::schedule::{ScheduleDeliveryMode as Mode, ScheduleEntry};
 use cntryl_fitz::{Client, FitzError, KvDurability, TransactionMode};
 use fitz_broker::{AuthConfig, Broker, Clock};
 use futures_util::StreamExt;
-use support::binary::{BrokerProcess, temp_dir};
-use support::{ALL, SECRET, token};
 
 const T0: u64 = 1_704_067_200;
 const WAIT: Duration = Duration::from_secs(5);

@@ -1,16 +1,13 @@
 //! KV through the wire: every operation and error code, isolation, locks,
 //! idle expiry, watches.
 
-#[macro_use]
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Kind, RawClient, code};
 use bytes::Bytes;
 use fitz_broker::{Broker, Clock};
 use fitz_protocol::kv::{self, BeginOk, Durability, GetOk, ScanOk, SubscribeReply, TxMode};
 use fitz_protocol::{Message, codes, types};
-use support::{Kind, RawClient, code};
 
 both_transports!(
     read_after_write_and_not_found,
@@ -104,7 +101,7 @@ fn keys(p: &ScanOk) -> Vec<String> {
 }
 
 async fn read_after_write_and_not_found(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let tx = begin(&mut c, R, TxMode::ReadWrite).await;
     put(&mut c, tx, R, "k", "v1").await;
@@ -134,7 +131,7 @@ async fn read_after_write_and_not_found(kind: Kind) {
 }
 
 async fn insert_delete_and_delete_range(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     write(&mut c, R, &[("a", "1"), ("b", "2"), ("c", "3"), ("d", "4")]).await;
     let tx = begin(&mut c, R, TxMode::ReadWrite).await;
@@ -192,7 +189,7 @@ async fn insert_delete_and_delete_range(kind: Kind) {
 }
 
 async fn scan_directions_limits_and_continuation(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     write(
         &mut c,
@@ -246,7 +243,7 @@ async fn scan_directions_limits_and_continuation(kind: Kind) {
 }
 
 async fn scan_pages_are_capped(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let tx = begin(&mut c, R, TxMode::ReadWrite).await;
     for i in 0..1100 {
@@ -271,7 +268,7 @@ async fn scan_pages_are_capped(kind: Kind) {
 }
 
 async fn transaction_errors(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut other = RawClient::anon(&broker, kind).await;
     let tx = begin(&mut c, R, TxMode::ReadWrite).await;
@@ -371,7 +368,7 @@ async fn transaction_errors(kind: Kind) {
 }
 
 async fn read_only_snapshot_isolation(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     write(&mut c, R, &[("k", "old")]).await;
     let snap = begin(&mut c, R, TxMode::ReadOnly).await;
@@ -398,7 +395,7 @@ async fn read_only_snapshot_isolation(kind: Kind) {
 }
 
 async fn rollback_discards(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let tx = begin(&mut c, R, TxMode::ReadWrite).await;
     put(&mut c, tx, R, "k", "v").await;
@@ -412,7 +409,7 @@ async fn rollback_discards(kind: Kind) {
 }
 
 async fn lock_conflicts_and_release(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b2 = RawClient::anon(&broker, kind).await;
     let tx = begin(&mut a, R, TxMode::ReadWrite).await;
@@ -440,7 +437,7 @@ async fn lock_conflicts_and_release(kind: Kind) {
 }
 
 async fn lock_released_when_the_owner_disconnects(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b2 = RawClient::anon(&broker, kind).await;
     let tx = begin(&mut a, R, TxMode::ReadWrite).await;
@@ -453,7 +450,7 @@ async fn lock_released_when_the_owner_disconnects(kind: Kind) {
 }
 
 async fn watches_notify_committed_changes(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     let exact = w
@@ -504,7 +501,7 @@ async fn watches_notify_committed_changes(kind: Kind) {
 }
 
 async fn watch_registration_limits_and_patterns(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     for bad in [
         "queue://a/b/c",

@@ -1,18 +1,15 @@
 //! Handshake, correlation, framing rules and protocol violations, on TCP and
 //! WebSocket.
 
-#[macro_use]
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{Event, Kind, RawClient};
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_broker::{Broker, CAPABILITIES};
 use fitz_protocol::control::{Connect, SessionMetadata};
 use fitz_protocol::kv::{self, BeginOk, TxMode};
 use fitz_protocol::record::{self, encode_raw_record};
 use fitz_protocol::{Capabilities, Message, WireError, codes, decode_reply, notice, types};
-use support::{Event, Kind, RawClient};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 
 both_transports!(
@@ -41,7 +38,7 @@ fn begin(route: &str) -> kv::Begin {
 }
 
 async fn hello_is_alone_in_its_frame_with_the_capabilities(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::open(&broker, kind).await;
     c.send(None, &Connect::default()).await;
     let Event::Frame(frame) = c.next_event().await else {
@@ -63,7 +60,7 @@ async fn hello_is_alone_in_its_frame_with_the_capabilities(kind: Kind) {
 }
 
 async fn replies_carry_the_request_correlation(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     // Labelled success: CORRELATED + reply in one frame.
     c.send(Some(0x0102_0304_0506_0708), &begin("kv://r/a/x"))
@@ -97,7 +94,7 @@ async fn replies_carry_the_request_correlation(kind: Kind) {
 }
 
 async fn same_type_requests_are_matched_by_correlation(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut frame = BytesMut::new();
     record::put_label(&mut frame, types::CORRELATE, 7);
@@ -114,7 +111,7 @@ async fn same_type_requests_are_matched_by_correlation(kind: Kind) {
 }
 
 async fn domain_record_before_connect_closes(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::open(&broker, kind).await;
     c.send(None, &begin("kv://r/a/x")).await;
     c.expect_closed_with(kind, "unauthenticated: connect required")
@@ -123,7 +120,7 @@ async fn domain_record_before_connect_closes(kind: Kind) {
 }
 
 async fn connect_with_other_records_in_the_frame(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::open(&broker, kind).await;
     let mut frame = BytesMut::new();
     Connect::default().encode_record(&mut frame).unwrap();
@@ -140,7 +137,7 @@ async fn connect_with_other_records_in_the_frame(kind: Kind) {
 }
 
 async fn second_connect_closes(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     c.send(None, &Connect::default()).await;
     c.expect_closed_with(kind, "duplicate CONNECT").await;
@@ -148,7 +145,7 @@ async fn second_connect_closes(kind: Kind) {
 }
 
 async fn malformed_correlate_closes(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut b = BytesMut::new();
     begin("kv://r/a/x").encode_record(&mut b).unwrap();
     let req = b.freeze();
@@ -177,7 +174,7 @@ async fn malformed_correlate_closes(kind: Kind) {
 }
 
 async fn unknown_reserved_and_server_only_types_close(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     for (ty, reason) in [
         (201u16, "reserved"),
         (900, "unknown message type 900"),
@@ -204,7 +201,7 @@ async fn unknown_reserved_and_server_only_types_close(kind: Kind) {
 }
 
 async fn repeated_type_in_one_frame_closes(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut b = BytesMut::new();
     begin("kv://r/a/x").encode_record(&mut b).unwrap();
@@ -214,7 +211,7 @@ async fn repeated_type_in_one_frame_closes(kind: Kind) {
 }
 
 async fn malformed_payloads_get_domain_errors(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for (ty, payload, code) in [
         (types::KV_GET, &[0u8, 1][..], codes::KV_INVALID_ROUTE),
@@ -267,7 +264,7 @@ async fn malformed_payloads_get_domain_errors(kind: Kind) {
 }
 
 async fn kv_begin_that_cannot_be_parsed_closes(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let bad: Vec<Vec<u8>> = vec![
         {
             // trailing byte after mode (the legacy durability byte)
@@ -294,7 +291,7 @@ async fn kv_begin_that_cannot_be_parsed_closes(kind: Kind) {
 }
 
 async fn session_metadata_is_recorded(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     c.send(
         None,
@@ -328,7 +325,7 @@ async fn session_metadata_is_recorded(kind: Kind) {
 /// rejection without the capability is the `CAPABILITIES` gate in
 /// connection.rs).
 async fn rpc_cancel_is_accepted_with_the_capability(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut b = BytesMut::new();
     encode_raw_record(&mut b, types::RPC_CANCEL, &[1; 18]).unwrap();
@@ -340,7 +337,7 @@ async fn rpc_cancel_is_accepted_with_the_capability(kind: Kind) {
 }
 
 async fn disconnect_all_sessions_is_seen_by_clients(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     broker.wait_for_session_count(2).await;
@@ -354,7 +351,7 @@ async fn disconnect_all_sessions_is_seen_by_clients(kind: Kind) {
 }
 
 async fn shutdown_closes_sessions(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     broker.shutdown().await;
     broker.shutdown().await;
@@ -407,7 +404,7 @@ async fn oversize_ws_message_closes() {
 
 #[tokio::test]
 async fn zero_length_tcp_frame_closes() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, Kind::Tcp).await;
     c.send_raw_tcp(&[0, 0, 0, 0]).await;
     c.expect_closed().await;
@@ -415,7 +412,7 @@ async fn zero_length_tcp_frame_closes() {
 
 #[tokio::test]
 async fn text_websocket_frame_closes_the_session() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, Kind::Ws).await;
     c.send_ws(WsMessage::Text("hello".into())).await;
     c.expect_closed_with(Kind::Ws, "text frames").await;
@@ -424,7 +421,7 @@ async fn text_websocket_frame_closes_the_session() {
 
 #[tokio::test]
 async fn websocket_ping_gets_a_pong() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let (mut ws, _) = tokio_tungstenite::connect_async(broker.ws_url())
         .await
         .unwrap();
@@ -436,7 +433,7 @@ async fn websocket_ping_gets_a_pong() {
         .await
         .unwrap();
     let mut got_hello = false;
-    let pong = tokio::time::timeout(support::WAIT, async {
+    let pong = tokio::time::timeout(crate::support::WAIT, async {
         loop {
             match ws.next().await {
                 Some(Ok(WsMessage::Pong(p))) => return p,
@@ -468,7 +465,7 @@ async fn connect_timeout_closes_silent_connections() {
 
 #[tokio::test]
 async fn probes_answer_and_other_paths_are_404() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     for (path, status) in [
         ("/healthz", "200"),
         ("/readyz", "200"),
@@ -495,7 +492,7 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
         .await
         .unwrap();
     let mut out = String::new();
-    tokio::time::timeout(support::WAIT, s.read_to_string(&mut out))
+    tokio::time::timeout(crate::support::WAIT, s.read_to_string(&mut out))
         .await
         .unwrap()
         .unwrap();

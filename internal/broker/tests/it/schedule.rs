@@ -1,11 +1,9 @@
 //! Schedule through the wire: CREATE/CREATE_BATCH/CANCEL/LIST/LIST_V2,
 //! watches, firing under a manual clock, error envelopes, permissions.
 
-#[macro_use]
-mod support;
-
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::support::{Kind, RawClient, token};
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_broker::{Broker, Clock};
 use fitz_protocol::record::{self, encode_raw_record};
@@ -13,7 +11,6 @@ use fitz_protocol::schedule::{
     self, Create, CreateBatch, DeliveryMode, Entry, List, ListOk, ListV2, ListV2Ok, Notify,
 };
 use fitz_protocol::{Envelope, Message, WireError, codes, types};
-use support::{Kind, RawClient, token};
 
 both_transports!(
     create_is_an_upsert_listed_by_route,
@@ -108,7 +105,7 @@ fn minute(broker: &Broker) {
 }
 
 async fn create_is_an_upsert_listed_by_route(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     create(
         &mut c,
@@ -160,7 +157,7 @@ async fn create_is_an_upsert_listed_by_route(kind: Kind) {
 }
 
 async fn create_batch_is_all_or_nothing(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let good = every_minute("schedule://r/a/one/run", DeliveryMode::Broadcast);
     let bad = entry(
@@ -235,7 +232,7 @@ async fn raw_reply(c: &mut RawClient, ty: u16, payload: &[u8]) -> Bytes {
 }
 
 async fn cancel_is_idempotent(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     create(
         &mut c,
@@ -254,7 +251,7 @@ async fn cancel_is_idempotent(kind: Kind) {
 }
 
 async fn list_pages_with_total_and_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let batch: Vec<Entry> = (0..25)
         .map(|i| every_minute(&format!("schedule://r/a/j{i:02}/run"), DeliveryMode::Single))
@@ -297,7 +294,7 @@ async fn list_pages_with_total_and_limits(kind: Kind) {
 }
 
 async fn list_pages_stop_at_one_record(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let big = vec![7u8; 20_000];
     for i in 0..5 {
@@ -338,7 +335,7 @@ async fn list_pages_stop_at_one_record(kind: Kind) {
 }
 
 async fn list_v2_cursor_paging(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     // An empty family: the V111 last page.
     let raw = c.call(&ListV2::default()).await;
@@ -392,7 +389,7 @@ async fn list_v2_cursor_paging(kind: Kind) {
 }
 
 async fn list_v2_foreign_and_malformed_cursors_restart(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for name in ["a", "b", "c"] {
         create(
@@ -425,7 +422,7 @@ async fn list_v2_foreign_and_malformed_cursors_restart(kind: Kind) {
 }
 
 async fn watches_with_wildcards_duplicates_and_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let a = subscribe(&mut c, "schedule://r/a/*/run").await;
     assert_eq!(
@@ -686,7 +683,7 @@ async fn cancel_stops_fires_and_upsert_reschedules(kind: Kind) {
 }
 
 async fn envelopes_are_uncoded_from_the_domain_and_coded_on_list(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     // Uncoded: [1][u32 len][msg] with len = total − 5.
     let raw = c
@@ -753,7 +750,7 @@ async fn envelopes_are_uncoded_from_the_domain_and_coded_on_list(kind: Kind) {
 }
 
 async fn bad_routes_and_patterns(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for bad in [
         "schedule://r/a/b",
@@ -815,7 +812,7 @@ async fn bad_routes_and_patterns(kind: Kind) {
 }
 
 async fn unauthorized_is_coded_7009(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let scoped = token("dev", &["schedule://prod/jobs/**#write"]);
     let (mut c, _) = RawClient::connect(&broker, kind, &scoped).await;
     // Inside the scope: allowed.
@@ -863,7 +860,7 @@ async fn unauthorized_is_coded_7009(kind: Kind) {
     denied(r.fails(&schedule::Subscribe::new("schedule://**")).await);
     denied(r.fails(&List::default()).await);
     // The refused batch applied nothing.
-    let (mut all, _) = RawClient::connect(&broker, kind, &token("dev", support::ALL)).await;
+    let (mut all, _) = RawClient::connect(&broker, kind, &token("dev", crate::support::ALL)).await;
     assert_eq!(
         routes(&list(&mut all, None, None).await.entries),
         ["schedule://prod/jobs/backup/run"]
@@ -871,9 +868,10 @@ async fn unauthorized_is_coded_7009(kind: Kind) {
 }
 
 async fn route_families_are_isolated(kind: Kind) {
-    let broker = support::jwt_with_clock(Clock::manual(t0())).await;
-    let (mut dev, _) = RawClient::connect(&broker, kind, &token("dev", support::ALL)).await;
-    let (mut acme, _) = RawClient::connect(&broker, kind, &token("acme", support::ALL)).await;
+    let broker = crate::support::jwt_with_clock(Clock::manual(t0())).await;
+    let (mut dev, _) = RawClient::connect(&broker, kind, &token("dev", crate::support::ALL)).await;
+    let (mut acme, _) =
+        RawClient::connect(&broker, kind, &token("acme", crate::support::ALL)).await;
     subscribe(&mut dev, "schedule://**").await;
     subscribe(&mut acme, "schedule://**").await;
     create(
@@ -928,7 +926,7 @@ async fn watches_end_with_the_session(kind: Kind) {
 
 #[tokio::test]
 async fn uncorrelated_requests_get_uncorrelated_replies() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, Kind::Tcp).await;
     c.send(
         None,

@@ -1,15 +1,13 @@
 //! The official client, `cntryl-fitz` 0.2.0, against the embedded broker:
 //! anonymous and JWT, TCP and WebSocket.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{ALL, token};
 use cntryl_fitz::client_domains::kv::KvGetResult;
 use cntryl_fitz::{Client, KvDurability, TransactionMode};
 use fitz_broker::Broker;
 use futures_util::StreamExt;
-use support::{ALL, token};
 
 async fn exercise(client: &Client, tag: &str) {
     client.connect().await.expect("connects");
@@ -53,7 +51,7 @@ fn urls(broker: &Broker) -> [(String, &'static str); 2] {
 
 #[tokio::test]
 async fn official_client_anonymous_over_tcp_and_ws() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     for (url, tag) in urls(&broker) {
         let client = Client::anonymous(url)
             .service_name("interop")
@@ -65,7 +63,7 @@ async fn official_client_anonymous_over_tcp_and_ws() {
 
 #[tokio::test]
 async fn official_client_with_its_test_jwt_over_tcp_and_ws() {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     for (url, tag) in urls(&broker) {
         let client = Client::builder(url, || async { Ok(token("dev", ALL)) })
             .build()
@@ -76,7 +74,7 @@ async fn official_client_with_its_test_jwt_over_tcp_and_ws() {
 
 #[tokio::test]
 async fn official_client_reports_a_rejected_token_as_authentication_failure() {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     for (url, _) in urls(&broker) {
         let client = Client::builder(url, || async { Ok(token("unmapped", ALL)) })
             .build()

@@ -4,12 +4,10 @@
 //! GET_METADATA, debounced watches, session cleanup, permissions, and the
 //! official client's read-conformance fixture as data.
 
-#[macro_use]
-mod support;
-
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use crate::support::{Kind, RawClient};
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_broker::engines::stream::{DEBOUNCE, MAX_BATCH_BYTES, MAX_BATCH_EVENTS, MAX_EXAMINED};
 use fitz_broker::{Broker, Clock};
@@ -20,7 +18,6 @@ use fitz_protocol::stream::{
     MetadataOk, Notify, ReadOk, ReadPage, Record, SubscribeReply,
 };
 use fitz_protocol::{Envelope, Message, WireError, codes, decode_reply, types};
-use support::{Kind, RawClient};
 
 both_transports!(
     begin_append_commit_and_read_back,
@@ -373,7 +370,7 @@ async fn manual_broker() -> Broker {
 // ------------------------------------------------------------------ tests
 
 async fn begin_append_commit_and_read_back(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "stream://prod/logs/events";
     let (id, next) = begin(&mut c, route).await;
@@ -431,7 +428,7 @@ async fn begin_append_commit_and_read_back(kind: Kind) {
 }
 
 async fn one_append_session_per_resource(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut o = RawClient::anon(&broker, kind).await;
     let route = "stream://r/a/x";
@@ -466,7 +463,7 @@ async fn one_append_session_per_resource(kind: Kind) {
 }
 
 async fn expected_offset_is_checked_inside_the_session(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "stream://r/a/x";
     write(&mut c, route, &[("a", None)]).await;
@@ -494,7 +491,7 @@ async fn expected_offset_is_checked_inside_the_session(kind: Kind) {
 }
 
 async fn unknown_or_foreign_sessions_are_not_found(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut other = RawClient::anon(&broker, kind).await;
     let nf = codes::STREAM_SESSION_NOT_FOUND;
@@ -519,7 +516,7 @@ async fn unknown_or_foreign_sessions_are_not_found(kind: Kind) {
 }
 
 async fn nothing_is_visible_before_commit_and_rollback_discards(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut r = RawClient::anon(&broker, kind).await;
     let route = "stream://r/a/x";
@@ -554,7 +551,7 @@ async fn nothing_is_visible_before_commit_and_rollback_discards(kind: Kind) {
 }
 
 async fn offsets_follow_commit_order_on_every_axis(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b2 = RawClient::anon(&broker, kind).await;
     // Two sessions open at once; the one committed first gets the lower
@@ -585,7 +582,7 @@ async fn offsets_follow_commit_order_on_every_axis(kind: Kind) {
 }
 
 async fn ten_selector_shapes_select_and_page_correctly(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let w = fixture_data(&mut c).await;
     for sel in [
@@ -634,7 +631,7 @@ async fn ten_selector_shapes_select_and_page_correctly(kind: Kind) {
 }
 
 async fn pages_continue_on_every_axis(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let w = fixture_data(&mut c).await;
     for sel in [
@@ -672,7 +669,7 @@ async fn pages_continue_on_every_axis(kind: Kind) {
 }
 
 async fn global_replay_is_a_consistent_snapshot_across_realms(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut writer = RawClient::anon(&broker, kind).await;
     let mut w = Writer::default();
@@ -715,7 +712,7 @@ async fn global_replay_is_a_consistent_snapshot_across_realms(kind: Kind) {
 }
 
 async fn continuation_values_are_validated(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     fixture_data(&mut c).await;
     let first = read(&mut c, &rd("stream://**", 0, 2)).await;
@@ -781,7 +778,7 @@ async fn continuation_values_are_validated(kind: Kind) {
 }
 
 async fn filters_of_every_clause_kind_with_markers_and_ranges(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "stream://prod/logs/events";
     let discs: &[Option<&str>] = &[
@@ -922,7 +919,7 @@ async fn filters_of_every_clause_kind_with_markers_and_ranges(kind: Kind) {
 }
 
 async fn filtered_only_pages_still_advance(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "stream://r/a/x";
     let recs: Vec<(&str, Option<&str>)> = (0..20).map(|_| ("n", Some("noise"))).collect();
@@ -964,7 +961,7 @@ async fn filtered_only_pages_still_advance(kind: Kind) {
 }
 
 async fn filter_errors_keep_the_connection(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     write(&mut c, "stream://r/a/x", &[("1", Some("p"))]).await;
     let with = |f: &[u8]| stream::Read {
@@ -1008,7 +1005,7 @@ async fn filter_errors_keep_the_connection(kind: Kind) {
 }
 
 async fn read_bounds_sizes_and_selectors(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "stream://r/a/x";
     assert_eq!(
@@ -1120,7 +1117,7 @@ async fn read_bounds_sizes_and_selectors(kind: Kind) {
 }
 
 async fn unknown_resources_read_empty_and_never_2005(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     // Nothing written at all: every selector is an empty, caught-up page.
     for sel in [
@@ -1172,7 +1169,7 @@ async fn unknown_resources_read_empty_and_never_2005(kind: Kind) {
 }
 
 async fn last_and_metadata(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let route = "stream://r/a/x";
     write(&mut c, "stream://r/b/q", &[("q", None); 4]).await;
@@ -1221,7 +1218,7 @@ async fn last_and_metadata(kind: Kind) {
 }
 
 async fn batch_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let (id, _) = begin(&mut c, "stream://r/a/x").await;
     for i in 0..MAX_BATCH_EVENTS {
@@ -1344,7 +1341,7 @@ async fn watches_notify_after_the_debounce_window(kind: Kind) {
 }
 
 async fn watch_patterns_and_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for bad in [
         "stream://",
@@ -1394,7 +1391,7 @@ async fn watch_patterns_and_limits(kind: Kind) {
 }
 
 async fn session_end_aborts_append_sessions(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let route = "stream://r/a/x";
     {
         let mut a = RawClient::anon(&broker, kind).await;
@@ -1415,12 +1412,16 @@ async fn session_end_aborts_append_sessions(kind: Kind) {
 }
 
 async fn scoped_token_is_refused_with_2009(kind: Kind) {
-    let broker = support::jwt().await;
-    let (mut admin, _) =
-        RawClient::connect(&broker, kind, &support::token("dev", support::ALL)).await;
+    let broker = crate::support::jwt().await;
+    let (mut admin, _) = RawClient::connect(
+        &broker,
+        kind,
+        &crate::support::token("dev", crate::support::ALL),
+    )
+    .await;
     write(&mut admin, "stream://prod/a/x", &[("p", None)]).await;
     write(&mut admin, "stream://dev/a/x", &[("d", None)]).await;
-    let t = support::token("dev", &["stream://prod/**#read", "stream://prod/a/w#write"]);
+    let t = crate::support::token("dev", &["stream://prod/**#read", "stream://prod/a/w#write"]);
     let (mut c, _) = RawClient::connect(&broker, kind, &t).await;
     let unauth = codes::STREAM_UNAUTHORIZED;
     // AC-STREAM-005: no write permission, no append session.
@@ -1455,8 +1456,12 @@ async fn scoped_token_is_refused_with_2009(kind: Kind) {
     c.ok::<_, SubscribeReply>(&stream::Subscribe::new("stream://prod/a/*"))
         .await;
     // Families are isolated: acme sees none of dev's records.
-    let (mut acme, _) =
-        RawClient::connect(&broker, kind, &support::token("acme", support::ALL)).await;
+    let (mut acme, _) = RawClient::connect(
+        &broker,
+        kind,
+        &crate::support::token("acme", crate::support::ALL),
+    )
+    .await;
     assert!(
         read(&mut acme, &rd("stream://**", 0, 10))
             .await
@@ -1478,7 +1483,7 @@ async fn conformance_fixture_selectors_axes_and_progress(kind: Kind) {
     let sem = &fx["offsetSemantics"];
     assert_eq!(sem["missingApplicableAxis"], "retain fromOffset");
     assert_eq!(sem["filteredMarkersAdvance"], true);
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let w = fixture_data(&mut c).await;
     let selectors = fx["selectors"].as_array().unwrap();
@@ -1615,7 +1620,7 @@ async fn conformance_fixture_selectors_axes_and_progress(kind: Kind) {
 
 async fn conformance_fixture_invalid_selectors(kind: Kind) {
     let fx = fixture("stream-read-conformance.json");
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let invalid = fx["invalidSelectors"].as_array().unwrap();
     assert!(!invalid.is_empty());
@@ -1641,7 +1646,7 @@ async fn conformance_fixture_invalid_selectors(kind: Kind) {
 async fn encoded_pages_match_the_vectors() {
     // V85-shaped resource page and V87-shaped global page from the codec:
     // the broker's pages decode with the same layout the vectors use.
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, Kind::Tcp).await;
     let (id, _) = begin(&mut c, "stream://r/a/x").await;
     append(&mut c, id, 0, "one", None).await;

@@ -3,18 +3,15 @@
 //! disconnect hand-over on the manual clock, watches, LIST snapshots,
 //! errors and permissions.
 
-#[macro_use]
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::{Kind, RawClient, code};
 use bytes::{Bytes, BytesMut};
 use fitz_broker::{AuthConfig, Broker, Clock};
 use fitz_protocol::lease::{
     self, AcquireKind, AcquireOk, ListCursor, ListOk, Notify, QueryOk, RenewOk, SubscribeReply,
 };
 use fitz_protocol::{Message, WireError, codes, decode_reply, types};
-use support::{Kind, RawClient, code};
 
 both_transports!(
     acquire_renew_query_release,
@@ -186,7 +183,7 @@ async fn acquire_renew_query_release(kind: Kind) {
 }
 
 async fn fencing_tokens_strictly_increase(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut tokens = Vec::new();
     for (i, owner) in ["a", "b", "c", "a"].into_iter().enumerate() {
         let mut c = RawClient::anon(&broker, kind).await;
@@ -225,7 +222,7 @@ async fn fencing_tokens_keep_growing_across_a_restart() {
 }
 
 async fn fifo_waiters_get_deferred_grants(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -290,7 +287,7 @@ async fn a_wait_that_runs_out_gets_5006(kind: Kind) {
 }
 
 async fn waiter_queue_is_capped(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut w = RawClient::anon(&broker, kind).await;
     take(&mut a, L, "a", 300).await;
@@ -353,7 +350,7 @@ async fn expiry_hands_over_to_the_next_waiter(kind: Kind) {
 }
 
 async fn owner_disconnect_hands_over(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -375,7 +372,7 @@ async fn owner_disconnect_hands_over(kind: Kind) {
 }
 
 async fn renew_and_release_errors(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let t = take(&mut a, L, "a", 30).await;
     let cases = [
@@ -415,7 +412,7 @@ async fn renew_and_release_errors(kind: Kind) {
 }
 
 async fn list_pages_a_stable_snapshot(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut tokens = Vec::new();
     for i in 0..250 {
@@ -497,7 +494,7 @@ async fn list_pages_a_stable_snapshot(kind: Kind) {
 }
 
 async fn list_clamps_and_fields(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     // Pipelined acquires (one frame each, replies read afterwards): 520 leases.
@@ -547,7 +544,7 @@ async fn list_clamps_and_fields(kind: Kind) {
 }
 
 async fn watches_fire_on_exactly_the_right_events(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
@@ -634,7 +631,7 @@ async fn watches_fire_on_exactly_the_right_events(kind: Kind) {
 }
 
 async fn bad_requests(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     let long_owner = "o".repeat(513);
     let long_route = format!("lease://a/b/{}", "r".repeat(60_000));
@@ -676,14 +673,14 @@ async fn bad_requests(kind: Kind) {
 async fn unauthorized_requests_keep_the_session(kind: Kind) {
     let broker = Broker::builder()
         .auth(
-            AuthConfig::jwt_hs256(support::SECRET)
+            AuthConfig::jwt_hs256(crate::support::SECRET)
                 .audiences(["fitz"])
                 .family_map([("dev", 1)]),
         )
         .start()
         .await
         .unwrap();
-    let token = support::token("dev", &["lease://ok/**#*", "lease://ro/**#read"]);
+    let token = crate::support::token("dev", &["lease://ok/**#*", "lease://ro/**#read"]);
     let (mut c, _) = RawClient::connect(&broker, kind, &token).await;
     let ro = "lease://ro/a/b";
     for e in [
@@ -707,11 +704,19 @@ async fn unauthorized_requests_keep_the_session(kind: Kind) {
 }
 
 async fn route_families_are_isolated(kind: Kind) {
-    let broker = support::jwt().await;
-    let (mut dev, _) =
-        RawClient::connect(&broker, kind, &support::token("dev", support::ALL)).await;
-    let (mut acme, _) =
-        RawClient::connect(&broker, kind, &support::token("acme", support::ALL)).await;
+    let broker = crate::support::jwt().await;
+    let (mut dev, _) = RawClient::connect(
+        &broker,
+        kind,
+        &crate::support::token("dev", crate::support::ALL),
+    )
+    .await;
+    let (mut acme, _) = RawClient::connect(
+        &broker,
+        kind,
+        &crate::support::token("acme", crate::support::ALL),
+    )
+    .await;
     subscribe(&mut acme, "lease://**").await;
     let td = take(&mut dev, L, "same-owner-name", 30).await;
     acme.expect_quiet().await;

@@ -2,11 +2,9 @@
 //! responses, every failure code, deadlines on the manual clock, invocation
 //! UUIDs, budgets, cancellation and session cleanup.
 
-#[macro_use]
-mod support;
-
 use std::time::{Duration, SystemTime};
 
+use crate::support::{ALL, Kind, RawClient, code, token};
 use bytes::{Bytes, BytesMut};
 use fitz_broker::engines::rpc::ROUTE_QUEUE_CAPACITY;
 use fitz_broker::{Broker, Clock, Config};
@@ -16,7 +14,6 @@ use fitz_protocol::rpc::{
     SubscribeWorker, SubscribeWorkerOk, UnsubscribeWorker, UnsubscribeWorkerOk,
 };
 use fitz_protocol::{Message, codes, types};
-use support::{ALL, Kind, RawClient, code, token};
 
 both_transports!(
     round_trip_streams_chunks_in_order,
@@ -157,7 +154,7 @@ async fn wait_live_calls(broker: &Broker, n: usize) {
 }
 
 async fn round_trip_streams_chunks_in_order(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     let raw = w
@@ -194,7 +191,7 @@ async fn round_trip_streams_chunks_in_order(kind: Kind) {
 }
 
 async fn no_worker_is_6004(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     c.send(None, &request(uuid(1), ROUTE, b"x")).await;
     let r = next_response(&mut c).await;
@@ -211,7 +208,7 @@ async fn no_worker_is_6004(kind: Kind) {
 }
 
 async fn bad_routes_patterns_and_registrations(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for route in [
         "rpc://prod/*/worker",
@@ -280,7 +277,7 @@ async fn bad_routes_patterns_and_registrations(kind: Kind) {
 }
 
 async fn full_wait_queue_is_6003(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     register(&mut w, ROUTE, 1, false).await;
@@ -301,7 +298,7 @@ async fn full_wait_queue_is_6003(kind: Kind) {
 }
 
 async fn duplicate_live_uuid_is_6007(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     let mut other = RawClient::anon(&broker, kind).await;
@@ -373,7 +370,7 @@ async fn timeouts_are_6001_on_the_manual_clock(kind: Kind) {
 }
 
 async fn worker_disconnect_is_6002(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     register(&mut w, ROUTE, 2, false).await;
@@ -396,7 +393,7 @@ async fn worker_disconnect_is_6002(kind: Kind) {
 }
 
 async fn bad_worker_responses(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut intruder = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -435,7 +432,7 @@ async fn bad_worker_responses(kind: Kind) {
 }
 
 async fn calls_spread_evenly_across_workers(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut a = RawClient::anon(&broker, kind).await;
     let mut b = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -475,7 +472,7 @@ async fn calls_spread_evenly_across_workers(kind: Kind) {
 
 async fn drain_requests(c: &mut RawClient) -> Vec<RpcId> {
     let mut ids = Vec::new();
-    while let Some(l) = c.record_within(support::QUIET).await {
+    while let Some(l) = c.record_within(crate::support::QUIET).await {
         assert_eq!(l.record.ty, types::RPC_REQUEST);
         ids.push(Request::decode(l.record.payload).unwrap().id);
     }
@@ -483,7 +480,7 @@ async fn drain_requests(c: &mut RawClient) -> Vec<RpcId> {
 }
 
 async fn credit_is_respected_and_queued_calls_follow(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     register(&mut w, ROUTE, 1, false).await;
@@ -506,7 +503,7 @@ async fn credit_is_respected_and_queued_calls_follow(kind: Kind) {
 }
 
 async fn exact_and_wildcard_workers_compete(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut exact = RawClient::anon(&broker, kind).await;
     let mut wild = RawClient::anon(&broker, kind).await;
     let mut deep = RawClient::anon(&broker, kind).await;
@@ -559,7 +556,7 @@ impl Finish for Request {
 }
 
 async fn unsubscribe_stops_dispatch_and_fails_running_calls(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut other = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -672,7 +669,7 @@ async fn invocation_uuids_and_budgets(kind: Kind) {
 }
 
 async fn cancel_statuses(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut legacy = RawClient::anon(&broker, kind).await;
     let mut modern = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -753,7 +750,7 @@ async fn cancel_statuses(kind: Kind) {
 }
 
 async fn cleanup_ack_releases_credit(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
     register(&mut w, ROUTE, 1, true).await;
@@ -799,7 +796,7 @@ async fn cleanup_ack_releases_credit(kind: Kind) {
 }
 
 async fn caller_disconnect_signals_supporting_workers(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut legacy = RawClient::anon(&broker, kind).await;
     let mut modern = RawClient::anon(&broker, kind).await;
     let mut c = RawClient::anon(&broker, kind).await;
@@ -889,7 +886,7 @@ async fn broker_deadline_signals_supporting_workers(kind: Kind) {
 }
 
 async fn malformed_cancel_is_discarded(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for payload in [&[][..], &[1; 17], &[1; 19], &[9; 18], &[2; 18], &[1; 18]] {
         let mut b = BytesMut::new();
@@ -907,7 +904,7 @@ async fn malformed_cancel_is_discarded(kind: Kind) {
 }
 
 async fn unauthorized_is_6009(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let (mut reader, _) =
         RawClient::connect(&broker, kind, &token("dev", &["rpc://prod/tasks/**#read"])).await;
     let e = reader
@@ -946,7 +943,7 @@ async fn unauthorized_is_6009(kind: Kind) {
 }
 
 async fn families_are_isolated(kind: Kind) {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     let (mut dev_worker, _) = RawClient::connect(&broker, kind, &token("dev", ALL)).await;
     let (mut acme_caller, _) = RawClient::connect(&broker, kind, &token("acme", ALL)).await;
     let (mut dev_caller, _) = RawClient::connect(&broker, kind, &token("dev", ALL)).await;
@@ -978,7 +975,7 @@ async fn families_are_isolated(kind: Kind) {
 }
 
 async fn registration_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut w = RawClient::anon(&broker, kind).await;
     for i in 0..128 {
         register(&mut w, &format!("rpc://w{i}/*"), 1, false).await;

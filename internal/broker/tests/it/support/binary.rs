@@ -90,8 +90,11 @@ impl Drop for BrokerProcess {
 
 /// A fresh directory under the system temp dir.
 pub fn temp_dir(name: &str) -> std::path::PathBuf {
+    // Unique within the process too: every test shares one binary.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let d = std::env::temp_dir().join(format!(
-        "fitz-test-{name}-{}-{}",
+        "fitz-test-{name}-{}-{}-{n}",
         std::process::id(),
         super::now_secs()
     ));

@@ -1,16 +1,13 @@
 //! Notice through the wire: fan-out, wildcards, isolation, limits and the
 //! slow-consumer policy.
 
-#[macro_use]
-mod support;
-
+use crate::support::{Kind, RawClient, code};
 use bytes::{Bytes, BytesMut};
 use fitz_broker::{Broker, OutboundLimits};
 use fitz_protocol::control::SessionMetadata;
 use fitz_protocol::kv::{self, BeginOk, TxMode};
 use fitz_protocol::notice::{self, Notify, SubscribeReply};
 use fitz_protocol::{Message, WireError, codes, types};
-use support::{Kind, RawClient, code};
 
 both_transports!(
     subscribe_reply_and_delivery,
@@ -44,7 +41,7 @@ async fn next_notify(c: &mut RawClient) -> Notify {
 }
 
 async fn subscribe_reply_and_delivery(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut s = RawClient::anon(&broker, kind).await;
     let mut p = RawClient::anon(&broker, kind).await;
     let raw = s.call(&notice::Subscribe::new("notice://prod/app/*")).await;
@@ -64,7 +61,7 @@ async fn subscribe_reply_and_delivery(kind: Kind) {
 }
 
 async fn wildcards_and_realm_isolation(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut s = RawClient::anon(&broker, kind).await;
     let mut p = RawClient::anon(&broker, kind).await;
     let star = subscribe(&mut s, "notice://a/*/events").await;
@@ -98,7 +95,7 @@ async fn wildcards_and_realm_isolation(kind: Kind) {
 }
 
 async fn overlapping_patterns_deliver_twice_duplicates_once(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut s = RawClient::anon(&broker, kind).await;
     let a = subscribe(&mut s, "notice://prod/app/*").await;
     let b = subscribe(&mut s, "notice://prod/**").await;
@@ -115,7 +112,7 @@ async fn overlapping_patterns_deliver_twice_duplicates_once(kind: Kind) {
 }
 
 async fn unsubscribe_by_id_and_all(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut s = RawClient::anon(&broker, kind).await;
     let mut other = RawClient::anon(&broker, kind).await;
     let a = subscribe(&mut s, "notice://r/a").await;
@@ -139,7 +136,7 @@ async fn unsubscribe_by_id_and_all(kind: Kind) {
 }
 
 async fn invalid_routes_and_patterns(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for bad in ["notice://", "kv://a/b", "notice://a/b*", "notice://a//b"] {
         let e = c.fails(&notice::Subscribe::new(bad)).await;
@@ -160,7 +157,7 @@ async fn invalid_routes_and_patterns(kind: Kind) {
 }
 
 async fn registration_limits(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut c = RawClient::anon(&broker, kind).await;
     for i in 0..128 {
         subscribe(&mut c, &format!("notice://w{i}/**")).await;
@@ -192,7 +189,7 @@ async fn registration_limits(kind: Kind) {
 }
 
 async fn order_is_kept_per_subscriber(kind: Kind) {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     let mut s1 = RawClient::anon(&broker, kind).await;
     let mut s2 = RawClient::anon(&broker, kind).await;
     let mut p = RawClient::anon(&broker, kind).await;
@@ -332,7 +329,7 @@ async fn reply_backlog_over_the_bound_closes_a_slow_consumer(kind: Kind) {
     for _ in 0..500 {
         c.send_frame(&get).await;
     }
-    tokio::time::timeout(support::WAIT, broker.wait_for_session_count(0))
+    tokio::time::timeout(crate::support::WAIT, broker.wait_for_session_count(0))
         .await
         .expect("slow consumer closed");
     assert_eq!(

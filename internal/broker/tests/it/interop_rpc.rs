@@ -3,15 +3,13 @@
 //! JWT, TCP and WebSocket), including streamed responses, the no-worker
 //! domain error, explicit cancellation, deadline expiry and a chained call.
 
-mod support;
-
 use std::time::Duration;
 
+use crate::support::{ALL, token};
 use cntryl_fitz::client_domains::rpc::RpcCancellationOutcome;
 use cntryl_fitz::{Client, FitzError};
 use fitz_broker::Broker;
 use futures_util::StreamExt;
-use support::{ALL, token};
 
 const T: Duration = Duration::from_secs(5);
 
@@ -129,13 +127,13 @@ async fn exercise(broker: &Broker, make: fn(&str) -> Client) {
 
 #[tokio::test]
 async fn official_clients_anonymous_over_tcp_and_ws() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     exercise(&broker, anonymous).await;
 }
 
 #[tokio::test]
 async fn official_clients_with_jwt_over_tcp_and_ws() {
-    let broker = support::jwt().await;
+    let broker = crate::support::jwt().await;
     exercise(&broker, with_jwt).await;
 }
 
@@ -144,7 +142,7 @@ async fn official_clients_with_jwt_over_tcp_and_ws() {
 /// cancelled; then a fresh call still works (credit came back).
 #[tokio::test]
 async fn official_clients_chain_expires_within_the_inherited_deadline() {
-    let broker = support::anon().await;
+    let broker = crate::support::anon().await;
     for (url, tag) in urls(&broker) {
         let a = connected(anonymous, &url).await;
         let b = connected(anonymous, &url).await;
