@@ -12,12 +12,14 @@
 
 use std::alloc::System;
 use std::hint::black_box;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use criterion::{Criterion, criterion_group, criterion_main};
 use fitz::__bench::{CorrelationMap, NotifyDispatch, round_trip};
 use fitz::{Client, StaticToken};
+use fitz_bench::scenarios::json_str;
 use fitz_protocol::frame::FrameDecoder;
 use fitz_protocol::record::{LabelledRecords, Side, encode_raw_record, put_label};
 use fitz_protocol::types;
@@ -31,24 +33,48 @@ static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
 const IN_FLIGHT: usize = 1_000;
 const SUBSCRIPTIONS: usize = 1_000;
 
-fn allocations_per(op: &str, n: usize, mut f: impl FnMut(usize)) {
+/// Counts allocations per operation of `f` for the benchmark `id`.
+fn allocations_per(id: &str, n: usize, mut f: impl FnMut(usize)) {
     let region = Region::new(GLOBAL);
     for i in 0..n {
         f(i);
     }
     let stats = region.change();
+    let per_op = stats.allocations as f64 / n as f64;
     println!(
-        "{op}: {:.3} allocations and {:.1} bytes per operation",
-        stats.allocations as f64 / n as f64,
+        "{id}: {per_op:.3} allocations and {:.1} bytes per operation",
         stats.bytes_allocated as f64 / n as f64
+    );
+    record_allocations(id, per_op);
+}
+
+/// Keeps allocations per operation by benchmark id in
+/// `target/perf/alloc_client_core.json`, which the report joins with
+/// criterion's timings.
+fn record_allocations(id: &str, per_op: f64) {
+    static ROWS: Mutex<Vec<(String, f64)>> = Mutex::new(Vec::new());
+    let mut rows = ROWS.lock().unwrap_or_else(PoisonError::into_inner);
+    rows.retain(|(k, _)| k != id);
+    rows.push((id.to_owned(), per_op));
+    let json: Vec<String> = rows
+        .iter()
+        .map(|(k, v)| format!("{{\"scenario\":{},\"allocations\":{v}}}", json_str(k)))
+        .collect();
+    fitz_bench::write_perf_json(
+        "alloc_client_core.json",
+        &format!("[{}]\n", json.join(",\n")),
     );
 }
 
 fn correlation_map(c: &mut Criterion) {
     let mut map = CorrelationMap::new(IN_FLIGHT);
-    allocations_per("correlation_map step (1k in flight)", 100_000, |_| {
-        black_box(map.step());
-    });
+    allocations_per(
+        "correlation_map/insert_and_lookup_1k_in_flight",
+        100_000,
+        |_| {
+            black_box(map.step());
+        },
+    );
     assert_eq!(map.len(), IN_FLIGHT);
     c.bench_function("correlation_map/insert_and_lookup_1k_in_flight", |b| {
         b.iter(|| black_box(map.step()));
@@ -70,7 +96,7 @@ fn notify_dispatch(c: &mut Criterion) {
         assert!(d.dispatch(i % SUBSCRIPTIONS));
         d.drain(i % SUBSCRIPTIONS);
     }
-    allocations_per("notify_dispatch (one of 1k subscriptions)", 100_000, |i| {
+    allocations_per("notify_dispatch/one_of_1k_subscriptions", 100_000, |i| {
         let s = (i * 7919) % SUBSCRIPTIONS;
         black_box(d.dispatch(s));
         black_box(d.drain(s));
@@ -185,10 +211,11 @@ fn round_trips(c: &mut Criterion) {
                     .unwrap();
             }
             let s = region.change();
+            let per_op = s.allocations as f64 / n as f64;
             println!(
-                "round_trip ({name}): {:.2} allocations per request (client + scripted peer)",
-                s.allocations as f64 / n as f64
+                "round_trip ({name}): {per_op:.2} allocations per request (client + scripted peer)"
             );
+            record_allocations(&format!("round_trip/memory_{name}"), per_op);
         });
         // The caller is a task on the runtime, as in an application (not
         // the benchmark's own thread, which would add a cross-thread

@@ -203,12 +203,7 @@ fn count_allocations() {
             ));
         }
     }
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/perf");
-    let _ = std::fs::create_dir_all(&dir);
-    let _ = std::fs::write(
-        dir.join("alloc_codec.json"),
-        format!("[{}]\n", rows.join(",\n")),
-    );
+    fitz_bench::write_perf_json("alloc_codec.json", &format!("[{}]\n", rows.join(",\n")));
 }
 
 fn encode(c: &mut Criterion) {

@@ -21,7 +21,7 @@ use std::hint::black_box;
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use fitz_bench::{Env, Transport, official as off};
+use fitz_bench::{Env, Transport, official as off, scenarios};
 use futures_util::StreamExt;
 
 const BODY: &[u8] = b"0123456789abcdef";
@@ -32,7 +32,8 @@ fn id(client: &str, t: Transport) -> String {
 }
 
 fn kv_begin_put_commit(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_kv_begin_put_commit");
+    scenarios::write();
+    let mut g = c.benchmark_group(scenarios::LAT_KV.group);
     for t in Transport::ALL {
         let ours = env.ours(t);
         let route = format!("kv://bench/ours{}/res", t.name());
@@ -70,7 +71,7 @@ fn kv_begin_put_commit(c: &mut Criterion, env: &Env) {
 }
 
 fn kv_get(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_kv_get");
+    let mut g = c.benchmark_group(scenarios::LAT_KV_GET.group);
     for t in Transport::ALL {
         let ours = env.ours(t);
         let route = format!("kv://bench/getours{}/res", t.name());
@@ -123,7 +124,7 @@ fn kv_get(c: &mut Criterion, env: &Env) {
 }
 
 fn queue_round(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_queue_enqueue_reserve_complete");
+    let mut g = c.benchmark_group(scenarios::LAT_QUEUE.group);
     for t in Transport::ALL {
         let ours = env.ours(t);
         let route = format!("queue://bench/ours{}/q", t.name());
@@ -161,7 +162,7 @@ fn queue_round(c: &mut Criterion, env: &Env) {
 }
 
 fn rpc_call(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_rpc_call");
+    let mut g = c.benchmark_group(scenarios::LAT_RPC.group);
     for t in Transport::ALL {
         let (caller, worker) = (env.ours(t), env.ours(t));
         let route = format!("rpc://bench/ours{}/echo", t.name());
@@ -212,7 +213,7 @@ fn rpc_call(c: &mut Criterion, env: &Env) {
 }
 
 fn lease_round(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_lease_acquire_release");
+    let mut g = c.benchmark_group(scenarios::LAT_LEASE.group);
     let ttl = std::time::Duration::from_secs(30);
     for t in Transport::ALL {
         let ours = env.ours(t);
@@ -249,7 +250,7 @@ fn lease_round(c: &mut Criterion, env: &Env) {
 }
 
 fn notice_round(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_notice_publish_notify");
+    let mut g = c.benchmark_group(scenarios::LAT_NOTICE.group);
     for t in Transport::ALL {
         let (publisher, subscriber) = (env.ours(t), env.ours(t));
         let route = format!("notice://bench/ours{}/ev", t.name());
@@ -308,7 +309,7 @@ fn notice_round(c: &mut Criterion, env: &Env) {
 }
 
 fn stream_round(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_stream_append_commit");
+    let mut g = c.benchmark_group(scenarios::LAT_STREAM.group);
     for t in Transport::ALL {
         let ours = env.ours(t);
         let route = format!("stream://bench/ours{}/log", t.name());
@@ -359,7 +360,7 @@ fn stream_round(c: &mut Criterion, env: &Env) {
 }
 
 fn schedule_round(c: &mut Criterion, env: &Env) {
-    let mut g = c.benchmark_group("lat_schedule_create_cancel");
+    let mut g = c.benchmark_group(scenarios::LAT_SCHEDULE.group);
     for t in Transport::ALL {
         let ours = env.ours(t);
         let route = format!("schedule://bench/ours{}/job/run", t.name());

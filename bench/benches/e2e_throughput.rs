@@ -8,8 +8,8 @@
 //! | group | batch |
 //! |---|---|
 //! | `tput_notice_{32,1024}` | up to 10,000 publishes of 32 B / 1 KiB delivered to one subscriber on a second client; at most 16 publishes awaiting their acknowledgement and 48 published and not yet delivered (both clients buffer 64 notifications per subscription by default, so neither drops) |
-//! | `tput_rpc_{1,16,256,1024}` | up to 20,000 calls with 1 / 16 / 256 / 1,024 in flight from one client; the worker on a second client echoes 16 B (the official client only up to 16: see [`OFFICIAL_RPC_WINDOW`]) |
-//! | `tput_queue_enqueue` | up to 20,000 enqueues of 16 B with 256 in flight (the official client over WS only: see [`official_pipelines`]) |
+//! | `tput_rpc_{1,16,256,1024}` | up to 20,000 calls with 1 / 16 / 256 / 1,024 in flight from one client; the worker on a second client echoes 16 B (the official client only up to 16: see `fitz_bench::scenarios::OFFICIAL_RPC_WINDOW`) |
+//! | `tput_queue_enqueue` | up to 20,000 enqueues of 16 B with 256 in flight (the official client over WS only: see `fitz_bench::scenarios::official_skipped`) |
 //! | `tput_stream_append_100` | BEGIN, 100 appends of 16 B, COMMIT (the append API of both clients awaits each append; the official client over WS only) |
 
 use std::sync::Arc;
@@ -20,7 +20,7 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
-use fitz_bench::{Env, PAIR_IDS, Transport, official as off, selected, windowed};
+use fitz_bench::{Env, PAIR_IDS, Transport, official as off, scenarios, selected, windowed};
 use futures_util::StreamExt;
 use tokio::sync::Semaphore;
 
@@ -55,28 +55,19 @@ fn bench_batches(
     });
 }
 
-/// Whether the official client is measured on `t` in the queue and stream
-/// batches. Over TCP it leaves Nagle's algorithm on and writes each frame's
-/// length prefix and body separately, so every frame waits for the broker's
-/// delayed ACK (~40 ms; see the latency table): 256 pipelined enqueues run
-/// into its 30 s request timeout, and one stream batch of 100 appends takes
-/// ~4.5 s (over a minute per criterion run). Over WebSocket it is measured.
-fn official_pipelines(t: Transport) -> bool {
-    t == Transport::Ws
-}
-
-fn notice(c: &mut Criterion, env: &Env, size: usize) {
+fn notice(c: &mut Criterion, env: &Env, scenario: &scenarios::Scenario) {
+    let size = scenario.param;
     const N: u64 = 10_000;
     const WINDOW: usize = 48;
     // Publishes awaiting their acknowledgement at once (each also needs a
     // delivery slot of WINDOW first).
     const PUBLISHING: usize = 16;
-    let name = format!("tput_notice_{size}");
-    if !selected(&name, &PAIR_IDS) {
+    let name = scenario.group;
+    if !selected(name, &PAIR_IDS) {
         return;
     }
     let payload = Bytes::from(vec![7u8; size]);
-    let mut g = c.benchmark_group(&name);
+    let mut g = c.benchmark_group(name);
     g.sampling_mode(SamplingMode::Flat);
     g.sample_size(10);
     for t in Transport::ALL {
@@ -146,26 +137,20 @@ fn notice(c: &mut Criterion, env: &Env, size: usize) {
 }
 
 fn notices(c: &mut Criterion, env: &Env) {
-    notice(c, env, 32);
-    notice(c, env, 1024);
+    for s in &scenarios::TPUT_NOTICE {
+        notice(c, env, s);
+    }
 }
-
-/// The most calls the official client can keep in flight: every call's
-/// response stream is a receiver of one 64-slot broadcast channel shared by
-/// all RPC responses of the client, so with more than 64 responses unread a
-/// call fails with `Backpressure("RPC response stream is full")`. At 256
-/// and 1,024 in flight it is not measured (`official` is null in the report).
-const OFFICIAL_RPC_WINDOW: usize = 64;
 
 fn rpc(c: &mut Criterion, env: &Env) {
     const N: u64 = 20_000;
-    for window in [1usize, 16, 256, 1024] {
-        let name = format!("tput_rpc_{window}");
-        if !selected(&name, &PAIR_IDS) {
+    for scenario in &scenarios::TPUT_RPC {
+        let (window, name) = (scenario.param, scenario.group);
+        if !selected(name, &PAIR_IDS) {
             continue;
         }
         let min = window as u64 * 2;
-        let mut g = c.benchmark_group(&name);
+        let mut g = c.benchmark_group(name);
         g.sampling_mode(SamplingMode::Flat);
         g.sample_size(10);
         for t in Transport::ALL {
@@ -191,8 +176,7 @@ fn rpc(c: &mut Criterion, env: &Env) {
                 worker.close().await;
             });
 
-            if window > OFFICIAL_RPC_WINDOW {
-                // Not comparable: see OFFICIAL_RPC_WINDOW.
+            if scenarios::official_skipped(scenario, t).is_some() {
                 continue;
             }
             let (caller, worker) = (env.official(t), env.official(t));
@@ -231,7 +215,7 @@ fn rpc(c: &mut Criterion, env: &Env) {
 fn queue(c: &mut Criterion, env: &Env) {
     const N: u64 = 20_000;
     const WINDOW: usize = 256;
-    let name = "tput_queue_enqueue";
+    let name = scenarios::TPUT_QUEUE.group;
     if !selected(name, &PAIR_IDS) {
         return;
     }
@@ -255,7 +239,7 @@ fn queue(c: &mut Criterion, env: &Env) {
             })
         });
         env.rt.block_on(ours.close());
-        if !official_pipelines(t) {
+        if scenarios::official_skipped(&scenarios::TPUT_QUEUE, t).is_some() {
             continue;
         }
         let offc = env.official(t);
@@ -281,7 +265,7 @@ fn queue(c: &mut Criterion, env: &Env) {
 
 fn stream(c: &mut Criterion, env: &Env) {
     const RECORDS: u64 = 100;
-    let name = "tput_stream_append_100";
+    let name = scenarios::TPUT_STREAM.group;
     if !selected(name, &PAIR_IDS) {
         return;
     }
@@ -309,7 +293,7 @@ fn stream(c: &mut Criterion, env: &Env) {
             })
         });
         env.rt.block_on(ours.close());
-        if !official_pipelines(t) {
+        if scenarios::official_skipped(&scenarios::TPUT_STREAM, t).is_some() {
             continue;
         }
         let offc = env.official(t);
@@ -342,6 +326,7 @@ fn stream(c: &mut Criterion, env: &Env) {
 }
 
 fn throughput(c: &mut Criterion) {
+    scenarios::write();
     let env = Env::start();
     notices(c, &env);
     rpc(c, &env);

@@ -149,6 +149,7 @@ pub fn broker_runtime() -> Runtime {
         .expect("runtime")
 }
 
+pub mod scenarios;
 pub mod wire;
 
 /// Raw peers: the wire's limit without any protocol work.
@@ -357,4 +358,12 @@ where
             issued += 1;
         }
     }
+}
+
+/// Writes `contents` to `target/perf/<name>`, where `scripts/bench.sh` and
+/// `bench/report.py` look for what the benches measured besides time.
+pub fn write_perf_json(name: &str, contents: &str) {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/perf");
+    let _ = std::fs::create_dir_all(&dir);
+    let _ = std::fs::write(dir.join(name), contents);
 }
