@@ -44,8 +44,13 @@ fn admit(shared: &Shared, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphor
     slot
 }
 
-/// Accepts raw TCP connections until shutdown.
-pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+/// Accepts connections on `listener` until shutdown, giving each admitted
+/// one (see [`admit`]) to `serve` in a task of its own that holds the slot.
+async fn accept_loop<F, Fut>(listener: TcpListener, shared: Arc<Shared>, what: &str, serve: F)
+where
+    F: Fn(TcpStream, SocketAddr, Arc<Shared>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     loop {
         let accepted = tokio::select! {
             () = shared.shutdown.cancelled() => return,
@@ -57,50 +62,49 @@ pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
-                let (rd, wr) = stream.into_split();
-                let reader = FrameReader::tcp(rd, shared.config.max_frame, shared.input.meter());
-                let sh = shared.clone();
+                let connection = serve(stream, peer, shared.clone());
                 shared.tasks.spawn(async move {
-                    connection::serve(sh, reader, FrameWriter::Tcp(wr), Transport::Tcp, Some(peer))
-                        .await;
+                    connection.await;
                     drop(slot);
                 });
             }
             Err(e) => {
-                tracing::warn!(error = %e, "TCP accept failed");
+                tracing::warn!(error = %e, "{what} accept failed");
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
 }
 
+/// Accepts raw TCP connections until shutdown.
+pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
+    accept_loop(listener, shared, "TCP", |stream, peer, shared| {
+        let (rd, wr) = stream.into_split();
+        let reader = FrameReader::tcp(rd, shared.config.max_frame, shared.input.meter());
+        connection::serve(
+            shared,
+            reader,
+            FrameWriter::Tcp(wr),
+            Transport::Tcp,
+            Some(peer),
+        )
+    })
+    .await;
+}
+
 /// Accepts HTTP connections until shutdown.
 pub(crate) async fn serve_http(listener: TcpListener, shared: Arc<Shared>) {
-    loop {
-        let accepted = tokio::select! {
-            () = shared.shutdown.cancelled() => return,
-            a = listener.accept() => a,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let Some(slot) = admit(&shared, peer) else {
-                    continue;
-                };
-                let _ = stream.set_nodelay(true);
-                let sh = shared.clone();
-                shared.tasks.spawn(async move {
-                    if let Err(e) = http_connection(stream, peer, sh).await {
-                        tracing::debug!(%peer, error = %e, "HTTP connection ended");
-                    }
-                    drop(slot);
-                });
+    accept_loop(
+        listener,
+        shared,
+        "HTTP",
+        |stream, peer, shared| async move {
+            if let Err(e) = http_connection(stream, peer, shared).await {
+                tracing::debug!(%peer, error = %e, "HTTP connection ended");
             }
-            Err(e) => {
-                tracing::warn!(error = %e, "HTTP accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    }
+        },
+    )
+    .await;
 }
 
 /// A parsed request head.

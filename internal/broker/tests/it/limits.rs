@@ -321,7 +321,10 @@ mod rss {
         (s, buf)
     }
 
-    async fn next_frame(s: &mut TcpStream, buf: &mut BytesMut) -> Option<Bytes> {
+    async fn next_frame(
+        s: &mut (impl tokio::io::AsyncRead + Unpin),
+        buf: &mut BytesMut,
+    ) -> Option<Bytes> {
         loop {
             if let Some(f) = FrameDecoder::new(usize::MAX).decode(buf).unwrap() {
                 return Some(f);
@@ -455,7 +458,7 @@ mod rss {
                     let mut replies = 0;
                     let mut aborted = false;
                     while replies < 2_000 {
-                        let Some(f) = next_frame_half(&mut rd, &mut buf).await else {
+                        let Some(f) = next_frame(&mut rd, &mut buf).await else {
                             break;
                         };
                         replies += 1;
@@ -494,21 +497,5 @@ mod rss {
             peak
         })
         .await;
-    }
-
-    async fn next_frame_half(
-        s: &mut tokio::net::tcp::OwnedReadHalf,
-        buf: &mut BytesMut,
-    ) -> Option<Bytes> {
-        loop {
-            if let Some(f) = FrameDecoder::new(usize::MAX).decode(buf).unwrap() {
-                return Some(f);
-            }
-            buf.reserve(64 * 1024);
-            match tokio::time::timeout(Duration::from_secs(10), s.read_buf(buf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return None,
-            }
-        }
     }
 }
