@@ -203,6 +203,14 @@ impl Broker {
                 "max frame must be at least 64 bytes".into(),
             ));
         }
+        // One connection may hold its frame's first 4 KiB freely and the rest
+        // against the budget: a smaller budget could never complete a frame.
+        if config.limits.max_pending_input < config.max_frame {
+            return Err(StartError::Config(format!(
+                "the pending input budget ({} bytes) must hold a whole frame ({} bytes)",
+                config.limits.max_pending_input, config.max_frame
+            )));
+        }
         let bind = (config.bind_addr, config.tcp_port, config.http_port);
         let shared = Shared::new(config, clock)?;
         let tcp = TcpListener::bind((bind.0, bind.1)).await?;

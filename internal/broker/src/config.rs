@@ -65,7 +65,7 @@ pub struct Limits {
     /// closed with `frame timeout`.
     pub frame_timeout: Duration,
     /// Bytes of unfinished frames held across all connections
-    /// (`FITZ_MAX_PENDING_INPUT_BYTES`). A connection in the middle of a
+    /// (`FITZ_MAX_PENDING_INPUT_BYTES`, at least the largest frame). A connection in the middle of a
     /// frame reads on only while this budget has room; otherwise it waits
     /// (the kernel's flow control holds the sender) until others finish
     /// their frames or are closed by the frame timeout.

@@ -111,7 +111,7 @@ both_transports!(
 
 #[tokio::test]
 async fn unfinished_frames_share_one_budget_and_others_are_served() {
-    const BUDGET: usize = 256 * 1024;
+    const BUDGET: usize = 1 << 20;
     let broker = broker_with(Limits {
         max_pending_input: BUDGET,
         frame_timeout: Duration::from_secs(2),
@@ -119,7 +119,7 @@ async fn unfinished_frames_share_one_budget_and_others_are_served() {
     })
     .await;
     // Eight connections each start a 1 MiB frame and send 512 KiB of it:
-    // together far more than the budget.
+    // together four times the budget.
     let mut attackers = Vec::new();
     for _ in 0..8 {
         let c = RawClient::anon(&broker, Kind::Tcp).await;
@@ -153,6 +153,19 @@ async fn unfinished_frames_share_one_budget_and_others_are_served() {
         a.abort();
     }
     broker.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_budget_that_cannot_hold_a_frame_is_refused_at_start() {
+    let e = Broker::builder()
+        .limits(Limits {
+            max_pending_input: 64 * 1024,
+            ..Limits::default()
+        })
+        .start()
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("must hold a whole frame"), "{e}");
 }
 
 #[tokio::test]
