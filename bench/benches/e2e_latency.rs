@@ -32,7 +32,6 @@ fn id(client: &str, t: Transport) -> String {
 }
 
 fn kv_begin_put_commit(c: &mut Criterion, env: &Env) {
-    scenarios::write();
     let mut g = c.benchmark_group(scenarios::LAT_KV.group);
     for t in Transport::ALL {
         let ours = env.ours(t);
@@ -407,21 +406,22 @@ fn schedule_round(c: &mut Criterion, env: &Env) {
 }
 
 fn latency(c: &mut Criterion) {
+    scenarios::write();
     let env = Env::start();
-    type Scenario = fn(&mut Criterion, &Env);
-    let all: [(&str, Scenario); 8] = [
-        ("lat_kv_begin_put_commit", kv_begin_put_commit),
-        ("lat_kv_get", kv_get),
-        ("lat_queue_enqueue_reserve_complete", queue_round),
-        ("lat_rpc_call", rpc_call),
-        ("lat_lease_acquire_release", lease_round),
-        ("lat_notice_publish_notify", notice_round),
-        ("lat_stream_append_commit", stream_round),
-        ("lat_schedule_create_cancel", schedule_round),
+    type Run = fn(&mut Criterion, &Env);
+    let all: [(scenarios::Scenario, Run); 8] = [
+        (scenarios::LAT_KV, kv_begin_put_commit),
+        (scenarios::LAT_KV_GET, kv_get),
+        (scenarios::LAT_QUEUE, queue_round),
+        (scenarios::LAT_RPC, rpc_call),
+        (scenarios::LAT_LEASE, lease_round),
+        (scenarios::LAT_NOTICE, notice_round),
+        (scenarios::LAT_STREAM, stream_round),
+        (scenarios::LAT_SCHEDULE, schedule_round),
     ];
-    for (name, f) in all {
+    for (scenario, f) in all {
         // Skip the (costly) client setup of groups the filter excludes.
-        if fitz_bench::selected(name, &fitz_bench::PAIR_IDS) {
+        if fitz_bench::selected(scenario.group, &fitz_bench::PAIR_IDS) {
             f(c, &env);
         }
     }
