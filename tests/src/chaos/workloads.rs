@@ -61,11 +61,10 @@ fn id_of(bytes: &[u8]) -> Option<u64> {
 /// committed with `Sync`. A failure before COMMIT is never applied (the
 /// broker rolls the transaction back when its session ends).
 pub(super) async fn kv(client: Client, routes: Routes, ledger: Shared, stop: CancellationToken) {
-    let mut id = 0u64;
-    while !stop.is_cancelled() {
-        id += 1;
-        let route = routes.kv_resource(id);
-        let outcome = async {
+    let record = |l: &mut Ledger, id, outcome| l.kv.record(id, outcome);
+    each_write(&stop, &ledger, record, |id| {
+        let (client, route) = (&client, routes.kv_resource(id));
+        async move {
             let mut tx = match client.kv().begin(&route, TxMode::ReadWrite).await {
                 Ok(tx) => tx,
                 Err(_) => return Outcome::NotApplied,
@@ -75,8 +74,27 @@ pub(super) async fn kv(client: Client, routes: Routes, ledger: Shared, stop: Can
             }
             Outcome::of(&tx.commit(Durability::Sync).await)
         }
-        .await;
-        ledger.lock().kv.record(id, outcome);
+    })
+    .await;
+}
+
+/// Runs `write` for ids 1, 2, … until `stop`, one at a time, recording each
+/// outcome with `record`; backs off for a moment after anything but an
+/// acknowledgement (the connection is probably down).
+async fn each_write<F, Fut>(
+    stop: &CancellationToken,
+    ledger: &Shared,
+    record: impl Fn(&mut Ledger, u64, Outcome),
+    mut write: F,
+) where
+    F: FnMut(u64) -> Fut,
+    Fut: std::future::Future<Output = Outcome>,
+{
+    let mut id = 0u64;
+    while !stop.is_cancelled() {
+        id += 1;
+        let outcome = write(id).await;
+        record(&mut ledger.lock(), id, outcome);
         if outcome != Outcome::Acked {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -110,20 +128,16 @@ pub(super) async fn produce(
     ledger: Shared,
     stop: CancellationToken,
 ) {
-    let mut id = 0u64;
-    while !stop.is_cancelled() {
-        id += 1;
-        let r = client.queue().enqueue(&routes.queue, id.to_string()).await;
-        let outcome = Outcome::of(&r);
-        {
-            let mut l = ledger.lock();
-            l.queue.record(id, outcome);
-            l.enqueued_at.insert(id, std::time::Instant::now());
-        }
-        if outcome != Outcome::Acked {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    let record = |l: &mut Ledger, id, outcome| {
+        l.queue.record(id, outcome);
+        l.enqueued_at.insert(id, std::time::Instant::now());
+    };
+    each_write(&stop, &ledger, record, |id| {
+        let enqueue = client.queue();
+        let route = routes.queue.clone();
+        async move { Outcome::of(&enqueue.enqueue(&route, id.to_string()).await) }
+    })
+    .await;
 }
 
 /// Reserves and completes; every delivery and confirmed completion goes in
@@ -171,11 +185,11 @@ pub(super) async fn append(
     ledger: Shared,
     stop: CancellationToken,
 ) {
-    let mut id = 0u64;
-    while !stop.is_cancelled() {
-        id += 1;
-        let outcome = async {
-            let mut s = match client.stream().begin(&routes.stream).await {
+    let record = |l: &mut Ledger, id, outcome| l.stream.record(id, outcome);
+    each_write(&stop, &ledger, record, |id| {
+        let (client, route) = (&client, &routes.stream);
+        async move {
+            let mut s = match client.stream().begin(route).await {
                 Ok(s) => s,
                 Err(_) => return Outcome::NotApplied,
             };
@@ -184,12 +198,8 @@ pub(super) async fn append(
             }
             Outcome::of(&s.commit(Durability::Sync).await)
         }
-        .await;
-        ledger.lock().stream.record(id, outcome);
-        if outcome != Outcome::Acked {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
+    })
+    .await;
 }
 
 /// Follows the stream from offset 0 across every fault, checking offsets run
