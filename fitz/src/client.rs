@@ -125,6 +125,62 @@ impl Client {
         self.conn.close().await;
     }
 
+    /// Returns once everything this client sent before the call, including
+    /// fire-and-forget Notice publishes and RPC frames, has been processed
+    /// by the broker.
+    ///
+    /// One cheap request that changes nothing (a *barrier*) goes through
+    /// each domain that carried a record since the previous flush, and the
+    /// flush waits for all of their answers. The spec lets a broker process
+    /// each domain's frames in order per connection (`fitz-broker` processes
+    /// a session's frames strictly in order), so a barrier's answer follows
+    /// everything sent before it in its domain. "Processed" means what the
+    /// domain does on receipt: a publish was fanned out to the subscribers'
+    /// connections (not that they read it), a request was handled or parked
+    /// (a long-poll RESERVE, a queued lease ACQUIRE). With nothing sent since
+    /// the last flush it returns at once, sending nothing.
+    ///
+    /// Errors: the request timeout passed, or the connection was lost before
+    /// every barrier was answered (retryable [`ErrorKind::Connection`]: what
+    /// was sent on the lost session may or may not have been processed);
+    /// [`ErrorKind::Closed`]. The domains not confirmed stay marked, so the
+    /// next flush covers them again.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future leaves the barriers to be answered
+    /// and swallowed; the domains they covered count as flushed only once
+    /// every barrier was answered, so a later flush may send fewer barriers
+    /// than needed only if this one completed.
+    pub async fn flush(&self) -> Result<()> {
+        let deadline = Instant::now() + self.conn.shared().config.request_timeout;
+        crate::drain::flush(&self.conn, deadline).await
+    }
+
+    /// Shuts the client down gracefully within `timeout`, then closes it:
+    ///
+    /// 1. No new work is taken: starting a subscription or a worker fails
+    ///    with [`ErrorKind::Closed`] ("the client is draining"). Plain
+    ///    requests still work, so running handlers can finish their job.
+    /// 2. Every RPC and queue worker stops taking deliveries and waits for
+    ///    its running handlers; their results are still sent (RPC responses,
+    ///    queue COMPLETEs), and an RPC worker unregisters only after that.
+    /// 3. Every other subscription is unsubscribed; its stream ends (`None`).
+    /// 4. [`Client::flush`]: everything sent was processed by the broker.
+    /// 5. [`Client::close`].
+    ///
+    /// The report says what could not finish in time; the client is closed
+    /// in every case. Calling it again, or concurrently, is harmless.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped midway, the client stays draining (no new
+    /// subscriptions or workers) but is not closed; call `drain` or
+    /// [`Client::close`] again.
+    pub async fn drain(&self, timeout: Duration) -> crate::DrainReport {
+        crate::drain::drain(&self.conn, timeout).await
+    }
+
     /// The current state (never blocks).
     pub fn state(&self) -> State {
         *self.conn.state().borrow()

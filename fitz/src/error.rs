@@ -217,6 +217,11 @@ impl Error {
         Self::build(ErrorKind::Closed, "the client is closed")
     }
 
+    /// `Closed` with a more precise reason (e.g. "the client is draining").
+    pub(crate) fn closed_because(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::build(ErrorKind::Closed, message)
+    }
+
     pub(crate) fn auth(message: impl Into<Cow<'static, str>>) -> Self {
         Self::build(ErrorKind::Auth, message)
     }

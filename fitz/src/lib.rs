@@ -146,6 +146,7 @@
 
 mod client;
 mod connection;
+mod drain;
 mod endpoint;
 mod error;
 mod events;
@@ -164,6 +165,7 @@ mod token;
 pub mod transport;
 
 pub use client::{Client, ClientBuilder};
+pub use drain::DrainReport;
 pub use error::{Error, ErrorKind, Result};
 pub use events::{Event, Events, State, SubscriptionId};
 pub use fitz_protocol::Capabilities;

@@ -657,6 +657,10 @@ impl Actor {
                 self.registry.end_type(subscribe_type);
                 let _ = reply.send(());
             }
+            Command::UnsubscribeAll(reply) => {
+                let mut wire = wire(&self.shared, &mut self.book, &mut self.finished, mode);
+                let _ = reply.send(self.registry.unsubscribe_all(&mut wire));
+            }
             Command::Inspect(reply) => {
                 let (pending, tombstones, backlog) = self.book.counts();
                 let (registrations, sinks, push_handlers) = self.registry.counts();
@@ -765,6 +769,9 @@ impl Actor {
                 }
                 Command::EndRegistrations { reply, .. } => {
                     let _ = reply.send(());
+                }
+                Command::UnsubscribeAll(reply) => {
+                    let _ = reply.send(Vec::new());
                 }
                 Command::Inspect(reply) => {
                     let _ = reply.send(DebugSnapshot::default());

@@ -38,6 +38,9 @@ pub(crate) enum Command {
         subscribe_type: u16,
         reply: oneshot::Sender<()>,
     },
+    /// Drain: end every subscription and unsubscribe on the wire; the reply
+    /// carries one receiver per UNSUBSCRIBE sent.
+    UnsubscribeAll(oneshot::Sender<Vec<oneshot::Receiver<Result<()>>>>),
     /// Test and debugging inspection.
     Inspect(oneshot::Sender<super::DebugSnapshot>),
 }

@@ -119,7 +119,7 @@ mod requests;
 mod subscription;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -127,6 +127,7 @@ use fitz_protocol::{Capabilities, Message, ReplyBody};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -174,6 +175,15 @@ pub(crate) struct Shared {
     inflight: Arc<Semaphore>,
     state: watch::Receiver<State>,
     events: broadcast::Sender<Event>,
+    /// One bit per domain (see [`domain_bit`]) that carried a record since
+    /// the last flush: the domains a flush must put a barrier through.
+    domains_used: AtomicU32,
+    /// Set by `drain`: no new subscription or worker is taken.
+    draining: AtomicBool,
+    /// Cancelled by `drain`: every worker's stop token is a child of it.
+    drain: CancellationToken,
+    /// The workers' tasks, so `drain` can wait for their handlers.
+    workers: TaskTracker,
 }
 
 const CAPS_KNOWN: u64 = 1 << 63;
@@ -222,6 +232,23 @@ impl Shared {
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+
+    /// Notes that a record of type `ty` is on its way (for `flush`). A load
+    /// first: once the bit is set the hot path writes nothing shared.
+    fn note_domain(&self, ty: u16) {
+        let bit = domain_bit(ty);
+        if self.domains_used.load(Ordering::Relaxed) & bit != bit {
+            self.domains_used.fetch_or(bit, Ordering::AcqRel);
+        }
+    }
+}
+
+/// The bit of `ty`'s domain in [`Shared::domains_used`]; 0 for control records.
+pub(crate) fn domain_bit(ty: u16) -> u32 {
+    match ty / 100 {
+        d @ 1..=7 => 1 << d,
+        _ => 0,
+    }
 }
 
 /// A session generation captured by a stateful handle (KV transaction, stream
@@ -253,19 +280,22 @@ pub(crate) struct RequestOptions {
     pub timeout: Option<Duration>,
     /// Fails with `Stale` instead of being written on another session.
     pub generation: Option<Generation>,
+    /// A flush barrier: not itself counted as traffic a later flush must
+    /// cover.
+    pub barrier: bool,
 }
 impl RequestOptions {
     pub fn timeout(timeout: Duration) -> Self {
         Self {
             timeout: Some(timeout),
-            generation: None,
+            ..Self::default()
         }
     }
 
     pub fn pinned(generation: Generation) -> Self {
         Self {
-            timeout: None,
             generation: Some(generation),
+            ..Self::default()
         }
     }
 
@@ -396,6 +426,10 @@ impl Connection {
             close: CancellationToken::new(),
             state: state_rx,
             events,
+            domains_used: AtomicU32::new(0),
+            draining: AtomicBool::new(false),
+            drain: CancellationToken::new(),
+            workers: TaskTracker::new(),
         });
         runtime.spawn(actor::run(shared.clone(), state_tx, command_rx, control_rx));
         Ok(Self {
@@ -588,6 +622,7 @@ impl Connection {
             Err(_) => return Err(full()),
         };
         let (tx, rx) = oneshot::channel();
+        self.shared.note_domain(ty);
         {
             // From here on nothing awaits until the record is queued.
             let (record, guard) = build()?;
@@ -618,6 +653,7 @@ impl Connection {
         let Ok(permit) = self.shared.inflight.clone().try_acquire_owned() else {
             return false;
         };
+        self.shared.note_domain(ty);
         let out = Outbound {
             id: self.shared.next_id(),
             ty,
@@ -653,6 +689,7 @@ impl Connection {
             return false;
         };
         let timeout = opts.timeout.unwrap_or(self.shared.config.request_timeout);
+        self.shared.note_domain(M::TYPE);
         let out = Outbound {
             id: self.shared.next_id(),
             ty: M::TYPE,
@@ -705,6 +742,9 @@ impl Connection {
                 }
             }
         };
+        if !opts.barrier {
+            self.shared.note_domain(ty);
+        }
         let out = Outbound {
             id: self.shared.next_id(),
             ty,
@@ -733,9 +773,7 @@ impl Connection {
 
     /// Registers (or joins) a restorable subscription.
     pub async fn register<T>(&self, reg: Registration<T>) -> Result<Subscription<T>> {
-        if self.shared.is_closed() {
-            return Err(Error::closed());
-        }
+        self.check_taking_work()?;
         let (mailbox_tx, mailbox_rx) = mailbox(reg.options);
         let sink = self.shared.next_handle();
         let (tx, rx) = oneshot::channel();
@@ -838,6 +876,75 @@ impl Connection {
 
     pub(crate) fn drop_push_handler(&self, sink: SubscriptionId) {
         let _ = self.control.try_send(Control::DropPush { sink });
+    }
+
+    // ----- drain -----
+
+    /// `Err(Closed)` once the client is closed or draining: no new
+    /// subscription or worker is taken then.
+    pub(crate) fn check_taking_work(&self) -> Result<()> {
+        if self.shared.is_closed() {
+            Err(Error::closed())
+        } else if self.shared.draining.load(Ordering::Acquire) {
+            Err(Error::closed_because("the client is draining"))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Starts a drain; false when one was already started.
+    pub(crate) fn begin_drain(&self) -> bool {
+        let first = !self.shared.draining.swap(true, Ordering::AcqRel);
+        if first {
+            self.shared.drain.cancel();
+            self.shared.workers.close();
+        }
+        first
+    }
+
+    /// A stop token for a new worker: cancelled when the client drains.
+    pub(crate) fn worker_stop_token(&self) -> CancellationToken {
+        self.shared.drain.child_token()
+    }
+
+    /// Spawns a worker's task where `drain` can wait for it.
+    pub(crate) fn spawn_worker<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
+    where
+        F: std::future::Future + Send + 'static,
+        F::Output: Send + 'static,
+    {
+        self.shared.workers.spawn(task)
+    }
+
+    /// Waits until every worker task has ended; returns how many are still
+    /// running when `deadline` passes first.
+    pub(crate) async fn workers_finished(&self, deadline: Instant) -> usize {
+        match tokio::time::timeout_at(deadline, self.shared.workers.wait()).await {
+            Ok(()) => 0,
+            Err(_) => self.shared.workers.len(),
+        }
+    }
+
+    /// Ends every subscription and unsubscribes on the wire; one receiver
+    /// per UNSUBSCRIBE sent.
+    pub(crate) async fn unsubscribe_all(&self) -> Result<Vec<oneshot::Receiver<Result<()>>>> {
+        let (tx, rx) = oneshot::channel();
+        self.commands
+            .send(Command::UnsubscribeAll(tx))
+            .await
+            .map_err(|_| Error::closed())?;
+        rx.await.map_err(|_| Error::closed())
+    }
+
+    /// The domains that carried a record since the last call (bits of
+    /// [`domain_bit`]), clearing them.
+    pub(crate) fn take_domains_used(&self) -> u32 {
+        self.shared.domains_used.swap(0, Ordering::AcqRel)
+    }
+
+    /// Puts back domains a failed flush did not confirm.
+    pub(crate) fn restore_domains_used(&self, bits: u32) {
+        self.shared.domains_used.fetch_or(bits, Ordering::AcqRel);
     }
 
     /// Test and debugging inspection of the actor's books.

@@ -406,6 +406,26 @@ impl Registry {
         }
     }
 
+    /// Drain: ends every subscription handle cleanly (its stream ends with
+    /// `None`) and unsubscribes every registration on the wire. Returns one
+    /// receiver per wire UNSUBSCRIBE filed, answered with its outcome.
+    pub fn unsubscribe_all(&mut self, wire: &mut Wire<'_>) -> Vec<oneshot::Receiver<Result<()>>> {
+        let ids: Vec<u64> = self.regs.keys().copied().collect();
+        let mut outcomes = Vec::with_capacity(ids.len());
+        for reg_id in ids {
+            if let Some(reg) = self.regs.get_mut(&reg_id) {
+                for s in reg.sinks.drain(..) {
+                    self.sink_index.remove(&s.id.0);
+                    s.tx.close(None);
+                }
+            }
+            let (tx, rx) = oneshot::channel();
+            self.release_if_unused_with(reg_id, Some(tx), wire);
+            outcomes.push(rx);
+        }
+        outcomes
+    }
+
     /// Ends every registration of one subscribe type without unsubscribing.
     pub fn end_type(&mut self, subscribe_type: u16) {
         let ids: Vec<u64> = self

@@ -273,7 +273,8 @@ impl Queue {
         let hints = self.subscribe_with(pattern, HINTS).await?;
         let (stats_tx, stats) = watch::channel(WorkerStats::default());
         let pattern: Arc<str> = Arc::from(pattern);
-        let cancel = CancellationToken::new();
+        // Cancelled by `Client::drain` too.
+        let cancel = self.conn.worker_stop_token();
         let shared = Arc::new(Shared {
             queue: self.clone(),
             pattern: pattern.clone(),
@@ -281,7 +282,9 @@ impl Queue {
             handler,
             stats: stats_tx,
         });
-        let task = tokio::spawn(run(shared, Some(hints), cancel.clone()));
+        let task = self
+            .conn
+            .spawn_worker(run(shared, Some(hints), cancel.clone()));
         Ok(QueueWorker {
             pattern,
             cancel,

@@ -4,6 +4,7 @@
 
 mod auth;
 mod chaos;
+mod drain;
 mod errors;
 mod faults;
 mod kv;

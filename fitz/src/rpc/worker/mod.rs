@@ -238,7 +238,8 @@ pub(super) async fn start(
     let registration = conn.register(registration).await?;
 
     let slots = Arc::new(Semaphore::new(slots));
-    let stop = CancellationToken::new();
+    // Cancelled by `Client::drain` too.
+    let stop = conn.worker_stop_token();
     let abort = CancellationToken::new();
     let (done_tx, done) = watch::channel(None);
     let worker = Worker {
@@ -251,7 +252,7 @@ pub(super) async fn start(
         tasks: JoinSet::new(),
         dropped: 0,
     };
-    tokio::spawn(worker.run(
+    conn.spawn_worker(worker.run(
         Streams {
             deliveries,
             lifecycle,
