@@ -94,6 +94,9 @@ fn barrier(domain: u16) -> Option<(u16, Result<Bytes>)> {
 
 /// One barrier per domain used since the last flush; see the module docs.
 pub(crate) async fn flush(conn: &Connection, deadline: Instant) -> Result<()> {
+    if conn.shared().is_closed() {
+        return Err(Error::closed());
+    }
     let used = conn.take_domains_used();
     let domains: Vec<u16> = (1..=7u16).filter(|d| used & (1 << d) != 0).collect();
     let timeout = deadline.saturating_duration_since(Instant::now());
@@ -161,4 +164,23 @@ pub(crate) async fn drain(conn: &Connection, timeout: Duration) -> DrainReport {
     }
     conn.close().await;
     report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::domain_bit;
+    use fitz_protocol::types;
+
+    #[test]
+    fn every_domain_has_a_barrier_of_its_own_domain() {
+        for domain in 1..=7u16 {
+            let (ty, record) = barrier(domain).expect("a barrier");
+            assert_eq!(ty / 100, domain, "{}", types::name(ty));
+            assert!(record.is_ok());
+            assert_eq!(domain_bit(ty), 1 << domain);
+        }
+        assert!(barrier(0).is_none() && barrier(8).is_none());
+        assert_eq!(domain_bit(types::SESSION_METADATA), 0);
+    }
 }
