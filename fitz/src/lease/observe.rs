@@ -20,6 +20,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fitz_protocol::route::{self, Scheme};
@@ -231,6 +232,8 @@ impl ObserverStatus {
 pub struct Observer {
     selector: String,
     view: watch::Receiver<Arc<Inventory>>,
+    /// The newest version this handle returned (`view`, `ready`, `changed`).
+    seen: AtomicU64,
     status: watch::Receiver<ObserverStatus>,
     task: JoinHandle<()>,
 }
@@ -261,7 +264,9 @@ impl Observer {
     /// The installed snapshot (cheap: a shared pointer). Readable at any
     /// time; before the observer is first ready it is empty, version 0.
     pub fn view(&self) -> Arc<Inventory> {
-        self.view.borrow().clone()
+        let view = self.view.borrow().clone();
+        self.seen.fetch_max(view.version, Ordering::Relaxed);
+        view
     }
 
     /// Where the observer stands right now.
@@ -284,19 +289,27 @@ impl Observer {
         }
     }
 
-    /// Waits for a snapshot newer than the last one this handle returned
-    /// (from [`Observer::changed`]; initially, newer than the one installed
-    /// when the observer was created) and returns it. Updates coalesce:
-    /// several installs between two calls are seen as the newest one.
-    /// Fails with the error that stopped the observer.
-    pub async fn changed(&mut self) -> Result<Arc<Inventory>> {
-        if self.view.changed().await.is_ok() {
-            return Ok(self.view.borrow_and_update().clone());
+    /// Waits for a snapshot newer than the newest this handle returned
+    /// (from [`Observer::view`], [`Observer::ready`] or
+    /// [`Observer::changed`]) and returns it. Updates coalesce: several
+    /// installs between two calls are seen as the newest one. Every
+    /// complete, uncrossed LIST pass installs a new snapshot (expiries
+    /// move), even when the held set is unchanged. Fails with the error
+    /// that stopped the observer.
+    pub async fn changed(&self) -> Result<Arc<Inventory>> {
+        let seen = self.seen.load(Ordering::Relaxed);
+        let mut rx = self.view.clone();
+        let newer = rx.wait_for(|v| v.version > seen).await.map(|v| v.clone());
+        match newer {
+            Ok(view) => {
+                self.seen.fetch_max(view.version, Ordering::Relaxed);
+                Ok(view)
+            }
+            Err(_) => Err(match &*self.status.borrow() {
+                ObserverStatus::Stopped { error } => error.clone(),
+                _ => Error::closed(),
+            }),
         }
-        Err(match &*self.status.borrow() {
-            ObserverStatus::Stopped { error } => error.clone(),
-            _ => Error::closed(),
-        })
     }
 
     /// Waits for the status to change and returns the new one (intermediate
@@ -331,6 +344,7 @@ pub(super) fn observe(conn: Connection, selector: &str, options: ObserveOptions)
     Ok(Observer {
         selector: selector.to_owned(),
         view,
+        seen: AtomicU64::new(0),
         status,
         task,
     })
@@ -570,7 +584,10 @@ impl Task {
             | ErrorKind::Auth
             | ErrorKind::InvalidArgument
             | ErrorKind::Unsupported => true,
-            ErrorKind::Broker => !e.is_retryable(),
+            // A cursor the broker no longer knows only means "list again".
+            ErrorKind::Broker => {
+                !e.is_retryable() && e.code() != Some(fitz_protocol::codes::LEASE_INVALID_CURSOR)
+            }
             _ => false,
         };
         if fatal || self.conn.shared().is_closed() {
