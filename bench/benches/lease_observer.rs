@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use fitz::lease::ObserveOptions;
 use fitz::Client;
+use fitz::lease::ObserveOptions;
 use fitz_bench::{broker_runtime, client_runtime};
 use fitz_broker::Broker;
 use futures_util::{StreamExt, stream};

@@ -126,9 +126,7 @@ impl ObserveOptions {
             ));
         }
         if self.retry_base.is_zero() || self.retry_max < self.retry_base {
-            return Err(Error::invalid(
-                "the observer backoff needs 0 < base <= max",
-            ));
+            return Err(Error::invalid("the observer backoff needs 0 < base <= max"));
         }
         Ok(())
     }
@@ -316,15 +314,16 @@ impl Observer {
     /// states may be skipped). Fails with [`ErrorKind::Closed`] once the
     /// observer has stopped and that was reported.
     pub async fn status_changed(&mut self) -> Result<ObserverStatus> {
-        self.status
-            .changed()
-            .await
-            .map_err(|_| Error::closed())?;
+        self.status.changed().await.map_err(|_| Error::closed())?;
         Ok(self.status.borrow_and_update().clone())
     }
 }
 
-pub(super) fn observe(conn: Connection, selector: &str, options: ObserveOptions) -> Result<Observer> {
+pub(super) fn observe(
+    conn: Connection,
+    selector: &str,
+    options: ObserveOptions,
+) -> Result<Observer> {
     route::validate_pattern(selector, Scheme::Lease).map_err(Error::route)?;
     options.validate()?;
     let runtime = tokio::runtime::Handle::try_current()

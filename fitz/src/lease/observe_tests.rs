@@ -109,8 +109,13 @@ async fn nothing_for(peer: &mut Peer, d: Duration) {
 /// Answers the SUBSCRIBE with `sub_id`.
 async fn subscribed(peer: &mut Peer, sub_id: u64) {
     let r = expect(peer, types::LEASE_SUBSCRIBE).await;
-    assert_eq!(&*lease::Subscribe::decode(r.payload.clone()).unwrap().route, SELECTOR);
-    peer.reply(&r, &ok(&SubscribeReply { sub_id })).await.unwrap();
+    assert_eq!(
+        &*lease::Subscribe::decode(r.payload.clone()).unwrap().route,
+        SELECTOR
+    );
+    peer.reply(&r, &ok(&SubscribeReply { sub_id }))
+        .await
+        .unwrap();
 }
 
 /// Answers the next LIST (one page) with `items`.
@@ -170,9 +175,15 @@ async fn bootstrap_lists_only_after_the_ack_and_drains_every_page() {
     };
     let r = expect(&mut h.peer, types::LEASE_LIST).await;
     let first = lease::List::decode(r.payload.clone()).unwrap();
-    assert_eq!((&*first.pattern, first.cursor, first.limit), (SELECTOR, None, 2));
+    assert_eq!(
+        (&*first.pattern, first.cursor, first.limit),
+        (SELECTOR, None, 2)
+    );
     h.peer
-        .reply(&r, &page(vec![info("c", "w3"), info("a", "w1")], Some(cursor)))
+        .reply(
+            &r,
+            &page(vec![info("c", "w3"), info("a", "w1")], Some(cursor)),
+        )
         .await
         .unwrap();
     // Not ready on a partial snapshot.
@@ -260,7 +271,11 @@ async fn a_reconnect_during_the_list_discards_the_pass() {
     // The subscription is restored first.
     subscribed(&mut h.peer, 8).await;
     let mut r = expect(&mut h.peer, types::LEASE_LIST).await;
-    if lease::List::decode(r.payload.clone()).unwrap().cursor.is_some() {
+    if lease::List::decode(r.payload.clone())
+        .unwrap()
+        .cursor
+        .is_some()
+    {
         // The rest of the old scan, completed on the new session: a whole
         // LIST, but one a reconnect crossed, so it is not installed.
         h.peer
@@ -345,7 +360,11 @@ async fn a_lost_notification_is_caught_by_the_jittered_backstop() {
     let obs = ready_observer(&mut h, ObserveOptions::default().backstop(interval)).await;
     let installed = Instant::now();
     // No NOTIFY arrives for a change: nothing happens before 80 % …
-    nothing_for(&mut h.peer, interval.mul_f64(0.8) - Duration::from_millis(10)).await;
+    nothing_for(
+        &mut h.peer,
+        interval.mul_f64(0.8) - Duration::from_millis(10),
+    )
+    .await;
     // … and a full LIST comes by 120 %.
     let r = expect_within(&mut h.peer, types::LEASE_LIST, interval.mul_f64(0.45)).await;
     let waited = installed.elapsed();
@@ -374,7 +393,10 @@ async fn a_reconnect_in_steady_state_invalidates_readiness_until_a_fresh_list() 
         .await
         .unwrap()
         .unwrap();
-    assert!(matches!(status, ObserverStatus::Recovering { .. }), "{status:?}");
+    assert!(
+        matches!(status, ObserverStatus::Recovering { .. }),
+        "{status:?}"
+    );
     subscribed(&mut h.peer, 1).await;
     // While that LIST runs the view is the old one and not ready.
     let r = expect(&mut h.peer, types::LEASE_LIST).await;
@@ -398,8 +420,7 @@ async fn a_failing_list_backs_off_and_reports_the_error() {
         .lease()
         .observe(
             SELECTOR,
-            ObserveOptions::default()
-                .retry_backoff(Duration::from_secs(4), Duration::from_secs(8)),
+            ObserveOptions::default().retry_backoff(Duration::from_secs(4), Duration::from_secs(8)),
         )
         .unwrap();
     subscribed(&mut h.peer, 7).await;
@@ -441,7 +462,10 @@ async fn a_refused_selector_stops_the_observer() {
     subscribed(&mut h.peer, 7).await;
     let r = expect(&mut h.peer, types::LEASE_LIST).await;
     h.peer
-        .reply(&r, &payloads::error(codes::LEASE_INVALID_LIST_PATTERN, "too broad"))
+        .reply(
+            &r,
+            &payloads::error(codes::LEASE_INVALID_LIST_PATTERN, "too broad"),
+        )
         .await
         .unwrap();
     let e = obs.ready().await.unwrap_err();
@@ -456,7 +480,10 @@ async fn dropping_the_observer_unsubscribes_and_closing_the_client_stops_it() {
     let obs = ready_observer(&mut h, ObserveOptions::default()).await;
     drop(obs);
     let r = expect(&mut h.peer, types::LEASE_UNSUBSCRIBE).await;
-    assert_eq!(&*lease::Unsubscribe::decode(r.payload.clone()).unwrap().route, SELECTOR);
+    assert_eq!(
+        &*lease::Unsubscribe::decode(r.payload.clone()).unwrap().route,
+        SELECTOR
+    );
     h.peer.reply(&r, &[0]).await.unwrap();
 
     let obs = ready_observer(&mut h, ObserveOptions::default()).await;

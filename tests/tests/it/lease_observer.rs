@@ -142,7 +142,10 @@ async fn changes_while_disconnected_are_recovered_after_the_reconnect() {
             }
         })
         .await;
-        assert!(matches!(status, ObserverStatus::Recovering { .. }), "{status:?}");
+        assert!(
+            matches!(status, ObserverStatus::Recovering { .. }),
+            "{status:?}"
+        );
         assert_eq!(routes(&obs), set(&[&a]));
         // Changes nobody will notify this observer of.
         held.release().await.unwrap();
