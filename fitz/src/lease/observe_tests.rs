@@ -413,6 +413,32 @@ async fn a_reconnect_in_steady_state_invalidates_readiness_until_a_fresh_list() 
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_failed_restore_is_replaced_by_a_new_subscription() {
+    let mut h = start().await;
+    let obs = ready_observer(&mut h, ObserveOptions::default()).await;
+    h.cut().await;
+    // The broker refuses the restored SUBSCRIBE (a transient code): the
+    // subscription ends, and the observer makes a new one, then lists.
+    let r = expect(&mut h.peer, types::LEASE_SUBSCRIBE).await;
+    h.peer
+        .reply(&r, &payloads::error(codes::LEASE_QUEUE_FULL, "later"))
+        .await
+        .unwrap();
+    subscribed(&mut h.peer, 3).await;
+    match obs.status() {
+        ObserverStatus::Recovering { error: Some(e) } => {
+            assert_eq!(e.code(), Some(codes::LEASE_QUEUE_FULL));
+        }
+        other => panic!("{other:?}"),
+    }
+    listed(&mut h.peer, vec![info("r", "w4")]).await;
+    assert_eq!(obs.changed().await.unwrap().version(), 2);
+    assert!(obs.status().is_ready());
+    assert_eq!(owners(&obs), [(route("r"), "w4".into())]);
+    h.client.close().await;
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_failing_list_backs_off_and_reports_the_error() {
     let mut h = start().await;
     let obs = h
