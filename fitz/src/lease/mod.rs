@@ -17,7 +17,9 @@
 //!   and tells the work it protects when ownership is lost;
 //!   [`Leases::with_lease`] runs a future under one and cancels it on loss.
 //! * [`Leases::query`], [`Leases::list`] and [`Leases::subscribe`] observe
-//!   leases without owning them.
+//!   leases without owning them; [`Leases::observe`] keeps a whole
+//!   selector's inventory current (SUBSCRIBE, LIST, reconciliation and
+//!   recovery in the spec's order) as an [`Observer`].
 //!
 //! # Reconnects
 //!
@@ -50,6 +52,9 @@
 
 mod guard;
 mod list;
+mod observe;
+#[cfg(test)]
+mod observe_tests;
 #[cfg(test)]
 mod tests;
 mod watch;
@@ -69,6 +74,9 @@ use crate::options::SubscriptionOptions;
 
 pub use guard::{LeaseGuard, LossReason, Ownership, OwnershipLost, WithLeaseError};
 pub use list::{HeldLease, LeaseList, ListCursor, ListPage};
+pub use observe::{
+    DEFAULT_BACKSTOP, Inventory, ObserveOptions, Observer, ObserverStatus, backstop_for_ttl,
+};
 pub use watch::{LeaseChange, LeaseSubscription};
 
 /// The longest [`Leases::acquire_wait`] the broker accepts.
@@ -267,6 +275,41 @@ impl Leases {
         options: SubscriptionOptions,
     ) -> Result<LeaseSubscription> {
         watch::subscribe(&self.conn, pattern, options).await
+    }
+
+    /// Starts an inventory observer over `selector` (same grammar as
+    /// [`Leases::list`]): a background task that subscribes, waits for the
+    /// acknowledgement, takes a complete LIST snapshot and installs it only
+    /// if no notification, reconnect, subscription end or overflow crossed
+    /// that pass (else lists again); then re-lists (coalesced) on
+    /// notifications, on every new session and on a jittered backstop timer
+    /// ([`ObserveOptions`]), and recovers with bounded exponential backoff.
+    ///
+    /// The [`Observer`]'s [`Observer::view`] is readable at any time and is
+    /// advisory: read-only records that may be stale between
+    /// reconciliations, never an ownership capability. Dropping the observer
+    /// stops it and unsubscribes. The selector and options are checked here;
+    /// must be called within a Tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn demo(client: fitz::Client) -> fitz::Result<()> {
+    /// use std::time::Duration;
+    /// use fitz::lease::ObserveOptions;
+    ///
+    /// let options = ObserveOptions::default().expected_ttl(Duration::from_secs(30));
+    /// let mut observer = client.lease().observe("lease://prod/billing/*", options)?;
+    /// let view = observer.ready().await?;
+    /// println!("{} leases held", view.len());
+    /// loop {
+    ///     let view = observer.changed().await?;
+    ///     for lease in view.leases() {
+    ///         println!("{} held by {}", lease.route(), lease.owner());
+    ///     }
+    /// }
+    /// # }
+    /// ```
+    pub fn observe(&self, selector: &str, options: ObserveOptions) -> Result<Observer> {
+        observe::observe(self.conn.clone(), selector, options)
     }
 
     /// Acquires `route` without waiting, runs `work` under a [`LeaseGuard`]

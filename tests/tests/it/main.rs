@@ -9,6 +9,7 @@ mod errors;
 mod faults;
 mod kv;
 mod lease;
+mod lease_observer;
 mod notice;
 mod queue;
 mod reconnect;
