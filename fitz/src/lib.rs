@@ -146,6 +146,8 @@
 
 mod client;
 mod connection;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
 mod endpoint;
 mod error;
 mod events;

@@ -8,6 +8,7 @@ mod errors;
 mod faults;
 mod kv;
 mod lease;
+mod memory;
 mod notice;
 mod queue;
 mod reconnect;
