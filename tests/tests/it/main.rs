@@ -6,6 +6,7 @@ mod auth;
 mod chaos;
 mod errors;
 mod faults;
+mod guide;
 mod kv;
 mod lease;
 mod memory;
