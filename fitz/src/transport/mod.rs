@@ -67,7 +67,7 @@ pub trait Connector: Send + Sync + 'static {
 ///
 /// The listener is a `Stream` of server ends: an embedded
 /// `fitz_broker::Broker` serves it with `serve_incoming` (the
-/// `embedded-broker` feature's [`crate::embedded`] does exactly that), a
+/// `embedded-broker` feature's `fitz::embedded` does exactly that), a
 /// scripted peer `accept`s by hand.
 ///
 /// ```
