@@ -43,13 +43,10 @@ impl Via {
     fn client(self, env: &Env) -> fitz::Client {
         env.rt.block_on(async {
             let builder = match self {
-                Via::Memory => {
-                    fitz::embedded::client(&env.broker, fitz::StaticToken::anonymous())
+                Via::Memory => fitz::embedded::client(&env.broker, fitz::StaticToken::anonymous()),
+                Via::Tcp => {
+                    fitz::Client::builder(env.broker.tcp_url(), fitz::StaticToken::anonymous())
                 }
-                Via::Tcp => fitz::Client::builder(
-                    env.broker.tcp_url(),
-                    fitz::StaticToken::anonymous(),
-                ),
             };
             let c = builder
                 .max_in_flight(4096)

@@ -37,11 +37,18 @@ async fn kv_notice_and_rpc_round_trip_over_memory() {
     tx.put("mode", "fast").await.unwrap();
     tx.commit(Durability::Buffered).await.unwrap();
     let mut read = client.kv().begin(route, TxMode::ReadOnly).await.unwrap();
-    assert_eq!(read.get("mode").await.unwrap().as_deref(), Some(&b"fast"[..]));
+    assert_eq!(
+        read.get("mode").await.unwrap().as_deref(),
+        Some(&b"fast"[..])
+    );
     read.rollback().await.unwrap();
 
     // Notice: the subscription is installed once its SUBSCRIBE is answered.
-    let mut sub = client.notice().subscribe("notice://mem/app/*").await.unwrap();
+    let mut sub = client
+        .notice()
+        .subscribe("notice://mem/app/*")
+        .await
+        .unwrap();
     client
         .notice()
         .publish("notice://mem/app/deploys", "v2")
@@ -62,7 +69,11 @@ async fn kv_notice_and_rpc_round_trip_over_memory() {
         })
         .await
         .unwrap();
-    let answer = client.rpc().request("rpc://mem/app/echo", "hi").await.unwrap();
+    let answer = client
+        .rpc()
+        .request("rpc://mem/app/echo", "hi")
+        .await
+        .unwrap();
     assert_eq!(&answer[..], b"echo:hi");
     assert_eq!(broker.session_count(), 2);
 
@@ -77,7 +88,11 @@ async fn kv_notice_and_rpc_round_trip_over_memory() {
 async fn a_memory_client_reconnects_through_a_fresh_pipe() {
     let broker = broker().await;
     let client = memory_client(&broker).await;
-    let mut sub = client.notice().subscribe("notice://mem/re/*").await.unwrap();
+    let mut sub = client
+        .notice()
+        .subscribe("notice://mem/re/*")
+        .await
+        .unwrap();
     for round in 1..=3u64 {
         let mut events = client.events();
         broker.disconnect_all_sessions();
@@ -124,7 +139,9 @@ async fn a_dropped_broker_is_a_retryable_connection_error() {
         .connector(connector)
         .build()
         .unwrap();
-    let e = within("a refused connect", fresh.connect()).await.unwrap_err();
+    let e = within("a refused connect", fresh.connect())
+        .await
+        .unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
     assert!(e.is_retryable() && !e.maybe_applied(), "{e}");
     assert_eq!(fresh.state(), State::Disconnected);

@@ -16,7 +16,8 @@ async fn send_connect(pipe: &mut DuplexStream, token: &str) {
     Connect {
         token: Bytes::copy_from_slice(token.as_bytes()),
     }
-    .encode_record(&mut rec);
+    .encode_record(&mut rec)
+    .unwrap();
     let mut frame = BytesMut::new();
     frame.put_u32(rec.len() as u32);
     frame.put_slice(&rec);
@@ -26,7 +27,7 @@ async fn send_connect(pipe: &mut DuplexStream, token: &str) {
 /// The next frame, or `None` once the broker closed the pipe.
 async fn next_frame(pipe: &mut DuplexStream) -> Option<Bytes> {
     let mut buf = BytesMut::new();
-    let mut decoder = FrameDecoder::new(1 << 20);
+    let decoder = FrameDecoder::new(1 << 20);
     tokio::time::timeout(WAIT, async {
         loop {
             if let Some(frame) = decoder.decode(&mut buf).unwrap() {
@@ -47,8 +48,8 @@ async fn a_served_stream_is_a_session_like_tcp() {
     let (mut pipe, server) = tokio::io::duplex(64 * 1024);
     broker.serve_stream(server);
     send_connect(&mut pipe, "").await;
-    let hello = record::decode_single_record(next_frame(&mut pipe).await.expect("a hello"))
-        .unwrap();
+    let hello =
+        record::decode_single_record(next_frame(&mut pipe).await.expect("a hello")).unwrap();
     assert_eq!(hello.ty, types::SERVER_HELLO);
     ServerHello::decode(hello.payload).unwrap();
     let sessions = broker.sessions();
