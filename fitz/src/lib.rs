@@ -137,6 +137,9 @@
 //!   `json()` accessors of received items, JSON workers). A value that
 //!   cannot be encoded fails with [`ErrorKind::InvalidArgument`], a payload
 //!   that is not JSON of the requested type with [`ErrorKind::Decode`].
+//! * `embedded-broker`: `fitz::embedded`, clients of an embedded
+//!   `fitz_broker::Broker` over in-memory pipes instead of sockets, for
+//!   testing services (see the README's "Testing your service").
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -147,6 +150,8 @@
 mod client;
 mod connection;
 mod drain;
+#[cfg(feature = "embedded-broker")]
+pub mod embedded;
 mod endpoint;
 mod error;
 mod events;

@@ -57,10 +57,18 @@ pub trait Connector: Send + Sync + 'static {
 
 /// Creates an in-memory connector and the listener its connections arrive on.
 ///
-/// Each [`Connector::connect`] creates a `tokio::io::duplex` pair with
+/// Each [`Connector::connect`] creates a fresh `tokio::io::duplex` pair with
 /// `buffer` bytes in each direction and hands the far end to the listener
 /// (at most 16 unaccepted connections queue; a further connect fails with
-/// `ConnectionRefused`, as does any connect once the listener is dropped).
+/// `ConnectionRefused`, as does any connect once the listener is dropped:
+/// the client sees a retryable [`crate::ErrorKind::Connection`] error and
+/// reconnects per its policy). A writer facing a full `buffer` waits for the
+/// reader, as on a socket.
+///
+/// The listener is a `Stream` of server ends: an embedded
+/// `fitz_broker::Broker` serves it with `serve_incoming` (the
+/// `embedded-broker` feature's `fitz::embedded` does exactly that), a
+/// scripted peer `accept`s by hand.
 ///
 /// ```
 /// # async fn demo() -> fitz::Result<()> {
@@ -111,6 +119,17 @@ impl MemoryListener {
     /// Waits for the next connection; `None` once every connector is gone.
     pub async fn accept(&mut self) -> Option<DuplexStream> {
         self.rx.recv().await
+    }
+}
+
+/// The listener as a stream of server ends (what `accept` returns), e.g.
+/// for `fitz_broker::Broker::serve_incoming`; it ends once every connector
+/// is gone.
+impl futures_core::Stream for MemoryListener {
+    type Item = DuplexStream;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<DuplexStream>> {
+        self.rx.poll_recv(cx)
     }
 }
 

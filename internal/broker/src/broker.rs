@@ -5,7 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures_util::{Stream, StreamExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio::runtime::Handle;
 
 use crate::auth::{AuthConfig, Family};
 use crate::clock::Clock;
@@ -26,6 +29,9 @@ pub struct Broker {
     shared: Arc<Shared>,
     tcp_addr: SocketAddr,
     http_addr: SocketAddr,
+    /// The runtime that started the broker: handed-over streams are served
+    /// there whoever calls [`Broker::serve_stream`].
+    runtime: Handle,
 }
 
 /// Why a broker could not start.
@@ -227,7 +233,57 @@ impl Broker {
             shared,
             tcp_addr,
             http_addr,
+            runtime: Handle::current(),
         })
+    }
+
+    /// Serves `stream` as one more connection, without a socket: an
+    /// in-memory pipe (`tokio::io::duplex`, or `fitz::transport::memory`'s
+    /// listener through [`Broker::serve_incoming`]), a test harness, a
+    /// transport of the embedder's own.
+    ///
+    /// The stream carries Fitz frames with TCP's 4-byte length prefixes and
+    /// takes the TCP connection path from there on: the CONNECT handshake
+    /// and token check, the frame deadline and the unfinished-input budget,
+    /// inline replies and the writer task. The session reports
+    /// [`Transport::Stream`] and no peer address. Like an accepted socket it
+    /// takes one of the `FITZ_MAX_CONNECTIONS` slots: beyond them, or after
+    /// shutdown, the stream is dropped (closed) at once and counted in
+    /// [`Broker::refused_connections`] (before shutdown only). The
+    /// connection runs on the broker's runtime, so any thread may call this;
+    /// it ends like any other session (peer close, shutdown, dropping the
+    /// broker).
+    pub fn serve_stream(&self, stream: impl AsyncRead + AsyncWrite + Send + Unpin + 'static) {
+        let _runtime = self.runtime.enter();
+        listener::serve_stream(&self.shared, Box::new(stream));
+    }
+
+    /// Serves every stream `incoming` yields as in [`Broker::serve_stream`],
+    /// from a task of the broker's, until `incoming` ends or the broker
+    /// shuts down (or is dropped); `incoming` is dropped then, which for an
+    /// in-memory listener makes further connects fail as refused.
+    ///
+    /// ```no_run
+    /// # async fn demo(broker: fitz_broker::Broker) {
+    /// let (tx, rx) = tokio::sync::mpsc::channel::<tokio::io::DuplexStream>(4);
+    /// broker.serve_incoming(futures_util::stream::unfold(rx, |mut rx| async {
+    ///     rx.recv().await.map(|s| (s, rx))
+    /// }));
+    /// let (client_end, server_end) = tokio::io::duplex(64 * 1024);
+    /// tx.send(server_end).await.ok();
+    /// // `client_end` now speaks Fitz (CONNECT first) with the broker.
+    /// # drop(client_end); }
+    /// ```
+    pub fn serve_incoming<I, S>(&self, incoming: I)
+    where
+        I: Stream<Item = S> + Send + 'static,
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        let incoming = Box::pin(incoming.map(|s| Box::new(s) as crate::io::BoxedStream));
+        let _runtime = self.runtime.enter();
+        self.shared
+            .tasks
+            .spawn(listener::serve_incoming(incoming, self.shared.clone()));
     }
 
     /// The bound TCP address.

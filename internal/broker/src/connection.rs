@@ -171,7 +171,7 @@ pub(crate) fn handshake(
     Ok((session, records))
 }
 
-/// Frames read from one TCP buffer whose replies share one inline write.
+/// Frames read from one stream buffer whose replies share one inline write.
 const INLINE_BATCH: usize = 64;
 
 /// Handles every record of one frame in order.
@@ -240,8 +240,9 @@ fn handle_record(
     }
 }
 
-/// The reader's flush after a frame. On TCP it writes what is queued with
-/// non-blocking writes only: whatever the socket does not take at once goes
+/// The reader's flush after a frame. On a stream (TCP, or one given to
+/// `Broker::serve_stream`) it writes what is queued with non-blocking writes
+/// only: whatever the socket does not take at once goes
 /// back to the front of the queue for the writer task, so the reader never
 /// waits on its own replies and a peer that stops reading is caught by the
 /// reply bound. On WebSocket (whose sink cannot write without possibly
@@ -254,7 +255,7 @@ fn flush_inline(session: &Session, writer: &SharedWriter) {
         session.wake_writer();
         return;
     };
-    let FrameWriter::Tcp(tcp) = &mut *w else {
+    let FrameWriter::Stream(out) = &mut *w else {
         drop(w);
         session.wake_writer();
         return;
@@ -262,7 +263,7 @@ fn flush_inline(session: &Session, writer: &SharedWriter) {
     let (batch, _) = session.take_batch();
     let mut written = 0;
     while written < batch.len() {
-        match tcp.try_write(&batch[written..]) {
+        match out.try_write(&batch[written..]) {
             Ok(n) => written += n,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
             Err(_) => {

@@ -1,15 +1,18 @@
-//! Frame I/O of one connection: raw TCP with 4-byte length prefixes, or
+//! Frame I/O of one connection: a byte stream with 4-byte length prefixes
+//! (a TCP socket, or any stream given to `Broker::serve_stream`), or
 //! WebSocket binary messages. Unfinished input is charged to the broker's
 //! [`crate::input`] budget and bounded by the frame deadline.
 
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::frame::FrameDecoder;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
@@ -24,6 +27,98 @@ use crate::session::{CloseReason, SHUTDOWN};
 
 /// A server-side WebSocket over a metered TCP stream.
 pub(crate) type Ws = WebSocketStream<Metered<TcpStream>>;
+
+/// Any byte stream the broker can serve with TCP framing.
+pub(crate) trait ByteStream: AsyncRead + AsyncWrite + Send + Unpin + 'static {}
+
+impl<T: AsyncRead + AsyncWrite + Send + Unpin + 'static> ByteStream for T {}
+
+/// A boxed [`ByteStream`] (what `Broker::serve_stream` was given).
+pub(crate) type BoxedStream = Box<dyn ByteStream>;
+
+/// The reading half of a length-prefixed byte stream: a TCP socket's own
+/// half (no lock), or a half of any other stream (`tokio::io::split`).
+pub(crate) enum StreamRead {
+    Tcp(OwnedReadHalf),
+    Other(tokio::io::ReadHalf<BoxedStream>),
+}
+
+/// The writing half matching [`StreamRead`].
+pub(crate) enum StreamWrite {
+    Tcp(OwnedWriteHalf),
+    Other(tokio::io::WriteHalf<BoxedStream>),
+}
+
+/// Splits a TCP socket into its halves.
+pub(crate) fn split_tcp(stream: TcpStream) -> (StreamRead, StreamWrite) {
+    let (rd, wr) = stream.into_split();
+    (StreamRead::Tcp(rd), StreamWrite::Tcp(wr))
+}
+
+/// Splits any other byte stream into its halves.
+pub(crate) fn split_stream(stream: BoxedStream) -> (StreamRead, StreamWrite) {
+    let (rd, wr) = tokio::io::split(stream);
+    (StreamRead::Other(rd), StreamWrite::Other(wr))
+}
+
+impl AsyncRead for StreamRead {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamRead::Tcp(rd) => Pin::new(rd).poll_read(cx, buf),
+            StreamRead::Other(rd) => Pin::new(rd).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for StreamWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            StreamWrite::Tcp(wr) => Pin::new(wr).poll_write(cx, buf),
+            StreamWrite::Other(wr) => Pin::new(wr).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Tcp(wr) => Pin::new(wr).poll_flush(cx),
+            StreamWrite::Other(wr) => Pin::new(wr).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            StreamWrite::Tcp(wr) => Pin::new(wr).poll_shutdown(cx),
+            StreamWrite::Other(wr) => Pin::new(wr).poll_shutdown(cx),
+        }
+    }
+}
+
+impl StreamWrite {
+    /// Writes what the stream takes right now without waiting;
+    /// `WouldBlock` when it takes nothing. On TCP this is the socket's own
+    /// `try_write`; another stream is polled once with a no-op waker (the
+    /// caller hands any remainder to the writer task, which waits properly).
+    pub(crate) fn try_write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            StreamWrite::Tcp(wr) => wr.try_write(buf),
+            StreamWrite::Other(wr) => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                match Pin::new(wr).poll_write(&mut cx, buf) {
+                    Poll::Ready(r) => r,
+                    Poll::Pending => Err(io::ErrorKind::WouldBlock.into()),
+                }
+            }
+        }
+    }
+}
 
 /// What reading the next frame produced.
 pub(crate) enum ReadEvent {
@@ -41,8 +136,9 @@ pub(crate) const FRAME_TIMEOUT: CloseReason = CloseReason::new("frame timeout");
 /// The reading half of a connection. Unfinished input is charged to the
 /// broker's [`crate::input`] budget and bounded by the frame deadline.
 pub(crate) enum FrameReader {
-    Tcp {
-        rd: OwnedReadHalf,
+    /// Length-prefixed frames on a byte stream (TCP or served stream).
+    Stream {
+        rd: StreamRead,
         buf: BytesMut,
         decoder: FrameDecoder,
         meter: Arc<Meter>,
@@ -55,9 +151,9 @@ pub(crate) enum FrameReader {
 }
 
 impl FrameReader {
-    /// A TCP reader for `rd`.
-    pub(crate) fn tcp(rd: OwnedReadHalf, max_frame: usize, meter: Arc<Meter>) -> Self {
-        FrameReader::Tcp {
+    /// A length-prefixed reader for `rd`.
+    pub(crate) fn stream(rd: StreamRead, max_frame: usize, meter: Arc<Meter>) -> Self {
+        FrameReader::Stream {
             rd,
             buf: BytesMut::with_capacity(FREE_READ),
             decoder: FrameDecoder::new(max_frame),
@@ -66,11 +162,11 @@ impl FrameReader {
         }
     }
 
-    /// Whether a whole TCP frame is already buffered, so [`FrameReader::next`]
+    /// Whether a whole length-prefixed frame is already buffered, so [`FrameReader::next`]
     /// returns without reading (always false on WebSocket).
     pub(crate) fn has_buffered_frame(&self) -> bool {
         match self {
-            FrameReader::Tcp { buf, .. } => match buf.first_chunk::<4>() {
+            FrameReader::Stream { buf, .. } => match buf.first_chunk::<4>() {
                 Some(head) => {
                     let len = u32::from_be_bytes(*head) as usize;
                     len > 0 && buf.len() - 4 >= len
@@ -81,10 +177,10 @@ impl FrameReader {
         }
     }
 
-    /// The next frame. Cancel-safe: partial TCP input stays buffered.
+    /// The next frame. Cancel-safe: partial stream input stays buffered.
     pub(crate) async fn next(&mut self) -> ReadEvent {
         match self {
-            FrameReader::Tcp {
+            FrameReader::Stream {
                 rd,
                 buf,
                 decoder,
@@ -171,16 +267,17 @@ async fn sleep_until_some(deadline: Option<Instant>) {
 
 /// The writing half of a connection.
 pub(crate) enum FrameWriter {
-    Tcp(OwnedWriteHalf),
+    /// Length-prefixed frames on a byte stream (TCP or served stream).
+    Stream(StreamWrite),
     Ws(SplitSink<Ws, Message>),
 }
 
 impl FrameWriter {
-    /// Writes a batch of prefixed frames: as-is on TCP (one write), one
+    /// Writes a batch of prefixed frames: as-is on a stream (one write), one
     /// binary message per frame on WebSocket (one flush).
     pub(crate) async fn write_batch(&mut self, batch: Bytes) -> io::Result<()> {
         match self {
-            FrameWriter::Tcp(w) => w.write_all(&batch).await,
+            FrameWriter::Stream(w) => w.write_all(&batch).await,
             FrameWriter::Ws(sink) => {
                 for frame in crate::session::frames(&batch) {
                     sink.feed(Message::Binary(frame))
@@ -193,10 +290,11 @@ impl FrameWriter {
     }
 
     /// Closes the transport: a Close frame carrying `reason` on WebSocket
-    /// (cut to the 123 bytes a close reason may hold), a write shutdown on TCP.
+    /// (cut to the 123 bytes a close reason may hold), a write shutdown on a
+    /// stream.
     pub(crate) async fn close(&mut self, reason: &CloseReason) {
         match self {
-            FrameWriter::Tcp(w) => {
+            FrameWriter::Stream(w) => {
                 let _ = w.shutdown().await;
             }
             FrameWriter::Ws(sink) => {
@@ -236,9 +334,9 @@ mod tests {
             .await
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
-        let (rd, _wr) = server.into_split();
+        let (rd, _wr) = split_tcp(server);
         let budget = crate::input::InputBudget::new(1 << 20, std::time::Duration::from_secs(10));
-        let mut reader = FrameReader::tcp(rd, 1024, budget.meter());
+        let mut reader = FrameReader::stream(rd, 1024, budget.meter());
         assert!(!reader.has_buffered_frame());
         // Two whole frames and the first two bytes of a third, in one write.
         client

@@ -16,8 +16,14 @@
 //! # Ok(()) }
 //! ```
 //!
+//! Without a socket, [`Broker::serve_stream`] serves any byte stream (an
+//! in-memory pipe, a harness) exactly like an accepted TCP connection, and
+//! [`Broker::serve_incoming`] a stream of them (`fitz::transport::memory`'s
+//! listener; the `fitz` client's `embedded-broker` feature does this).
+//!
 //! Layout, one way down: the public [`Broker`] binds the listeners
-//! (`listener.rs`: TCP, HTTP with `/ws` and probes, the connection cap);
+//! (`listener.rs`: TCP, HTTP with `/ws` and probes, handed-over streams, the
+//! connection cap);
 //! each accepted connection gets its frame I/O (`io.rs`, with the unfinished
 //! input budget of `input.rs`) and a connection task (`connection.rs`: the
 //! CONNECT handshake, the read loop, the writer). Decoded requests go to

@@ -1,7 +1,9 @@
-//! Listeners: raw TCP, and HTTP with the `/ws` WebSocket upgrade and the
-//! probes. Each accepted connection gets a slot (`FITZ_MAX_CONNECTIONS`),
-//! its frame I/O ([`crate::io`]) and a connection task
-//! ([`crate::connection::serve`]).
+//! Listeners: raw TCP, HTTP with the `/ws` WebSocket upgrade and the
+//! probes, and byte streams handed over by the embedder (one at a time, or
+//! a stream of them: an in-memory listener). Each accepted connection gets a
+//! slot (`FITZ_MAX_CONNECTIONS`), its frame I/O ([`crate::io`]) and a
+//! connection task ([`crate::connection::serve`]); a handed-over stream
+//! takes exactly the TCP path from there on.
 //!
 //! The HTTP side parses the request head itself (`httparse`) and completes
 //! the RFC 6455 handshake with tungstenite's accept-key helper: the broker
@@ -14,7 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_tungstenite::WebSocketStream;
@@ -23,7 +25,7 @@ use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::connection;
 use crate::input::Metered;
-use crate::io::{FrameReader, FrameWriter};
+use crate::io::{BoxedStream, FrameReader, FrameWriter, StreamRead, StreamWrite};
 use crate::session::Transport;
 use crate::shared::Shared;
 
@@ -32,14 +34,14 @@ const MAX_HTTP_HEAD: usize = 8 * 1024;
 
 /// A connection slot, or `None` (and the accepted socket is dropped, which
 /// closes it) when `FITZ_MAX_CONNECTIONS` are already served.
-fn admit(shared: &Shared, peer: SocketAddr) -> Option<tokio::sync::OwnedSemaphorePermit> {
+fn admit(shared: &Shared, peer: Option<SocketAddr>) -> Option<tokio::sync::OwnedSemaphorePermit> {
     let slot = shared.connections.clone().try_acquire_owned().ok();
     if slot.is_none() {
         shared
             .stats
             .refused_connections
             .fetch_add(1, Ordering::Relaxed);
-        tracing::debug!(%peer, "connection limit reached: closing a new connection");
+        tracing::debug!(?peer, "connection limit reached: closing a new connection");
     }
     slot
 }
@@ -58,7 +60,7 @@ where
         };
         match accepted {
             Ok((stream, peer)) => {
-                let Some(slot) = admit(&shared, peer) else {
+                let Some(slot) = admit(&shared, Some(peer)) else {
                     continue;
                 };
                 let _ = stream.set_nodelay(true);
@@ -79,17 +81,60 @@ where
 /// Accepts raw TCP connections until shutdown.
 pub(crate) async fn serve_tcp(listener: TcpListener, shared: Arc<Shared>) {
     accept_loop(listener, shared, "TCP", |stream, peer, shared| {
-        let (rd, wr) = stream.into_split();
-        let reader = FrameReader::tcp(rd, shared.config.max_frame, shared.input.meter());
-        connection::serve(
-            shared,
-            reader,
-            FrameWriter::Tcp(wr),
-            Transport::Tcp,
-            Some(peer),
-        )
+        let (rd, wr) = crate::io::split_tcp(stream);
+        serve_framed(shared, rd, wr, Transport::Tcp, Some(peer))
     })
     .await;
+}
+
+/// The connection task of a length-prefixed stream: TCP's and a
+/// handed-over stream's are the same from here on.
+fn serve_framed(
+    shared: Arc<Shared>,
+    rd: StreamRead,
+    wr: StreamWrite,
+    transport: Transport,
+    peer: Option<SocketAddr>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let reader = FrameReader::stream(rd, shared.config.max_frame, shared.input.meter());
+    connection::serve(shared, reader, FrameWriter::Stream(wr), transport, peer)
+}
+
+/// Serves one handed-over byte stream as a connection (a task of the
+/// broker's task set). Like an accepted TCP socket it needs a slot, and is
+/// dropped (closed) at once without one or after shutdown. Must run inside
+/// the broker's runtime.
+pub(crate) fn serve_stream(shared: &Arc<Shared>, stream: BoxedStream) {
+    if shared.shutdown.is_cancelled() {
+        return;
+    }
+    let Some(slot) = admit(shared, None) else {
+        return;
+    };
+    let (rd, wr) = crate::io::split_stream(stream);
+    let connection = serve_framed(shared.clone(), rd, wr, Transport::Stream, None);
+    shared.tasks.spawn(async move {
+        connection.await;
+        drop(slot);
+    });
+}
+
+/// Serves every byte stream `incoming` yields (see [`serve_stream`]) until
+/// it ends or the broker shuts down; then drops `incoming`.
+pub(crate) async fn serve_incoming<I>(mut incoming: I, shared: Arc<Shared>)
+where
+    I: Stream<Item = BoxedStream> + Send + Unpin,
+{
+    loop {
+        let next = tokio::select! {
+            () = shared.shutdown.cancelled() => return,
+            s = incoming.next() => s,
+        };
+        match next {
+            Some(stream) => serve_stream(&shared, stream),
+            None => return,
+        }
+    }
 }
 
 /// Accepts HTTP connections until shutdown.

@@ -93,6 +93,10 @@ pub enum Transport {
     Tcp,
     /// WebSocket binary messages on `/ws`.
     WebSocket,
+    /// A byte stream handed to [`crate::Broker::serve_stream`] (or
+    /// [`crate::Broker::serve_incoming`]), with TCP's 4-byte length prefixes:
+    /// an in-memory pipe, a test harness, a transport of the embedder's own.
+    Stream,
 }
 
 /// Why a session ended; for WebSocket it becomes the Close frame's reason.

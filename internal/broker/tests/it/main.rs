@@ -23,3 +23,4 @@ mod queue;
 mod rpc;
 mod schedule;
 mod stream;
+mod streams;
