@@ -85,15 +85,29 @@ fn new_histogram() -> Result<Histogram<u64>, Failure> {
 
 async fn op(client: &Client, load: &Load, task: usize, seq: u64) -> fitz::Result<()> {
     match load.domain {
-        Domain::Notice => client.notice().publish(&load.route, load.body.clone()).await,
-        Domain::Queue => client.queue().enqueue(&load.route, load.body.clone()).await.map(drop),
-        Domain::Rpc => client.rpc().request(&load.route, load.body.clone()).await.map(drop),
+        Domain::Notice => {
+            client
+                .notice()
+                .publish(&load.route, load.body.clone())
+                .await
+        }
+        Domain::Queue => client
+            .queue()
+            .enqueue(&load.route, load.body.clone())
+            .await
+            .map(drop),
+        Domain::Rpc => client
+            .rpc()
+            .request(&load.route, load.body.clone())
+            .await
+            .map(drop),
         Domain::Kv => {
             // One resource per task: a read-write transaction locks its
             // resource, so tasks sharing one would only measure the lock.
             let route = format!("{}-{task}", load.route);
             let mut tx = client.kv().begin(&route, TxMode::ReadWrite).await?;
-            tx.put(format!("k{}", seq % 1024), load.body.clone()).await?;
+            tx.put(format!("k{}", seq % 1024), load.body.clone())
+                .await?;
             tx.commit(Durability::Buffered).await
         }
     }
@@ -113,7 +127,8 @@ async fn task(client: Client, load: Load, task: usize) -> Result<Histogram<u64>,
             }
             Err(e) => {
                 if load.errors.fetch_add(1, Ordering::Relaxed) == 0 {
-                    load.progress.println(format!("fitz bench: first error: {e}"));
+                    load.progress
+                        .println(format!("fitz bench: first error: {e}"));
                 }
                 if !e.is_retryable() && e.kind() != fitz::ErrorKind::Timeout {
                     return Err(e.into());
@@ -143,7 +158,11 @@ async fn bench(g: &Global, domain: Domain, args: BenchArgs, out: Out) -> Result<
         return Err(Failure::usage("--clients and --depth must be at least 1"));
     }
     let route = args.route.clone().unwrap_or_else(|| {
-        format!("{}://bench/fitz-cli/run-{}", domain.name(), std::process::id())
+        format!(
+            "{}://bench/fitz-cli/run-{}",
+            domain.name(),
+            std::process::id()
+        )
     });
     let mut clients = Vec::new();
     for _ in 0..args.clients {
@@ -203,7 +222,9 @@ async fn drive(
     } else {
         let len = match until {
             Until::Count(n) => n,
-            Until::Deadline(_) => args.duration.map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+            Until::Deadline(_) => args
+                .duration
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         let pb = ProgressBar::with_draw_target(Some(len), ProgressDrawTarget::stderr());
         let template = match until {
@@ -232,7 +253,9 @@ async fn drive(
             Some(tokio::spawn(async move {
                 loop {
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    pb.set_position(u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX));
+                    pb.set_position(
+                        u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX),
+                    );
                     pb.set_message(format!("{} ops", issued.load(Ordering::Relaxed)));
                 }
             }))
@@ -282,7 +305,16 @@ async fn drive(
     if let Some(h) = helper {
         h.close().await;
     }
-    report(domain, args, &route, &hist, elapsed, load.errors.load(Ordering::Relaxed), delivered.load(Ordering::Relaxed), out);
+    report(
+        domain,
+        args,
+        &route,
+        &hist,
+        elapsed,
+        load.errors.load(Ordering::Relaxed),
+        delivered.load(Ordering::Relaxed),
+        out,
+    );
     Ok(())
 }
 

@@ -9,8 +9,7 @@ use tracing_subscriber::EnvFilter;
 
 /// Runs the broker until Ctrl-C or SIGTERM.
 pub fn run(args: &[String]) -> ExitCode {
-    let config = match Config::from_env_and_args(|k| std::env::var(k).ok(), args.iter().cloned())
-    {
+    let config = match Config::from_env_and_args(|k| std::env::var(k).ok(), args.iter().cloned()) {
         Ok(Command::Run(c)) => *c,
         Ok(Command::Help) => {
             print!("{}", fitz_broker::config::help());
@@ -45,7 +44,11 @@ pub fn run(args: &[String]) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
-        println!("fitz broker listening: {} {}", broker.tcp_url(), broker.ws_url());
+        println!(
+            "fitz broker listening: {} {}",
+            broker.tcp_url(),
+            broker.ws_url()
+        );
         crate::conn::interrupted().await;
         broker.shutdown().await;
         ExitCode::SUCCESS

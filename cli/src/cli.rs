@@ -53,6 +53,7 @@ pub enum Commands {
     Context(ContextCmd),
     /// Run the embedded broker in the foreground (the flags and `FITZ_*`
     /// variables of `fitz-broker`; `fitz broker --help` lists them).
+    #[command(disable_help_flag = true)]
     Broker(BrokerArgs),
     /// Key-value transactions, scans and change notifications.
     #[command(subcommand)]
@@ -477,7 +478,9 @@ pub enum BenchCmd {
 /// Parses `250ms`, `5s`, `2m`, `1h` or a bare number of seconds.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: f64 = num
         .parse()

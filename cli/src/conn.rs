@@ -186,6 +186,22 @@ pub async fn read_body(args: &BodyArgs) -> Result<Bytes, Failure> {
     }
 }
 
+/// Registers the process's SIGINT and SIGTERM handlers with tokio (they
+/// stay installed for the life of the process); keep the value alive while
+/// commands run.
+#[cfg(unix)]
+pub fn install_signal_handlers() -> Vec<tokio::signal::unix::Signal> {
+    use tokio::signal::unix::{SignalKind, signal};
+    [SignalKind::interrupt(), SignalKind::terminate()]
+        .into_iter()
+        .filter_map(|k| signal(k).ok())
+        .collect()
+}
+
+/// Nothing to install ahead of time off Unix.
+#[cfg(not(unix))]
+pub fn install_signal_handlers() {}
+
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.
 pub async fn interrupted() {
     #[cfg(unix)]

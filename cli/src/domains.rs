@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use fitz::Client;
 use fitz::kv::{Durability, ScanOptions, TxMode};
 use fitz::lease::LeaseGuard;
 use fitz::queue::{EnqueueOptions, ReserveOptions};
 use fitz::rpc::{CallOptions, HandlerError};
 use fitz::schedule::DeliveryMode;
 use fitz::stream::{AppendOptions, Filter, ReadOptions, StreamItem, StreamRecord};
-use fitz::Client;
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -32,9 +32,14 @@ pub async fn dispatch(cli: Cli) -> Res {
         json: cli.global.json,
     };
     let g = &cli.global;
+    // Install the SIGINT/SIGTERM handlers now, so a Ctrl-C that arrives
+    // before a command first waits for it still ends it cleanly.
+    let _signals = conn::install_signal_handlers();
     match cli.command {
         Commands::Context(c) => context(c, out),
-        Commands::Broker(_) => Err(Failure::usage("`fitz broker` runs outside the client runtime")),
+        Commands::Broker(_) => Err(Failure::usage(
+            "`fitz broker` runs outside the client runtime",
+        )),
         Commands::Bench(b) => crate::bench::run(g, b, out).await,
         Commands::Kv(c) => with_client(g, |client| kv(client, c, out)).await,
         Commands::Queue(c) => with_client(g, |client| queue(client, c, out)).await,
@@ -249,7 +254,12 @@ async fn kv_write(
     }
     tx.commit(Durability::Sync).await?;
     out.line(
-        || format!("{} {key} in {route} ({len} bytes)", if insert { "inserted" } else { "put" }),
+        || {
+            format!(
+                "{} {key} in {route} ({len} bytes)",
+                if insert { "inserted" } else { "put" }
+            )
+        },
         || json!({"route": route, "key": key, "bytes": len, "ok": true}),
     );
     Ok(())
@@ -293,7 +303,10 @@ async fn queue(client: Client, c: QueueCmd, out: Out) -> Res {
             let body = read_body(&body).await?;
             let len = body.len();
             let id = match delay {
-                Some(d) => q.enqueue_with(&route, body, EnqueueOptions::delay(d)).await?,
+                Some(d) => {
+                    q.enqueue_with(&route, body, EnqueueOptions::delay(d))
+                        .await?
+                }
                 None => q.enqueue(&route, body).await?,
             };
             out.line(
@@ -366,7 +379,9 @@ async fn queue(client: Client, c: QueueCmd, out: Out) -> Res {
                     } else {
                         out.body(&body, json!({"route": route, "id": id.to_string()}));
                     }
-                    r.complete().await.map_err(|e| Failure::from(e.error().clone()))?;
+                    r.complete()
+                        .await
+                        .map_err(|e| Failure::from(e.error().clone()))?;
                     done += 1;
                 }
             }
@@ -385,7 +400,10 @@ async fn rpc(client: Client, c: RpcCmd, out: Out) -> Res {
         } => {
             let body = read_body(&body).await?;
             let reply = match timeout {
-                Some(t) => rpc.request_with(&route, body, CallOptions::timeout(t)).await?,
+                Some(t) => {
+                    rpc.request_with(&route, body, CallOptions::timeout(t))
+                        .await?
+                }
                 None => rpc.request(&route, body).await?,
             };
             out.body(&reply, json!({"route": route}));
@@ -521,7 +539,11 @@ async fn lease(client: Client, c: LeaseCmd, out: Out) -> Res {
                 jrows.push(json!({"route": l.route(), "owner": l.owner(), "acquired_at": l.acquired_at(),
                                   "expires_in_secs": l.expires_in().as_secs(), "renewals": l.renewals()}));
             }
-            out.table(&["route", "owner", "acquired", "expires in", "renewals"], rows, jrows);
+            out.table(
+                &["route", "owner", "acquired", "expires in", "renewals"],
+                rows,
+                jrows,
+            );
         }
     }
     Ok(())
@@ -550,7 +572,10 @@ async fn run_under(guard: LeaseGuard, command: &[String]) -> Res {
     if status.success() {
         Ok(())
     } else {
-        let code = status.code().and_then(|c| u8::try_from(c).ok()).unwrap_or(1);
+        let code = status
+            .code()
+            .and_then(|c| u8::try_from(c).ok())
+            .unwrap_or(1);
         Err(Failure::Child(code))
     }
 }
@@ -697,7 +722,15 @@ async fn stream(client: Client, c: StreamCmd, out: Out) -> Res {
             });
             follow(records, &selector, count, |r| {
                 out.line(
-                    || format!("{}  {}  {}  {}", r.offset(), r.route(), timestamp(r.created_at_millis()), cell(r.body())),
+                    || {
+                        format!(
+                            "{}  {}  {}  {}",
+                            r.offset(),
+                            r.route(),
+                            timestamp(r.created_at_millis()),
+                            cell(r.body())
+                        )
+                    },
                     || record_json(&r),
                 );
                 Ok(())
@@ -768,7 +801,12 @@ async fn schedule(client: Client, c: ScheduleCmd, out: Out) -> Res {
                     DeliveryMode::Single => "single",
                     DeliveryMode::Broadcast => "broadcast",
                 };
-                rows.push(vec![e.route().to_owned(), e.cron().to_owned(), mode.to_owned(), cell(e.payload())]);
+                rows.push(vec![
+                    e.route().to_owned(),
+                    e.cron().to_owned(),
+                    mode.to_owned(),
+                    cell(e.payload()),
+                ]);
                 let mut j = json!({"route": e.route(), "cron": e.cron(), "mode": mode});
                 put_body(&mut j, "payload", e.payload());
                 jrows.push(j);
