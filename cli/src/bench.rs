@@ -12,9 +12,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fitz::Client;
 use fitz::kv::{Durability, TxMode};
 use fitz::rpc::HandlerError;
+use fitz::{Client, Overflow, SubscriptionOptions};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -203,7 +203,13 @@ async fn drive(
                     .await?,
             );
         } else {
-            let mut sub = h.notice().subscribe(&route).await?;
+            // Counting only: a large buffer, and drops (visible as
+            // `delivered` < `ops`) rather than an error under a burst.
+            let opts = SubscriptionOptions {
+                buffer: 1 << 16,
+                overflow: Overflow::DropOldest,
+            };
+            let mut sub = h.notice().subscribe_with(&route, opts).await?;
             let d = delivered.clone();
             counter = Some(tokio::spawn(async move {
                 while let Some(Ok(_)) = sub.next().await {

@@ -77,10 +77,23 @@ impl Contexts {
         let tmp = path.with_extension("json.tmp");
         let text = serde_json::to_vec_pretty(self)
             .map_err(|e| Failure::domain(format!("cannot encode contexts: {e}")))?;
-        std::fs::write(&tmp, text)?;
+        write_private(&tmp, &text)?;
         std::fs::rename(&tmp, &path)?;
         Ok(())
     }
+}
+
+/// Writes a file only its owner can read (it may hold tokens).
+fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    opts.open(path)?.write_all(bytes)
 }
 
 /// Where the token comes from.
@@ -178,6 +191,9 @@ pub async fn read_body(args: &BodyArgs) -> Result<Bytes, Failure> {
     }
     match args.body.as_deref() {
         Some("-") | None => {
+            if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+                eprintln!("fitz: reading the body from stdin (end with Ctrl-D)");
+            }
             let mut buf = Vec::new();
             tokio::io::stdin().read_to_end(&mut buf).await?;
             Ok(Bytes::from(buf))

@@ -7,13 +7,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use fitz::Client;
 use fitz::kv::{Durability, ScanOptions, TxMode};
 use fitz::lease::LeaseGuard;
 use fitz::queue::{EnqueueOptions, ReserveOptions};
 use fitz::rpc::{CallOptions, HandlerError};
 use fitz::schedule::DeliveryMode;
 use fitz::stream::{AppendOptions, Filter, ReadOptions, StreamItem, StreamRecord};
+use fitz::{Client, Overflow, SubscriptionOptions};
 use futures_util::{Stream, StreamExt};
 use serde_json::json;
 use tokio::io::AsyncWriteExt;
@@ -25,6 +25,18 @@ use crate::failure::Failure;
 use crate::out::{Out, cell, put_body, timestamp};
 
 type Res = Result<(), Failure>;
+
+/// Notifications a live command (`sub`, `watch`) buffers while it prints.
+/// A consumer further behind than this (a stalled terminal) ends with a
+/// "subscription overflow" error (exit 1) rather than silently skipping.
+const LIVE_BUFFER: usize = 4096;
+
+fn live_options() -> SubscriptionOptions {
+    SubscriptionOptions {
+        buffer: LIVE_BUFFER,
+        overflow: Overflow::Error,
+    }
+}
 
 /// Runs a parsed command line (all but `fitz broker`).
 pub async fn dispatch(cli: Cli) -> Res {
@@ -221,7 +233,7 @@ async fn kv(client: Client, c: KvCmd, out: Out) -> Res {
             out.table(&["key", "value"], rows, jrows);
         }
         KvCmd::Watch { pattern, count } => {
-            let sub = kv.subscribe(&pattern).await?;
+            let sub = kv.subscribe_with(&pattern, live_options()).await?;
             follow(sub, &pattern, count, |ch| {
                 let ts = now_millis();
                 out.line(
@@ -315,7 +327,7 @@ async fn queue(client: Client, c: QueueCmd, out: Out) -> Res {
             );
         }
         QueueCmd::Watch { pattern, count } => {
-            let sub = q.subscribe(&pattern).await?;
+            let sub = q.subscribe_with(&pattern, live_options()).await?;
             follow(sub, &pattern, count, |a| {
                 let ts = now_millis();
                 match a.counters() {
@@ -368,7 +380,9 @@ async fn queue(client: Client, c: QueueCmd, out: Out) -> Res {
                     if let Some(cmd) = &exec {
                         match run_shell(cmd, body.clone()).await {
                             Ok(stdout) => {
-                                let _ = std::io::Write::write_all(&mut std::io::stdout(), &stdout);
+                                let mut o = std::io::stdout().lock();
+                                let _ = std::io::Write::write_all(&mut o, &stdout);
+                                let _ = std::io::Write::flush(&mut o);
                             }
                             Err(msg) => {
                                 // Not completed: redelivered when the lease ends.
@@ -593,7 +607,7 @@ async fn notice(client: Client, c: NoticeCmd, out: Out) -> Res {
             );
         }
         NoticeCmd::Sub { pattern, count } => {
-            let sub = n.subscribe(&pattern).await?;
+            let sub = n.subscribe_with(&pattern, live_options()).await?;
             follow(sub, &pattern, count, |m| {
                 let ts = now_millis();
                 out.line(
@@ -821,7 +835,7 @@ async fn schedule(client: Client, c: ScheduleCmd, out: Out) -> Res {
             );
         }
         ScheduleCmd::Watch { pattern, count } => {
-            let sub = s.subscribe(&pattern).await?;
+            let sub = s.subscribe_with(&pattern, live_options()).await?;
             follow(sub, &pattern, count, |f| {
                 let ts = now_millis();
                 out.line(
