@@ -37,6 +37,7 @@ pub fn run(args: &[String]) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        crate::conn::install_signal_handlers();
         let broker = match Broker::start(config, Clock::system()).await {
             Ok(b) => b,
             Err(e) => {

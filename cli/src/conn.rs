@@ -3,12 +3,13 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use bytes::Bytes;
 use fitz::{Client, ReconnectPolicy};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
 
 use crate::cli::{BodyArgs, Global};
 use crate::failure::Failure;
@@ -202,41 +203,52 @@ pub async fn read_body(args: &BodyArgs) -> Result<Bytes, Failure> {
     }
 }
 
-/// Registers the process's SIGINT and SIGTERM handlers with tokio (they
-/// stay installed for the life of the process); keep the value alive while
-/// commands run.
-#[cfg(unix)]
-pub fn install_signal_handlers() -> Vec<tokio::signal::unix::Signal> {
-    use tokio::signal::unix::{SignalKind, signal};
-    [SignalKind::interrupt(), SignalKind::terminate()]
-        .into_iter()
-        .filter_map(|k| signal(k).ok())
-        .collect()
-}
+/// Set once SIGINT or SIGTERM arrived; never reset.
+static STOP: OnceLock<watch::Sender<bool>> = OnceLock::new();
 
-/// Nothing to install ahead of time off Unix.
-#[cfg(not(unix))]
-pub fn install_signal_handlers() {}
-
-/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
-pub async fn interrupted() {
+/// Installs the SIGINT/SIGTERM handlers (call once, inside the runtime,
+/// before any command runs). A signal sets a process-wide flag, so one that
+/// arrives while nothing waits for it (say, while a consumer runs its
+/// command) is still seen by the next [`interrupted`].
+pub fn install_signal_handlers() {
+    let (tx, _) = watch::channel(false);
+    if STOP.set(tx).is_err() {
+        return;
+    }
+    let stop = || {
+        if let Some(tx) = STOP.get() {
+            tx.send_replace(true);
+        }
+    };
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
+        for kind in [SignalKind::interrupt(), SignalKind::terminate()] {
+            if let Ok(mut sig) = signal(kind) {
+                tokio::spawn(async move {
+                    if sig.recv().await.is_some() {
+                        stop();
+                    }
+                });
             }
         }
     }
     #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+    tokio::spawn(async move {
+        if tokio::signal::ctrl_c().await.is_ok() {
+            stop();
+        }
+    });
+}
+
+/// Resolves once Ctrl-C (SIGINT) or SIGTERM has arrived (at once if it
+/// already has). Never resolves when no handlers were installed.
+pub async fn interrupted() {
+    match STOP.get() {
+        Some(tx) => {
+            let mut rx = tx.subscribe();
+            let _ = rx.wait_for(|stopped| *stopped).await;
+        }
+        None => std::future::pending().await,
     }
 }

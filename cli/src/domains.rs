@@ -46,7 +46,7 @@ pub async fn dispatch(cli: Cli) -> Res {
     let g = &cli.global;
     // Install the SIGINT/SIGTERM handlers now, so a Ctrl-C that arrives
     // before a command first waits for it still ends it cleanly.
-    let _signals = conn::install_signal_handlers();
+    conn::install_signal_handlers();
     match cli.command {
         Commands::Context(c) => context(c, out),
         Commands::Broker(_) => Err(Failure::usage(
@@ -378,7 +378,13 @@ async fn queue(client: Client, c: QueueCmd, out: Out) -> Res {
                     let body = r.body().clone();
                     let id = r.id();
                     if let Some(cmd) = &exec {
-                        match run_shell(cmd, body.clone()).await {
+                        // Ctrl-C kills the command (kill_on_drop) and leaves the
+                        // message uncompleted: redelivered when its lease ends.
+                        let ran = tokio::select! {
+                            r = run_shell(cmd, body.clone()) => r,
+                            _ = interrupted() => return Ok(()),
+                        };
+                        match ran {
                             Ok(stdout) => {
                                 let mut o = std::io::stdout().lock();
                                 let _ = std::io::Write::write_all(&mut o, &stdout);

@@ -29,6 +29,7 @@ const BOUND: Duration = Duration::from_secs(30);
 
 struct Env {
     anon: String,
+    anon_ws: String,
     auth: String,
     /// A broker on a manual clock, for schedule fires.
     manual: String,
@@ -53,6 +54,7 @@ static ENV: LazyLock<Env> = LazyLock::new(|| {
                 .expect("manual-clock broker");
             tx.send(Env {
                 anon: brokers.anon_tcp.clone(),
+                anon_ws: brokers.anon_ws.clone(),
                 auth: brokers.auth_tcp.clone(),
                 manual: manual.tcp_url(),
                 clock,
@@ -601,6 +603,54 @@ fn queue_enqueue_and_consume() {
     assert!(e[0]["id"].is_string());
     let got = json_of(&["queue", "consume", r, "-n", "1"]);
     assert_eq!(got[0]["body"], "job-1");
+}
+
+#[test]
+fn queue_consume_stops_cleanly_on_ctrl_c() {
+    // Idle, waiting for work.
+    let c = live(&["queue", "consume", "queue://cli/q/idle"], "consuming");
+    c.interrupt();
+    assert_eq!(c.wait().code(), Some(0));
+    // In the middle of a message's command: the command is killed, the
+    // message is not completed and comes back after its lease.
+    let r = "queue://cli/q/busy";
+    fitz(&["queue", "enqueue", r, "slow"]).assert().success();
+    let dir = config_dir("busy");
+    std::fs::create_dir_all(&dir).expect("dir");
+    let marker = dir.join("started");
+    let exec = format!("touch {}; sleep 60", marker.display());
+    let started = Instant::now();
+    let c = live(
+        &["queue", "consume", r, "--lease", "1s", "--exec", &exec],
+        "consuming",
+    );
+    while !marker.exists() {
+        assert!(started.elapsed() < BOUND, "the command never started");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    c.interrupt();
+    assert_eq!(c.wait().code(), Some(0));
+    assert!(
+        started.elapsed() < Duration::from_secs(50),
+        "waited for the command"
+    );
+    let again = json_of(&["queue", "consume", r, "-n", "1"]);
+    assert_eq!(again[0]["body"], "slow");
+}
+
+#[test]
+fn commands_work_over_websocket_too() {
+    let mut sub = base(&ENV.anon_ws);
+    sub.args(["--json", "notice", "sub", "notice://cli/ws/*", "-n", "1"]);
+    let s = Live::spawn(sub, "listening on");
+    let mut publish = assert_cmd::Command::from_std(base(&ENV.anon_ws));
+    publish
+        .args(["notice", "pub", "notice://cli/ws/a", "over ws"])
+        .timeout(BOUND)
+        .assert()
+        .success();
+    assert_eq!(s.json()["body"], "over ws");
+    assert!(s.wait().success());
 }
 
 #[test]
