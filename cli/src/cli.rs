@@ -303,6 +303,20 @@ pub enum LeaseCmd {
         #[arg(default_value = "lease://**")]
         pattern: String,
     },
+    /// Follow the held leases matching a selector (the inventory observer):
+    /// one snapshot each time the inventory is re-listed, until Ctrl-C.
+    Observe {
+        /// `lease://…` selector.
+        #[arg(default_value = "lease://**")]
+        selector: String,
+        /// Shortest lease TTL the application uses: sets the backstop LIST
+        /// interval to clamp(ttl / 2, 5 s, 60 s). Default: every 60 s.
+        #[arg(long, value_parser = parse_duration)]
+        expected_ttl: Option<Duration>,
+        /// Stop condition (snapshots printed).
+        #[command(flatten)]
+        count: CountArg,
+    },
 }
 
 /// `fitz notice …`

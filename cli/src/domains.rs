@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use fitz::kv::{Durability, ScanOptions, TxMode};
-use fitz::lease::LeaseGuard;
+use fitz::lease::{LeaseGuard, ObserveOptions};
 use fitz::queue::{EnqueueOptions, ReserveOptions};
 use fitz::rpc::{CallOptions, HandlerError};
 use fitz::schedule::DeliveryMode;
@@ -542,6 +542,56 @@ async fn lease(client: Client, c: LeaseCmd, out: Out) -> Res {
                     || json!({"route": route, "held": false, "waiters": st.waiters()}),
                 ),
             }
+        }
+        LeaseCmd::Observe {
+            selector,
+            expected_ttl,
+            count,
+        } => {
+            let mut options = ObserveOptions::default();
+            if let Some(ttl) = expected_ttl {
+                options = options.expected_ttl(ttl);
+            }
+            let observer = leases.observe(&selector, options)?;
+            // Every installed snapshot, beginning with the first.
+            let snapshots = futures_util::stream::unfold(observer, |o| async move {
+                let next = o.changed().await;
+                Some((next, o))
+            });
+            follow(snapshots, &selector, count, |view| {
+                let leases = view.leases();
+                out.line(
+                    || {
+                        let mut text = format!(
+                            "{}  snapshot {}: {} held",
+                            timestamp(now_millis()),
+                            view.version(),
+                            leases.len()
+                        );
+                        for l in leases {
+                            text.push_str(&format!(
+                                "\n  {}  {}  expires in {}s",
+                                l.route(),
+                                l.owner(),
+                                l.expires_in().as_secs()
+                            ));
+                        }
+                        text
+                    },
+                    || {
+                        let rows: Vec<_> = leases
+                            .iter()
+                            .map(|l| {
+                                json!({"route": l.route(), "owner": l.owner(),
+                                            "expires_in_secs": l.expires_in().as_secs()})
+                            })
+                            .collect();
+                        json!({"version": view.version(), "leases": rows})
+                    },
+                );
+                Ok(())
+            })
+            .await?;
         }
         LeaseCmd::Ls { pattern } => {
             let mut list = leases.list(&pattern);
