@@ -5,6 +5,7 @@
 mod acceptance_lease;
 mod acceptance_notice;
 mod acceptance_rpc;
+mod acceptance_schedule;
 mod auth;
 mod chaos;
 mod errors;
