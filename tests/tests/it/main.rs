@@ -7,6 +7,7 @@ mod acceptance_lease;
 mod acceptance_notice;
 mod acceptance_rpc;
 mod acceptance_schedule;
+mod acceptance_stream;
 mod auth;
 mod chaos;
 mod errors;
