@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # What CI runs: format check, clippy with warnings denied, the whole test suite,
-# docs with warnings denied, and every benchmark built.
+# the acceptance table checked against it (docs/ACCEPTANCE.md), docs with
+# warnings denied, and every benchmark built.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -17,6 +18,11 @@ cargo clippy --workspace --all-targets -j "$jobs" -- -D warnings
 
 step "cargo test"
 cargo test --workspace -j "$jobs"
+
+# Every client acceptance criterion names tests that exist (lists, runs
+# nothing; the binaries were just built).
+step "acceptance criteria (docs/ACCEPTANCE.md)"
+FITZ_JOBS="$jobs" scripts/acceptance.sh
 
 step "cargo doc (warnings denied)"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps -j "$jobs"

@@ -2,6 +2,12 @@
 //! the embedded brokers (or the external pair, see docs/TESTING.md). The
 //! conformance runner (`tests/conformance/`) has its own harness.
 
+mod acceptance_frames;
+mod acceptance_lease;
+mod acceptance_notice;
+mod acceptance_rpc;
+mod acceptance_schedule;
+mod acceptance_stream;
 mod auth;
 mod chaos;
 mod drain;
