@@ -175,6 +175,7 @@ pub use lease::Leases;
 pub use notice::Notice;
 pub use options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
 pub use queue::Queue;
+pub use retry::{Jitter, RetryPolicy};
 pub use rpc::Rpc;
 pub use schedule::Schedule;
 pub use stream::Streams;

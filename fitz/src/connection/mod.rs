@@ -156,6 +156,10 @@ pub(crate) struct Config {
     pub service_name: Option<String>,
     pub ping_interval: Duration,
     pub dead_peer_timeout: Duration,
+    /// Retries of replay-safe reads (the domain views' default).
+    pub retry: crate::retry::RetryPolicy,
+    /// Retries of Queue ENQUEUE after a confirmed negative answer.
+    pub enqueue_retry: crate::retry::RetryPolicy,
 }
 
 /// State shared by the handles and the actor: atomics only.

@@ -51,6 +51,7 @@ use fitz_protocol::{Message, ReplyBody, Str, kv};
 use crate::connection::{Connection, Generation, RequestOptions, decode_body};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::SubscriptionOptions;
+use crate::retry::RetryPolicy;
 
 pub use fitz_protocol::kv::{Durability, TxMode};
 pub use scan::{Scan, ScanOptions, ScanPage};
@@ -60,6 +61,7 @@ pub use watch::{KvChange, KvSubscription};
 #[derive(Clone)]
 pub struct Kv {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Kv {
@@ -70,7 +72,18 @@ impl fmt::Debug for Kv {
 
 impl Kv {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (GET and SCAN
+    /// pages of the transactions it begins) instead of the client's
+    /// [`crate::ClientBuilder::retry`]. Cheap: a clone of the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     /// Begins a transaction on `route`, a concrete `kv://realm/area/resource`
@@ -101,6 +114,7 @@ impl Kv {
             tx_id: ok.tx_id,
             generation,
             open: true,
+            retry: self.retry,
         })
     }
 
@@ -150,6 +164,8 @@ pub struct Transaction {
     generation: Generation,
     /// Still open on the broker as far as we know: Drop rolls it back.
     open: bool,
+    /// Retries of GET and SCAN pages.
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Transaction {
@@ -286,6 +302,7 @@ impl Transaction {
             route: self.route.clone(),
             tx_id: self.tx_id,
             generation: self.generation,
+            retry: self.retry,
         }
     }
 
@@ -347,6 +364,7 @@ struct TxHandle {
     route: Str,
     tx_id: u64,
     generation: Generation,
+    retry: RetryPolicy,
 }
 
 impl TxHandle {
@@ -356,7 +374,9 @@ impl TxHandle {
     /// next attempt into `Stale`.
     async fn read<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<R> {
         let opts = RequestOptions::pinned(self.generation);
-        let payload = crate::retry::replay_safe_raw(|| self.conn.request_with(msg, opts)).await?;
+        let payload = crate::retry::replay_safe_raw(&self.retry, || {
+            self.conn.request_with(msg, opts)
+        }).await?;
         decode_body::<R>(payload)
     }
 }

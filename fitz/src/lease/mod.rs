@@ -66,6 +66,7 @@ use futures_util::FutureExt;
 use crate::connection::{Connection, Generation, ReplyFrames, RequestOptions, decode_body};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::SubscriptionOptions;
+use crate::retry::RetryPolicy;
 
 pub use guard::{LeaseGuard, LossReason, Ownership, OwnershipLost, WithLeaseError};
 pub use list::{HeldLease, LeaseList, ListCursor, ListPage};
@@ -78,6 +79,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(MAX_WAIT_SECONDS as u64);
 #[derive(Clone)]
 pub struct Leases {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Leases {
@@ -88,7 +90,18 @@ impl fmt::Debug for Leases {
 
 impl Leases {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (QUERY and LIST pages) instead
+    /// of the client's [`crate::ClientBuilder::retry`]. Cheap: a clone of
+    /// the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     /// Acquires `route` (a concrete `lease://realm/area/name`) for `owner`
@@ -213,7 +226,7 @@ impl Leases {
     pub async fn query(&self, route: &str) -> Result<LeaseStatus> {
         validate_lease_route(route)?;
         let msg = lease::Query::new(route);
-        let payload = crate::retry::replay_safe_raw(|| self.conn.request(&msg)).await?;
+        let payload = crate::retry::replay_safe_raw(&self.retry, || self.conn.request(&msg)).await?;
         let ok: lease::QueryOk = decode_body(payload)?;
         Ok(LeaseStatus {
             holder: ok.holder.map(|h| LeaseHolder {
@@ -231,7 +244,7 @@ impl Leases {
     ///
     /// The pattern is checked when the stream is first polled.
     pub fn list(&self, pattern: &str) -> LeaseList {
-        LeaseList::new(self.conn.clone(), pattern)
+        LeaseList::new(self.conn.clone(), self.retry, pattern)
     }
 
     /// One page of [`Leases::list`]: pass the previous page's
@@ -244,7 +257,7 @@ impl Leases {
         cursor: Option<&ListCursor>,
         limit: u32,
     ) -> Result<ListPage> {
-        list::fetch_page(&self.conn, pattern, cursor, limit).await
+        list::fetch_page(&self.conn, &self.retry, pattern, cursor, limit).await
     }
 
     /// Subscribes to changes of the held set of leases matching `pattern`

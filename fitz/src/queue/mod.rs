@@ -61,11 +61,7 @@ pub use worker::{QueueWorker, WorkerOptions, WorkerStats};
 use crate::connection::{Connection, RequestOptions, encode_record};
 use crate::error::{Error, Result};
 use crate::options::SubscriptionOptions;
-
-/// ENQUEUE is re-sent at most this many times in all on a coded 4005.
-const ENQUEUE_ATTEMPTS: u32 = 3;
-/// First pause before re-sending an ENQUEUE; doubles per attempt.
-const ENQUEUE_RETRY_DELAY: Duration = Duration::from_millis(100);
+use crate::retry::RetryPolicy;
 
 /// Most messages one [`Queue::reserve`] can return.
 pub const MAX_BATCH: u32 = queue::MAX_BATCH;
@@ -78,6 +74,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(queue::MAX_WAIT_SECONDS);
 #[derive(Clone)]
 pub struct Queue {
     conn: Connection,
+    /// Retries of ENQUEUE after a confirmed negative answer (off unless
+    /// configured).
+    enqueue_retry: RetryPolicy,
 }
 
 impl fmt::Debug for Queue {
@@ -162,18 +161,40 @@ impl ReserveOptions {
 
 impl Queue {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let enqueue_retry = conn.shared().config.enqueue_retry;
+        Self {
+            conn,
+            enqueue_retry,
+        }
+    }
+
+    /// This view with `policy` for [`Queue::enqueue`] instead of the
+    /// client's [`crate::ClientBuilder::enqueue_retry`] (off by default).
+    /// Cheap: a clone of the handle.
+    ///
+    /// Even with a policy, an ENQUEUE is sent again only after a confirmed
+    /// negative answer: a coded broker error that is retryable and means
+    /// nothing was stored (4005 queue full). A timeout, or a connection lost
+    /// after the request was written, is returned at once
+    /// ([`Error::maybe_applied`]): the message may have been stored.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            enqueue_retry: policy,
+        }
     }
 
     /// Appends `body` to the queue at `route`, a concrete
     /// `queue://realm/area/resource` route (checked locally; nothing is sent
     /// when it is invalid), and returns the broker's id for the message.
     ///
-    /// When the broker answers "queue full" (4005, which guarantees it stored
-    /// nothing) the same request is sent again, up to 3 attempts in all,
-    /// 100 ms then 200 ms apart. No other failure is retried: after a timeout
-    /// or a lost connection ([`Error::maybe_applied`]) the message may have
-    /// been stored, and sending it again could duplicate it.
+    /// Not retried by default. With a retry policy
+    /// ([`crate::ClientBuilder::enqueue_retry`], [`Queue::with_retry`]) the
+    /// same request is sent again only when the broker answered that it
+    /// stored nothing and may accept it later (4005 queue full). No other
+    /// failure is retried: after a timeout or a lost connection
+    /// ([`Error::maybe_applied`]) the message may have been stored, and
+    /// sending it again could duplicate it.
     ///
     /// A body must fit one 64 KiB record together with the route; a larger
     /// one is an [`crate::ErrorKind::InvalidArgument`] error and nothing is
@@ -198,9 +219,7 @@ impl Queue {
         };
         // Encoded once: a retry re-sends the very same bytes.
         let record = encode_record(&msg)?;
-        let mut delay = ENQUEUE_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
+        crate::retry::confirmed_negative(&self.enqueue_retry, || async {
             let payload = self
                 .conn
                 .request_record(
@@ -209,17 +228,9 @@ impl Queue {
                     RequestOptions::default(),
                 )
                 .await?;
-            match decode_coded::<queue::EnqueueOk>(payload) {
-                Ok(ok) => return Ok(MessageId(ok.message_id)),
-                Err(e) if attempt < ENQUEUE_ATTEMPTS && is_queue_full(&e) => {
-                    tracing::debug!(route, attempt, "queue full; enqueue retried");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            decode_coded::<queue::EnqueueOk>(payload).map(|ok| MessageId(ok.message_id))
+        })
+        .await
     }
 
     /// [`Queue::enqueue`] with `value` encoded as JSON (a value that cannot
@@ -356,11 +367,6 @@ fn lease_seconds(lease: Duration) -> Result<u64> {
         0 => Err(Error::invalid("a lease must be at least one second")),
         s => Ok(s),
     }
-}
-
-/// A well-formed, coded 4005: the broker stored nothing.
-fn is_queue_full(e: &Error) -> bool {
-    e.code() == Some(fitz_protocol::codes::QUEUE_FULL) && e.kind() == crate::ErrorKind::Broker
 }
 
 /// The error of a failed queue reply. ENQUEUE and RESERVE errors must be

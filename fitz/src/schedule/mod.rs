@@ -56,7 +56,7 @@ use crate::connection::{
 };
 use crate::error::{Error, Result};
 use crate::options::SubscriptionOptions;
-use crate::retry::replay_safe;
+use crate::retry::{RetryPolicy, replay_safe};
 
 /// How a fire is delivered: to every matching subscription, or to one.
 pub use fitz_protocol::schedule::DeliveryMode;
@@ -76,6 +76,7 @@ static WATCH: RegistrationSpec = RegistrationSpec {
 #[derive(Clone)]
 pub struct Schedule {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Schedule {
@@ -86,7 +87,18 @@ impl fmt::Debug for Schedule {
 
 impl Schedule {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (LIST and LIST_V2 pages) instead
+    /// of the client's [`crate::ClientBuilder::retry`]. Cheap: a clone of
+    /// the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     /// Creates (or replaces) the schedule at the concrete route `route`:
@@ -172,7 +184,7 @@ impl Schedule {
             offset: Some(offset),
             limit: Some(limit),
         };
-        let ok: wire::ListOk = replay_safe(|| self.conn.call(&msg)).await?;
+        let ok: wire::ListOk = replay_safe(&self.retry, || self.conn.call(&msg)).await?;
         Ok(SchedulePage {
             offset,
             total: ok.total_count,
@@ -186,7 +198,7 @@ impl Schedule {
     /// cancelled while listing may shift entries between pages (use
     /// [`Schedule::list_all_after`] for a listing that resumes by route).
     pub fn list_all(&self) -> ScheduleList {
-        ScheduleList::new(self.conn.clone(), Paging::Offset(0), None)
+        ScheduleList::new(self.clone(), Paging::Offset(0), None)
     }
 
     /// Every schedule whose route `pattern` matches (`*` one segment, `**`
@@ -194,7 +206,7 @@ impl Schedule {
     pub fn list_matching(&self, pattern: &str) -> Result<ScheduleList> {
         validate_pattern(pattern)?;
         Ok(ScheduleList::new(
-            self.conn.clone(),
+            self.clone(),
             Paging::Offset(0),
             Some(pattern.to_owned()),
         ))
@@ -213,7 +225,7 @@ impl Schedule {
             continuation: cursor.map(|c| c.0.clone()),
             limit: (limit > 0).then_some(limit),
         };
-        let ok: wire::ListV2Ok = replay_safe(|| self.conn.call(&msg)).await?;
+        let ok: wire::ListV2Ok = replay_safe(&self.retry, || self.conn.call(&msg)).await?;
         Ok(ScheduleCursorPage {
             entries: ok.entries.into_iter().map(ScheduleEntry::from).collect(),
             has_more: ok.has_more,
@@ -225,7 +237,7 @@ impl Schedule {
     /// LIST_V2 by its continuation: a schedule cancelled meanwhile does not
     /// shift the rest.
     pub fn list_all_after(&self, cursor: Option<ListCursor>) -> ScheduleList {
-        ScheduleList::new(self.conn.clone(), Paging::Cursor(cursor), None)
+        ScheduleList::new(self.clone(), Paging::Cursor(cursor), None)
     }
 
     /// Subscribes to the fires of every schedule `pattern` matches (an exact
@@ -550,9 +562,9 @@ impl Lister {
 }
 
 impl ScheduleList {
-    fn new(conn: Connection, paging: Paging, pattern: Option<String>) -> Self {
+    fn new(schedule: Schedule, paging: Paging, pattern: Option<String>) -> Self {
         let lister = Lister {
-            schedule: Schedule::new(conn),
+            schedule,
             paging,
             pattern,
             buffer: VecDeque::new(),

@@ -10,6 +10,7 @@ use fitz_protocol::stream::{self, AppendOk, BeginOk, CommitOk, RollbackOk};
 use super::{Durability, fetch_metadata, validate_resource};
 use crate::connection::{Connection, Generation, RequestOptions};
 use crate::error::{Error, ErrorKind, Result};
+use crate::retry::RetryPolicy;
 
 /// How [`super::Streams::begin_with`] opens an append session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,6 +156,7 @@ impl AppendSession {
     /// Opens a session (BEGIN) and settles its first offset.
     pub(super) async fn begin(
         conn: &Connection,
+        retry: &RetryPolicy,
         route: &str,
         options: BeginOptions,
     ) -> Result<Self> {
@@ -183,7 +185,7 @@ impl AppendSession {
         };
         let next = match options.expected_offset {
             Some(offset) => offset,
-            None => fetch_metadata(conn, &session.route)
+            None => fetch_metadata(conn, retry, &session.route)
                 .await?
                 .last_offset
                 .map_or(0, |last| last.saturating_add(1)),

@@ -52,7 +52,7 @@ mod event;
 mod filter;
 mod read;
 mod reader;
-use crate::retry;
+use crate::retry::{self, RetryPolicy};
 
 use std::fmt;
 
@@ -105,6 +105,7 @@ const FOLLOW_WAKES: SubscriptionOptions = SubscriptionOptions {
 #[derive(Clone)]
 pub struct Streams {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Streams {
@@ -144,7 +145,18 @@ impl StreamMetadata {
 
 impl Streams {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (READ pages, LAST, GET_METADATA, also the one in `begin`) instead
+    /// of the client's [`crate::ClientBuilder::retry`]. Cheap: a clone of
+    /// the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     // ----- writing -----
@@ -162,19 +174,19 @@ impl Streams {
     /// (or a BEGIN that timed out after it was written) may leave the
     /// resource locked until the connection ends.
     pub async fn begin(&self, route: &str) -> Result<AppendSession> {
-        AppendSession::begin(&self.conn, route, BeginOptions::default()).await
+        AppendSession::begin(&self.conn, &self.retry, route, BeginOptions::default()).await
     }
 
     /// [`Streams::begin`] expecting the first append to get `offset`
     /// (optimistic concurrency), without the GET_METADATA probe.
     pub async fn begin_at(&self, route: &str, offset: u64) -> Result<AppendSession> {
         let options = BeginOptions::new().expected_offset(offset);
-        AppendSession::begin(&self.conn, route, options).await
+        AppendSession::begin(&self.conn, &self.retry, route, options).await
     }
 
     /// [`Streams::begin`] with ingest metadata and/or an expected offset.
     pub async fn begin_with(&self, route: &str, options: BeginOptions) -> Result<AppendSession> {
-        AppendSession::begin(&self.conn, route, options).await
+        AppendSession::begin(&self.conn, &self.retry, route, options).await
     }
 
     // ----- reading -----
@@ -191,7 +203,7 @@ impl Streams {
         options: &ReadOptions,
     ) -> Result<ReadPage> {
         let spec = read::ReadSpec::new(selector, options)?;
-        fetch_page(&self.conn, &spec, from.into()).await
+        fetch_page(&self.conn, &self.retry, &spec, from.into()).await
     }
 
     /// Replays `selector` from offset `from` until caught up, item by item.
@@ -199,14 +211,14 @@ impl Streams {
     pub fn read(&self, selector: &str, from: u64, options: ReadOptions) -> Result<StreamReader> {
         let spec = read::ReadSpec::new(selector, &options)?;
         let scope = spec.scope;
-        let pager = Pager::new(self.conn.clone(), spec, from, None);
+        let pager = Pager::new(self.conn.clone(), self.retry, spec, from, None);
         Ok(StreamReader::new(pager, selector.to_owned(), scope, from))
     }
 
     /// [`Streams::read`], page by page.
     pub fn read_pages(&self, selector: &str, from: u64, options: ReadOptions) -> Result<ReadPages> {
         let spec = read::ReadSpec::new(selector, &options)?;
-        let pager = Pager::new(self.conn.clone(), spec, from, None);
+        let pager = Pager::new(self.conn.clone(), self.retry, spec, from, None);
         Ok(ReadPages::new(pager, selector.to_owned()))
     }
 
@@ -262,14 +274,14 @@ impl Streams {
             read_generation: self.conn.generation(),
             failed: None,
         };
-        Ok(Pager::new(self.conn.clone(), spec, from, Some(follow)))
+        Ok(Pager::new(self.conn.clone(), self.retry, spec, from, Some(follow)))
     }
 
     /// The last committed record of the concrete resource `route`, if any.
     pub async fn last(&self, route: &str) -> Result<Option<StreamRecord>> {
         validate_resource(route)?;
         let msg = wire::Last::new(route);
-        let ok: LastOk = retry::replay_safe(|| self.conn.call(&msg)).await?;
+        let ok: LastOk = retry::replay_safe(&self.retry, || self.conn.call(&msg)).await?;
         Ok(ok
             .record
             .map(|rec| StreamRecord::from_wire(msg.route.clone(), rec)))
@@ -279,7 +291,7 @@ impl Streams {
     /// `route` (an unknown resource reads as empty).
     pub async fn metadata(&self, route: &str) -> Result<StreamMetadata> {
         validate_resource(route)?;
-        fetch_metadata(&self.conn, &Str::from(route)).await
+        fetch_metadata(&self.conn, &self.retry, &Str::from(route)).await
     }
 
     // ----- watching -----
@@ -319,20 +331,25 @@ fn validate_resource(route: &str) -> Result<()> {
 /// One READ (retried while replay-safe), decoded for the selector's scope.
 async fn fetch_page(
     conn: &Connection,
+    policy: &RetryPolicy,
     spec: &read::ReadSpec,
     at: ReadPosition,
 ) -> Result<ReadPage> {
     let msg = at.read_request(spec);
-    retry::replay_safe(|| async {
+    retry::replay_safe(policy, || async {
         let ok: ReadOk = decode_body(conn.request(&msg).await?)?;
         ReadPage::decode(ok.data, spec.scope, at)
     })
     .await
 }
 
-async fn fetch_metadata(conn: &Connection, route: &Str) -> Result<StreamMetadata> {
+async fn fetch_metadata(
+    conn: &Connection,
+    policy: &RetryPolicy,
+    route: &Str,
+) -> Result<StreamMetadata> {
     let msg = wire::GetMetadata::new(route.clone());
-    let ok: MetadataOk = retry::replay_safe(|| conn.call(&msg)).await?;
+    let ok: MetadataOk = retry::replay_safe(policy, || conn.call(&msg)).await?;
     let m = ok.metadata;
     Ok(StreamMetadata {
         first_offset: m.first_offset,
