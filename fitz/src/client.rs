@@ -540,7 +540,10 @@ mod tests {
         seconds.sort();
         seconds.dedup();
         assert!(seconds.len() >= 24, "second attempts bunch up: {seconds:?}");
-        let early = seconds.iter().filter(|d| **d < Duration::from_millis(125)).count();
+        let early = seconds
+            .iter()
+            .filter(|d| **d < Duration::from_millis(125))
+            .count();
         assert!(
             (4..seconds.len() - 4).contains(&early),
             "not spread over [0, 250 ms]: {seconds:?}"

@@ -158,9 +158,7 @@ where
 /// The broker answered, with a code, that it did not apply the request and
 /// that trying again may succeed.
 fn is_confirmed_negative(e: &Error) -> bool {
-    e.kind() == ErrorKind::Broker
-        && e.code().is_some_and(codes::is_retryable)
-        && !e.maybe_applied()
+    e.kind() == ErrorKind::Broker && e.code().is_some_and(codes::is_retryable) && !e.maybe_applied()
 }
 
 async fn attempts<T, F, Fut>(
@@ -312,7 +310,12 @@ mod tests {
         })
         .await;
         assert!(r.is_err());
-        let ms: Vec<u128> = times.lock().unwrap().iter().map(|d| d.as_millis()).collect();
+        let ms: Vec<u128> = times
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_millis())
+            .collect();
         assert_eq!(ms, [0, 10, 30, 55]);
 
         let calls = AtomicU32::new(0);
@@ -358,9 +361,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn writes_are_retried_only_after_a_confirmed_negative_answer() {
         let policy = RetryPolicy::default();
-        let full = || {
-            Error::broker(&WireError::coded(codes::QUEUE_FULL, "full"))
-        };
+        let full = || Error::broker(&WireError::coded(codes::QUEUE_FULL, "full"));
         // Confirmed negative: retried up to the policy's attempts.
         let calls = AtomicU32::new(0);
         let r: Result<()> = confirmed_negative(&policy, || {

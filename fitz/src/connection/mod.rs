@@ -816,8 +816,12 @@ impl Connection {
         rx.await.map_err(|_| Error::closed())
     }
 
-    /// Explicit unsubscribe, answered after the broker acknowledged.
-    pub(crate) async fn unsubscribe(&self, sink: SubscriptionId) -> Result<()> {
+    /// Hands an explicit unsubscribe to the actor; the receiver learns the
+    /// outcome (after the broker acknowledged, when it had to be asked).
+    pub(crate) async fn queue_unsubscribe(
+        &self,
+        sink: SubscriptionId,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Unsubscribe {
@@ -826,11 +830,7 @@ impl Connection {
             })
             .await
             .map_err(|_| Error::closed())?;
-        match rx.await {
-            Ok(r) => r,
-            // The actor is gone, and with it the session and the registration.
-            Err(_) => Ok(()),
-        }
+        Ok(rx)
     }
 
     /// Best-effort, from `Drop`: never blocks, never spawns.

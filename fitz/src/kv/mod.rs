@@ -374,9 +374,9 @@ impl TxHandle {
     /// next attempt into `Stale`.
     async fn read<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<R> {
         let opts = RequestOptions::pinned(self.generation);
-        let payload = crate::retry::replay_safe_raw(&self.retry, || {
-            self.conn.request_with(msg, opts)
-        }).await?;
+        let payload =
+            crate::retry::replay_safe_raw(&self.retry, || self.conn.request_with(msg, opts))
+                .await?;
         decode_body::<R>(payload)
     }
 }

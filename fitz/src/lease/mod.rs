@@ -226,7 +226,8 @@ impl Leases {
     pub async fn query(&self, route: &str) -> Result<LeaseStatus> {
         validate_lease_route(route)?;
         let msg = lease::Query::new(route);
-        let payload = crate::retry::replay_safe_raw(&self.retry, || self.conn.request(&msg)).await?;
+        let payload =
+            crate::retry::replay_safe_raw(&self.retry, || self.conn.request(&msg)).await?;
         let ok: lease::QueryOk = decode_body(payload)?;
         Ok(LeaseStatus {
             holder: ok.holder.map(|h| LeaseHolder {

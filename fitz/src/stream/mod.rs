@@ -274,7 +274,13 @@ impl Streams {
             read_generation: self.conn.generation(),
             failed: None,
         };
-        Ok(Pager::new(self.conn.clone(), self.retry, spec, from, Some(follow)))
+        Ok(Pager::new(
+            self.conn.clone(),
+            self.retry,
+            spec,
+            from,
+            Some(follow),
+        ))
     }
 
     /// The last committed record of the concrete resource `route`, if any.

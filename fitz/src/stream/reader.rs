@@ -23,8 +23,8 @@ use super::fetch_page;
 use super::read::{ReadPage, ReadPosition, ReadSpec, StreamItem};
 use crate::connection::{Connection, Generation, Subscription};
 use crate::error::{Error, Result};
-use crate::retry::RetryPolicy;
 use crate::events::State;
+use crate::retry::RetryPolicy;
 
 /// Consecutive `has_more` pages without progress that make a stall.
 const STALL_PAGES: u8 = 2;

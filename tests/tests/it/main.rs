@@ -3,6 +3,7 @@
 //! conformance runner (`tests/conformance/`) has its own harness.
 
 mod auth;
+mod cancel;
 mod chaos;
 mod errors;
 mod faults;
