@@ -92,6 +92,11 @@ impl Client {
     ///
     /// Once connected, a lost session is re-established automatically per
     /// the [`ReconnectPolicy`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future stops waiting, not the attempt under
+    /// way; the client may still become connected.
     pub async fn connect(&self) -> Result<()> {
         self.conn.connect().await
     }
@@ -105,6 +110,11 @@ impl Client {
     /// `[0, min(2 s, 250 ms × 2^(n−1))]` ("full jitter", the backoff of
     /// [`ReconnectPolicy`]), so a fleet of clients restarting together does
     /// not hit the broker in lockstep.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: as [`Client::connect`]; no further attempt is started after
+    /// the future is dropped.
     pub async fn connect_when_ready(&self, timeout: Duration) -> Result<()> {
         // A `Send` generator seeded from the thread's: the future may move
         // between threads.
@@ -150,6 +160,11 @@ impl Client {
     /// [`ErrorKind::Closed`], subscriptions end with that error, the
     /// transport is closed (after a short best-effort flush), and every
     /// stateful handle becomes stale.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: closing starts on the first poll and completes without the
+    /// future; dropping it only stops waiting for the connection task to finish.
     pub async fn close(&self) {
         self.conn.close().await;
     }
@@ -215,6 +230,10 @@ impl Client {
 
     /// Counters of the connection task's internal books, for tests and
     /// debugging (leak checks). Not a stable API.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: read-only.
     #[doc(hidden)]
     pub async fn debug_snapshot(&self) -> Result<DebugSnapshot> {
         self.conn.debug_snapshot().await

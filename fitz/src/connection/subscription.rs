@@ -239,6 +239,13 @@ macro_rules! domain_subscription {
                 stringify!($key),
                 ")."
             )]
+            ///
+            /// # Cancel safety
+            ///
+            /// Cancel-safe. Dropped before the request reached the connection
+            /// task, the subscription's own `Drop` unsubscribes in the
+            /// background instead; after that the unsubscribe completes
+            /// without the caller.
             pub async fn unsubscribe(self) -> $crate::error::Result<()> {
                 self.inner.unsubscribe().await
             }

@@ -199,12 +199,26 @@ impl Queue {
     /// A body must fit one 64 KiB record together with the route; a larger
     /// one is an [`crate::ErrorKind::InvalidArgument`] error and nothing is
     /// sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the ENQUEUE was written, the message may
+    /// have been stored (whole, never half) and the caller does not learn its id;
+    /// enqueueing again may duplicate it. Dropped before it was written, nothing
+    /// is sent.
     pub async fn enqueue(&self, route: &str, body: impl Into<Bytes>) -> Result<MessageId> {
         self.enqueue_with(route, body, EnqueueOptions::default())
             .await
     }
 
     /// [`Queue::enqueue`] with options (a delivery delay).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the ENQUEUE was written, the message may
+    /// have been stored (whole, never half) and the caller does not learn its id;
+    /// enqueueing again may duplicate it. Dropped before it was written, nothing
+    /// is sent.
     pub async fn enqueue_with(
         &self,
         route: &str,
@@ -236,6 +250,13 @@ impl Queue {
     /// [`Queue::enqueue`] with `value` encoded as JSON (a value that cannot
     /// be is an [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the ENQUEUE was written, the message may
+    /// have been stored (whole, never half) and the caller does not learn its id;
+    /// enqueueing again may duplicate it. Dropped before it was written, nothing
+    /// is sent.
     #[cfg(feature = "serde")]
     pub async fn enqueue_json<T: serde::Serialize + ?Sized>(
         &self,
@@ -258,6 +279,13 @@ impl Queue {
     /// broker's reservations then simply expire).
     ///
     /// The request timeout is the client's plus `wait`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the at-least-once sense: dropped after RESERVE was
+    /// written, the broker may reserve messages the caller never sees; they are
+    /// invisible until their lease runs out and are then delivered again. Nothing
+    /// is lost.
     pub async fn reserve(
         &self,
         route_or_pattern: &str,
@@ -323,12 +351,24 @@ impl Queue {
     ///
     /// The stream keeps working across reconnects. Two subscriptions of this
     /// client to the same pattern share one broker registration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<QueueSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// [`Queue::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,

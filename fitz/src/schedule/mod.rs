@@ -103,6 +103,13 @@ impl Schedule {
 
     /// Creates (or replaces) the schedule at the concrete route `route`:
     /// fire `payload` on every minute `cron` matches (5 fields, UTC).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     pub async fn create(
         &self,
         route: &str,
@@ -127,6 +134,13 @@ impl Schedule {
     /// cannot be is an
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     #[cfg(feature = "serde")]
     pub async fn create_json<T: serde::Serialize + ?Sized>(
         &self,
@@ -143,6 +157,13 @@ impl Schedule {
     /// (CREATE_BATCH, a broker extension). Every route is checked before
     /// anything is sent; an empty batch sends nothing. The batch must fit
     /// one 64 KiB record.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     pub async fn create_batch(
         &self,
         entries: impl IntoIterator<Item = ScheduleEntry>,
@@ -164,6 +185,13 @@ impl Schedule {
 
     /// Cancels the schedule at `route`; cancelling one that does not exist
     /// succeeds. A fire already handed out may still arrive.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     pub async fn cancel(&self, route: &str) -> Result<()> {
         validate_route(route)?;
         self.conn
@@ -177,6 +205,12 @@ impl Schedule {
     /// total count. A page may be shorter than asked even when more remain:
     /// continue from [`SchedulePage::next_offset`] until
     /// [`SchedulePage::is_last`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn list(&self, offset: u64, limit: u64) -> Result<SchedulePage> {
         check_limit(limit)?;
         // LIST always carries both optional fields (protocol §9.11).
@@ -215,6 +249,12 @@ impl Schedule {
     /// One LIST_V2 page (a broker extension): up to `limit` schedules
     /// (`0`: the broker's default of 100; at most [`MAX_LIST_LIMIT`]) in
     /// route order, after `cursor` (`None`: from the first).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn list_after(
         &self,
         cursor: Option<&ListCursor>,
@@ -243,12 +283,24 @@ impl Schedule {
     /// Subscribes to the fires of every schedule `pattern` matches (an exact
     /// route or a pattern able to match four segments), with the client's
     /// default buffering.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<ScheduleSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// [`Schedule::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,

@@ -218,6 +218,15 @@ impl AppendSession {
     }
 
     /// Appends one record to the batch; returns its resource offset.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, but never duplicating: dropped after the APPEND was
+    /// written, the record may be in the batch while
+    /// [`AppendSession::next_offset`] did not move, so the next append fails with
+    /// [`codes::STREAM_CONCURRENCY_CONFLICT`](crate::codes::STREAM_CONCURRENCY_CONFLICT)
+    /// instead of adding it twice; roll back and start over. A commit is always
+    /// of whole records.
     pub async fn append(&mut self, body: impl Into<Bytes>) -> Result<u64> {
         self.append_with(body, AppendOptions::default()).await
     }
@@ -231,6 +240,15 @@ impl AppendSession {
     /// and start over. After a failure whose
     /// [`Error::maybe_applied`] is true the record may be in the batch: the
     /// next append then fails with that conflict rather than duplicating it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, but never duplicating: dropped after the APPEND was
+    /// written, the record may be in the batch while
+    /// [`AppendSession::next_offset`] did not move, so the next append fails with
+    /// [`codes::STREAM_CONCURRENCY_CONFLICT`](crate::codes::STREAM_CONCURRENCY_CONFLICT)
+    /// instead of adding it twice; roll back and start over. A commit is always
+    /// of whole records.
     pub async fn append_with(
         &mut self,
         body: impl Into<Bytes>,
@@ -271,6 +289,15 @@ impl AppendSession {
     /// cannot be is an
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, but never duplicating: dropped after the APPEND was
+    /// written, the record may be in the batch while
+    /// [`AppendSession::next_offset`] did not move, so the next append fails with
+    /// [`codes::STREAM_CONCURRENCY_CONFLICT`](crate::codes::STREAM_CONCURRENCY_CONFLICT)
+    /// instead of adding it twice; roll back and start over. A commit is always
+    /// of whole records.
     #[cfg(feature = "serde")]
     pub async fn append_json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<u64> {
         self.append(crate::json::encode(value)?).await
@@ -281,6 +308,13 @@ impl AppendSession {
     ///
     /// When this fails with [`Error::maybe_applied`] true, the batch may be
     /// visible: check with [`super::Streams::metadata`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe as far as atomicity goes: dropped before COMMIT was written,
+    /// the batch is rolled back in the background (as on any drop); dropped after,
+    /// the broker publishes the whole batch or nothing, and the caller does not
+    /// learn which (see [`super::Streams::metadata`]).
     pub async fn commit(mut self, durability: Durability) -> Result<CommitInfo> {
         let msg = stream::Commit {
             session_id: self.session_id,
@@ -315,6 +349,11 @@ impl AppendSession {
     ///
     /// A session from an earlier connection session is already gone on the
     /// broker: rolling it back succeeds without sending anything.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before the answer, the session's `Drop` sends the
+    /// ROLLBACK in the background instead.
     pub async fn rollback(mut self) -> Result<()> {
         let msg = stream::Rollback {
             session_id: self.session_id,

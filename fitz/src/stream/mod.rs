@@ -173,18 +173,39 @@ impl Streams {
     /// Cancelling this future after BEGIN was sent but before it returned
     /// (or a BEGIN that timed out after it was written) may leave the
     /// resource locked until the connection ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written but before the session
+    /// handle exists, the broker may keep the append session (and the resource
+    /// locked) until the connection session ends. Once the handle exists (during
+    /// the GET_METADATA probe) a drop rolls it back in the background.
     pub async fn begin(&self, route: &str) -> Result<AppendSession> {
         AppendSession::begin(&self.conn, &self.retry, route, BeginOptions::default()).await
     }
 
     /// [`Streams::begin`] expecting the first append to get `offset`
     /// (optimistic concurrency), without the GET_METADATA probe.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written but before the session
+    /// handle exists, the broker may keep the append session (and the resource
+    /// locked) until the connection session ends. Once the handle exists (during
+    /// the GET_METADATA probe) a drop rolls it back in the background.
     pub async fn begin_at(&self, route: &str, offset: u64) -> Result<AppendSession> {
         let options = BeginOptions::new().expected_offset(offset);
         AppendSession::begin(&self.conn, &self.retry, route, options).await
     }
 
     /// [`Streams::begin`] with ingest metadata and/or an expected offset.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written but before the session
+    /// handle exists, the broker may keep the append session (and the resource
+    /// locked) until the connection session ends. Once the handle exists (during
+    /// the GET_METADATA probe) a drop rolls it back in the background.
     pub async fn begin_with(&self, route: &str, options: BeginOptions) -> Result<AppendSession> {
         AppendSession::begin(&self.conn, &self.retry, route, options).await
     }
@@ -196,6 +217,12 @@ impl Streams {
     ///
     /// Reading past the committed end is an empty, caught-up page. A page
     /// with an item whose route is not a concrete stream route fails whole.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn read_page(
         &self,
         selector: &str,
@@ -234,6 +261,11 @@ impl Streams {
     /// newest 64 and drops older ones ([`Overflow::DropOldest`]; a long
     /// catch-up may report [`crate::Event::SlowConsumer`] for it): one READ
     /// covers any number of them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its subscription is removed
+    /// (see the subscribe methods); nothing was read yet.
     pub async fn follow(
         &self,
         selector: &str,
@@ -247,6 +279,11 @@ impl Streams {
     }
 
     /// [`Streams::follow`], page by page.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its subscription is removed
+    /// (see the subscribe methods); nothing was read yet.
     pub async fn follow_pages(
         &self,
         selector: &str,
@@ -284,6 +321,12 @@ impl Streams {
     }
 
     /// The last committed record of the concrete resource `route`, if any.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn last(&self, route: &str) -> Result<Option<StreamRecord>> {
         validate_resource(route)?;
         let msg = wire::Last::new(route);
@@ -295,6 +338,12 @@ impl Streams {
 
     /// Offsets, counts, limits and watermarks of the concrete resource
     /// `route` (an unknown resource reads as empty).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn metadata(&self, route: &str) -> Result<StreamMetadata> {
         validate_resource(route)?;
         fetch_metadata(&self.conn, &self.retry, &Str::from(route)).await
@@ -304,12 +353,24 @@ impl Streams {
 
     /// Subscribes to commit notifications of every resource `selector`
     /// matches, with the client's default buffering.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, selector: &str) -> Result<StreamSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(selector, options).await
     }
 
     /// [`Streams::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         selector: &str,

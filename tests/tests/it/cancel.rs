@@ -396,11 +396,10 @@ async fn a_dropped_append_or_commit_never_commits_half_a_batch() {
                 continue;
             }
         }
-        let committed = match race(&mut rng, s.commit(Durability::Buffered)).await {
-            Some(r) => Some(r.map(drop).is_ok()),
-            // Dropped: committed whole, or rolled back whole.
-            None => None,
-        };
+        // `None`: dropped, so committed whole or rolled back whole.
+        let committed = race(&mut rng, s.commit(Durability::Buffered))
+            .await
+            .map(|r| r.is_ok());
         batches.push((records, committed));
     }
     let items: Vec<StreamItem> = streams
