@@ -278,6 +278,8 @@ impl std::fmt::Debug for ClientBuilder {
             .field("max_frame", &self.max_frame)
             .field("max_in_flight", &self.max_in_flight)
             .field("subscription", &self.subscription)
+            .field("retry", &self.retry)
+            .field("enqueue_retry", &self.enqueue_retry)
             .finish_non_exhaustive()
     }
 }
