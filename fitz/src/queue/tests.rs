@@ -246,6 +246,39 @@ async fn enqueue_retries_only_a_coded_queue_full() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn an_opted_in_enqueue_is_never_resent_after_a_timeout_or_a_lost_connection() {
+    let mut h = start().await;
+    let q = h.client.queue().with_retry(crate::RetryPolicy {
+        attempts: 5,
+        ..crate::RetryPolicy::default()
+    });
+
+    // Written, then the connection drops: maybe stored, returned as it is.
+    let q2 = q.clone();
+    let t = tokio::spawn(async move { q2.enqueue(JOBS, "x").await });
+    h.expect(types::QUEUE_ENQUEUE).await;
+    h.reconnect().await;
+    let e = t.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(e.maybe_applied(), "{e}");
+    assert!(
+        h.silent_for(Duration::from_secs(5)).await,
+        "re-sent after a loss"
+    );
+
+    // Written, never answered: the timeout is the caller's answer.
+    let t = tokio::spawn(async move { q.enqueue(JOBS, "x").await });
+    h.expect(types::QUEUE_ENQUEUE).await;
+    let e = t.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.maybe_applied(), "{e}");
+    assert!(
+        h.silent_for(Duration::from_secs(5)).await,
+        "re-sent after a timeout"
+    );
+}
+
 // ----- RESERVE -----
 
 #[tokio::test(start_paused = true)]
