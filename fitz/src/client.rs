@@ -15,8 +15,18 @@ use crate::error::{Error, ErrorKind, Result};
 use crate::events::{Events, State};
 use crate::notice::Notice;
 use crate::options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
+use crate::retry::RetryPolicy;
 use crate::token::{StaticToken, TokenProvider};
 use crate::transport::{Connector, tls};
+
+/// The backoff ceilings of [`Client::connect_when_ready`]: 250 ms doubling
+/// to 2 s, with full jitter.
+const CONNECT_BACKOFF: ReconnectPolicy = ReconnectPolicy {
+    enabled: true,
+    base_delay: Duration::from_millis(250),
+    max_delay: Duration::from_secs(2),
+    max_attempts: 0,
+};
 
 /// A connection to a Fitz broker, shared by every domain client.
 ///
@@ -82,17 +92,45 @@ impl Client {
     ///
     /// Once connected, a lost session is re-established automatically per
     /// the [`ReconnectPolicy`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropping the future stops waiting, not the attempt under
+    /// way; the client may still become connected.
     pub async fn connect(&self) -> Result<()> {
         self.conn.connect().await
     }
 
-    /// Connects, retrying failed attempts with exponential backoff (250 ms
-    /// doubling to 2 s) until `timeout` has passed. Stops at once on an
-    /// authentication rejection or when the client is closed; otherwise the
-    /// last attempt's error (or [`ErrorKind::Timeout`]) is returned.
+    /// Connects, retrying failed attempts until `timeout` has passed. Stops
+    /// at once on an authentication rejection or when the client is closed;
+    /// otherwise the last attempt's error (or [`ErrorKind::Timeout`]) is
+    /// returned.
+    ///
+    /// The pause after failed attempt `n` is drawn uniformly from
+    /// `[0, min(2 s, 250 ms × 2^(n−1))]` ("full jitter", the backoff of
+    /// [`ReconnectPolicy`]), so a fleet of clients restarting together does
+    /// not hit the broker in lockstep.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: as [`Client::connect`]; no further attempt is started after
+    /// the future is dropped.
     pub async fn connect_when_ready(&self, timeout: Duration) -> Result<()> {
+        // A `Send` generator seeded from the thread's: the future may move
+        // between threads.
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_rng(&mut rand::rng());
+        self.connect_when_ready_with(timeout, &mut rng).await
+    }
+
+    /// [`Client::connect_when_ready`] drawing its pauses from `rng` (a
+    /// seeded one in tests).
+    async fn connect_when_ready_with(
+        &self,
+        timeout: Duration,
+        rng: &mut (impl rand::Rng + Send),
+    ) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let mut delay = Duration::from_millis(250);
+        let mut attempt = 1;
         loop {
             let err = match tokio::time::timeout_at(deadline, self.connect()).await {
                 Err(_) => {
@@ -103,6 +141,7 @@ impl Client {
                 Ok(Ok(())) => return Ok(()),
                 Ok(Err(e)) => e,
             };
+            let delay = CONNECT_BACKOFF.delay_with(attempt, rng);
             if matches!(
                 err.kind(),
                 ErrorKind::Auth | ErrorKind::Closed | ErrorKind::InvalidArgument
@@ -112,7 +151,7 @@ impl Client {
             }
             tracing::debug!(error = %err, ?delay, "connect_when_ready: retrying");
             tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(2));
+            attempt += 1;
         }
     }
 
@@ -121,6 +160,11 @@ impl Client {
     /// [`ErrorKind::Closed`], subscriptions end with that error, the
     /// transport is closed (after a short best-effort flush), and every
     /// stateful handle becomes stale.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: closing starts on the first poll and completes without the
+    /// future; dropping it only stops waiting for the connection task to finish.
     pub async fn close(&self) {
         self.conn.close().await;
     }
@@ -242,6 +286,10 @@ impl Client {
 
     /// Counters of the connection task's internal books, for tests and
     /// debugging (leak checks). Not a stable API.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: read-only.
     #[doc(hidden)]
     pub async fn debug_snapshot(&self) -> Result<DebugSnapshot> {
         self.conn.debug_snapshot().await
@@ -272,6 +320,8 @@ pub struct ClientBuilder {
     service_name: Option<String>,
     ping_interval: Duration,
     dead_peer_timeout: Duration,
+    retry: RetryPolicy,
+    enqueue_retry: RetryPolicy,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -284,6 +334,8 @@ impl std::fmt::Debug for ClientBuilder {
             .field("max_frame", &self.max_frame)
             .field("max_in_flight", &self.max_in_flight)
             .field("subscription", &self.subscription)
+            .field("retry", &self.retry)
+            .field("enqueue_retry", &self.enqueue_retry)
             .finish_non_exhaustive()
     }
 }
@@ -305,6 +357,8 @@ impl ClientBuilder {
             service_name: None,
             ping_interval: Duration::from_secs(10),
             dead_peer_timeout: Duration::from_secs(30),
+            retry: RetryPolicy::default(),
+            enqueue_retry: RetryPolicy::none(),
         }
     }
 
@@ -415,6 +469,28 @@ impl ClientBuilder {
         self
     }
 
+    /// How replay-safe reads (KV GET/SCAN, Lease QUERY/LIST, Stream
+    /// READ/LAST/GET_METADATA, Schedule LIST) are retried after a failure
+    /// that certainly was not applied. Default [`RetryPolicy::default`]
+    /// (3 attempts, 100 ms doubling to 1 s, no jitter);
+    /// [`RetryPolicy::none`] turns retries off. A view can override it
+    /// (e.g. `client.kv().with_retry(policy)`).
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// How a Queue ENQUEUE is retried. Off by default
+    /// ([`RetryPolicy::none`]). Even when enabled, an ENQUEUE is sent again
+    /// only after a confirmed negative answer — a coded broker error that
+    /// means it was not stored (4005 queue full) — never after a timeout or
+    /// a connection lost once it was written (it may have been stored).
+    /// `client.queue().with_retry(policy)` overrides it for one view.
+    pub fn enqueue_retry(mut self, policy: RetryPolicy) -> Self {
+        self.enqueue_retry = policy;
+        self
+    }
+
     /// Validates the options and starts the connection task (in the current
     /// tokio runtime; it does not connect yet).
     pub fn build(self) -> Result<Client> {
@@ -475,7 +551,93 @@ impl ClientBuilder {
             service_name,
             ping_interval: self.ping_interval,
             dead_peer_timeout: self.dead_peer_timeout,
+            retry: self.retry,
+            enqueue_retry: self.enqueue_retry,
         })?;
         Ok(Client { conn })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io;
+    use std::sync::Mutex;
+
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+    use crate::transport::{ConnectFuture, Connector};
+
+    /// Refuses every connection and records when each attempt was made.
+    struct Refusing(Arc<Mutex<Vec<Instant>>>);
+
+    impl Connector for Refusing {
+        fn connect(&self) -> ConnectFuture<'_> {
+            if let Ok(mut times) = self.0.lock() {
+                times.push(Instant::now());
+            }
+            Box::pin(async { Err(io::Error::from(io::ErrorKind::ConnectionRefused)) })
+        }
+    }
+
+    /// Attempt times of one `connect_when_ready` against a refusing broker,
+    /// relative to the call.
+    async fn attempts(seed: u64) -> Vec<Duration> {
+        let times = Arc::new(Mutex::new(Vec::new()));
+        let client = Client::builder("memory://fleet", StaticToken::anonymous())
+            .connector(Refusing(times.clone()))
+            .reconnect(ReconnectPolicy::disabled())
+            .build()
+            .unwrap();
+        let start = Instant::now();
+        let r = client
+            .connect_when_ready_with(Duration::from_secs(5), &mut StdRng::seed_from_u64(seed))
+            .await;
+        assert!(r.is_err());
+        client.close().await;
+        let times = times.lock().unwrap();
+        times.iter().map(|t| *t - start).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connect_when_ready_spreads_a_fleet_with_full_jitter() {
+        let mut seconds = Vec::new();
+        for seed in 0..32 {
+            let a = attempts(seed).await;
+            assert!(a.len() >= 3, "seed {seed}: {a:?}");
+            // Each pause stays under its ceiling: 250 ms, 500 ms, 1 s, 2 s …
+            for (n, pair) in a.windows(2).enumerate() {
+                let ceiling = CONNECT_BACKOFF.ceiling(n as u32 + 1);
+                assert!(pair[1] - pair[0] <= ceiling, "seed {seed}: {a:?}");
+            }
+            seconds.push(a[1]);
+        }
+        // Without jitter all 32 second attempts would be at exactly 250 ms.
+        seconds.sort();
+        seconds.dedup();
+        assert!(seconds.len() >= 24, "second attempts bunch up: {seconds:?}");
+        let early = seconds
+            .iter()
+            .filter(|d| **d < Duration::from_millis(125))
+            .count();
+        assert!(
+            (4..seconds.len() - 4).contains(&early),
+            "not spread over [0, 250 ms]: {seconds:?}"
+        );
+    }
+
+    #[test]
+    fn connect_backoff_is_seeded_full_jitter_under_the_ceilings() {
+        let mut a = StdRng::seed_from_u64(7);
+        let mut b = StdRng::seed_from_u64(7);
+        for attempt in 1..8 {
+            let d = CONNECT_BACKOFF.delay_with(attempt, &mut a);
+            assert_eq!(d, CONNECT_BACKOFF.delay_with(attempt, &mut b));
+            assert!(d <= CONNECT_BACKOFF.ceiling(attempt));
+        }
+        assert_eq!(CONNECT_BACKOFF.ceiling(1), Duration::from_millis(250));
+        assert_eq!(CONNECT_BACKOFF.ceiling(4), Duration::from_secs(2));
+        assert_eq!(CONNECT_BACKOFF.ceiling(9), Duration::from_secs(2));
     }
 }

@@ -146,6 +146,11 @@ impl Events {
     }
 
     /// The next event; `None` after [`Event::Closed`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: an event is only taken when the future resolves; a dropped
+    /// call loses nothing.
     pub async fn recv(&mut self) -> Option<Event> {
         std::future::poll_fn(|cx| self.poll_event(cx)).await
     }

@@ -130,6 +130,16 @@
 //! broker may have acted although the call failed). See the [`Error`] docs
 //! and [`Event`] for connection lifecycle events.
 //!
+//! # Retries and cancel safety
+//!
+//! Replay-safe reads are retried under a [`RetryPolicy`]
+//! ([`ClientBuilder::retry`], or per view: `client.kv().with_retry(..)`);
+//! a Queue ENQUEUE only when opted in ([`ClientBuilder::enqueue_retry`]) and
+//! only after the broker answered that it stored nothing. Nothing else that
+//! changes state is retried. Every async method documents under
+//! "Cancel safety" what dropping its future (a lost `tokio::select!` race)
+//! does.
+//!
 //! # Features
 //!
 //! * `serde` (default): the `*_json` helpers (`put_json`, `enqueue_json`,
@@ -182,6 +192,7 @@ pub use lease::Leases;
 pub use notice::Notice;
 pub use options::{Overflow, ReconnectPolicy, SubscriptionOptions, TlsConfig};
 pub use queue::Queue;
+pub use retry::{Jitter, RetryPolicy};
 pub use rpc::Rpc;
 pub use schedule::Schedule;
 pub use stream::Streams;

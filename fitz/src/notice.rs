@@ -81,6 +81,12 @@ impl Notice {
     ///
     /// Resolves once the record is queued for writing on a ready session; the
     /// broker sends no reply. Payloads are limited by the 64 KiB record size.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the record was handed to the connection,
+    /// the notice may still be published (whole, never half); dropped before,
+    /// nothing is sent. Notice delivery is best effort anyway.
     pub async fn publish(&self, route: &str, payload: impl Into<Bytes>) -> Result<()> {
         validate_publish_route(route)?;
         let msg = notice::Publish {
@@ -93,6 +99,12 @@ impl Notice {
     /// [`Notice::publish`] with `value` encoded as JSON (a value that cannot
     /// be is an [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the record was handed to the connection,
+    /// the notice may still be published (whole, never half); dropped before,
+    /// nothing is sent. Notice delivery is best effort anyway.
     #[cfg(feature = "serde")]
     pub async fn publish_json<T: serde::Serialize + ?Sized>(
         &self,
@@ -104,12 +116,24 @@ impl Notice {
 
     /// Subscribes to `pattern` (`*` = one segment, `**` = any number; any
     /// depth) with the client's default buffering.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<NoticeSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// Subscribes with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,
@@ -132,6 +156,13 @@ impl Notice {
     /// Removes every Notice subscription of this client on the broker
     /// (UNSUBSCRIBE_ALL) and, once the broker acknowledged, ends every local
     /// Notice subscription stream.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after UNSUBSCRIBE_ALL was written, the broker
+    /// may have removed every Notice subscription while the local streams stay
+    /// open (they receive nothing until a reconnect restores them). Call it again
+    /// to finish.
     pub async fn unsubscribe_all(&self) -> Result<()> {
         self.conn
             .call::<_, notice::UnsubscribeAllOk>(&notice::UnsubscribeAll)

@@ -46,26 +46,39 @@ impl ReconnectPolicy {
 
     /// The capped exponential ceiling for `attempt` (1-based), before jitter.
     pub(crate) fn ceiling(&self, attempt: u32) -> Duration {
-        let shift = attempt.saturating_sub(1).min(31);
-        self.base_delay
-            .saturating_mul(1u32 << shift)
-            .min(self.max_delay)
+        capped_exponential(self.base_delay, self.max_delay, attempt)
     }
 
     /// A full-jitter delay for `attempt` (1-based).
     pub(crate) fn delay(&self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        if ceiling.is_zero() {
-            return ceiling;
-        }
-        let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
-        Duration::from_nanos(rand::rng().random_range(0..=nanos))
+        self.delay_with(attempt, &mut rand::rng())
+    }
+
+    /// [`ReconnectPolicy::delay`] drawn from `rng` (a seeded one in tests).
+    pub(crate) fn delay_with(&self, attempt: u32, rng: &mut impl Rng) -> Duration {
+        full_jitter(self.ceiling(attempt), rng)
     }
 
     /// True when `attempt` (1-based) is beyond the configured limit.
     pub(crate) fn exhausted(&self, attempt: u32) -> bool {
         self.max_attempts != 0 && attempt > self.max_attempts
     }
+}
+
+/// `min(max, base × 2^(attempt−1))` for `attempt` (1-based): the backoff
+/// ceiling shared by reconnects, `connect_when_ready` and read retries.
+pub(crate) fn capped_exponential(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let shift = attempt.saturating_sub(1).min(31);
+    base.saturating_mul(1u32 << shift).min(max)
+}
+
+/// A uniformly random duration in `[0, ceiling]` ("full jitter").
+pub(crate) fn full_jitter(ceiling: Duration, rng: &mut impl Rng) -> Duration {
+    if ceiling.is_zero() {
+        return ceiling;
+    }
+    let nanos = u64::try_from(ceiling.as_nanos()).unwrap_or(u64::MAX);
+    Duration::from_nanos(rng.random_range(0..=nanos))
 }
 
 /// What a subscription does when its consumer falls behind and its buffer is

@@ -171,6 +171,16 @@ impl<T> MailboxRx<T> {
     pub fn is_finished(&self) -> bool {
         self.finished
     }
+
+    /// Marks the consumer gone before its handle is dropped. A handle's
+    /// `Drop` calls this *before* asking the actor to remove it: the removal
+    /// travels on the control channel and may overtake the command that
+    /// installs the handle, which the actor then refuses to install because
+    /// the receiver is gone (`is_receiver_alive`), so a dropped
+    /// subscribe or push handler never leaks.
+    pub fn release(&self) {
+        self.shared.receiver_gone.store(true, Ordering::Release);
+    }
 }
 
 impl<T> Drop for MailboxRx<T> {

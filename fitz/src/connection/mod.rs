@@ -157,6 +157,10 @@ pub(crate) struct Config {
     pub service_name: Option<String>,
     pub ping_interval: Duration,
     pub dead_peer_timeout: Duration,
+    /// Retries of replay-safe reads (the domain views' default).
+    pub retry: crate::retry::RetryPolicy,
+    /// Retries of Queue ENQUEUE after a confirmed negative answer.
+    pub enqueue_retry: crate::retry::RetryPolicy,
 }
 
 /// State shared by the handles and the actor: atomics only.
@@ -850,8 +854,12 @@ impl Connection {
         rx.await.map_err(|_| Error::closed())
     }
 
-    /// Explicit unsubscribe, answered after the broker acknowledged.
-    pub(crate) async fn unsubscribe(&self, sink: SubscriptionId) -> Result<()> {
+    /// Hands an explicit unsubscribe to the actor; the receiver learns the
+    /// outcome (after the broker acknowledged, when it had to be asked).
+    pub(crate) async fn queue_unsubscribe(
+        &self,
+        sink: SubscriptionId,
+    ) -> Result<oneshot::Receiver<Result<()>>> {
         let (tx, rx) = oneshot::channel();
         self.control
             .send(Control::Unsubscribe {
@@ -860,11 +868,7 @@ impl Connection {
             })
             .await
             .map_err(|_| Error::closed())?;
-        match rx.await {
-            Ok(r) => r,
-            // The actor is gone, and with it the session and the registration.
-            Err(_) => Ok(()),
-        }
+        Ok(rx)
     }
 
     /// Best-effort, from `Drop`: never blocks, never spawns.

@@ -135,6 +135,12 @@ const PRUNE_UUID_MIN: usize = 1024;
 
 impl Registry {
     pub fn register(&mut self, cmd: RegisterCmd, wire: &mut Wire<'_>) {
+        // The caller gave up before this command was handled; its removal
+        // may already have overtaken it on the control channel.
+        if !cmd.mailbox.is_receiver_alive() {
+            let _ = cmd.reply.send(Err(Error::cancelled("subscribe abandoned")));
+            return;
+        }
         let sink = Sink {
             id: cmd.sink,
             tx: cmd.mailbox,
@@ -517,6 +523,13 @@ impl Registry {
     }
 
     pub fn add_push(&mut self, cmd: PushCmd) {
+        // As in `register`: the caller gave up before this was handled.
+        if !cmd.mailbox.is_receiver_alive() {
+            let _ = cmd
+                .reply
+                .send(Err(Error::cancelled("push handler abandoned")));
+            return;
+        }
         if let PushKey::Pattern(p) = &cmd.key
             && self.push.get(&cmd.ty).is_some_and(|sinks| {
                 sinks

@@ -55,12 +55,21 @@ impl<T> Subscription<T> {
 
     /// Unsubscribes and waits for the broker's acknowledgement (immediate
     /// when other handles still share the wire registration).
+    ///
+    /// Cancel-safe: dropped before the request reached the connection task,
+    /// the handle's `Drop` unsubscribes in the background instead.
     pub async fn unsubscribe(mut self) -> Result<()> {
-        self.detached = true;
         if self.mailbox.is_finished() {
+            self.detached = true;
             return Ok(());
         }
-        self.conn.unsubscribe(self.sink).await
+        let ack = self.conn.queue_unsubscribe(self.sink).await?;
+        self.detached = true;
+        match ack.await {
+            Ok(r) => r,
+            // The actor is gone, and with it the session and the registration.
+            Err(_) => Ok(()),
+        }
     }
 
     pub fn poll_item(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<T>>> {
@@ -85,6 +94,8 @@ impl<T> Stream for Subscription<T> {
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
         if !self.detached {
+            // First: a REGISTER still queued behind this removal is refused.
+            self.mailbox.release();
             self.conn.unsubscribe_in_background(self.sink);
         }
     }
@@ -149,6 +160,8 @@ impl Stream for PushStream {
 
 impl Drop for PushStream {
     fn drop(&mut self) {
+        // First: an installation still queued behind this removal is refused.
+        self.mailbox.release();
         self.conn.drop_push_handler(self.sink);
     }
 }
@@ -226,6 +239,13 @@ macro_rules! domain_subscription {
                 stringify!($key),
                 ")."
             )]
+            ///
+            /// # Cancel safety
+            ///
+            /// Cancel-safe. Dropped before the request reached the connection
+            /// task, the subscription's own `Drop` unsubscribes in the
+            /// background instead; after that the unsubscribe completes
+            /// without the caller.
             pub async fn unsubscribe(self) -> $crate::error::Result<()> {
                 self.inner.unsubscribe().await
             }

@@ -51,6 +51,7 @@ use fitz_protocol::{Message, ReplyBody, Str, kv};
 use crate::connection::{Connection, Generation, RequestOptions, decode_body};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::SubscriptionOptions;
+use crate::retry::RetryPolicy;
 
 pub use fitz_protocol::kv::{Durability, TxMode};
 pub use scan::{Scan, ScanOptions, ScanPage};
@@ -60,6 +61,7 @@ pub use watch::{KvChange, KvSubscription};
 #[derive(Clone)]
 pub struct Kv {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Kv {
@@ -70,7 +72,18 @@ impl fmt::Debug for Kv {
 
 impl Kv {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (GET and SCAN
+    /// pages of the transactions it begins) instead of the client's
+    /// [`crate::ClientBuilder::retry`]. Cheap: a clone of the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     /// Begins a transaction on `route`, a concrete `kv://realm/area/resource`
@@ -79,6 +92,13 @@ impl Kv {
     /// Errors worth branching on: 1004 (a read-write transaction already
     /// holds the resource; retryable once it ends), 1011 (the token may not
     /// use the route in this mode).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written, the broker may open
+    /// the transaction with no handle to end it; a read-write one then holds the
+    /// resource's lock until the broker's idle timeout or the end of the
+    /// connection session. Dropped before it was written, nothing is sent.
     pub async fn begin(&self, route: &str, mode: TxMode) -> Result<Transaction> {
         validate_resource(route)?;
         let route = Str::from(route);
@@ -101,6 +121,7 @@ impl Kv {
             tx_id: ok.tx_id,
             generation,
             open: true,
+            retry: self.retry,
         })
     }
 
@@ -114,12 +135,24 @@ impl Kv {
     /// client reports [`crate::State::Authenticated`] again. Commits made
     /// while the connection was down are not replayed. Two subscriptions of
     /// one client to the same pattern share one broker registration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<KvSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// [`Kv::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,
@@ -150,6 +183,8 @@ pub struct Transaction {
     generation: Generation,
     /// Still open on the broker as far as we know: Drop rolls it back.
     open: bool,
+    /// Retries of GET and SCAN pages.
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Transaction {
@@ -179,6 +214,12 @@ impl Transaction {
     }
 
     /// Reads `key`; `None` when it is absent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. The transaction stays usable: a read already written still
+    /// runs on the broker (it changes nothing) and its reply is discarded; the
+    /// next call gets its own reply.
     pub async fn get(&mut self, key: impl AsRef<[u8]>) -> Result<Option<Bytes>> {
         let msg = kv::Get {
             tx_id: self.tx_id,
@@ -191,6 +232,13 @@ impl Transaction {
 
     /// Writes `value` under `key`, replacing any value. Fails with 1005 in a
     /// read-only transaction.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the write may
+    /// still be applied to the transaction (whole, never half) and the caller
+    /// cannot tell which. The transaction stays usable; re-read what matters, or
+    /// roll back. Dropped before it was written, nothing is sent.
     pub async fn put(&mut self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) -> Result<()> {
         let msg = kv::Put {
             tx_id: self.tx_id,
@@ -205,6 +253,13 @@ impl Transaction {
     /// fails with broker code 1006
     /// ([`codes::KV_KEY_EXISTS`](crate::codes::KV_KEY_EXISTS)); the
     /// transaction stays usable.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the write may
+    /// still be applied to the transaction (whole, never half) and the caller
+    /// cannot tell which. The transaction stays usable; re-read what matters, or
+    /// roll back. Dropped before it was written, nothing is sent.
     pub async fn insert(&mut self, key: impl AsRef<[u8]>, value: impl Into<Bytes>) -> Result<()> {
         let msg = kv::Insert {
             tx_id: self.tx_id,
@@ -216,6 +271,13 @@ impl Transaction {
     }
 
     /// Deletes `key` (absent keys are fine).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the write may
+    /// still be applied to the transaction (whole, never half) and the caller
+    /// cannot tell which. The transaction stays usable; re-read what matters, or
+    /// roll back. Dropped before it was written, nothing is sent.
     pub async fn delete(&mut self, key: impl AsRef<[u8]>) -> Result<()> {
         let msg = kv::Delete {
             tx_id: self.tx_id,
@@ -228,6 +290,13 @@ impl Transaction {
     /// Deletes every key in `range` (`start` included, `end` excluded). An
     /// empty range deletes nothing; an inverted one (`start > end`) is
     /// rejected by the broker with a 1xxx error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the write may
+    /// still be applied to the transaction (whole, never half) and the caller
+    /// cannot tell which. The transaction stays usable; re-read what matters, or
+    /// roll back. Dropped before it was written, nothing is sent.
     pub async fn delete_range<K: AsRef<[u8]>>(&mut self, range: Range<K>) -> Result<()> {
         let msg = kv::DeleteRange {
             tx_id: self.tx_id,
@@ -251,6 +320,12 @@ impl Transaction {
     /// entries, 64 KiB). Continue with
     /// [`ScanOptions::resume_after`]`(page.last_key())` while
     /// [`ScanPage::has_more`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. The transaction stays usable: a read already written still
+    /// runs on the broker (it changes nothing) and its reply is discarded; the
+    /// next call gets its own reply.
     pub async fn scan_page(&mut self, options: &ScanOptions) -> Result<ScanPage> {
         scan::fetch_page(&self.handle(), options).await
     }
@@ -260,6 +335,13 @@ impl Transaction {
     /// When the reply is lost (a timeout or a dropped connection after the
     /// request was written) the outcome is unknown:
     /// [`Error::maybe_applied`] is true.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe as far as atomicity goes: dropped before COMMIT was written,
+    /// the transaction is rolled back in the background (as on any drop); dropped
+    /// after, the broker commits it whole or not at all, and the caller does not
+    /// learn which (read it back).
     pub async fn commit(mut self, durability: Durability) -> Result<()> {
         let msg = kv::Commit {
             tx_id: self.tx_id,
@@ -271,6 +353,11 @@ impl Transaction {
 
     /// Discards every write and ends the transaction (releasing the lock of a
     /// read-write transaction).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before the answer, the transaction's `Drop` sends
+    /// the ROLLBACK in the background instead (a second ROLLBACK is harmless).
     pub async fn rollback(mut self) -> Result<()> {
         let msg = kv::Rollback {
             tx_id: self.tx_id,
@@ -286,6 +373,7 @@ impl Transaction {
             route: self.route.clone(),
             tx_id: self.tx_id,
             generation: self.generation,
+            retry: self.retry,
         }
     }
 
@@ -347,6 +435,7 @@ struct TxHandle {
     route: Str,
     tx_id: u64,
     generation: Generation,
+    retry: RetryPolicy,
 }
 
 impl TxHandle {
@@ -356,7 +445,9 @@ impl TxHandle {
     /// next attempt into `Stale`.
     async fn read<M: Message, R: ReplyBody>(&self, msg: &M) -> Result<R> {
         let opts = RequestOptions::pinned(self.generation);
-        let payload = crate::retry::replay_safe_raw(|| self.conn.request_with(msg, opts)).await?;
+        let payload =
+            crate::retry::replay_safe_raw(&self.retry, || self.conn.request_with(msg, opts))
+                .await?;
         decode_body::<R>(payload)
     }
 }
@@ -373,6 +464,12 @@ mod json {
         /// [`Transaction::get`], decoding the value as JSON. A value that is
         /// not JSON of type `T` is an
         /// [`ErrorKind::Decode`](crate::ErrorKind::Decode) error.
+        ///
+        /// # Cancel safety
+        ///
+        /// Cancel-safe. The transaction stays usable: a read already written still
+        /// runs on the broker (it changes nothing) and its reply is discarded; the
+        /// next call gets its own reply.
         pub async fn get_json<T: DeserializeOwned>(
             &mut self,
             key: impl AsRef<[u8]>,
@@ -393,6 +490,13 @@ mod json {
         /// cannot be is an
         /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
         /// error, and nothing is sent).
+        ///
+        /// # Cancel safety
+        ///
+        /// Not cancel-safe: dropped after the request was written, the write may
+        /// still be applied to the transaction (whole, never half) and the caller
+        /// cannot tell which. The transaction stays usable; re-read what matters, or
+        /// roll back. Dropped before it was written, nothing is sent.
         pub async fn put_json<T: Serialize + ?Sized>(
             &mut self,
             key: impl AsRef<[u8]>,
@@ -403,6 +507,13 @@ mod json {
         }
 
         /// [`Transaction::insert`] with `value` encoded as JSON.
+        ///
+        /// # Cancel safety
+        ///
+        /// Not cancel-safe: dropped after the request was written, the write may
+        /// still be applied to the transaction (whole, never half) and the caller
+        /// cannot tell which. The transaction stays usable; re-read what matters, or
+        /// roll back. Dropped before it was written, nothing is sent.
         pub async fn insert_json<T: Serialize + ?Sized>(
             &mut self,
             key: impl AsRef<[u8]>,

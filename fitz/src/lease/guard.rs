@@ -174,6 +174,10 @@ impl Ownership {
     /// Resolves when ownership ends: lost (renewal failed, session ended,
     /// client closed) or ended on purpose ([`LossReason::Released`]).
     /// Cancel-safe; resolves at once if it already ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only waits for a signal; dropping it changes nothing.
     pub async fn lost(&self) -> OwnershipLost {
         let mut status = self.status.clone();
         match status.wait_for(|s| matches!(s, Status::Ended(_))).await {
@@ -275,6 +279,10 @@ impl LeaseGuard {
     }
 
     /// Resolves when ownership is lost (see [`Ownership::lost`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only waits for a signal; dropping it changes nothing.
     pub async fn lost(&self) -> OwnershipLost {
         self.ownership.lost().await
     }
@@ -292,6 +300,11 @@ impl LeaseGuard {
     /// Stops renewing and releases the lease. Fails with the loss's error
     /// ([`OwnershipLost::to_error`]) when ownership was already lost: there
     /// was nothing left to release.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before the answer, the guard's `Drop` stops renewing
+    /// and releases the lease in the background.
     pub async fn release(mut self) -> Result<()> {
         let (tx, rx) = oneshot::channel();
         let asked = self.release.take().is_some_and(|r| r.send(tx).is_ok());
@@ -357,6 +370,11 @@ impl Lease {
     /// when `work` finishes. On ownership loss the guard's token is
     /// cancelled, `work` is dropped, and the result is
     /// [`WithLeaseError::Lost`]. See [`super::Leases::with_lease`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in effect: dropping the future drops `work` and the guard,
+    /// which releases the lease in the background.
     pub async fn run<F, Fut, T>(self, work: F) -> Result<T, WithLeaseError>
     where
         F: FnOnce(Ownership) -> Fut,

@@ -12,6 +12,7 @@ use futures_util::future::BoxFuture;
 
 use crate::connection::{Connection, decode_body};
 use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
 
 /// Where the next page of a LIST snapshot starts. Opaque; it remembers the
 /// pattern it was issued for, and the broker rejects it (5011) once the
@@ -114,6 +115,7 @@ impl ListPage {
 
 pub(super) async fn fetch_page(
     conn: &Connection,
+    retry: &RetryPolicy,
     pattern: &str,
     cursor: Option<&ListCursor>,
     limit: u32,
@@ -133,7 +135,7 @@ pub(super) async fn fetch_page(
         cursor: cursor.map(|c| c.inner),
         limit,
     };
-    let payload = crate::retry::replay_safe_raw(|| conn.request(&msg)).await?;
+    let payload = crate::retry::replay_safe_raw(retry, || conn.request(&msg)).await?;
     let ok: lease::ListOk = decode_body(payload)?;
     Ok(ListPage {
         leases: ok
@@ -157,6 +159,7 @@ pub(super) async fn fetch_page(
 /// after the last lease, or after its first error.
 pub struct LeaseList {
     conn: Connection,
+    retry: RetryPolicy,
     pattern: String,
     page_size: u32,
     cursor: Option<ListCursor>,
@@ -166,9 +169,10 @@ pub struct LeaseList {
 }
 
 impl LeaseList {
-    pub(super) fn new(conn: Connection, pattern: &str) -> Self {
+    pub(super) fn new(conn: Connection, retry: RetryPolicy, pattern: &str) -> Self {
         Self {
             conn,
+            retry,
             pattern: pattern.to_owned(),
             page_size: 0,
             cursor: None,
@@ -205,7 +209,10 @@ impl Stream for LeaseList {
                 let pattern = this.pattern.clone();
                 let cursor = this.cursor.clone();
                 let limit = this.page_size;
-                Box::pin(async move { fetch_page(&conn, &pattern, cursor.as_ref(), limit).await })
+                let retry = this.retry;
+                Box::pin(async move {
+                    fetch_page(&conn, &retry, &pattern, cursor.as_ref(), limit).await
+                })
             });
             let page = ready!(fetching.as_mut().poll(cx));
             this.fetching = None;

@@ -71,6 +71,7 @@ use futures_util::FutureExt;
 use crate::connection::{Connection, Generation, ReplyFrames, RequestOptions, decode_body};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::SubscriptionOptions;
+use crate::retry::RetryPolicy;
 
 pub use guard::{LeaseGuard, LossReason, Ownership, OwnershipLost, WithLeaseError};
 pub use list::{HeldLease, LeaseList, ListCursor, ListPage};
@@ -86,6 +87,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(MAX_WAIT_SECONDS as u64);
 #[derive(Clone)]
 pub struct Leases {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Leases {
@@ -96,7 +98,18 @@ impl fmt::Debug for Leases {
 
 impl Leases {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (QUERY and LIST pages) instead
+    /// of the client's [`crate::ClientBuilder::retry`]. Cheap: a clone of
+    /// the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     /// Acquires `route` (a concrete `lease://realm/area/name`) for `owner`
@@ -109,6 +122,13 @@ impl Leases {
     /// * Held by another owner → broker error 5001 (retryable).
     ///
     /// Arguments are checked locally; nothing is sent when one is invalid.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after ACQUIRE was written, the broker may grant
+    /// the lease with no handle here to renew or release it; it stays held until
+    /// its TTL runs out or the connection session ends. Dropped before it was
+    /// written, nothing is sent.
     pub async fn acquire(&self, route: &str, owner: &str, ttl: Duration) -> Result<Lease> {
         self.acquire_inner(route, owner, ttl, Duration::ZERO).await
     }
@@ -125,6 +145,11 @@ impl Leases {
     /// is not seen by this client: that lease stays held, unrenewed, until
     /// its TTL runs out or the connection ends. Prefer a `wait` no longer
     /// than you are prepared to wait.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: see above; a grant for a dropped wait stays held until
+    /// its TTL runs out or the connection session ends.
     pub async fn acquire_wait(
         &self,
         route: &str,
@@ -218,10 +243,17 @@ impl Leases {
 
     /// Who holds `route` (a concrete lease route) right now, and how many
     /// acquirers wait for it. A free lease is a normal answer, not an error.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn query(&self, route: &str) -> Result<LeaseStatus> {
         validate_lease_route(route)?;
         let msg = lease::Query::new(route);
-        let payload = crate::retry::replay_safe_raw(|| self.conn.request(&msg)).await?;
+        let payload =
+            crate::retry::replay_safe_raw(&self.retry, || self.conn.request(&msg)).await?;
         let ok: lease::QueryOk = decode_body(payload)?;
         Ok(LeaseStatus {
             holder: ok.holder.map(|h| LeaseHolder {
@@ -239,20 +271,26 @@ impl Leases {
     ///
     /// The pattern is checked when the stream is first polled.
     pub fn list(&self, pattern: &str) -> LeaseList {
-        LeaseList::new(self.conn.clone(), pattern)
+        LeaseList::new(self.conn.clone(), self.retry, pattern)
     }
 
     /// One page of [`Leases::list`]: pass the previous page's
     /// [`ListPage::next_cursor`] to continue the same snapshot (the cursor
     /// remembers its pattern). `limit` 0 means the broker's page size (100);
     /// the broker caps pages at 500.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn list_page(
         &self,
         pattern: &str,
         cursor: Option<&ListCursor>,
         limit: u32,
     ) -> Result<ListPage> {
-        list::fetch_page(&self.conn, pattern, cursor, limit).await
+        list::fetch_page(&self.conn, &self.retry, pattern, cursor, limit).await
     }
 
     /// Subscribes to changes of the held set of leases matching `pattern`
@@ -263,12 +301,24 @@ impl Leases {
     ///
     /// The subscription survives reconnects; changes while disconnected are
     /// not replayed.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<LeaseSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// [`Leases::subscribe`] with explicit buffering.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,
@@ -344,6 +394,12 @@ impl Leases {
     /// }
     /// # }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in effect: dropping the future drops `work` at its current
+    /// `.await` and the held lease is released in the background. An ACQUIRE in
+    /// flight when it is dropped behaves as in [`Leases::acquire`].
     pub async fn with_lease<F, Fut, T>(
         &self,
         route: &str,
@@ -525,6 +581,12 @@ impl Lease {
     /// Broker errors 5002 (fenced), 5003 (expired) and 5004 (not found) mean
     /// the lease is no longer this holder's; the handle then has nothing left
     /// to release.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe for the handle: dropped after RENEW was written, the lease may
+    /// or may not have been extended (the fencing token does not change); renew
+    /// again, the handle stays usable.
     pub async fn renew(&mut self, ttl: Duration) -> Result<()> {
         let ttl_secs = ttl_seconds(ttl)?;
         self.renew_with(ttl_secs, RequestOptions::pinned(self.generation))
@@ -554,6 +616,11 @@ impl Lease {
     }
 
     /// Releases the lease; the broker grants it to the first waiter at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before the answer, the handle's `Drop` releases the
+    /// lease in the background instead.
     pub async fn release(mut self) -> Result<()> {
         self.release_in_place().await
     }

@@ -626,3 +626,49 @@ impl Drop for SetOnDrop {
         self.0.store(true, Ordering::SeqCst);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_view_overrides_the_read_retry_policy() {
+    let mut h = start().await;
+    let free = ok(&lease::QueryOk {
+        holder: None,
+        waiters: 0,
+    });
+    // Four attempts 50 ms apart instead of the client's three.
+    let leases = h.client.lease().with_retry(crate::RetryPolicy {
+        attempts: 4,
+        first_backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(50),
+        jitter: crate::Jitter::None,
+    });
+    let task = tokio::spawn(async move { leases.query(ROUTE).await });
+    let mut last = None;
+    for _ in 0..3 {
+        let r = expect(&mut h.peer, types::LEASE_QUERY).await;
+        let now = tokio::time::Instant::now();
+        if let Some(at) = last {
+            assert_eq!(now - at, Duration::from_millis(50));
+        }
+        last = Some(now);
+        h.peer
+            .reply(&r, &error(codes::LEASE_QUEUE_FULL))
+            .await
+            .unwrap();
+    }
+    let r = expect(&mut h.peer, types::LEASE_QUERY).await;
+    h.peer.reply(&r, &free).await.unwrap();
+    assert!(task.await.unwrap().unwrap().holder().is_none());
+
+    // `none()`: the first busy answer is the caller's.
+    let leases = h.client.lease().with_retry(crate::RetryPolicy::none());
+    let task = tokio::spawn(async move { leases.query(ROUTE).await });
+    let r = expect(&mut h.peer, types::LEASE_QUERY).await;
+    h.peer
+        .reply(&r, &error(codes::LEASE_QUEUE_FULL))
+        .await
+        .unwrap();
+    let e = task.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(codes::LEASE_QUEUE_FULL));
+    nothing_more(&mut h.peer).await;
+    h.client.close().await;
+}

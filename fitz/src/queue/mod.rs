@@ -61,11 +61,7 @@ pub use worker::{QueueWorker, WorkerOptions, WorkerStats};
 use crate::connection::{Connection, RequestOptions, encode_record};
 use crate::error::{Error, Result};
 use crate::options::SubscriptionOptions;
-
-/// ENQUEUE is re-sent at most this many times in all on a coded 4005.
-const ENQUEUE_ATTEMPTS: u32 = 3;
-/// First pause before re-sending an ENQUEUE; doubles per attempt.
-const ENQUEUE_RETRY_DELAY: Duration = Duration::from_millis(100);
+use crate::retry::RetryPolicy;
 
 /// Most messages one [`Queue::reserve`] can return.
 pub const MAX_BATCH: u32 = queue::MAX_BATCH;
@@ -78,6 +74,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(queue::MAX_WAIT_SECONDS);
 #[derive(Clone)]
 pub struct Queue {
     conn: Connection,
+    /// Retries of ENQUEUE after a confirmed negative answer (off unless
+    /// configured).
+    enqueue_retry: RetryPolicy,
 }
 
 impl fmt::Debug for Queue {
@@ -162,28 +161,64 @@ impl ReserveOptions {
 
 impl Queue {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let enqueue_retry = conn.shared().config.enqueue_retry;
+        Self {
+            conn,
+            enqueue_retry,
+        }
+    }
+
+    /// This view with `policy` for [`Queue::enqueue`] instead of the
+    /// client's [`crate::ClientBuilder::enqueue_retry`] (off by default).
+    /// Cheap: a clone of the handle.
+    ///
+    /// Even with a policy, an ENQUEUE is sent again only after a confirmed
+    /// negative answer: a coded broker error that is retryable and means
+    /// nothing was stored (4005 queue full). A timeout, or a connection lost
+    /// after the request was written, is returned at once
+    /// ([`Error::maybe_applied`]): the message may have been stored.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            enqueue_retry: policy,
+        }
     }
 
     /// Appends `body` to the queue at `route`, a concrete
     /// `queue://realm/area/resource` route (checked locally; nothing is sent
     /// when it is invalid), and returns the broker's id for the message.
     ///
-    /// When the broker answers "queue full" (4005, which guarantees it stored
-    /// nothing) the same request is sent again, up to 3 attempts in all,
-    /// 100 ms then 200 ms apart. No other failure is retried: after a timeout
-    /// or a lost connection ([`Error::maybe_applied`]) the message may have
-    /// been stored, and sending it again could duplicate it.
+    /// Not retried by default. With a retry policy
+    /// ([`crate::ClientBuilder::enqueue_retry`], [`Queue::with_retry`]) the
+    /// same request is sent again only when the broker answered that it
+    /// stored nothing and may accept it later (4005 queue full). No other
+    /// failure is retried: after a timeout or a lost connection
+    /// ([`Error::maybe_applied`]) the message may have been stored, and
+    /// sending it again could duplicate it.
     ///
     /// A body must fit one 64 KiB record together with the route; a larger
     /// one is an [`crate::ErrorKind::InvalidArgument`] error and nothing is
     /// sent.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the ENQUEUE was written, the message may
+    /// have been stored (whole, never half) and the caller does not learn its id;
+    /// enqueueing again may duplicate it. Dropped before it was written, nothing
+    /// is sent.
     pub async fn enqueue(&self, route: &str, body: impl Into<Bytes>) -> Result<MessageId> {
         self.enqueue_with(route, body, EnqueueOptions::default())
             .await
     }
 
     /// [`Queue::enqueue`] with options (a delivery delay).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the ENQUEUE was written, the message may
+    /// have been stored (whole, never half) and the caller does not learn its id;
+    /// enqueueing again may duplicate it. Dropped before it was written, nothing
+    /// is sent.
     pub async fn enqueue_with(
         &self,
         route: &str,
@@ -198,9 +233,7 @@ impl Queue {
         };
         // Encoded once: a retry re-sends the very same bytes.
         let record = encode_record(&msg)?;
-        let mut delay = ENQUEUE_RETRY_DELAY;
-        let mut attempt = 1;
-        loop {
+        crate::retry::confirmed_negative(&self.enqueue_retry, || async {
             let payload = self
                 .conn
                 .request_record(
@@ -209,22 +242,21 @@ impl Queue {
                     RequestOptions::default(),
                 )
                 .await?;
-            match decode_coded::<queue::EnqueueOk>(payload) {
-                Ok(ok) => return Ok(MessageId(ok.message_id)),
-                Err(e) if attempt < ENQUEUE_ATTEMPTS && is_queue_full(&e) => {
-                    tracing::debug!(route, attempt, "queue full; enqueue retried");
-                    tokio::time::sleep(delay).await;
-                    delay *= 2;
-                    attempt += 1;
-                }
-                Err(e) => return Err(e),
-            }
-        }
+            decode_coded::<queue::EnqueueOk>(payload).map(|ok| MessageId(ok.message_id))
+        })
+        .await
     }
 
     /// [`Queue::enqueue`] with `value` encoded as JSON (a value that cannot
     /// be is an [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the ENQUEUE was written, the message may
+    /// have been stored (whole, never half) and the caller does not learn its id;
+    /// enqueueing again may duplicate it. Dropped before it was written, nothing
+    /// is sent.
     #[cfg(feature = "serde")]
     pub async fn enqueue_json<T: serde::Serialize + ?Sized>(
         &self,
@@ -247,6 +279,13 @@ impl Queue {
     /// broker's reservations then simply expire).
     ///
     /// The request timeout is the client's plus `wait`.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the at-least-once sense: dropped after RESERVE was
+    /// written, the broker may reserve messages the caller never sees; they are
+    /// invisible until their lease runs out and are then delivered again. Nothing
+    /// is lost.
     pub async fn reserve(
         &self,
         route_or_pattern: &str,
@@ -312,12 +351,24 @@ impl Queue {
     ///
     /// The stream keeps working across reconnects. Two subscriptions of this
     /// client to the same pattern share one broker registration.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<QueueSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// [`Queue::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,
@@ -356,11 +407,6 @@ fn lease_seconds(lease: Duration) -> Result<u64> {
         0 => Err(Error::invalid("a lease must be at least one second")),
         s => Ok(s),
     }
-}
-
-/// A well-formed, coded 4005: the broker stored nothing.
-fn is_queue_full(e: &Error) -> bool {
-    e.code() == Some(fitz_protocol::codes::QUEUE_FULL) && e.kind() == crate::ErrorKind::Broker
 }
 
 /// The error of a failed queue reply. ENQUEUE and RESERVE errors must be

@@ -164,6 +164,12 @@ impl Reservation {
     /// broker error when the lease is no longer held (it expired and the
     /// message may be with another consumer: 4001 invalid token, 4002 lease
     /// expired, 4003 not found).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe for the handle: dropped after EXTEND was written, the lease
+    /// may or may not have been extended; extend again, the reservation stays
+    /// usable.
     pub async fn extend(&self, lease: Duration) -> Result<()> {
         let msg = queue::Extend {
             route: self.message.route.clone(),
@@ -187,6 +193,12 @@ impl Reservation {
     /// same reservation can complete later. After a reconnect
     /// ([`crate::ErrorKind::Stale`]) or a lost lease (4001/4002/4003) it is of
     /// no further use. `?` turns the error into a plain [`Error`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after COMPLETE was written, the message may have
+    /// been completed; if not, its lease runs out and it is delivered again
+    /// (handlers must be idempotent anyway).
     pub async fn complete(self) -> std::result::Result<(), CompleteError> {
         let msg = queue::Complete {
             route: self.message.route.clone(),

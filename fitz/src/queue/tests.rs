@@ -187,9 +187,19 @@ async fn enqueue_speaks_the_official_bytes() {
 async fn enqueue_retries_only_a_coded_queue_full() {
     let mut h = start().await;
     let full = vector("00 00 00 10 c8 00 0d 01 00 00 0f a5 00 00 00 04 66 75 6c 6c");
+    let retrying = h.client.queue().with_retry(crate::RetryPolicy::default());
 
-    // 4005, 4005, success: the same bytes three times, 100 ms then 200 ms apart.
+    // Off by default: one 4005 is the caller's answer.
     let q = h.client.queue();
+    let t = tokio::spawn(async move { q.enqueue(JOBS, "x").await });
+    let r = h.expect(types::QUEUE_ENQUEUE).await;
+    h.peer.reply(&r, &full).await.unwrap();
+    assert_eq!(t.await.unwrap().unwrap_err().code(), Some(4005));
+    assert!(h.silent_for(Duration::from_secs(1)).await);
+
+    // Opted in: 4005, 4005, success: the same bytes three times, 100 ms then
+    // 200 ms apart.
+    let q = retrying.clone();
     let t = tokio::spawn(async move { q.enqueue(JOBS, "x").await });
     let first = h.expect(types::QUEUE_ENQUEUE).await;
     let started = tokio::time::Instant::now();
@@ -208,7 +218,7 @@ async fn enqueue_retries_only_a_coded_queue_full() {
     assert_eq!(t.await.unwrap().unwrap(), MessageId(1));
 
     // Three times full: the third answer is the caller's.
-    let q = h.client.queue();
+    let q = retrying.clone();
     let t = tokio::spawn(async move { q.enqueue(JOBS, "x").await });
     for _ in 0..3 {
         let r = h.expect(types::QUEUE_ENQUEUE).await;
@@ -225,7 +235,7 @@ async fn enqueue_retries_only_a_coded_queue_full() {
         (payloads::error(4007, "disk"), ErrorKind::Broker, true),
         (payloads::error(4009, "no"), ErrorKind::Broker, false),
     ] {
-        let q = h.client.queue();
+        let q = retrying.clone();
         let t = tokio::spawn(async move { q.enqueue(JOBS, "x").await });
         let r = h.expect(types::QUEUE_ENQUEUE).await;
         h.peer.reply(&r, &reply).await.unwrap();
@@ -234,6 +244,39 @@ async fn enqueue_retries_only_a_coded_queue_full() {
         assert_eq!(e.maybe_applied(), applied, "{e}");
         assert!(h.silent_for(Duration::from_secs(1)).await, "{e}: retried");
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_opted_in_enqueue_is_never_resent_after_a_timeout_or_a_lost_connection() {
+    let mut h = start().await;
+    let q = h.client.queue().with_retry(crate::RetryPolicy {
+        attempts: 5,
+        ..crate::RetryPolicy::default()
+    });
+
+    // Written, then the connection drops: maybe stored, returned as it is.
+    let q2 = q.clone();
+    let t = tokio::spawn(async move { q2.enqueue(JOBS, "x").await });
+    h.expect(types::QUEUE_ENQUEUE).await;
+    h.reconnect().await;
+    let e = t.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+    assert!(e.maybe_applied(), "{e}");
+    assert!(
+        h.silent_for(Duration::from_secs(5)).await,
+        "re-sent after a loss"
+    );
+
+    // Written, never answered: the timeout is the caller's answer.
+    let t = tokio::spawn(async move { q.enqueue(JOBS, "x").await });
+    h.expect(types::QUEUE_ENQUEUE).await;
+    let e = t.await.unwrap().unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Timeout, "{e}");
+    assert!(e.maybe_applied(), "{e}");
+    assert!(
+        h.silent_for(Duration::from_secs(5)).await,
+        "re-sent after a timeout"
+    );
 }
 
 // ----- RESERVE -----

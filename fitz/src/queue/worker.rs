@@ -168,6 +168,11 @@ impl QueueWorker {
     /// is not waited for: should the broker still hand it messages, a
     /// background task shortens their lease to one second, so they are
     /// delivered again almost at once.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the worker is told to stop on the first poll; dropping the
+    /// future only stops waiting for the running handlers.
     pub async fn shutdown(mut self) -> WorkerStats {
         self.cancel.cancel();
         if let Some(task) = self.task.take() {
@@ -238,6 +243,11 @@ impl Queue {
     /// println!("{} completed", stats.completed);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its availability subscription is
+    /// removed and no worker task was started.
     pub async fn worker<F, Fut, E>(
         &self,
         pattern: &str,
@@ -257,6 +267,11 @@ impl Queue {
     }
 
     /// [`Queue::worker`] with every option.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its availability subscription is
+    /// removed and no worker task was started.
     pub async fn worker_with<F, Fut, E>(
         &self,
         pattern: &str,
@@ -314,6 +329,11 @@ impl Queue {
     /// # drop(worker);
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its availability subscription is
+    /// removed and no worker task was started.
     #[cfg(feature = "serde")]
     pub async fn worker_json<T, F, Fut, E>(
         &self,

@@ -229,6 +229,11 @@ impl RpcCall {
     ///
     /// Without broker support (capability bit 3) nothing is sent and the
     /// outcome is [`CancelOutcome::Unsupported`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before the CANCEL was queued nothing is sent, and
+    /// dropping the [`RpcCall`] cancels it in the background anyway.
     pub async fn cancel(&mut self) -> CancelOutcome {
         if let Some(outcome) = self.outcome {
             return outcome;

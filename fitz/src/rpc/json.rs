@@ -26,6 +26,14 @@ impl Rpc {
     /// let sum: i64 = rpc.request_json("rpc://math/int/add", &Add { a: 2, b: 3 }).await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn request_json<Req, Resp>(&self, route: &str, request: &Req) -> Result<Resp>
     where
         Req: Serialize + ?Sized,
@@ -36,6 +44,14 @@ impl Rpc {
     }
 
     /// [`Rpc::request_json`] with options.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn request_json_with<Req, Resp>(
         &self,
         route: &str,
@@ -69,6 +85,11 @@ impl Rpc {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, the worker registration is
+    /// removed (or never installed) and no handler runs.
     pub async fn serve_json<Req, Resp, H, Fut, E>(
         &self,
         pattern: &str,

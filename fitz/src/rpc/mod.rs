@@ -119,6 +119,14 @@ impl Rpc {
     /// response stream once the request is on its way to the broker. No
     /// local deadline: the broker's own timeout (30 s by default, code
     /// `6001`) bounds the call.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn call(&self, route: &str, body: impl Into<Bytes>) -> Result<RpcCall> {
         call::start(&self.conn, route, body.into(), CallOptions::default()).await
     }
@@ -134,6 +142,14 @@ impl Rpc {
     ///     .await?;
     /// # Ok(()) }
     /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn call_with(
         &self,
         route: &str,
@@ -145,11 +161,27 @@ impl Rpc {
 
     /// Calls `route` and collects the whole response: the single chunk as
     /// is (no copy), several chunks concatenated.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn request(&self, route: &str, body: impl Into<Bytes>) -> Result<Bytes> {
         self.request_with(route, body, CallOptions::default()).await
     }
 
     /// [`Rpc::request`] with options.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn request_with(
         &self,
         route: &str,
@@ -165,6 +197,14 @@ impl Rpc {
     /// [`Cancelled`](crate::ErrorKind::Cancelled) at once, sending nothing,
     /// when the parent is already cancelled. See [`CallOptions::child_of`]
     /// to add a tighter timeout or another buffer size.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the REQUEST was written, the call is
+    /// cancelled in the background (RPC CANCEL when the broker supports it), but a
+    /// worker may already have run it. Its responses are routed by the call's
+    /// UUID, so they never reach another call, and its response handler is
+    /// removed. Dropped before it was written, nothing is sent.
     pub async fn call_from_request(
         &self,
         parent: &RpcRequest,
@@ -197,6 +237,11 @@ impl Rpc {
     /// Call it on a connected client: whether the broker supports
     /// cancellation is read from the session (this waits up to the request
     /// timeout for a reconnect in progress).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, the worker registration is
+    /// removed (or never installed) and no handler runs.
     pub async fn serve<H, Fut, T, E>(
         &self,
         pattern: &str,

@@ -56,7 +56,7 @@ use crate::connection::{
 };
 use crate::error::{Error, Result};
 use crate::options::SubscriptionOptions;
-use crate::retry::replay_safe;
+use crate::retry::{RetryPolicy, replay_safe};
 
 /// How a fire is delivered: to every matching subscription, or to one.
 pub use fitz_protocol::schedule::DeliveryMode;
@@ -76,6 +76,7 @@ static WATCH: RegistrationSpec = RegistrationSpec {
 #[derive(Clone)]
 pub struct Schedule {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Schedule {
@@ -86,11 +87,29 @@ impl fmt::Debug for Schedule {
 
 impl Schedule {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (LIST and LIST_V2 pages) instead
+    /// of the client's [`crate::ClientBuilder::retry`]. Cheap: a clone of
+    /// the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     /// Creates (or replaces) the schedule at the concrete route `route`:
     /// fire `payload` on every minute `cron` matches (5 fields, UTC).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     pub async fn create(
         &self,
         route: &str,
@@ -115,6 +134,13 @@ impl Schedule {
     /// cannot be is an
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     #[cfg(feature = "serde")]
     pub async fn create_json<T: serde::Serialize + ?Sized>(
         &self,
@@ -131,6 +157,13 @@ impl Schedule {
     /// (CREATE_BATCH, a broker extension). Every route is checked before
     /// anything is sent; an empty batch sends nothing. The batch must fit
     /// one 64 KiB record.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     pub async fn create_batch(
         &self,
         entries: impl IntoIterator<Item = ScheduleEntry>,
@@ -152,6 +185,13 @@ impl Schedule {
 
     /// Cancels the schedule at `route`; cancelling one that does not exist
     /// succeeds. A fire already handed out may still arrive.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after the request was written, the change may
+    /// still be applied (a batch whole or not at all) and the caller does not
+    /// learn the outcome; list the schedules to find out. Dropped before it was
+    /// written, nothing is sent.
     pub async fn cancel(&self, route: &str) -> Result<()> {
         validate_route(route)?;
         self.conn
@@ -165,6 +205,12 @@ impl Schedule {
     /// total count. A page may be shorter than asked even when more remain:
     /// continue from [`SchedulePage::next_offset`] until
     /// [`SchedulePage::is_last`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn list(&self, offset: u64, limit: u64) -> Result<SchedulePage> {
         check_limit(limit)?;
         // LIST always carries both optional fields (protocol §9.11).
@@ -172,7 +218,7 @@ impl Schedule {
             offset: Some(offset),
             limit: Some(limit),
         };
-        let ok: wire::ListOk = replay_safe(|| self.conn.call(&msg)).await?;
+        let ok: wire::ListOk = replay_safe(&self.retry, || self.conn.call(&msg)).await?;
         Ok(SchedulePage {
             offset,
             total: ok.total_count,
@@ -186,7 +232,7 @@ impl Schedule {
     /// cancelled while listing may shift entries between pages (use
     /// [`Schedule::list_all_after`] for a listing that resumes by route).
     pub fn list_all(&self) -> ScheduleList {
-        ScheduleList::new(self.conn.clone(), Paging::Offset(0), None)
+        ScheduleList::new(self.clone(), Paging::Offset(0), None)
     }
 
     /// Every schedule whose route `pattern` matches (`*` one segment, `**`
@@ -194,7 +240,7 @@ impl Schedule {
     pub fn list_matching(&self, pattern: &str) -> Result<ScheduleList> {
         validate_pattern(pattern)?;
         Ok(ScheduleList::new(
-            self.conn.clone(),
+            self.clone(),
             Paging::Offset(0),
             Some(pattern.to_owned()),
         ))
@@ -203,6 +249,12 @@ impl Schedule {
     /// One LIST_V2 page (a broker extension): up to `limit` schedules
     /// (`0`: the broker's default of 100; at most [`MAX_LIST_LIMIT`]) in
     /// route order, after `cursor` (`None`: from the first).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn list_after(
         &self,
         cursor: Option<&ListCursor>,
@@ -213,7 +265,7 @@ impl Schedule {
             continuation: cursor.map(|c| c.0.clone()),
             limit: (limit > 0).then_some(limit),
         };
-        let ok: wire::ListV2Ok = replay_safe(|| self.conn.call(&msg)).await?;
+        let ok: wire::ListV2Ok = replay_safe(&self.retry, || self.conn.call(&msg)).await?;
         Ok(ScheduleCursorPage {
             entries: ok.entries.into_iter().map(ScheduleEntry::from).collect(),
             has_more: ok.has_more,
@@ -225,18 +277,30 @@ impl Schedule {
     /// LIST_V2 by its continuation: a schedule cancelled meanwhile does not
     /// shift the rest.
     pub fn list_all_after(&self, cursor: Option<ListCursor>) -> ScheduleList {
-        ScheduleList::new(self.conn.clone(), Paging::Cursor(cursor), None)
+        ScheduleList::new(self.clone(), Paging::Cursor(cursor), None)
     }
 
     /// Subscribes to the fires of every schedule `pattern` matches (an exact
     /// route or a pattern able to match four segments), with the client's
     /// default buffering.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, pattern: &str) -> Result<ScheduleSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(pattern, options).await
     }
 
     /// [`Schedule::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         pattern: &str,
@@ -550,9 +614,9 @@ impl Lister {
 }
 
 impl ScheduleList {
-    fn new(conn: Connection, paging: Paging, pattern: Option<String>) -> Self {
+    fn new(schedule: Schedule, paging: Paging, pattern: Option<String>) -> Self {
         let lister = Lister {
-            schedule: Schedule::new(conn),
+            schedule,
             paging,
             pattern,
             buffer: VecDeque::new(),

@@ -10,6 +10,7 @@ use fitz_protocol::stream::{self, AppendOk, BeginOk, CommitOk, RollbackOk};
 use super::{Durability, fetch_metadata, validate_resource};
 use crate::connection::{Connection, Generation, RequestOptions};
 use crate::error::{Error, ErrorKind, Result};
+use crate::retry::RetryPolicy;
 
 /// How [`super::Streams::begin_with`] opens an append session.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -155,6 +156,7 @@ impl AppendSession {
     /// Opens a session (BEGIN) and settles its first offset.
     pub(super) async fn begin(
         conn: &Connection,
+        retry: &RetryPolicy,
         route: &str,
         options: BeginOptions,
     ) -> Result<Self> {
@@ -183,7 +185,7 @@ impl AppendSession {
         };
         let next = match options.expected_offset {
             Some(offset) => offset,
-            None => fetch_metadata(conn, &session.route)
+            None => fetch_metadata(conn, retry, &session.route)
                 .await?
                 .last_offset
                 .map_or(0, |last| last.saturating_add(1)),
@@ -216,6 +218,15 @@ impl AppendSession {
     }
 
     /// Appends one record to the batch; returns its resource offset.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, but never duplicating: dropped after the APPEND was
+    /// written, the record may be in the batch while
+    /// [`AppendSession::next_offset`] did not move, so the next append fails with
+    /// [`codes::STREAM_CONCURRENCY_CONFLICT`](crate::codes::STREAM_CONCURRENCY_CONFLICT)
+    /// instead of adding it twice; roll back and start over. A commit is always
+    /// of whole records.
     pub async fn append(&mut self, body: impl Into<Bytes>) -> Result<u64> {
         self.append_with(body, AppendOptions::default()).await
     }
@@ -229,6 +240,15 @@ impl AppendSession {
     /// and start over. After a failure whose
     /// [`Error::maybe_applied`] is true the record may be in the batch: the
     /// next append then fails with that conflict rather than duplicating it.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, but never duplicating: dropped after the APPEND was
+    /// written, the record may be in the batch while
+    /// [`AppendSession::next_offset`] did not move, so the next append fails with
+    /// [`codes::STREAM_CONCURRENCY_CONFLICT`](crate::codes::STREAM_CONCURRENCY_CONFLICT)
+    /// instead of adding it twice; roll back and start over. A commit is always
+    /// of whole records.
     pub async fn append_with(
         &mut self,
         body: impl Into<Bytes>,
@@ -269,6 +289,15 @@ impl AppendSession {
     /// cannot be is an
     /// [`ErrorKind::InvalidArgument`](crate::ErrorKind::InvalidArgument)
     /// error, and nothing is sent).
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe, but never duplicating: dropped after the APPEND was
+    /// written, the record may be in the batch while
+    /// [`AppendSession::next_offset`] did not move, so the next append fails with
+    /// [`codes::STREAM_CONCURRENCY_CONFLICT`](crate::codes::STREAM_CONCURRENCY_CONFLICT)
+    /// instead of adding it twice; roll back and start over. A commit is always
+    /// of whole records.
     #[cfg(feature = "serde")]
     pub async fn append_json<T: serde::Serialize + ?Sized>(&mut self, value: &T) -> Result<u64> {
         self.append(crate::json::encode(value)?).await
@@ -279,6 +308,13 @@ impl AppendSession {
     ///
     /// When this fails with [`Error::maybe_applied`] true, the batch may be
     /// visible: check with [`super::Streams::metadata`].
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe as far as atomicity goes: dropped before COMMIT was written,
+    /// the batch is rolled back in the background (as on any drop); dropped after,
+    /// the broker publishes the whole batch or nothing, and the caller does not
+    /// learn which (see [`super::Streams::metadata`]).
     pub async fn commit(mut self, durability: Durability) -> Result<CommitInfo> {
         let msg = stream::Commit {
             session_id: self.session_id,
@@ -313,6 +349,11 @@ impl AppendSession {
     ///
     /// A session from an earlier connection session is already gone on the
     /// broker: rolling it back succeeds without sending anything.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: dropped before the answer, the session's `Drop` sends the
+    /// ROLLBACK in the background instead.
     pub async fn rollback(mut self) -> Result<()> {
         let msg = stream::Rollback {
             session_id: self.session_id,

@@ -52,7 +52,7 @@ mod event;
 mod filter;
 mod read;
 mod reader;
-use crate::retry;
+use crate::retry::{self, RetryPolicy};
 
 use std::fmt;
 
@@ -105,6 +105,7 @@ const FOLLOW_WAKES: SubscriptionOptions = SubscriptionOptions {
 #[derive(Clone)]
 pub struct Streams {
     conn: Connection,
+    retry: RetryPolicy,
 }
 
 impl fmt::Debug for Streams {
@@ -144,7 +145,18 @@ impl StreamMetadata {
 
 impl Streams {
     pub(crate) fn new(conn: Connection) -> Self {
-        Self { conn }
+        let retry = conn.shared().config.retry;
+        Self { conn, retry }
+    }
+
+    /// This view with `policy` for its replay-safe reads (READ pages, LAST, GET_METADATA, also the one in `begin`) instead
+    /// of the client's [`crate::ClientBuilder::retry`]. Cheap: a clone of
+    /// the handle.
+    pub fn with_retry(&self, policy: RetryPolicy) -> Self {
+        Self {
+            conn: self.conn.clone(),
+            retry: policy,
+        }
     }
 
     // ----- writing -----
@@ -161,20 +173,41 @@ impl Streams {
     /// Cancelling this future after BEGIN was sent but before it returned
     /// (or a BEGIN that timed out after it was written) may leave the
     /// resource locked until the connection ends.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written but before the session
+    /// handle exists, the broker may keep the append session (and the resource
+    /// locked) until the connection session ends. Once the handle exists (during
+    /// the GET_METADATA probe) a drop rolls it back in the background.
     pub async fn begin(&self, route: &str) -> Result<AppendSession> {
-        AppendSession::begin(&self.conn, route, BeginOptions::default()).await
+        AppendSession::begin(&self.conn, &self.retry, route, BeginOptions::default()).await
     }
 
     /// [`Streams::begin`] expecting the first append to get `offset`
     /// (optimistic concurrency), without the GET_METADATA probe.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written but before the session
+    /// handle exists, the broker may keep the append session (and the resource
+    /// locked) until the connection session ends. Once the handle exists (during
+    /// the GET_METADATA probe) a drop rolls it back in the background.
     pub async fn begin_at(&self, route: &str, offset: u64) -> Result<AppendSession> {
         let options = BeginOptions::new().expected_offset(offset);
-        AppendSession::begin(&self.conn, route, options).await
+        AppendSession::begin(&self.conn, &self.retry, route, options).await
     }
 
     /// [`Streams::begin`] with ingest metadata and/or an expected offset.
+    ///
+    /// # Cancel safety
+    ///
+    /// Not cancel-safe: dropped after BEGIN was written but before the session
+    /// handle exists, the broker may keep the append session (and the resource
+    /// locked) until the connection session ends. Once the handle exists (during
+    /// the GET_METADATA probe) a drop rolls it back in the background.
     pub async fn begin_with(&self, route: &str, options: BeginOptions) -> Result<AppendSession> {
-        AppendSession::begin(&self.conn, route, options).await
+        AppendSession::begin(&self.conn, &self.retry, route, options).await
     }
 
     // ----- reading -----
@@ -184,6 +217,12 @@ impl Streams {
     ///
     /// Reading past the committed end is an empty, caught-up page. A page
     /// with an item whose route is not a concrete stream route fails whole.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn read_page(
         &self,
         selector: &str,
@@ -191,7 +230,7 @@ impl Streams {
         options: &ReadOptions,
     ) -> Result<ReadPage> {
         let spec = read::ReadSpec::new(selector, options)?;
-        fetch_page(&self.conn, &spec, from.into()).await
+        fetch_page(&self.conn, &self.retry, &spec, from.into()).await
     }
 
     /// Replays `selector` from offset `from` until caught up, item by item.
@@ -199,14 +238,14 @@ impl Streams {
     pub fn read(&self, selector: &str, from: u64, options: ReadOptions) -> Result<StreamReader> {
         let spec = read::ReadSpec::new(selector, &options)?;
         let scope = spec.scope;
-        let pager = Pager::new(self.conn.clone(), spec, from, None);
+        let pager = Pager::new(self.conn.clone(), self.retry, spec, from, None);
         Ok(StreamReader::new(pager, selector.to_owned(), scope, from))
     }
 
     /// [`Streams::read`], page by page.
     pub fn read_pages(&self, selector: &str, from: u64, options: ReadOptions) -> Result<ReadPages> {
         let spec = read::ReadSpec::new(selector, &options)?;
-        let pager = Pager::new(self.conn.clone(), spec, from, None);
+        let pager = Pager::new(self.conn.clone(), self.retry, spec, from, None);
         Ok(ReadPages::new(pager, selector.to_owned()))
     }
 
@@ -222,6 +261,11 @@ impl Streams {
     /// newest 64 and drops older ones ([`Overflow::DropOldest`]; a long
     /// catch-up may report [`crate::Event::SlowConsumer`] for it): one READ
     /// covers any number of them.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its subscription is removed
+    /// (see the subscribe methods); nothing was read yet.
     pub async fn follow(
         &self,
         selector: &str,
@@ -235,6 +279,11 @@ impl Streams {
     }
 
     /// [`Streams::follow`], page by page.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, its subscription is removed
+    /// (see the subscribe methods); nothing was read yet.
     pub async fn follow_pages(
         &self,
         selector: &str,
@@ -262,14 +311,26 @@ impl Streams {
             read_generation: self.conn.generation(),
             failed: None,
         };
-        Ok(Pager::new(self.conn.clone(), spec, from, Some(follow)))
+        Ok(Pager::new(
+            self.conn.clone(),
+            self.retry,
+            spec,
+            from,
+            Some(follow),
+        ))
     }
 
     /// The last committed record of the concrete resource `route`, if any.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn last(&self, route: &str) -> Result<Option<StreamRecord>> {
         validate_resource(route)?;
         let msg = wire::Last::new(route);
-        let ok: LastOk = retry::replay_safe(|| self.conn.call(&msg)).await?;
+        let ok: LastOk = retry::replay_safe(&self.retry, || self.conn.call(&msg)).await?;
         Ok(ok
             .record
             .map(|rec| StreamRecord::from_wire(msg.route.clone(), rec)))
@@ -277,21 +338,39 @@ impl Streams {
 
     /// Offsets, counts, limits and watermarks of the concrete resource
     /// `route` (an unknown resource reads as empty).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropping the future abandons the read: nothing changed on
+    /// the broker, a request already written is still answered and that reply is
+    /// discarded (it never reaches another call), and nothing leaks.
     pub async fn metadata(&self, route: &str) -> Result<StreamMetadata> {
         validate_resource(route)?;
-        fetch_metadata(&self.conn, &Str::from(route)).await
+        fetch_metadata(&self.conn, &self.retry, &Str::from(route)).await
     }
 
     // ----- watching -----
 
     /// Subscribes to commit notifications of every resource `selector`
     /// matches, with the client's default buffering.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe(&self, selector: &str) -> Result<StreamSubscription> {
         let options = self.conn.shared().config.subscription;
         self.subscribe_with(selector, options).await
     }
 
     /// [`Streams::subscribe`] with explicit buffering for this subscription.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe. Dropped before it resolves, no registration is left behind:
+    /// the handle under construction unsubscribes in the background, or is never
+    /// installed when the connection task had not handled it yet.
     pub async fn subscribe_with(
         &self,
         selector: &str,
@@ -319,20 +398,25 @@ fn validate_resource(route: &str) -> Result<()> {
 /// One READ (retried while replay-safe), decoded for the selector's scope.
 async fn fetch_page(
     conn: &Connection,
+    policy: &RetryPolicy,
     spec: &read::ReadSpec,
     at: ReadPosition,
 ) -> Result<ReadPage> {
     let msg = at.read_request(spec);
-    retry::replay_safe(|| async {
+    retry::replay_safe(policy, || async {
         let ok: ReadOk = decode_body(conn.request(&msg).await?)?;
         ReadPage::decode(ok.data, spec.scope, at)
     })
     .await
 }
 
-async fn fetch_metadata(conn: &Connection, route: &Str) -> Result<StreamMetadata> {
+async fn fetch_metadata(
+    conn: &Connection,
+    policy: &RetryPolicy,
+    route: &Str,
+) -> Result<StreamMetadata> {
     let msg = wire::GetMetadata::new(route.clone());
-    let ok: MetadataOk = retry::replay_safe(|| conn.call(&msg)).await?;
+    let ok: MetadataOk = retry::replay_safe(policy, || conn.call(&msg)).await?;
     let m = ok.metadata;
     Ok(StreamMetadata {
         first_offset: m.first_offset,

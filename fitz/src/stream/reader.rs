@@ -24,6 +24,7 @@ use super::read::{ReadPage, ReadPosition, ReadSpec, StreamItem};
 use crate::connection::{Connection, Generation, Subscription};
 use crate::error::{Error, Result};
 use crate::events::State;
+use crate::retry::RetryPolicy;
 
 /// Consecutive `has_more` pages without progress that make a stall.
 const STALL_PAGES: u8 = 2;
@@ -89,6 +90,7 @@ impl Follow {
 /// The paging engine shared by every auto-paging reader.
 pub(super) struct Pager {
     conn: Connection,
+    retry: RetryPolicy,
     spec: ReadSpec,
     position: ReadPosition,
     /// Consecutive `has_more` pages that did not move the cursor.
@@ -99,9 +101,16 @@ pub(super) struct Pager {
 }
 
 impl Pager {
-    pub fn new(conn: Connection, spec: ReadSpec, from: u64, follow: Option<Follow>) -> Self {
+    pub fn new(
+        conn: Connection,
+        retry: RetryPolicy,
+        spec: ReadSpec,
+        from: u64,
+        follow: Option<Follow>,
+    ) -> Self {
         Self {
             conn,
+            retry,
             spec,
             position: ReadPosition::at(from),
             stalls: 0,
@@ -129,7 +138,7 @@ impl Pager {
         if let Some(follow) = &mut self.follow {
             follow.read_generation = self.conn.generation();
         }
-        let result = fetch_page(&self.conn, &self.spec, self.position)
+        let result = fetch_page(&self.conn, &self.retry, &self.spec, self.position)
             .await
             .and_then(|page| self.advance(page));
         if result.is_err() {

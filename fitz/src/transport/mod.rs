@@ -117,6 +117,10 @@ pub struct MemoryListener {
 
 impl MemoryListener {
     /// Waits for the next connection; `None` once every connector is gone.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: a connection is only taken when the future resolves.
     pub async fn accept(&mut self) -> Option<DuplexStream> {
         self.rx.recv().await
     }

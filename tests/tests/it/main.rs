@@ -9,6 +9,7 @@ mod acceptance_rpc;
 mod acceptance_schedule;
 mod acceptance_stream;
 mod auth;
+mod cancel;
 mod chaos;
 mod drain;
 mod errors;

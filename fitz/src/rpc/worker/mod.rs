@@ -141,6 +141,12 @@ impl RpcWorker {
     /// the broker. In that order because the broker fails the calls still
     /// running on a registration it removes. Returns the unregistration's
     /// error, or the error that had already ended the worker.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: the registration is removed on the first poll; dropping the
+    /// future only stops waiting for the broker's acknowledgement and the running
+    /// handlers.
     pub async fn shutdown(self) -> Result<()> {
         self.stop.cancel();
         let mut done = self.done.clone();

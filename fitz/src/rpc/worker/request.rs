@@ -74,6 +74,10 @@ impl RpcRequest {
     /// cancelled, its deadline passed, it disconnected), by the local
     /// deadline, because the session ended, or because the worker was
     /// dropped. Cancellation is a request to stop; the handler decides.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only waits for a signal.
     pub async fn cancelled(&self) {
         self.inv.cancellation.token.cancelled().await;
     }
@@ -99,12 +103,24 @@ impl RpcRequest {
     /// (about 64 KiB: stream larger answers), and with
     /// [`Stale`](crate::ErrorKind::Stale) when the session that delivered the
     /// request has ended.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that a chunk is never half-sent: dropped before
+    /// it was queued, nothing was sent and the request can still be answered;
+    /// once queued it is written even if the future is dropped.
     pub async fn respond(&self, body: impl Into<Bytes>) -> Result<()> {
         self.inv.send(body.into(), true, false).await
     }
 
     /// Ends the call with an error the caller receives (see
     /// [`HandlerError`]).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that a chunk is never half-sent: dropped before
+    /// it was queued, nothing was sent and the request can still be answered;
+    /// once queued it is written even if the future is dropped.
     pub async fn fail(&self, error: impl Into<HandlerError>) -> Result<()> {
         self.inv.send(error.into().to_body(), true, false).await
     }
@@ -148,22 +164,46 @@ impl Responder {
     /// Sends one chunk (not the last). Chunks arrive in the order sent, also
     /// from several responders of one request. Each is limited by the
     /// record size (about 64 KiB).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that a chunk is never half-sent: dropped before
+    /// it was queued, nothing was sent and the request can still be answered;
+    /// once queued it is written even if the future is dropped.
     pub async fn send(&self, chunk: impl Into<Bytes>) -> Result<()> {
         self.inv.send(chunk.into(), false, false).await
     }
 
     /// Sends `chunk` as the final one.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that a chunk is never half-sent: dropped before
+    /// it was queued, nothing was sent and the request can still be answered;
+    /// once queued it is written even if the future is dropped.
     pub async fn send_last(self, chunk: impl Into<Bytes>) -> Result<()> {
         self.inv.send(chunk.into(), true, false).await
     }
 
     /// Ends the response with an empty final chunk (nothing when it already
     /// ended).
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that a chunk is never half-sent: dropped before
+    /// it was queued, nothing was sent and the request can still be answered;
+    /// once queued it is written even if the future is dropped.
     pub async fn finish(self) -> Result<()> {
         self.inv.send(Bytes::new(), true, true).await
     }
 
     /// Ends the response with an error the caller receives.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe in the sense that a chunk is never half-sent: dropped before
+    /// it was queued, nothing was sent and the request can still be answered;
+    /// once queued it is written even if the future is dropped.
     pub async fn fail(self, error: impl Into<HandlerError>) -> Result<()> {
         self.inv.send(error.into().to_body(), true, false).await
     }
@@ -174,6 +214,10 @@ impl Responder {
     }
 
     /// Resolves when the call is cancelled.
+    ///
+    /// # Cancel safety
+    ///
+    /// Cancel-safe: it only waits for a signal.
     pub async fn cancelled(&self) {
         self.inv.cancellation.token.cancelled().await;
     }
