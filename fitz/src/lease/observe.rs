@@ -523,8 +523,11 @@ impl Task {
         let mut leases = Vec::new();
         let mut cursor = None;
         loop {
+            // The client's read-retry policy; the observer's own backoff
+            // handles what is left.
             let page = fetch_page(
                 &self.conn,
+                &self.conn.shared().config.retry,
                 &self.selector,
                 cursor.as_ref(),
                 self.options.page_size,
