@@ -216,6 +216,7 @@ pub struct ClientBuilder {
     service_name: Option<String>,
     ping_interval: Duration,
     dead_peer_timeout: Duration,
+    slow_request_threshold: Duration,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -249,6 +250,7 @@ impl ClientBuilder {
             service_name: None,
             ping_interval: Duration::from_secs(10),
             dead_peer_timeout: Duration::from_secs(30),
+            slow_request_threshold: Duration::from_secs(1),
         }
     }
 
@@ -359,6 +361,15 @@ impl ClientBuilder {
         self
     }
 
+    /// A request that takes this long or longer (from the call to its
+    /// answer) is logged with `tracing::warn!` (target `fitz::slow`: domain,
+    /// operation, route, duration). Default 1 s; `Duration::MAX` turns the
+    /// log off. See [`crate::telemetry`].
+    pub fn slow_request_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_request_threshold = threshold;
+        self
+    }
+
     /// Validates the options and starts the connection task (in the current
     /// tokio runtime; it does not connect yet).
     pub fn build(self) -> Result<Client> {
@@ -419,6 +430,7 @@ impl ClientBuilder {
             service_name,
             ping_interval: self.ping_interval,
             dead_peer_timeout: self.dead_peer_timeout,
+            slow_request_threshold: self.slow_request_threshold,
         })?;
         Ok(Client { conn })
     }

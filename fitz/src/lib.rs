@@ -160,6 +160,7 @@ mod retry;
 pub mod rpc;
 pub mod schedule;
 pub mod stream;
+pub mod telemetry;
 mod token;
 pub mod transport;
 

@@ -127,11 +127,13 @@ use fitz_protocol::{Capabilities, Message, ReplyBody};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::events::{Event, State, SubscriptionId};
 use crate::options::{ReconnectPolicy, SubscriptionOptions};
+use crate::telemetry;
 use crate::token::TokenProvider;
 use crate::transport::Connector;
 
@@ -156,6 +158,8 @@ pub(crate) struct Config {
     pub service_name: Option<String>,
     pub ping_interval: Duration,
     pub dead_peer_timeout: Duration,
+    /// Requests slower than this are logged (`tracing::warn!`).
+    pub slow_request_threshold: Duration,
 }
 
 /// State shared by the handles and the actor: atomics only.
@@ -215,6 +219,7 @@ impl Shared {
     }
 
     pub fn emit(&self, event: Event) {
+        crate::telemetry::event(&event);
         // No receivers is fine: events are optional to observe.
         let _ = self.events.send(event);
     }
@@ -474,7 +479,8 @@ impl Connection {
 
     pub async fn request_with<M: Message>(&self, msg: &M, opts: RequestOptions) -> Result<Bytes> {
         let record = encode_record(msg)?;
-        self.request_record(M::TYPE, record, opts).await
+        self.traced_request(M::TYPE, msg.route(), record, opts)
+            .await
     }
 
     /// A request whose record is already encoded.
@@ -484,12 +490,45 @@ impl Connection {
         record: Bytes,
         opts: RequestOptions,
     ) -> Result<Bytes> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Command::Request, ty, record, opts, Reply::Once(tx))
+        self.traced_request(ty, None, record, opts).await
+    }
+
+    /// A request inside its telemetry span, measured; see `crate::telemetry`.
+    async fn traced_request(
+        &self,
+        ty: u16,
+        route: Option<&str>,
+        record: Bytes,
+        opts: RequestOptions,
+    ) -> Result<Bytes> {
+        let t = telemetry::Request::start(ty, route);
+        let result = async {
+            let (tx, rx) = oneshot::channel();
+            self.submit(
+                Command::Request,
+                ty,
+                record,
+                opts,
+                Reply::Once(tx),
+                t.span(),
+            )
             .await?;
-        // The actor enforces the deadline and always answers; a dropped
-        // sender means it is gone.
-        rx.await.map_err(|_| Error::closed())?
+            // The actor enforces the deadline and always answers; a dropped
+            // sender means it is gone.
+            rx.await.map_err(|_| Error::closed())?
+        }
+        .instrument(t.span().clone())
+        .await;
+        t.finish_reply(&result, self.shared.config.slow_request_threshold);
+        self.note_in_flight();
+        result
+    }
+
+    /// Samples the in-flight gauge.
+    #[inline]
+    fn note_in_flight(&self) {
+        let free = self.shared.inflight.available_permits();
+        telemetry::in_flight(self.shared.config.max_in_flight.saturating_sub(free));
     }
 
     /// Request + `decode_reply::<R>` + error mapping.
@@ -516,13 +555,17 @@ impl Connection {
     ) -> Result<ReplyFrames> {
         let record = encode_record(msg)?;
         let (tx, rx) = mpsc::channel(4);
+        // Spanned up to the moment it is queued; the frames arrive later.
+        let t = telemetry::Request::start(M::TYPE, msg.route());
         self.submit(
             Command::Request,
             M::TYPE,
             record,
             opts,
             Reply::Frames { tx, is_final },
+            t.span(),
         )
+        .instrument(t.span().clone())
         .await?;
         Ok(ReplyFrames::new(rx))
     }
@@ -531,15 +574,36 @@ impl Connection {
     /// an authenticated session (or fails if that cannot happen in time).
     pub async fn send<M: Message>(&self, msg: &M) -> Result<()> {
         let record = encode_record(msg)?;
-        self.send_record(M::TYPE, record, RequestOptions::default())
+        self.traced_send(M::TYPE, msg.route(), record, RequestOptions::default())
             .await
     }
 
-    pub async fn send_record(&self, ty: u16, record: Bytes, opts: RequestOptions) -> Result<()> {
-        let (tx, rx) = oneshot::channel();
-        self.submit(Command::Send, ty, record, opts, Reply::Written(tx))
+    async fn traced_send(
+        &self,
+        ty: u16,
+        route: Option<&str>,
+        record: Bytes,
+        opts: RequestOptions,
+    ) -> Result<()> {
+        let t = telemetry::Request::start(ty, route);
+        let result = async {
+            let (tx, rx) = oneshot::channel();
+            self.submit(
+                Command::Send,
+                ty,
+                record,
+                opts,
+                Reply::Written(tx),
+                t.span(),
+            )
             .await?;
-        rx.await.map_err(|_| Error::closed())?
+            rx.await.map_err(|_| Error::closed())?
+        }
+        .instrument(t.span().clone())
+        .await;
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        self.note_in_flight();
+        result
     }
 
     /// A fire-and-forget record pinned to session `generation` that cannot be
@@ -564,6 +628,23 @@ impl Connection {
         ty: u16,
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
+    ) -> Result<()> {
+        let t = telemetry::Request::start(ty, None);
+        let result = self
+            .send_committed_inner(ty, generation, build, t.span())
+            .instrument(t.span().clone())
+            .await;
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        self.note_in_flight();
+        result
+    }
+
+    async fn send_committed_inner<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+        span: &Span,
     ) -> Result<()> {
         if self.shared.is_closed() {
             return Err(Error::closed());
@@ -591,8 +672,10 @@ impl Connection {
         {
             // From here on nothing awaits until the record is queued.
             let (record, guard) = build()?;
+            let id = self.shared.next_id();
+            span.record(telemetry::CONVERSATION_ID, id);
             slot.send(Command::Send(Outbound {
-                id: self.shared.next_id(),
+                id,
                 ty,
                 record,
                 deadline,
@@ -673,6 +756,7 @@ impl Connection {
         record: Bytes,
         opts: RequestOptions,
         reply: Reply,
+        span: &Span,
     ) -> Result<()> {
         if self.shared.is_closed() {
             return Err(Error::closed());
@@ -705,8 +789,11 @@ impl Connection {
                 }
             }
         };
+        self.note_in_flight();
+        let id = self.shared.next_id();
+        span.record(telemetry::CONVERSATION_ID, id);
         let out = Outbound {
-            id: self.shared.next_id(),
+            id,
             ty,
             record,
             deadline,
