@@ -14,5 +14,6 @@ mod reconnect;
 mod rpc;
 mod schedule;
 mod stream;
+mod telemetry;
 mod tls;
 mod websocket;
