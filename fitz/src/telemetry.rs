@@ -19,6 +19,9 @@
 //! route, when the message carries one), `messaging.message.conversation_id`
 //! (the correlation id) and, once finished, `fitz.outcome` (`ok` / `error`)
 //! and `error.type` (the broker's numeric code or the local error kind).
+//! A request whose caller stops waiting (its future dropped) records
+//! nothing. `request_frames` (Lease ACQUIRE) is spanned until it is queued,
+//! and `send*` until the record is in the output buffer.
 //! RPC and queue worker handlers run inside a `fitz.process` span
 //! (`messaging.operation.type = "process"`) per delivery.
 //!

@@ -483,14 +483,16 @@ impl Connection {
             .await
     }
 
-    /// A request whose record is already encoded.
+    /// A request whose record is already encoded; `route` names its
+    /// destination for telemetry.
     pub async fn request_record(
         &self,
         ty: u16,
+        route: Option<&str>,
         record: Bytes,
         opts: RequestOptions,
     ) -> Result<Bytes> {
-        self.traced_request(ty, None, record, opts).await
+        self.traced_request(ty, route, record, opts).await
     }
 
     /// A request inside its telemetry span, measured; see `crate::telemetry`.

@@ -205,6 +205,7 @@ impl Queue {
                 .conn
                 .request_record(
                     types::QUEUE_ENQUEUE,
+                    Some(route),
                     record.clone(),
                     RequestOptions::default(),
                 )
