@@ -11,7 +11,7 @@
 //!
 //! # Spans
 //!
-//! Every request (`Connection::request*`, `call`, `send*`) runs inside a span
+//! Every request (`Connection::request*`, `call`, `send*`) opens a span
 //! named `fitz.request` (target `fitz::request`, level INFO) with the
 //! OpenTelemetry messaging fields: `messaging.system = "fitz"`,
 //! `messaging.operation.name` (e.g. `get`), `messaging.operation.type`
@@ -21,7 +21,11 @@
 //! and `error.type` (the broker's numeric code or the local error kind).
 //! A request whose caller stops waiting (its future dropped) records
 //! nothing. `request_frames` (Lease ACQUIRE) is spanned until it is queued,
-//! and `send*` until the record is in the output buffer.
+//! and `send*` until the record is in the output buffer; neither is timed.
+//! The span opens when the call starts and closes when it is answered, as a
+//! child of the caller's current span; it is not entered (nothing in the
+//! caller's task logs inside it, and an `Instrumented` wrapper would grow
+//! and move every request's future).
 //! RPC and queue worker handlers run inside a `fitz.process` span
 //! (`messaging.operation.type = "process"`) per delivery.
 //!
@@ -51,8 +55,11 @@ use crate::events::{Event, State};
 /// The metric names the client reports (the `metrics` facade; a Prometheus
 /// exporter turns the dots into underscores).
 pub mod names {
-    /// Histogram, seconds: one sample per request, labels `domain`,
-    /// `operation`, `outcome` (`ok` / `error`). Gives p50/p95/p99.
+    /// Histogram, seconds: one sample per request (from the call to its
+    /// answer), labels `domain`, `operation`, `outcome` (`ok` / `error`).
+    /// Gives p50/p95/p99. Fire-and-forget sends (Notice PUBLISH, RPC
+    /// REQUEST/RESPONSE/CANCEL records) are not sampled: they end when
+    /// buffered, and their cost is that of the notice/RPC they carry.
     pub const REQUEST_DURATION: &str = "fitz.request.duration";
     /// Counter: failed requests, labels `domain`, `operation`, `code` (the
     /// broker's numeric error code, or the local error kind such as
@@ -74,7 +81,7 @@ pub mod names {
     /// `Overflow::DropOldest`, refused under `Overflow::Error`).
     pub const MAILBOX_DROPPED: &str = "fitz.subscription.dropped";
     /// Gauge: requests and sends holding an in-flight permit (sampled when a
-    /// request starts and ends).
+    /// request ends).
     pub const IN_FLIGHT: &str = "fitz.requests.in_flight";
     /// Counter: requests that failed with `Backpressure` (the in-flight
     /// limit or the command queue stayed full for their whole timeout).
@@ -91,6 +98,23 @@ pub mod names {
 pub(crate) const CONVERSATION_ID: &str = "messaging.message.conversation_id";
 
 const METADATA: Metadata<'static> = Metadata::new("fitz", Level::INFO, Some(module_path!()));
+
+/// A label-less metric key, built at compile time (the `metrics` macros
+/// build a key per call when the name is not a literal).
+macro_rules! key {
+    ($name:expr) => {{
+        static KEY: Key = Key::from_static_name($name);
+        &KEY
+    }};
+}
+
+fn gauge(key: &Key) -> metrics::Gauge {
+    metrics::with_recorder(|r| r.register_gauge(key, &METADATA))
+}
+
+fn counter(key: &Key) -> metrics::Counter {
+    metrics::with_recorder(|r| r.register_counter(key, &METADATA))
+}
 
 /// The labels of one operation, fixed at compile time.
 pub(crate) struct Op {
@@ -196,7 +220,8 @@ ops! {
 pub(crate) struct Request<'a> {
     op: &'static Op,
     route: Option<&'a str>,
-    start: Instant,
+    /// `None` for fire-and-forget sends: no duration sample, no slow log.
+    start: Option<Instant>,
     span: Span,
 }
 
@@ -204,6 +229,16 @@ impl<'a> Request<'a> {
     /// Opens the span and starts the clock for a request of record type `ty`.
     #[inline]
     pub fn start(ty: u16, route: Option<&'a str>) -> Self {
+        let mut r = Self::start_send(ty, route);
+        r.start = Some(Instant::now());
+        r
+    }
+
+    /// Opens the span of a fire-and-forget send: it finishes when the record
+    /// is buffered, not answered, so it is not timed (no duration sample, no
+    /// slow log, no clock read); failures are still counted.
+    #[inline]
+    pub fn start_send(ty: u16, route: Option<&'a str>) -> Self {
         let op = op(ty);
         let span = tracing::info_span!(
             target: "fitz::request",
@@ -225,7 +260,7 @@ impl<'a> Request<'a> {
         Self {
             op,
             route,
-            start: Instant::now(),
+            start: None,
             span,
         }
     }
@@ -238,7 +273,18 @@ impl<'a> Request<'a> {
     /// Records the outcome: span fields, duration histogram, error counter,
     /// and the slow-request warning when it took `slow` or longer.
     pub fn finish<T>(self, result: &Result<T, Error>, slow: Duration) {
-        let elapsed = self.start.elapsed();
+        match result {
+            Ok(_) => {
+                if !self.span.is_disabled() {
+                    self.span.record("fitz.outcome", "ok");
+                }
+            }
+            Err(e) => self.failed(e),
+        }
+        let Some(start) = self.start else {
+            return;
+        };
+        let elapsed = start.elapsed();
         let labels: &'static [Label] = if result.is_ok() {
             &self.op.ok
         } else {
@@ -249,12 +295,6 @@ impl<'a> Request<'a> {
             r.register_histogram(&key, &METADATA)
                 .record(elapsed.as_secs_f64());
         });
-        match result {
-            Ok(_) => {
-                self.span.record("fitz.outcome", "ok");
-            }
-            Err(e) => self.failed(e),
-        }
         if elapsed >= slow {
             tracing::warn!(
                 target: "fitz::slow",
@@ -287,7 +327,7 @@ impl<'a> Request<'a> {
         self.span.record("fitz.outcome", "error");
         self.span.record("error.type", code.as_str());
         if e.kind() == ErrorKind::Backpressure {
-            metrics::counter!(names::REJECTED).increment(1);
+            counter(key!(names::REJECTED)).increment(1);
         }
         metrics::counter!(
             names::REQUEST_ERRORS,
@@ -342,7 +382,7 @@ pub(crate) fn delivery_span(domain: &'static str, route: &str) -> Span {
 /// The in-flight gauge, `used` permits of the limit.
 #[inline]
 pub(crate) fn in_flight(used: usize) {
-    metrics::gauge!(names::IN_FLIGHT).set(used as f64);
+    gauge(key!(names::IN_FLIGHT)).set(used as f64);
 }
 
 /// The connection state gauge.
@@ -356,7 +396,7 @@ pub(crate) fn state(s: State) {
         State::Reconnecting => 5.0,
         State::Closed => 6.0,
     };
-    metrics::gauge!(names::CONNECTION_STATE).set(v);
+    gauge(key!(names::CONNECTION_STATE)).set(v);
 }
 
 /// Counters fed by connection events.
@@ -365,38 +405,38 @@ pub(crate) fn event(e: &Event) {
         reconnected: true, ..
     } = e
     {
-        metrics::counter!(names::RECONNECTS).increment(1);
+        counter(key!(names::RECONNECTS)).increment(1);
     }
 }
 
 /// A subscription handle was created (`+1`) or dropped (`-1`).
 #[inline]
 pub(crate) fn subscription_active(delta: f64) {
-    metrics::gauge!(names::SUBSCRIPTIONS_ACTIVE).increment(delta);
+    gauge(key!(names::SUBSCRIPTIONS_ACTIVE)).increment(delta);
 }
 
 /// `n` notifications entered (`n > 0`) or left (`n < 0`) a mailbox.
 #[inline]
 pub(crate) fn mailbox_buffered(n: f64) {
-    metrics::gauge!(names::MAILBOX_BUFFERED).increment(n);
+    gauge(key!(names::MAILBOX_BUFFERED)).increment(n);
 }
 
 /// A full mailbox discarded a notification.
 #[inline]
 pub(crate) fn mailbox_dropped() {
-    metrics::counter!(names::MAILBOX_DROPPED).increment(1);
+    counter(key!(names::MAILBOX_DROPPED)).increment(1);
 }
 
 /// The output buffer's unwritten bytes.
 #[inline]
 pub(crate) fn outbound_pending(bytes: usize) {
-    metrics::gauge!(names::OUTBOUND_PENDING).set(bytes as f64);
+    gauge(key!(names::OUTBOUND_PENDING)).set(bytes as f64);
 }
 
 /// A frame was held back above the output high-water mark.
 #[inline]
 pub(crate) fn outbound_backpressured() {
-    metrics::counter!(names::OUTBOUND_BACKPRESSURED).increment(1);
+    counter(key!(names::OUTBOUND_BACKPRESSURED)).increment(1);
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ use fitz_protocol::{Capabilities, Message, ReplyBody};
 use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{Instrument, Span};
+use tracing::Span;
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
@@ -503,10 +503,12 @@ impl Connection {
         record: Bytes,
         opts: RequestOptions,
     ) -> Result<Bytes> {
+        // The span is not entered: nothing in this task logs inside it, and
+        // a wrapper would only grow (and move) every request's future.
         let t = telemetry::Request::start(ty, route);
-        let result = async {
-            let (tx, rx) = oneshot::channel();
-            self.submit(
+        let (tx, rx) = oneshot::channel();
+        let result = match self
+            .submit(
                 Command::Request,
                 ty,
                 record,
@@ -514,13 +516,13 @@ impl Connection {
                 Reply::Once(tx),
                 t.span(),
             )
-            .await?;
+            .await
+        {
             // The actor enforces the deadline and always answers; a dropped
             // sender means it is gone.
-            rx.await.map_err(|_| Error::closed())?
-        }
-        .instrument(t.span().clone())
-        .await;
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
+            Err(e) => Err(e),
+        };
         t.finish_reply(&result, self.shared.config.slow_request_threshold);
         self.note_in_flight();
         result
@@ -558,7 +560,7 @@ impl Connection {
         let record = encode_record(msg)?;
         let (tx, rx) = mpsc::channel(4);
         // Spanned up to the moment it is queued; the frames arrive later.
-        let t = telemetry::Request::start(M::TYPE, msg.route());
+        let t = telemetry::Request::start_send(M::TYPE, msg.route());
         self.submit(
             Command::Request,
             M::TYPE,
@@ -567,7 +569,6 @@ impl Connection {
             Reply::Frames { tx, is_final },
             t.span(),
         )
-        .instrument(t.span().clone())
         .await?;
         Ok(ReplyFrames::new(rx))
     }
@@ -587,10 +588,10 @@ impl Connection {
         record: Bytes,
         opts: RequestOptions,
     ) -> Result<()> {
-        let t = telemetry::Request::start(ty, route);
-        let result = async {
-            let (tx, rx) = oneshot::channel();
-            self.submit(
+        let t = telemetry::Request::start_send(ty, route);
+        let (tx, rx) = oneshot::channel();
+        let result = match self
+            .submit(
                 Command::Send,
                 ty,
                 record,
@@ -598,13 +599,12 @@ impl Connection {
                 Reply::Written(tx),
                 t.span(),
             )
-            .await?;
-            rx.await.map_err(|_| Error::closed())?
-        }
-        .instrument(t.span().clone())
-        .await;
+            .await
+        {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
+            Err(e) => Err(e),
+        };
         t.finish(&result, self.shared.config.slow_request_threshold);
-        self.note_in_flight();
         result
     }
 
@@ -631,13 +631,11 @@ impl Connection {
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
     ) -> Result<()> {
-        let t = telemetry::Request::start(ty, None);
+        let t = telemetry::Request::start_send(ty, None);
         let result = self
             .send_committed_inner(ty, generation, build, t.span())
-            .instrument(t.span().clone())
             .await;
         t.finish(&result, self.shared.config.slow_request_threshold);
-        self.note_in_flight();
         result
     }
 
@@ -675,7 +673,9 @@ impl Connection {
             // From here on nothing awaits until the record is queued.
             let (record, guard) = build()?;
             let id = self.shared.next_id();
-            span.record(telemetry::CONVERSATION_ID, id);
+            if !span.is_disabled() {
+                span.record(telemetry::CONVERSATION_ID, id);
+            }
             slot.send(Command::Send(Outbound {
                 id,
                 ty,
@@ -791,9 +791,10 @@ impl Connection {
                 }
             }
         };
-        self.note_in_flight();
         let id = self.shared.next_id();
-        span.record(telemetry::CONVERSATION_ID, id);
+        if !span.is_disabled() {
+            span.record(telemetry::CONVERSATION_ID, id);
+        }
         let out = Outbound {
             id,
             ty,
