@@ -322,6 +322,7 @@ pub struct ClientBuilder {
     dead_peer_timeout: Duration,
     retry: RetryPolicy,
     enqueue_retry: RetryPolicy,
+    slow_request_threshold: Duration,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -359,6 +360,7 @@ impl ClientBuilder {
             dead_peer_timeout: Duration::from_secs(30),
             retry: RetryPolicy::default(),
             enqueue_retry: RetryPolicy::none(),
+            slow_request_threshold: Duration::from_secs(1),
         }
     }
 
@@ -491,6 +493,15 @@ impl ClientBuilder {
         self
     }
 
+    /// A request that takes this long or longer (from the call to its
+    /// answer) is logged with `tracing::warn!` (target `fitz::slow`: domain,
+    /// operation, route, duration). Default 1 s; `Duration::MAX` turns the
+    /// log off. See [`crate::telemetry`].
+    pub fn slow_request_threshold(mut self, threshold: Duration) -> Self {
+        self.slow_request_threshold = threshold;
+        self
+    }
+
     /// Validates the options and starts the connection task (in the current
     /// tokio runtime; it does not connect yet).
     pub fn build(self) -> Result<Client> {
@@ -553,6 +564,7 @@ impl ClientBuilder {
             dead_peer_timeout: self.dead_peer_timeout,
             retry: self.retry,
             enqueue_retry: self.enqueue_retry,
+            slow_request_threshold: self.slow_request_threshold,
         })?;
         Ok(Client { conn })
     }

@@ -108,7 +108,7 @@ pub(crate) async fn flush(conn: &Connection, deadline: Instant) -> Result<()> {
             ..RequestOptions::default()
         };
         // Any answer, an error reply included, means "processed".
-        conn.request_record(ty, record?, opts).await.map(drop)
+        conn.request_record(ty, None, record?, opts).await.map(drop)
     });
     let mut failed = 0u32;
     let mut first_error = None;

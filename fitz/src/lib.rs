@@ -176,6 +176,7 @@ mod retry;
 pub mod rpc;
 pub mod schedule;
 pub mod stream;
+pub mod telemetry;
 mod token;
 pub mod transport;
 

@@ -104,6 +104,7 @@ struct Actor {
 
 impl Actor {
     fn set_state(&self, s: State) {
+        crate::telemetry::state(s);
         self.state.send_replace(s);
     }
 
@@ -405,10 +406,11 @@ impl Actor {
                         self.on_command(cmd, &mut mode);
                     }
                     // Write the batch now rather than on the next wake-up.
-                    if let Mode::Session { transport, .. } = &mut mode
-                        && let Err(f) = transport.write_now()
-                    {
-                        break Some(f.error);
+                    if let Mode::Session { transport, .. } = &mut mode {
+                        if let Err(f) = transport.write_now() {
+                            break Some(f.error);
+                        }
+                        crate::telemetry::outbound_pending(transport.pending_out());
                     }
                 }
                 Some(ctl) = self.control.recv() => self.on_control(ctl, &mut mode),
@@ -637,6 +639,14 @@ impl Actor {
                         let session = *session;
                         self.book
                             .admit(id, &session, transport.out(), &mut self.finished);
+                    }
+                    Mode::Session {
+                        ready: true,
+                        transport,
+                        ..
+                    } if transport.pending_out() >= HIGH_WATER => {
+                        crate::telemetry::outbound_backpressured();
+                        self.book.defer(id);
                     }
                     _ => self.book.defer(id),
                 }

@@ -279,6 +279,6 @@ impl NotifyDispatch {
 pub async fn round_trip(client: &crate::Client, ty: u16, record: Bytes) -> Result<Bytes> {
     client
         .connection()
-        .request_record(ty, record, RequestOptions::default())
+        .request_record(ty, None, record, RequestOptions::default())
         .await
 }

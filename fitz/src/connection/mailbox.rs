@@ -19,6 +19,7 @@ use futures_util::task::AtomicWaker;
 
 use crate::error::Error;
 use crate::options::{Overflow, SubscriptionOptions};
+use crate::telemetry;
 
 struct Shared<T> {
     queue: ArrayQueue<T>,
@@ -30,6 +31,16 @@ struct Shared<T> {
     receiver_gone: AtomicBool,
     dropped: AtomicU64,
     overflow: Overflow,
+}
+
+impl<T> Drop for Shared<T> {
+    fn drop(&mut self) {
+        // Items nobody will take leave the buffered gauge with the mailbox.
+        let left = self.queue.len();
+        if left > 0 {
+            telemetry::mailbox_buffered(-(left as f64));
+        }
+    }
 }
 
 /// What a push did.
@@ -82,16 +93,24 @@ impl<T> MailboxTx<T> {
         }
         let outcome = match s.overflow {
             Overflow::DropOldest => match s.queue.force_push(item) {
-                None => Pushed::Delivered,
+                None => {
+                    telemetry::mailbox_buffered(1.0);
+                    Pushed::Delivered
+                }
                 Some(_evicted) => {
                     s.dropped.fetch_add(1, Ordering::Relaxed);
+                    telemetry::mailbox_dropped();
                     Pushed::DroppedOldest
                 }
             },
             Overflow::Error => match s.queue.push(item) {
-                Ok(()) => Pushed::Delivered,
+                Ok(()) => {
+                    telemetry::mailbox_buffered(1.0);
+                    Pushed::Delivered
+                }
                 Err(_) => {
                     s.dropped.fetch_add(1, Ordering::Relaxed);
+                    telemetry::mailbox_dropped();
                     self.close(Some(Error::overflow(
                         "the subscription's buffer overflowed: the consumer fell behind",
                     )));
@@ -146,16 +165,19 @@ impl<T> MailboxRx<T> {
             return Poll::Ready(None);
         }
         if let Some(item) = self.shared.queue.pop() {
+            telemetry::mailbox_buffered(-1.0);
             return Poll::Ready(Some(Ok(item)));
         }
         self.shared.waker.register(cx.waker());
         // Re-check after registering so a push racing the registration is seen.
         if let Some(item) = self.shared.queue.pop() {
+            telemetry::mailbox_buffered(-1.0);
             return Poll::Ready(Some(Ok(item)));
         }
         if self.shared.closed.load(Ordering::Acquire) {
             // Items pushed before `closed` was set are visible now.
             if let Some(item) = self.shared.queue.pop() {
+                telemetry::mailbox_buffered(-1.0);
                 return Poll::Ready(Some(Ok(item)));
             }
             self.finished = true;

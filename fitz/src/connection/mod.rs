@@ -128,11 +128,13 @@ use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Span;
 
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::events::{Event, State, SubscriptionId};
 use crate::options::{ReconnectPolicy, SubscriptionOptions};
+use crate::telemetry;
 use crate::token::TokenProvider;
 use crate::transport::Connector;
 
@@ -161,6 +163,8 @@ pub(crate) struct Config {
     pub retry: crate::retry::RetryPolicy,
     /// Retries of Queue ENQUEUE after a confirmed negative answer.
     pub enqueue_retry: crate::retry::RetryPolicy,
+    /// Requests slower than this are logged (`tracing::warn!`).
+    pub slow_request_threshold: Duration,
 }
 
 /// State shared by the handles and the actor: atomics only.
@@ -229,6 +233,7 @@ impl Shared {
     }
 
     pub fn emit(&self, event: Event) {
+        crate::telemetry::event(&event);
         // No receivers is fine: events are optional to observe.
         let _ = self.events.send(event);
     }
@@ -512,22 +517,60 @@ impl Connection {
 
     pub async fn request_with<M: Message>(&self, msg: &M, opts: RequestOptions) -> Result<Bytes> {
         let record = encode_record(msg)?;
-        self.request_record(M::TYPE, record, opts).await
+        self.traced_request(M::TYPE, msg.route(), record, opts)
+            .await
     }
 
-    /// A request whose record is already encoded.
+    /// A request whose record is already encoded; `route` names its
+    /// destination for telemetry.
     pub async fn request_record(
         &self,
         ty: u16,
+        route: Option<&str>,
         record: Bytes,
         opts: RequestOptions,
     ) -> Result<Bytes> {
+        self.traced_request(ty, route, record, opts).await
+    }
+
+    /// A request inside its telemetry span, measured; see `crate::telemetry`.
+    async fn traced_request(
+        &self,
+        ty: u16,
+        route: Option<&str>,
+        record: Bytes,
+        opts: RequestOptions,
+    ) -> Result<Bytes> {
+        // The span is not entered: nothing in this task logs inside it, and
+        // a wrapper would only grow (and move) every request's future.
+        let t = telemetry::Request::start(ty, route);
         let (tx, rx) = oneshot::channel();
-        self.submit(Command::Request, ty, record, opts, Reply::Once(tx))
-            .await?;
-        // The actor enforces the deadline and always answers; a dropped
-        // sender means it is gone.
-        rx.await.map_err(|_| Error::closed())?
+        let result = match self
+            .submit(
+                Command::Request,
+                ty,
+                record,
+                opts,
+                Reply::Once(tx),
+                t.span(),
+            )
+            .await
+        {
+            // The actor enforces the deadline and always answers; a dropped
+            // sender means it is gone.
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
+            Err(e) => Err(e),
+        };
+        t.finish_reply(&result, self.shared.config.slow_request_threshold);
+        self.note_in_flight();
+        result
+    }
+
+    /// Samples the in-flight gauge.
+    #[inline]
+    fn note_in_flight(&self) {
+        let free = self.shared.inflight.available_permits();
+        telemetry::in_flight(self.shared.config.max_in_flight.saturating_sub(free));
     }
 
     /// Request + `decode_reply::<R>` + error mapping.
@@ -554,12 +597,15 @@ impl Connection {
     ) -> Result<ReplyFrames> {
         let record = encode_record(msg)?;
         let (tx, rx) = mpsc::channel(4);
+        // Spanned up to the moment it is queued; the frames arrive later.
+        let t = telemetry::Request::start_send(M::TYPE, msg.route());
         self.submit(
             Command::Request,
             M::TYPE,
             record,
             opts,
             Reply::Frames { tx, is_final },
+            t.span(),
         )
         .await?;
         Ok(ReplyFrames::new(rx))
@@ -569,15 +615,35 @@ impl Connection {
     /// an authenticated session (or fails if that cannot happen in time).
     pub async fn send<M: Message>(&self, msg: &M) -> Result<()> {
         let record = encode_record(msg)?;
-        self.send_record(M::TYPE, record, RequestOptions::default())
+        self.traced_send(M::TYPE, msg.route(), record, RequestOptions::default())
             .await
     }
 
-    pub async fn send_record(&self, ty: u16, record: Bytes, opts: RequestOptions) -> Result<()> {
+    async fn traced_send(
+        &self,
+        ty: u16,
+        route: Option<&str>,
+        record: Bytes,
+        opts: RequestOptions,
+    ) -> Result<()> {
+        let t = telemetry::Request::start_send(ty, route);
         let (tx, rx) = oneshot::channel();
-        self.submit(Command::Send, ty, record, opts, Reply::Written(tx))
-            .await?;
-        rx.await.map_err(|_| Error::closed())?
+        let result = match self
+            .submit(
+                Command::Send,
+                ty,
+                record,
+                opts,
+                Reply::Written(tx),
+                t.span(),
+            )
+            .await
+        {
+            Ok(()) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
+            Err(e) => Err(e),
+        };
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        result
     }
 
     /// A fire-and-forget record pinned to session `generation` that cannot be
@@ -602,6 +668,21 @@ impl Connection {
         ty: u16,
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
+    ) -> Result<()> {
+        let t = telemetry::Request::start_send(ty, None);
+        let result = self
+            .send_committed_inner(ty, generation, build, t.span())
+            .await;
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        result
+    }
+
+    async fn send_committed_inner<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+        span: &Span,
     ) -> Result<()> {
         if self.shared.is_closed() {
             return Err(Error::closed());
@@ -630,8 +711,12 @@ impl Connection {
         {
             // From here on nothing awaits until the record is queued.
             let (record, guard) = build()?;
+            let id = self.shared.next_id();
+            if !span.is_disabled() {
+                span.record(telemetry::CONVERSATION_ID, id);
+            }
             slot.send(Command::Send(Outbound {
-                id: self.shared.next_id(),
+                id,
                 ty,
                 record,
                 deadline,
@@ -714,6 +799,7 @@ impl Connection {
         record: Bytes,
         opts: RequestOptions,
         reply: Reply,
+        span: &Span,
     ) -> Result<()> {
         if self.shared.is_closed() {
             return Err(Error::closed());
@@ -749,8 +835,12 @@ impl Connection {
         if !opts.barrier {
             self.shared.note_domain(ty);
         }
+        let id = self.shared.next_id();
+        if !span.is_disabled() {
+            span.record(telemetry::CONVERSATION_ID, id);
+        }
         let out = Outbound {
-            id: self.shared.next_id(),
+            id,
             ty,
             record,
             deadline,

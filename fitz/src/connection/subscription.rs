@@ -35,6 +35,7 @@ impl<T> Subscription<T> {
         mailbox: MailboxRx,
         decode: fn(Bytes) -> Result<T>,
     ) -> Self {
+        crate::telemetry::subscription_active(1.0);
         Self {
             conn,
             sink,
@@ -93,6 +94,7 @@ impl<T> Stream for Subscription<T> {
 
 impl<T> Drop for Subscription<T> {
     fn drop(&mut self) {
+        crate::telemetry::subscription_active(-1.0);
         if !self.detached {
             // First: a REGISTER still queued behind this removal is refused.
             self.mailbox.release();

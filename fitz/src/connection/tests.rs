@@ -83,7 +83,7 @@ fn request(
 ) -> tokio::task::JoinHandle<crate::Result<Bytes>> {
     let conn = client.connection().clone();
     let rec = record(ty, payload);
-    tokio::spawn(async move { conn.request_record(ty, rec, opts).await })
+    tokio::spawn(async move { conn.request_record(ty, None, rec, opts).await })
 }
 
 async fn settle() {
@@ -433,7 +433,7 @@ async fn correlation_survives_1000_concurrent_requests_with_random_cancellation(
             .random_bool(0.33)
             .then(|| Duration::from_millis(rng.random_range(0..20)));
         tasks.push(tokio::spawn(async move {
-            let fut = conn.request_record(GET, rec, RequestOptions::default());
+            let fut = conn.request_record(GET, None, rec, RequestOptions::default());
             match cancel_after {
                 None => Some((i, fut.await)),
                 Some(d) => tokio::time::timeout(d, fut).await.ok().map(|r| (i, r)),

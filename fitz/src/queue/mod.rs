@@ -238,6 +238,7 @@ impl Queue {
                 .conn
                 .request_record(
                     types::QUEUE_ENQUEUE,
+                    Some(route),
                     record.clone(),
                     RequestOptions::default(),
                 )

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinError, JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{
     MAX_BATCH, MAX_WAIT, Queue, QueueAvailability, QueueMessage, QueueSubscription, Reservation,
@@ -455,7 +456,9 @@ async fn run<F, Fut, E>(
                             s.reserved += n as u64;
                         });
                         for reservation in batch {
-                            jobs.spawn(handle(shared.clone(), reservation));
+                            let span = crate::telemetry::delivery_span("queue", reservation.route());
+                            span.record("messaging.message.id", reservation.id().0);
+                            jobs.spawn(handle(shared.clone(), reservation).instrument(span));
                         }
                     }
                     Err(e) => match e.kind() {

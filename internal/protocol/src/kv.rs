@@ -65,6 +65,10 @@ pub struct Begin {
 }
 
 impl Message for Begin {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::KV_BEGIN;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -107,6 +111,10 @@ pub struct Commit {
 }
 
 impl Message for Commit {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::KV_COMMIT;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.tx_id);
@@ -135,6 +143,10 @@ pub struct Rollback {
 }
 
 impl Message for Rollback {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::KV_ROLLBACK;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.tx_id);
@@ -163,6 +175,10 @@ pub struct KeyOp<const T: u16> {
 }
 
 impl<const T: u16> Message for KeyOp<T> {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = T;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.tx_id);
@@ -233,6 +249,10 @@ pub struct Write<const T: u16> {
 }
 
 impl<const T: u16> Message for Write<T> {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = T;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.reserve(8 + 12 + self.route.len() + self.key.len() + self.value.len());
@@ -274,6 +294,10 @@ pub struct DeleteRange {
 }
 
 impl Message for DeleteRange {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::KV_DELETE_RANGE;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.tx_id);
@@ -316,6 +340,10 @@ pub struct Scan {
 }
 
 impl Message for Scan {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::KV_SCAN;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.tx_id);
@@ -399,6 +427,10 @@ pub struct Notify {
 }
 
 impl Message for Notify {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::KV_NOTIFY;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.sub_id);

@@ -35,6 +35,10 @@ pub struct Acquire {
 }
 
 impl Message for Acquire {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::LEASE_ACQUIRE;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -116,6 +120,10 @@ pub struct Renew {
 }
 
 impl Message for Renew {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::LEASE_RENEW;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -164,6 +172,10 @@ pub struct Release {
 }
 
 impl Message for Release {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::LEASE_RELEASE;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -250,6 +262,10 @@ pub struct Notify {
 }
 
 impl Message for Notify {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::LEASE_NOTIFY;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.sub_id);
@@ -307,6 +323,10 @@ pub struct List {
 }
 
 impl Message for List {
+    fn route(&self) -> Option<&str> {
+        Some(&self.pattern)
+    }
+
     const TYPE: u16 = types::LEASE_LIST;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.pattern);

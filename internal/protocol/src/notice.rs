@@ -19,6 +19,10 @@ pub struct Publish {
 }
 
 impl Message for Publish {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::NOTICE_PUBLISH;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.reserve(8 + self.route.len() + self.payload.len());

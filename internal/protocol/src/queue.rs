@@ -26,6 +26,10 @@ pub struct Enqueue {
 }
 
 impl Message for Enqueue {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::QUEUE_ENQUEUE;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -81,6 +85,10 @@ impl Reserve {
 }
 
 impl Message for Reserve {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::QUEUE_RESERVE;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -185,6 +193,10 @@ pub struct Extend {
 }
 
 impl Message for Extend {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::QUEUE_EXTEND;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -217,6 +229,10 @@ pub struct Complete {
 }
 
 impl Message for Complete {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::QUEUE_COMPLETE;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);
@@ -315,6 +331,10 @@ impl Notify {
 }
 
 impl Message for Notify {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::QUEUE_NOTIFY;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_u64(self.sub_id);

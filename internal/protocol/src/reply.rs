@@ -23,6 +23,12 @@ pub trait Message: Sized {
     /// Writes the payload (no record header).
     fn encode_payload(&self, buf: &mut BytesMut);
 
+    /// The route (or route pattern) the message addresses, when it carries
+    /// one: what telemetry reports as the destination. `None` by default.
+    fn route(&self) -> Option<&str> {
+        None
+    }
+
     /// Reads the payload's fields. [`Message::decode`] checks nothing trails.
     fn decode_payload(r: &mut Reader) -> Result<Self>;
 
@@ -331,6 +337,10 @@ impl<const T: u16> RouteOnly<T> {
 }
 
 impl<const T: u16> Message for RouteOnly<T> {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = T;
 
     fn encode_payload(&self, buf: &mut BytesMut) {
@@ -355,6 +365,10 @@ pub struct Notify<const T: u16> {
 }
 
 impl<const T: u16> Message for Notify<T> {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = T;
 
     fn encode_payload(&self, buf: &mut BytesMut) {

@@ -65,6 +65,10 @@ impl SubscribeWorker {
 }
 
 impl Message for SubscribeWorker {
+    fn route(&self) -> Option<&str> {
+        Some(&self.pattern)
+    }
+
     const TYPE: u16 = types::RPC_SUBSCRIBE_WORKER;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.pattern);
@@ -140,6 +144,10 @@ pub struct Request {
 }
 
 impl Message for Request {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::RPC_REQUEST;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.reserve(16 + 8 + self.route.len() + self.body.len() + 6);

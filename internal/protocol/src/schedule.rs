@@ -86,6 +86,9 @@ pub struct Create {
 
 impl Message for Create {
     const TYPE: u16 = types::SCHEDULE_CREATE;
+    fn route(&self) -> Option<&str> {
+        Some(&self.entry.route)
+    }
     fn encode_payload(&self, buf: &mut BytesMut) {
         self.entry.encode(buf);
     }

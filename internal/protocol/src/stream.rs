@@ -21,6 +21,10 @@ pub struct Begin {
 }
 
 impl Message for Begin {
+    fn route(&self) -> Option<&str> {
+        Some(&self.route)
+    }
+
     const TYPE: u16 = types::STREAM_BEGIN;
     fn encode_payload(&self, buf: &mut BytesMut) {
         buf.put_str_field(&self.route);

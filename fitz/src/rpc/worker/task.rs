@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::handler::*;
 use super::invocation::*;
@@ -238,7 +239,9 @@ impl Worker {
             deadline,
             inv: inv.clone(),
         };
-        self.tasks.spawn(run(self.handler.clone(), request, inv));
+        let span = crate::telemetry::delivery_span("rpc", &request.route);
+        self.tasks
+            .spawn(run(self.handler.clone(), request, inv).instrument(span));
     }
 
     /// Answers a delivery it will not run with a terminal error (and the
