@@ -177,6 +177,8 @@ pub mod rpc;
 pub mod schedule;
 pub mod stream;
 pub mod telemetry;
+#[cfg(test)]
+mod test_support;
 mod token;
 pub mod transport;
 

@@ -5,72 +5,31 @@
 
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
 use fitz_protocol::lease::{self, LeaseInfo, ListCursor as WireCursor, ListOk, SubscribeReply};
-use fitz_protocol::{Message, ReplyBody, codes, types};
-use fitz_testkit::peer::{CAP_CORRELATION, Peer, Request, payloads};
+use fitz_protocol::{Message, codes, types};
+use fitz_testkit::peer::{Peer, Request, payloads};
 use tokio::time::Instant;
 
 use super::{ObserveOptions, Observer, ObserverStatus, backstop_for_ttl};
-use crate::transport::{MemoryListener, memory};
-use crate::{Client, ErrorKind, ReconnectPolicy, StaticToken};
+use crate::ErrorKind;
+use crate::test_support::{Scripted, ok};
 
 const SELECTOR: &str = "lease://t/jobs/*";
 const LONG: Duration = Duration::from_secs(600);
 
-struct Harness {
-    client: Client,
-    peer: Peer,
-    listener: MemoryListener,
-}
+type Harness = Scripted;
 
 async fn start() -> Harness {
-    let (connector, mut listener) = memory(1 << 20);
-    let client = Client::builder("memory://observe", StaticToken::anonymous())
-        .connector(connector)
-        .reconnect(ReconnectPolicy {
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(10),
-            ..ReconnectPolicy::default()
-        })
-        .build()
-        .unwrap();
-    let c = client.clone();
-    let connecting = tokio::spawn(async move { c.connect().await });
-    let mut peer = Peer::new(listener.accept().await.unwrap());
-    peer.handshake(CAP_CORRELATION).await.unwrap();
-    connecting.await.unwrap().unwrap();
-    Harness {
-        client,
-        peer,
-        listener,
-    }
+    Scripted::start("memory://observe").await
 }
 
-impl Harness {
-    /// Drops the connection and accepts the client's next one.
-    async fn cut(&mut self) {
-        let (a, _b) = tokio::io::duplex(1);
-        let old = std::mem::replace(&mut self.peer, Peer::new(a));
-        drop(old);
-        let mut peer = Peer::new(self.listener.accept().await.unwrap());
-        peer.handshake(CAP_CORRELATION).await.unwrap();
-        self.peer = peer;
-    }
-
+impl Scripted {
     async fn notify(&mut self, sub_id: u64, route: &str) {
         self.peer
             .send_record(types::LEASE_NOTIFY, &payloads::notify(sub_id, route, &[]))
             .await
             .unwrap();
     }
-}
-
-fn ok(body: &impl ReplyBody) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(0);
-    body.encode_body(&mut b);
-    b.to_vec()
 }
 
 fn info(name: &str, owner: &str) -> LeaseInfo {
@@ -267,7 +226,7 @@ async fn a_reconnect_during_the_list_discards_the_pass() {
         .reply(&r, &page(vec![info("old", "w0")], Some(cursor)))
         .await
         .unwrap();
-    h.cut().await;
+    h.reconnect().await;
     // The subscription is restored first.
     subscribed(&mut h.peer, 8).await;
     let mut r = expect(&mut h.peer, types::LEASE_LIST).await;
@@ -388,7 +347,7 @@ async fn a_reconnect_in_steady_state_invalidates_readiness_until_a_fresh_list() 
     let mut obs = ready_observer(&mut h, ObserveOptions::default()).await;
     // A broker restart looks like this to the client: the session ends and
     // a new one starts (the protocol has no broker epoch).
-    h.cut().await;
+    h.reconnect().await;
     let status = tokio::time::timeout(LONG, obs.status_changed())
         .await
         .unwrap()
@@ -416,7 +375,7 @@ async fn a_reconnect_in_steady_state_invalidates_readiness_until_a_fresh_list() 
 async fn a_failed_restore_is_replaced_by_a_new_subscription() {
     let mut h = start().await;
     let obs = ready_observer(&mut h, ObserveOptions::default()).await;
-    h.cut().await;
+    h.reconnect().await;
     // The broker refuses the restored SUBSCRIBE (a transient code): the
     // subscription ends, and the observer makes a new one, then lists.
     let r = expect(&mut h.peer, types::LEASE_SUBSCRIBE).await;

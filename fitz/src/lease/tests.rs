@@ -6,52 +6,22 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use bytes::{BufMut, BytesMut};
+use bytes::BytesMut;
 use fitz_protocol::lease::{self, AcquireKind, AcquireOk, ListCursor as WireCursor, ListOk};
-use fitz_protocol::{Message, ReplyBody, WireError, codes, types};
+use fitz_protocol::{Message, WireError, codes, types};
 use fitz_testkit::peer::{CAP_CORRELATION, Peer, Request};
 use futures_util::{FutureExt, TryStreamExt};
 
 use super::{LossReason, WithLeaseError};
-use crate::transport::{MemoryListener, memory};
-use crate::{Client, ErrorKind, ReconnectPolicy, StaticToken};
+use crate::ErrorKind;
+use crate::test_support::{Scripted, ok};
 
 const ROUTE: &str = "lease://t/jobs/nightly";
 
-struct Harness {
-    client: Client,
-    peer: Peer,
-    listener: MemoryListener,
-}
+type Harness = Scripted;
 
 async fn start() -> Harness {
-    let (connector, mut listener) = memory(1 << 20);
-    let client = Client::builder("memory://lease", StaticToken::anonymous())
-        .connector(connector)
-        .reconnect(ReconnectPolicy {
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(10),
-            ..ReconnectPolicy::default()
-        })
-        .build()
-        .unwrap();
-    let c = client.clone();
-    let connecting = tokio::spawn(async move { c.connect().await });
-    let mut peer = Peer::new(listener.accept().await.unwrap());
-    peer.handshake(CAP_CORRELATION).await.unwrap();
-    connecting.await.unwrap().unwrap();
-    Harness {
-        client,
-        peer,
-        listener,
-    }
-}
-
-fn ok(body: &impl ReplyBody) -> Vec<u8> {
-    let mut b = BytesMut::new();
-    b.put_u8(0);
-    body.encode_body(&mut b);
-    b.to_vec()
+    Scripted::start("memory://lease").await
 }
 
 fn grant(kind: AcquireKind, token: u64) -> Vec<u8> {

@@ -8,68 +8,21 @@ use std::time::Duration;
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::queue::{ReserveOk, ReservedItem};
 use fitz_protocol::types;
-use fitz_testkit::peer::{CAP_CORRELATION, Peer, Request, payloads};
+use fitz_testkit::peer::{Request, payloads};
 use futures_util::StreamExt;
 use tokio::sync::{Semaphore, mpsc};
 
 use super::*;
-use crate::transport::{MemoryListener, memory};
-use crate::{Client, ErrorKind, ReconnectPolicy, State};
+use crate::test_support::Scripted;
+use crate::{ErrorKind, State};
 
-struct Harness {
-    client: Client,
-    peer: Peer,
-    listener: MemoryListener,
-}
+type Harness = Scripted;
 
 async fn start() -> Harness {
-    let (connector, mut listener) = memory(1 << 20);
-    let client = Client::builder("memory://test", crate::StaticToken::anonymous())
-        .connector(connector)
-        .request_timeout(Duration::from_secs(5))
-        .reconnect(ReconnectPolicy {
-            base_delay: Duration::from_millis(10),
-            max_delay: Duration::from_millis(10),
-            ..ReconnectPolicy::default()
-        })
-        .build()
-        .unwrap();
-    let c = client.clone();
-    let connecting = tokio::spawn(async move { c.connect().await });
-    let mut peer = Peer::new(listener.accept().await.unwrap());
-    peer.handshake(CAP_CORRELATION).await.unwrap();
-    connecting.await.unwrap().unwrap();
-    Harness {
-        client,
-        peer,
-        listener,
-    }
-}
-
-impl Harness {
-    async fn expect(&mut self, ty: u16) -> Request {
-        let r = tokio::time::timeout(Duration::from_secs(120), self.peer.read_request())
-            .await
-            .expect("no request")
-            .unwrap();
-        assert_eq!(r.ty, ty, "{r:?}");
-        r
-    }
-
-    /// True when the client sends nothing within `d` (paused time).
-    async fn silent_for(&mut self, d: Duration) -> bool {
-        tokio::time::timeout(d, self.peer.read_request())
-            .await
-            .is_err()
-    }
-
-    /// Drops the connection and completes the client's reconnect.
-    async fn reconnect(&mut self) {
-        let old = std::mem::replace(&mut self.peer, Peer::new(tokio::io::duplex(1).0));
-        old.close().await;
-        self.peer = Peer::new(self.listener.accept().await.unwrap());
-        self.peer.handshake(CAP_CORRELATION).await.unwrap();
-    }
+    Scripted::start_with("memory://test", |b| {
+        b.request_timeout(Duration::from_secs(5))
+    })
+    .await
 }
 
 /// A vector from the digest, without the TCP prefix and 1-byte-type record

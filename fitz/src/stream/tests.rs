@@ -8,84 +8,18 @@ use fitz_protocol::stream::{
     self as wire, BeginOk, DataOk, FilterReason, IdDataOk, Item, ItemKind, Metadata, MetadataOk,
     Record,
 };
-use fitz_protocol::{Message, ReplyBody, Str, WireError, types};
-use fitz_testkit::peer::{CAP_CORRELATION, Peer, Request, payloads};
+use fitz_protocol::{Message, Str, WireError, types};
+use fitz_testkit::peer::payloads;
 use futures_util::StreamExt;
 
 use super::*;
-use crate::transport::{MemoryListener, memory};
-use crate::{Client, ErrorKind, ReconnectPolicy, State};
+use crate::test_support::Scripted;
+use crate::{ErrorKind, State};
 
-struct Harness {
-    client: Client,
-    peer: Peer,
-    listener: MemoryListener,
-}
+type Harness = Scripted;
 
 async fn start() -> Harness {
-    let (connector, mut listener) = memory(1 << 20);
-    let client = Client::builder("memory://test", crate::StaticToken::anonymous())
-        .connector(connector)
-        .reconnect(ReconnectPolicy {
-            base_delay: Duration::from_millis(20),
-            max_delay: Duration::from_millis(50),
-            ..ReconnectPolicy::default()
-        })
-        .build()
-        .unwrap();
-    let c = client.clone();
-    let connecting = tokio::spawn(async move { c.connect().await });
-    let mut peer = Peer::new(listener.accept().await.unwrap());
-    peer.handshake(CAP_CORRELATION).await.unwrap();
-    connecting.await.unwrap().unwrap();
-    Harness {
-        client,
-        peer,
-        listener,
-    }
-}
-
-impl Harness {
-    async fn expect(&mut self, ty: u16) -> Request {
-        let r = tokio::time::timeout(Duration::from_secs(5), self.peer.read_request())
-            .await
-            .expect("no request")
-            .unwrap();
-        assert_eq!(r.ty, ty, "{r:?}");
-        r
-    }
-
-    async fn ok<R: ReplyBody>(&mut self, req: &Request, body: &R) {
-        let mut b = BytesMut::new();
-        b.put_u8(0);
-        body.encode_body(&mut b);
-        self.peer.reply(req, &b).await.unwrap();
-    }
-
-    async fn fail(&mut self, req: &Request, err: WireError) {
-        let mut b = BytesMut::new();
-        err.encode(&mut b);
-        self.peer.reply(req, &b).await.unwrap();
-    }
-
-    /// Drops the connection and completes the reconnect handshake.
-    async fn bounce(&mut self) {
-        let old = std::mem::replace(&mut self.peer, Peer::new(tokio::io::duplex(1).0));
-        old.close().await;
-        self.peer = Peer::new(self.listener.accept().await.unwrap());
-        self.peer.handshake(CAP_CORRELATION).await.unwrap();
-    }
-
-    async fn wait_authenticated(&self) {
-        let mut w = self.client.watch_state();
-        tokio::time::timeout(
-            Duration::from_secs(5),
-            w.wait_for(|s| *s == State::Authenticated),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-    }
+    Scripted::start("memory://stream").await
 }
 
 fn page_bytes(page: &wire::ReadPage, global: bool) -> IdDataOk<{ types::STREAM_READ }> {
@@ -276,7 +210,7 @@ async fn a_session_from_before_a_reconnect_is_stale() {
     )
     .await;
     let mut session = t.await.unwrap().unwrap();
-    h.bounce().await;
+    h.reconnect().await;
     h.wait_authenticated().await;
     let e = session.append(&b"late"[..]).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Stale);
@@ -520,7 +454,7 @@ async fn follow_rereads_after_a_reconnect() {
     let read = h.expect(types::STREAM_READ).await;
     h.ok(&read, &page_bytes(&wire::ReadPage::default(), false))
         .await;
-    h.bounce().await;
+    h.reconnect().await;
     // The restore, then a READ nobody notified: commits during the outage.
     let restore = h.expect(types::STREAM_SUBSCRIBE).await;
     h.peer
