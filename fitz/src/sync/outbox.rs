@@ -738,9 +738,24 @@ enum Attempt {
 }
 
 fn classify(e: &Error) -> Attempt {
-    // A maybe-applied failure is retried: the marker tells on the next
+    use crate::ErrorKind as K;
+    let transient = match e.kind() {
+        // The session, not the entry, failed: a stale handle is a lost
+        // session; a closed client ends the lane (its loop sees `Closed`)
+        // with the entry kept for the next open.
+        K::Connection
+        | K::Timeout
+        | K::Backpressure
+        | K::Stale
+        | K::Cancelled
+        | K::Closed
+        | K::Auth
+        | K::Protocol => true,
+        _ => e.is_retryable(),
+    };
+    // A maybe-applied failure is retried too: the marker tells on the next
     // attempt whether it was.
-    if e.is_retryable() || e.maybe_applied() {
+    if transient || e.maybe_applied() {
         Attempt::Retry(e.to_string())
     } else {
         Attempt::Permanent(e.to_string(), e.code())

@@ -72,8 +72,11 @@ pub trait LocalStore: Send + Sync + 'static {
     /// The value of `key` in `table`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError>;
     /// Every entry of `table` whose key starts with `prefix`, in key order.
-    fn scan_prefix(&self, table: Table, prefix: &[u8])
-    -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError>;
+    fn scan_prefix(
+        &self,
+        table: Table,
+        prefix: &[u8],
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError>;
     /// Applies `ops` in order as one transaction, durably.
     fn apply(&self, ops: &[StoreOp]) -> Result<(), SyncError>;
 }

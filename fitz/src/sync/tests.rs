@@ -135,7 +135,10 @@ fn offline_client() -> Client {
     Client::anonymous("tcp://127.0.0.1:1").unwrap()
 }
 
-async fn version_and_identity(store: Arc<dyn LocalStore>, reopen: impl Fn() -> Arc<dyn LocalStore>) {
+async fn version_and_identity(
+    store: Arc<dyn LocalStore>,
+    reopen: impl Fn() -> Arc<dyn LocalStore>,
+) {
     let first = Outbox::builder_shared(offline_client(), store.clone())
         .open()
         .await

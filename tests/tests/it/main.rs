@@ -25,5 +25,6 @@ mod reconnect;
 mod rpc;
 mod schedule;
 mod stream;
+mod sync;
 mod tls;
 mod websocket;
