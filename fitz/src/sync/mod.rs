@@ -47,7 +47,7 @@ pub use outbox::{
     DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox, OutboxBuilder,
     SyncEvent, SyncStatus,
 };
-pub use store::{LocalStore, MemoryStore, RedbStore, StoreOp, Table};
+pub use store::{Entries, LocalStore, MemoryStore, RedbStore, StoreOp, Table};
 
 use std::fmt;
 

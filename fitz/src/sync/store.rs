@@ -62,6 +62,11 @@ pub enum StoreOp {
     },
 }
 
+/// Key-value pairs of a [`LocalStore::scan_prefix`], in key order.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
+type Tables = BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>;
+
 /// Durable local storage for the sync layer.
 ///
 /// Implementations must make [`LocalStore::apply`] atomic (all of a batch or
@@ -72,11 +77,7 @@ pub trait LocalStore: Send + Sync + 'static {
     /// The value of `key` in `table`.
     fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError>;
     /// Every entry of `table` whose key starts with `prefix`, in key order.
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError>;
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Entries, SyncError>;
     /// Applies `ops` in order as one transaction, durably.
     fn apply(&self, ops: &[StoreOp]) -> Result<(), SyncError>;
 }
@@ -86,7 +87,7 @@ pub trait LocalStore: Send + Sync + 'static {
 /// a clone sees what the original wrote.
 #[derive(Debug, Clone, Default)]
 pub struct MemoryStore {
-    tables: Arc<Mutex<BTreeMap<Table, BTreeMap<Vec<u8>, Vec<u8>>>>>,
+    tables: Arc<Mutex<Tables>>,
 }
 
 impl MemoryStore {
@@ -102,11 +103,7 @@ impl LocalStore for MemoryStore {
         Ok(tables.get(&table).and_then(|t| t.get(key)).cloned())
     }
 
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError> {
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Entries, SyncError> {
         let tables = self.tables.lock().unwrap_or_else(PoisonError::into_inner);
         Ok(tables
             .get(&table)
@@ -199,11 +196,7 @@ impl LocalStore for RedbStore {
         Ok(t.get(key).map_err(store_err)?.map(|v| v.value().to_vec()))
     }
 
-    fn scan_prefix(
-        &self,
-        table: Table,
-        prefix: &[u8],
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, SyncError> {
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Entries, SyncError> {
         let r = self.db.begin_read().map_err(store_err)?;
         let t = r.open_table(definition(table)).map_err(store_err)?;
         let mut out = Vec::new();
