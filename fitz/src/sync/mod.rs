@@ -10,6 +10,26 @@
 //!   not. A flusher sends each lane's entries in push order whenever the
 //!   client is [`crate::State::Authenticated`]; lanes progress independently.
 //!
+//! ```no_run
+//! # async fn demo(client: fitz::Client) -> Result<(), Box<dyn std::error::Error>> {
+//! use fitz::sync::{KvWrite, Mutation, Outbox, RedbStore};
+//!
+//! let outbox = Outbox::builder(client.clone(), RedbStore::open("app.outbox")?)
+//!     .handler("incr", |tx, _args| Box::pin(async move {
+//!         let n: u64 = tx.get("n").await?
+//!             .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+//!             .unwrap_or(0);
+//!         tx.put("n", (n + 1).to_string()).await?;
+//!         Ok(())
+//!     }))
+//!     .open()
+//!     .await?;
+//! outbox.mutate("kv://app/counters/visits", "incr", b"").await?; // durable now
+//! outbox.push("kv://app/carts/42", Mutation::Writes(vec![KvWrite::put("apples", "3")])).await?;
+//! outbox.wait_idle().await; // applied, exactly once, whenever the broker is reachable
+//! # Ok(()) }
+//! ```
+//!
 //! # Exactly once: the marker
 //!
 //! Every entry has a sequence number `seq`, unique and increasing per client
