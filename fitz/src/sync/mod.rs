@@ -65,7 +65,7 @@ mod store;
 
 pub use outbox::{
     DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox, OutboxBuilder,
-    SyncEvent, SyncStatus,
+    StreamAppend, SyncEvent, SyncStatus,
 };
 pub use store::{Entries, LocalStore, MemoryStore, RedbStore, StoreOp, Table};
 

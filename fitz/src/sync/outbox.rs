@@ -108,7 +108,34 @@ impl KvWrite {
     }
 }
 
-/// What an outbox entry does to its KV resource, as one transaction.
+/// One record of a [`Mutation::Append`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAppend {
+    /// The record's body.
+    pub body: Vec<u8>,
+    /// Its discriminator (the broker filters on it); repeated in the
+    /// record's metadata as `aspect`, because READ items carry none.
+    pub aspect: Option<String>,
+}
+
+impl StreamAppend {
+    /// A record with `body` and no discriminator.
+    pub fn new(body: impl AsRef<[u8]>) -> Self {
+        Self {
+            body: body.as_ref().to_vec(),
+            aspect: None,
+        }
+    }
+
+    /// This record with discriminator `aspect`.
+    pub fn aspect(mut self, aspect: impl Into<String>) -> Self {
+        self.aspect = Some(aspect.into());
+        self
+    }
+}
+
+/// What an outbox entry does to its resource, as one transaction (KV) or one
+/// atomic batch (Stream).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
     /// These writes, in order, as one unit.
@@ -121,6 +148,11 @@ pub enum Mutation {
         /// Its arguments, as the caller serialized them.
         args: Vec<u8>,
     },
+    /// Records appended to a `stream://` resource as one committed batch,
+    /// exactly once: at an expected offset fixed (and stored) just before
+    /// the first send, each record's metadata carrying the entry's tx id
+    /// (`{"sync_tx":"<client id>/<seq>","aspect":…}`).
+    Append(Vec<StreamAppend>),
 }
 
 /// How a named handler failed.
@@ -225,6 +257,10 @@ struct Entry {
     seq: u64,
     lane: String,
     mutation: Mutation,
+    /// Stream entries: the offset the batch must start at, fixed before the
+    /// first send and stored with the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected: Option<u64>,
 }
 
 fn entry_key(lane: &str, seq: u64) -> Vec<u8> {
@@ -519,9 +555,19 @@ impl Outbox {
     /// Dropped before it returns, the entry may or may not have been
     /// stored (it is whole either way).
     pub async fn push(&self, route: &str, mutation: Mutation) -> Result<u64, SyncError> {
-        crate::kv::validate_resource(route)
-            .map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
+        let valid = match &mutation {
+            Mutation::Append(_) => crate::stream::validate_resource(route),
+            _ => crate::kv::validate_resource(route),
+        };
+        valid.map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
         match &mutation {
+            Mutation::Append(records) => {
+                if records.is_empty() {
+                    return Err(SyncError::InvalidArgument(
+                        "a stream append entry needs at least one record".into(),
+                    ));
+                }
+            }
             Mutation::Writes(writes) => {
                 if writes.iter().any(KvWrite::touches_reserved) {
                     return Err(SyncError::InvalidArgument(
@@ -543,6 +589,7 @@ impl Outbox {
             seq,
             lane: route.to_owned(),
             mutation,
+            expected: None,
         };
         let ops = vec![
             StoreOp::Put {
@@ -677,6 +724,7 @@ impl Outbox {
             seq: new_seq,
             lane: dead.lane.clone(),
             mutation: dead.mutation,
+            expected: None,
         };
         let ops = vec![
             StoreOp::Delete {
@@ -735,6 +783,22 @@ enum Attempt {
     Retry(String),
     /// Never going to work: dead letter.
     Permanent(String, Option<u32>),
+}
+
+/// The tx id in a stream record's metadata, if it has one.
+fn record_tx(metadata: Option<&Bytes>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(metadata?).ok()?;
+    v.get("sync_tx")?.as_str().map(str::to_owned)
+}
+
+/// [`classify`] for appends: an offset conflict means another batch reached
+/// O first (ours, or another writer's): the next attempt reads O and tells.
+fn classify_append(e: &Error) -> Attempt {
+    if e.code() == Some(crate::codes::STREAM_CONCURRENCY_CONFLICT) {
+        Attempt::Retry(e.to_string())
+    } else {
+        classify(e)
+    }
 }
 
 fn classify(e: &Error) -> Attempt {
@@ -815,8 +879,89 @@ impl Inner {
         first.map(|(_, v)| decode::<Entry>(&v)).transpose()
     }
 
+    /// This entry's tx id, as stream records carry it.
+    fn tx_id(&self, seq: u64) -> String {
+        format!("{}/{seq}", self.client_id)
+    }
+
+    /// Stores `entry` again (its expected offset changed).
+    async fn rewrite(&self, entry: &Entry) -> Result<(), SyncError> {
+        let ops = vec![StoreOp::Put {
+            table: Table::Outbox,
+            key: entry_key(&entry.lane, entry.seq),
+            value: encode(entry)?,
+        }];
+        blocking(&self.store, move |s| s.apply(&ops)).await
+    }
+
+    /// One attempt at appending a stream entry's batch at its expected
+    /// offset O: if a record is at O already, it is ours (applied before) or
+    /// another writer's (fix a new O); otherwise BEGIN at O, append, commit.
+    /// The broker refuses a batch that would not start at O, so the batch
+    /// is either at O or nowhere.
+    async fn attempt_append(&self, entry: &mut Entry, records: &[StreamAppend]) -> Attempt {
+        let streams = self.client.stream();
+        let at = match entry.expected {
+            Some(at) => at,
+            None => {
+                let next = match streams.metadata(&entry.lane).await {
+                    Ok(m) => m.next_offset(),
+                    Err(e) => return classify(&e),
+                };
+                entry.expected = Some(next);
+                if let Err(e) = self.rewrite(entry).await {
+                    entry.expected = None;
+                    return Attempt::Retry(e.to_string());
+                }
+                next
+            }
+        };
+        let tx_id = self.tx_id(entry.seq);
+        let options = crate::stream::ReadOptions::new().limit(1);
+        let page = match streams.read_page(&entry.lane, at, &options).await {
+            Ok(p) => p,
+            Err(e) => return classify(&e),
+        };
+        if let Some(rec) = page.records().find(|r| r.offset() == at) {
+            if self.check_marker && record_tx(rec.metadata()).as_deref() == Some(tx_id.as_str()) {
+                return Attempt::Applied;
+            }
+            // Another writer has O: fix a new one on the next attempt.
+            entry.expected = None;
+            if let Err(e) = self.rewrite(entry).await {
+                return Attempt::Retry(e.to_string());
+            }
+            return Attempt::Retry(format!("offset {at} was taken by another writer"));
+        }
+        let mut session = match streams.begin_at(&entry.lane, at).await {
+            Ok(s) => s,
+            Err(e) => return classify_append(&e),
+        };
+        for r in records {
+            let meta = serde_json::json!({ "sync_tx": tx_id, "aspect": r.aspect });
+            let mut options = crate::stream::AppendOptions::new().metadata(meta.to_string());
+            if let Some(a) = &r.aspect {
+                options = options.discriminator(a.clone());
+            }
+            if let Err(e) = session
+                .append_with(Bytes::from(r.body.clone()), options)
+                .await
+            {
+                return classify_append(&e);
+            }
+        }
+        match session.commit(Durability::Sync).await {
+            Ok(_) => Attempt::Applied,
+            Err(e) => classify_append(&e),
+        }
+    }
+
     /// One attempt at applying `entry`.
-    async fn attempt(&self, entry: &Entry) -> Attempt {
+    async fn attempt(&self, entry: &mut Entry) -> Attempt {
+        if let Mutation::Append(records) = &entry.mutation {
+            let records = records.clone();
+            return self.attempt_append(entry, &records).await;
+        }
         let mut tx = match self.client.kv().begin(&entry.lane, TxMode::ReadWrite).await {
             Ok(tx) => tx,
             Err(e) => return classify(&e),
@@ -851,6 +996,8 @@ impl Inner {
                     None,
                 )),
             },
+            // Handled above; never reached.
+            Mutation::Append(_) => Err(Attempt::Retry("stream entry on the KV path".into())),
         };
         if let Err(a) = applied {
             return a;
@@ -935,7 +1082,7 @@ async fn run_lane(inner: Arc<Inner>, lane: String) {
             }
             return;
         }
-        let entry = match inner.head(&lane).await {
+        let mut entry = match inner.head(&lane).await {
             Ok(Some(e)) => e,
             Ok(None) => {
                 // Pushes count an entry only after it is stored, so the
@@ -956,7 +1103,7 @@ async fn run_lane(inner: Arc<Inner>, lane: String) {
                 continue;
             }
         };
-        let (event, dead) = match inner.attempt(&entry).await {
+        let (event, dead) = match inner.attempt(&mut entry).await {
             Attempt::Retry(msg) => {
                 tracing::debug!(lane = %lane, seq = entry.seq, error = %msg, "sync: retrying");
                 inner.set_error(&lane, Some(msg));

@@ -9,6 +9,9 @@
 //!   exactly 1,000. With `FITZ_SYNC_UNCHECKED_MARKER=1` the outbox skips its
 //!   marker check and the same test fails (applied twice), which shows the
 //!   test can fail.
+//! * **Streams exactly once**: batches of 1–3 records on two stream lanes,
+//!   pushed offline and flushed through the same faults: each entry's tx id
+//!   appears in exactly one contiguous batch, in push order per lane.
 //! * **Dead letter**: a write the broker refuses for good (INSERT of an
 //!   existing key, 1006) goes to the dead letter with its code, the lane
 //!   moves on; `retry_dead_letter` and `discard` work; a queued range delete
@@ -18,11 +21,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fitz::kv::TxMode;
-use fitz::sync::{KvWrite, Mutation, Outbox, OutboxBuilder, RedbStore, SyncEvent, marker_key};
+use fitz::sync::{
+    KvWrite, Mutation, Outbox, OutboxBuilder, RedbStore, StreamAppend, SyncEvent, marker_key,
+};
 use fitz::{Client, State};
 use fitz_testkit::Direction;
 use fitz_tests::{
-    Brokers, BrokersExt, Transport, anon_builder, connected, realm, refuse_new, within,
+    Brokers, BrokersExt, ProxyHandle, Transport, anon_builder, connected, realm, refuse_new, within,
 };
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -64,35 +69,9 @@ async fn read(client: &Client, route: &str, key: &[u8]) -> Option<Bytes> {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn increments_apply_exactly_once_through_cuts_and_lost_answers() {
-    let brokers = Brokers::start().await.unwrap();
-    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
-    refuse_new(&proxy).await;
-    let client = anon_builder(&url)
-        .request_timeout(Duration::from_secs(2))
-        .build()
-        .unwrap();
-    let store = RedbStore::open(store_path("incr")).unwrap();
-    let mut builder = with_incr(Outbox::builder(client.clone(), store));
-    let unchecked = std::env::var_os("FITZ_SYNC_UNCHECKED_MARKER").is_some();
-    if unchecked {
-        builder = builder.unchecked_marker_for_tests();
-    }
-    let outbox = builder.open().await.unwrap();
-    let route = format!("kv://{}/sync/counter", realm("sync"));
-
-    // Offline: every push is stored, nothing is sent.
-    assert!(client.connect().await.is_err());
-    for _ in 0..INCREMENTS {
-        outbox.mutate(&route, "incr", b"").await.unwrap();
-    }
-    assert_eq!(outbox.status().pending(), INCREMENTS);
-    assert_eq!(client.state(), State::Disconnected);
-
-    proxy.refuse_new(false);
-    client.connect_when_ready(fitz_tests::WAIT).await.unwrap();
-
+/// Faults the connection through `proxy` after every few applied entries
+/// until `outbox` is empty; returns how many faults it made.
+async fn flush_through_faults(proxy: &ProxyHandle, outbox: &Outbox) -> usize {
     let seed: u64 = rand::random();
     eprintln!("sync chaos seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
@@ -142,6 +121,39 @@ async fn increments_apply_exactly_once_through_cuts_and_lost_answers() {
         }
         faults += 1;
     }
+    faults
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn increments_apply_exactly_once_through_cuts_and_lost_answers() {
+    let brokers = Brokers::start().await.unwrap();
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    refuse_new(&proxy).await;
+    let client = anon_builder(&url)
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let store = RedbStore::open(store_path("incr")).unwrap();
+    let mut builder = with_incr(Outbox::builder(client.clone(), store));
+    let unchecked = std::env::var_os("FITZ_SYNC_UNCHECKED_MARKER").is_some();
+    if unchecked {
+        builder = builder.unchecked_marker_for_tests();
+    }
+    let outbox = builder.open().await.unwrap();
+    let route = format!("kv://{}/sync/counter", realm("sync"));
+
+    // Offline: every push is stored, nothing is sent.
+    assert!(client.connect().await.is_err());
+    for _ in 0..INCREMENTS {
+        outbox.mutate(&route, "incr", b"").await.unwrap();
+    }
+    assert_eq!(outbox.status().pending(), INCREMENTS);
+    assert_eq!(client.state(), State::Disconnected);
+
+    proxy.refuse_new(false);
+    client.connect_when_ready(fitz_tests::WAIT).await.unwrap();
+
+    let faults = flush_through_faults(&proxy, &outbox).await;
     outbox.wait_idle().await;
 
     let direct = connected(brokers.anon_url(Transport::Tcp)).await;
@@ -259,5 +271,83 @@ async fn a_refused_write_goes_to_the_dead_letter_and_the_lane_moves_on() {
 
     outbox.close().await;
     client.close().await;
+    brokers.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_appends_apply_exactly_once_in_push_order_through_faults() {
+    const ENTRIES: usize = 200;
+    let brokers = Brokers::start().await.unwrap();
+    let (proxy, url) = brokers.anon_proxy(Transport::Tcp).await;
+    refuse_new(&proxy).await;
+    let client = anon_builder(&url)
+        .request_timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let mut builder = Outbox::builder(
+        client.clone(),
+        RedbStore::open(store_path("stream")).unwrap(),
+    );
+    if std::env::var_os("FITZ_SYNC_UNCHECKED_MARKER").is_some() {
+        builder = builder.unchecked_marker_for_tests();
+    }
+    let outbox = builder.open().await.unwrap();
+    let app = realm("sync");
+    let lanes = [
+        format!("stream://{app}/sync/a"),
+        format!("stream://{app}/sync/b"),
+    ];
+    // Per lane, in push order: (tx id, number of records).
+    let mut pushed: Vec<Vec<(String, usize)>> = vec![Vec::new(), Vec::new()];
+    for i in 0..ENTRIES {
+        for (l, lane) in lanes.iter().enumerate() {
+            let n = 1 + (i + l) % 3;
+            let records = (0..n)
+                .map(|j| StreamAppend::new(format!("{l}:{i}:{j}")).aspect("counted"))
+                .collect();
+            let seq = outbox.push(lane, Mutation::Append(records)).await.unwrap();
+            pushed[l].push((format!("{}/{seq}", outbox.client_id()), n));
+        }
+    }
+    assert!(client.connect().await.is_err());
+    proxy.refuse_new(false);
+    client.connect_when_ready(fitz_tests::WAIT).await.unwrap();
+    let faults = flush_through_faults(&proxy, &outbox).await;
+    outbox.wait_idle().await;
+    let dead = outbox.dead_letters().await.unwrap();
+    assert!(dead.is_empty(), "dead letters: {:?}", dead.first());
+
+    let direct = connected(brokers.anon_url(Transport::Tcp)).await;
+    for (l, lane) in lanes.iter().enumerate() {
+        let mut found: Vec<(String, usize)> = Vec::new();
+        let mut from = fitz::stream::ReadPosition::from(0);
+        loop {
+            let page = direct
+                .stream()
+                .read_page(lane, from, &fitz::stream::ReadOptions::new())
+                .await
+                .unwrap();
+            for rec in page.records() {
+                let meta: serde_json::Value =
+                    serde_json::from_slice(rec.metadata().expect("metadata")).unwrap();
+                assert_eq!(meta["aspect"], "counted");
+                let tx = meta["sync_tx"].as_str().expect("tx id").to_owned();
+                match found.last_mut() {
+                    Some((last, n)) if *last == tx => *n += 1,
+                    _ => found.push((tx, 1)),
+                }
+            }
+            if page.caught_up() {
+                break;
+            }
+            from = page.next_position();
+        }
+        eprintln!("lane {l}: {} batches, faults {faults}", found.len());
+        assert_eq!(found, pushed[l], "lane {l}: each entry once, in push order");
+    }
+    assert!(faults >= MIN_FAULTS, "only {faults} faults");
+    outbox.close().await;
+    client.close().await;
+    direct.close().await;
     brokers.shutdown().await;
 }
