@@ -15,7 +15,9 @@
 //! * **Dead letter**: a write the broker refuses for good (INSERT of an
 //!   existing key, 1006) goes to the dead letter with its code, the lane
 //!   moves on; `retry_dead_letter` and `discard` work; a queued range delete
-//!   over the whole resource leaves the marker alone.
+//!   over the whole resource leaves the marker alone. An unauthorized write
+//!   (1011, scoped token) is dead-lettered with its code while another lane
+//!   flows.
 
 use std::time::Duration;
 
@@ -349,5 +351,49 @@ async fn stream_appends_apply_exactly_once_in_push_order_through_faults() {
     outbox.close().await;
     client.close().await;
     direct.close().await;
+    brokers.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unauthorized_write_is_dead_lettered_with_its_code_and_other_lanes_flow() {
+    let brokers = Brokers::start().await.unwrap();
+    let app = realm("sync");
+    let token = brokers.scoped_token(&[
+        &format!("kv://{app}/open/**#*"),
+        &format!("kv://{app}/closed/**#read"),
+    ]);
+    let client = fitz_tests::connected_with(brokers.auth_url(Transport::Tcp), token).await;
+    let outbox = Outbox::builder(client.clone(), RedbStore::open(store_path("auth")).unwrap())
+        .open()
+        .await
+        .unwrap();
+    let closed = format!("kv://{app}/closed/r");
+    let open = format!("kv://{app}/open/r");
+    let put = |k: &str| Mutation::Writes(vec![KvWrite::put(k, "v")]);
+    let first = outbox.push(&closed, put("a")).await.unwrap();
+    let second = outbox.push(&closed, put("b")).await.unwrap();
+    outbox.push(&open, put("a")).await.unwrap();
+    within("idle", outbox.wait_idle()).await;
+
+    let dead = outbox.dead_letters().await.unwrap();
+    assert_eq!(
+        dead.iter().map(|d| (d.seq, d.code)).collect::<Vec<_>>(),
+        vec![
+            (first, Some(fitz::codes::KV_UNAUTHORIZED)),
+            (second, Some(fitz::codes::KV_UNAUTHORIZED)),
+        ],
+        "each refused entry is kept with its code; the lane moved past the first"
+    );
+    assert_eq!(dead[0].lane, closed);
+    let status = outbox.status();
+    assert_eq!((status.pending(), status.dead_letters), (0, 2));
+    let lane = status.lanes.iter().find(|l| l.lane == closed).unwrap();
+    assert!(
+        lane.last_error.is_some(),
+        "the lane's last error is the refusal"
+    );
+    assert_eq!(read(&client, &open, b"a").await.as_deref(), Some(&b"v"[..]));
+    outbox.close().await;
+    client.close().await;
     brokers.shutdown().await;
 }
