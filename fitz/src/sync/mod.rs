@@ -5,9 +5,9 @@
 //!   durable batches; [`RedbStore`] keeps it in one redb file,
 //!   [`MemoryStore`] in memory. The store carries a format version and a
 //!   client id created once and kept for the store's life.
-//! * [`Outbox`]: [`Outbox::push`] writes a [`Mutation`] for one KV resource
-//!   (a *lane*) to the store and returns once it is durable, connected or
-//!   not. A flusher sends each lane's entries in push order whenever the
+//! * [`Outbox`]: [`Outbox::push`] writes a [`Mutation`] for one KV or
+//!   Stream resource (a *lane*) to the store and returns once it is durable,
+//!   connected or not. A flusher sends each lane's entries in push order whenever the
 //!   client is [`crate::State::Authenticated`]; lanes progress independently.
 //!
 //! ```no_run
@@ -43,6 +43,19 @@
 //! atomic commit make "applied" and "marker advanced" one event, so any
 //! number of retries after ambiguous outcomes applies the entry once.
 //!
+//! # Exactly once for stream appends: the expected offset
+//!
+//! A [`Mutation::Append`] batch is placed at an expected offset O, read from
+//! the stream's metadata just before the entry's first send and stored with
+//! the entry (it cannot be known offline). Each attempt first reads offset
+//! O: a record there whose metadata carries this entry's tx id
+//! (`{"sync_tx":"<client id>/<seq>","aspect":…}`) means the batch was
+//! applied (dequeue); another writer's record means O was taken (fix a new
+//! O); nothing there means BEGIN at O (the broker refuses the batch unless
+//! the stream's next offset is O), append, commit. The batch is therefore at
+//! O or nowhere, never twice. The aspect (discriminator) is repeated in the
+//! metadata because READ items carry no discriminator.
+//!
 //! # The reserved prefix
 //!
 //! Keys starting with [`RESERVED_PREFIX`] (`\0sync/`) belong to the sync
@@ -57,8 +70,8 @@
 //!
 //! # Not yet (later parts of issue 16)
 //!
-//! Stream appends, schedule and queue lanes, optimistic reads, feeds with gap
-//! detection, and the crash (SIGKILL) test.
+//! Schedule and queue lanes, optimistic reads, feeds with gap detection, the
+//! crash (SIGKILL) test, benchmarks.
 
 mod outbox;
 mod store;
