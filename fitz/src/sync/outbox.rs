@@ -290,13 +290,18 @@ fn be_u64(b: &[u8]) -> Result<u64, SyncError> {
     Ok(u64::from_be_bytes(arr))
 }
 
+/// The outbox's own handle on the store: its reference count is the outbox
+/// plus the store calls running on the blocking pool (a caller's own `Arc`
+/// of the store does not count), which [`Outbox::close`] waits out.
+struct StoreHandle(Arc<dyn LocalStore>);
+
 /// Runs a blocking store call on tokio's blocking pool.
 async fn blocking<T: Send + 'static>(
-    store: &Arc<dyn LocalStore>,
+    store: &Arc<StoreHandle>,
     f: impl FnOnce(&dyn LocalStore) -> Result<T, SyncError> + Send + 'static,
 ) -> Result<T, SyncError> {
     let store = store.clone();
-    tokio::task::spawn_blocking(move || f(store.as_ref()))
+    tokio::task::spawn_blocking(move || f(store.0.as_ref()))
         .await
         .map_err(|e| SyncError::Store(format!("store task failed: {e}")))?
 }
@@ -362,21 +367,19 @@ impl OutboxBuilder {
     /// Errors: [`SyncError::Version`] for a store of another layout version,
     /// [`SyncError::Store`] when the store fails.
     pub async fn open(self) -> Result<Outbox, SyncError> {
-        let (client_id, next_seq, entries) = blocking(&self.store, load).await?;
+        let store = Arc::new(StoreHandle(self.store));
+        let (client_id, next_seq, entries) = blocking(&store, load).await?;
         let mut lanes: BTreeMap<String, LaneState> = BTreeMap::new();
         for e in &entries {
             lanes.entry(e.lane.clone()).or_default().pending += 1;
         }
-        let dead = blocking(&self.store, |s| {
-            Ok(s.scan_prefix(Table::DeadLetter, b"")?.len())
-        })
-        .await?;
+        let dead = blocking(&store, |s| Ok(s.scan_prefix(Table::DeadLetter, b"")?.len())).await?;
         let total: usize = lanes.values().map(|l| l.pending).sum();
         let (events, _) = broadcast::channel(EVENT_BUFFER);
         let (pending_tx, _) = watch::channel(total);
         let inner = Arc::new(Inner {
             client: self.client,
-            store: self.store,
+            store,
             handlers: self.handlers,
             check_marker: self.check_marker,
             marker: marker_key(&client_id),
@@ -472,7 +475,7 @@ struct Shared {
 
 struct Inner {
     client: Client,
-    store: Arc<dyn LocalStore>,
+    store: Arc<StoreHandle>,
     handlers: HashMap<String, Handler>,
     check_marker: bool,
     client_id: String,
@@ -632,9 +635,13 @@ impl Outbox {
         .await
     }
 
-    /// Stops flushing and waits until every flush task has ended, so the
+    /// Stops flushing and waits until every flush task has ended (an
+    /// attempt in flight is finished first: at most a few request
+    /// timeouts, plus whatever a named handler takes), so the
     /// store is released once the last clone is dropped (a redb file can then
-    /// be opened again). Entries not yet applied stay in the store; one
+    /// be opened again; a store call already running on the blocking pool is
+    /// waited for, as it cannot be cancelled). Entries not yet applied stay
+    /// in the store; one
     /// in flight is retried on the next open, and the marker keeps it from
     /// applying twice. Other clones stop flushing too.
     pub async fn close(self) {
@@ -648,6 +655,11 @@ impl Outbox {
         );
         for t in tasks {
             let _ = t.await;
+        }
+        // A store call of an ended task may still run on the blocking pool
+        // (it cannot be cancelled); it holds the store until it returns.
+        while Arc::strong_count(&self.inner.store) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
     }
 
@@ -843,16 +855,9 @@ impl Inner {
         state.running = true;
         let inner = self.clone();
         let lane = lane.to_owned();
-        // Dropping the last `Outbox` cancels `stop`, which ends the task
-        // (an entry in flight is retried on the next open; the marker keeps
-        // it from applying twice).
-        let task = tokio::spawn(async move {
-            let stop = inner.stop.clone();
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = run_lane(inner, lane) => {}
-            }
-        });
+        // Dropping the last `Outbox` cancels `stop`, which ends the task at
+        // its next stop point (see `run_lane`).
+        let task = tokio::spawn(run_lane(inner, lane));
         drop(st);
         let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|t| !t.is_finished());
@@ -1034,12 +1039,14 @@ impl Inner {
         }
     }
 
-    /// Waits `delay`, or less when [`Outbox::sync_now`] is called.
+    /// Waits `delay`, or less when [`Outbox::sync_now`] is called or the
+    /// outbox stops.
     async fn pause(&self, delay: Duration) {
         let woken = self.wake.notified();
         tokio::select! {
             () = tokio::time::sleep(delay) => {}
             () = woken => {}
+            () = self.stop.cancelled() => {}
         }
     }
 }
@@ -1073,10 +1080,20 @@ fn jittered(base: Duration) -> Duration {
 
 /// The flush loop of one lane: head entry, attempt until applied or
 /// permanent, settle, next; ends when the lane is empty.
+///
+/// Stop points (where a cancelled `stop` ends the task): waiting for the
+/// connection, waiting out a retry delay, and between an attempt and the
+/// local dequeue (an applied entry then stays queued; the next open finds
+/// its marker). An attempt itself is never cut short: a BEGIN abandoned
+/// mid-flight could leave the resource locked on a session that lives on.
 async fn run_lane(inner: Arc<Inner>, lane: String) {
     let mut backoff = BACKOFF_MIN;
     loop {
-        if !inner.authenticated().await {
+        let ready = tokio::select! {
+            () = inner.stop.cancelled() => false,
+            ok = inner.authenticated() => ok,
+        };
+        if !ready {
             if let Some(l) = inner.lock().lanes.get_mut(&lane) {
                 l.running = false;
             }
@@ -1103,7 +1120,11 @@ async fn run_lane(inner: Arc<Inner>, lane: String) {
                 continue;
             }
         };
-        let (event, dead) = match inner.attempt(&mut entry).await {
+        let outcome = inner.attempt(&mut entry).await;
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let (event, dead) = match outcome {
             Attempt::Retry(msg) => {
                 tracing::debug!(lane = %lane, seq = entry.seq, error = %msg, "sync: retrying");
                 inner.set_error(&lane, Some(msg));
