@@ -502,12 +502,14 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Durable queued KV mutations, applied exactly once on the broker (see the
-/// [module docs](super) for the marker recipe).
+/// Durable queued KV and stream mutations, applied exactly once on the
+/// broker (see the [module docs](super) for the marker and expected-offset
+/// recipes).
 ///
-/// Cheap to clone; the flush tasks stop when the last clone is dropped (an
-/// entry being flushed then is picked up again on the next open, and the
-/// marker keeps it from applying twice).
+/// Cheap to clone; the flush tasks stop when the last clone is dropped or
+/// [`Outbox::close`] is called, after the attempt in flight (an entry
+/// applied but not yet dequeued is found applied on the next open). Use
+/// `close().await` before reopening the same store file.
 #[derive(Clone)]
 pub struct Outbox {
     inner: Arc<Inner>,
