@@ -70,8 +70,9 @@
 //!
 //! # Not yet (later parts of issue 16)
 //!
-//! Schedule and queue lanes, optimistic reads, feeds with gap detection, the
-//! crash (SIGKILL) test, benchmarks.
+//! Schedule and queue lanes, feeds with gap detection, the crash (SIGKILL)
+//! test, benchmarks, the `offline` example; [`crate::kv::Transaction::scan`]
+//! hiding [`RESERVED_PREFIX`].
 
 mod outbox;
 mod store;

@@ -665,6 +665,54 @@ impl Outbox {
         }
     }
 
+    /// Optimistic read: the value `key` of the KV resource `route` will
+    /// have once that lane's pending [`Mutation::Writes`] entries are
+    /// applied, over `committed` (what a read of the broker returned).
+    ///
+    /// Entries leave the outbox once applied (or dead-lettered, which
+    /// removes their optimistic effect), so the overlay shrinks to nothing
+    /// as the lane drains. Between an entry's commit and its local dequeue
+    /// it is applied twice to the view, which is harmless: puts and deletes
+    /// set a final state. [`Mutation::Named`] entries are not overlaid (their
+    /// effect is known only when their handler runs at flush).
+    pub async fn overlay(
+        &self,
+        route: &str,
+        key: impl AsRef<[u8]>,
+        committed: Option<Bytes>,
+    ) -> Result<Option<Bytes>, SyncError> {
+        let prefix = lane_prefix(route);
+        let entries = blocking(&self.inner.store, move |s| {
+            s.scan_prefix(Table::Outbox, &prefix)
+        })
+        .await?;
+        let key = key.as_ref();
+        let mut value = committed;
+        for (_, raw) in entries {
+            let entry: Entry = decode(&raw)?;
+            let Mutation::Writes(writes) = entry.mutation else {
+                continue;
+            };
+            for w in writes {
+                match w {
+                    KvWrite::Put { key: k, value: v } | KvWrite::Insert { key: k, value: v }
+                        if k == key =>
+                    {
+                        value = Some(Bytes::from(v));
+                    }
+                    KvWrite::Delete { key: k } if k == key => value = None,
+                    KvWrite::DeleteRange { start, end }
+                        if start.as_slice() <= key && key < end.as_slice() =>
+                    {
+                        value = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(value)
+    }
+
     /// Flush now: every lane waiting out a retry delay tries again at once.
     /// Returns without waiting for the flush; see [`Outbox::wait_idle`].
     pub fn sync_now(&self) {

@@ -251,6 +251,58 @@ async fn push_rejects_bad_routes_reserved_keys_and_unknown_handlers() {
     assert_eq!(outbox.status().pending(), 1);
 }
 
+#[tokio::test]
+async fn overlay_applies_the_lanes_pending_writes_in_order() {
+    let outbox = Outbox::builder(offline_client(), MemoryStore::new())
+        .handler("noop", |_tx, _args| Box::pin(async { Ok(()) }))
+        .open()
+        .await
+        .unwrap();
+    let (r, other) = ("kv://app/area/res", "kv://app/area/other");
+    let committed = Some(bytes::Bytes::from_static(b"broker"));
+    let view = |key: &'static str| {
+        let outbox = outbox.clone();
+        let committed = committed.clone();
+        async move { outbox.overlay(r, key, committed).await.unwrap() }
+    };
+    assert_eq!(
+        view("k").await,
+        committed,
+        "nothing pending: the broker's value"
+    );
+    let w = |writes| Mutation::Writes(writes);
+    outbox
+        .push(r, w(vec![KvWrite::put("k", "1")]))
+        .await
+        .unwrap();
+    outbox
+        .push(other, w(vec![KvWrite::delete("k")]))
+        .await
+        .unwrap();
+    outbox.mutate(r, "noop", b"").await.unwrap();
+    assert_eq!(view("k").await.as_deref(), Some(&b"1"[..]));
+    assert_eq!(view("j").await, committed, "another key is untouched");
+    outbox
+        .push(r, w(vec![KvWrite::put("k", "2"), KvWrite::delete("k")]))
+        .await
+        .unwrap();
+    assert_eq!(view("k").await, None, "later writes win, in order");
+    outbox
+        .push(
+            r,
+            w(vec![
+                KvWrite::insert("k", "3"),
+                KvWrite::delete_range("a", "z"),
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(view("k").await, None);
+    assert_eq!(view("j").await, None, "the range delete covers j");
+    assert_eq!(view("zz").await, committed);
+    outbox.close().await;
+}
+
 /// A fresh directory under the system temp dir, unique per call.
 fn tempdir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};

@@ -217,6 +217,8 @@ async fn a_refused_write_goes_to_the_dead_letter_and_the_lane_moves_on() {
         read(&client, &route, b"after").await.as_deref(),
         Some(&b"yes"[..])
     );
+    // Applied and dead-lettered entries overlay nothing any more.
+    assert_eq!(outbox.overlay(&route, "k", None).await.unwrap(), None);
     let mut failed = None;
     for _ in 0..3 {
         match within("event", events.recv()).await.unwrap() {
