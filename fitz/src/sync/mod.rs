@@ -10,6 +10,8 @@
 //!   connected or not. A flusher sends each lane's entries in push order whenever the
 //!   client is [`crate::State::Authenticated`]; lanes progress independently.
 //!
+//! `fitz/examples/offline.rs` runs this against a broker that starts late.
+//!
 //! ```no_run
 //! # async fn demo(client: fitz::Client) -> Result<(), Box<dyn std::error::Error>> {
 //! use fitz::sync::{KvWrite, Mutation, Outbox, RedbStore};
@@ -71,7 +73,7 @@
 //! # Not yet (later parts of issue 16)
 //!
 //! Schedule and queue lanes, feeds with gap detection, the crash (SIGKILL)
-//! test, benchmarks, the `offline` example; [`crate::kv::Transaction::scan`]
+//! test, benchmarks; [`crate::kv::Transaction::scan`]
 //! hiding [`RESERVED_PREFIX`].
 
 mod outbox;
