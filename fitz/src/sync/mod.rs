@@ -80,8 +80,8 @@ mod outbox;
 mod store;
 
 pub use outbox::{
-    DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox, OutboxBuilder,
-    StreamAppend, SyncEvent, SyncStatus,
+    DEFAULT_MAX_PENDING, DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox,
+    OutboxBuilder, StreamAppend, SyncEvent, SyncStatus,
 };
 pub use store::{Entries, LocalStore, MemoryStore, RedbStore, StoreOp, Table};
 
@@ -129,6 +129,10 @@ pub enum SyncError {
     Corrupt(String),
     /// No dead-letter entry has this sequence number.
     NotFound(u64),
+    /// The outbox holds its maximum of pending entries
+    /// ([`OutboxBuilder::max_pending`]); nothing was stored. Retry once it
+    /// drains.
+    Full(usize),
 }
 
 impl fmt::Display for SyncError {
@@ -143,6 +147,9 @@ impl fmt::Display for SyncError {
             SyncError::InvalidArgument(m) => write!(f, "invalid argument: {m}"),
             SyncError::Corrupt(m) => write!(f, "corrupt local record: {m}"),
             SyncError::NotFound(seq) => write!(f, "no dead-letter entry with seq {seq}"),
+            SyncError::Full(max) => {
+                write!(f, "the outbox holds its maximum of {max} pending entries")
+            }
         }
     }
 }

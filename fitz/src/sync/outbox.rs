@@ -28,6 +28,9 @@ const EVENT_BUFFER: usize = 1024;
 /// Retry delays after a retryable failure: from `BACKOFF_MIN`, doubling, up
 /// to `BACKOFF_MAX`, each with full jitter. [`Outbox::sync_now`] cuts a wait
 /// short.
+/// The default bound on pending entries ([`OutboxBuilder::max_pending`]).
+pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
+
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 
@@ -312,6 +315,7 @@ pub struct OutboxBuilder {
     store: Arc<dyn LocalStore>,
     handlers: HashMap<String, Handler>,
     check_marker: bool,
+    max_pending: usize,
 }
 
 impl fmt::Debug for OutboxBuilder {
@@ -351,6 +355,16 @@ impl OutboxBuilder {
         self
     }
 
+    /// The most entries the outbox holds pending (over every lane; default
+    /// [`DEFAULT_MAX_PENDING`]). When it is full, [`Outbox::push`] fails
+    /// with [`SyncError::Full`] and stores nothing; entries already stored
+    /// are never dropped to make room. Counted at open too: a store holding
+    /// more opens, and refuses pushes until it drains below the bound.
+    pub fn max_pending(mut self, entries: usize) -> Self {
+        self.max_pending = entries;
+        self
+    }
+
     /// Test-only: flushes without reading the marker first, so an entry
     /// whose answer was lost is applied again. Exists to show that the
     /// exactly-once test can fail; never use it otherwise.
@@ -382,6 +396,7 @@ impl OutboxBuilder {
             store,
             handlers: self.handlers,
             check_marker: self.check_marker,
+            max_pending: self.max_pending,
             marker: marker_key(&client_id),
             client_id,
             state: Mutex::new(Shared {
@@ -478,6 +493,7 @@ struct Inner {
     store: Arc<StoreHandle>,
     handlers: HashMap<String, Handler>,
     check_marker: bool,
+    max_pending: usize,
     client_id: String,
     marker: Vec<u8>,
     state: Mutex<Shared>,
@@ -538,6 +554,7 @@ impl Outbox {
             store,
             handlers: HashMap::new(),
             check_marker: true,
+            max_pending: DEFAULT_MAX_PENDING,
         }
     }
 
@@ -551,9 +568,12 @@ impl Outbox {
     /// its sequence number once the entry is durable in the local store.
     /// Works connected or not; the flusher sends it when it can.
     ///
-    /// Errors ([`SyncError::InvalidArgument`], nothing stored): `route` is
-    /// not a concrete `kv://realm/area/resource`, a write targets a key
-    /// under [`RESERVED_PREFIX`], or a named mutation has no handler.
+    /// Errors (nothing stored): [`SyncError::InvalidArgument`] when `route`
+    /// is not a concrete `kv://` (or, for [`Mutation::Append`], `stream://`)
+    /// resource, a write targets a key under [`RESERVED_PREFIX`], a named
+    /// mutation has no handler or an append has no record;
+    /// [`SyncError::Full`] when [`OutboxBuilder::max_pending`] entries are
+    /// pending; [`SyncError::Store`] when the store fails.
     ///
     /// # Cancel safety
     ///
@@ -589,6 +609,9 @@ impl Outbox {
             }
         }
         let _order = self.inner.push_lock.lock().await;
+        if *self.inner.pending.borrow() >= self.inner.max_pending {
+            return Err(SyncError::Full(self.inner.max_pending));
+        }
         let seq = self.inner.lock().next_seq;
         let entry = Entry {
             seq,

@@ -303,6 +303,35 @@ async fn overlay_applies_the_lanes_pending_writes_in_order() {
     outbox.close().await;
 }
 
+#[tokio::test]
+async fn a_full_outbox_refuses_pushes_and_keeps_what_it_has() {
+    let store = MemoryStore::new();
+    let outbox = Outbox::builder(offline_client(), store.clone())
+        .max_pending(2)
+        .open()
+        .await
+        .unwrap();
+    let put = || Mutation::Writes(vec![KvWrite::put("k", "v")]);
+    outbox.push("kv://app/area/a", put()).await.unwrap();
+    outbox.push("kv://app/area/b", put()).await.unwrap();
+    let e = outbox.push("kv://app/area/a", put()).await.unwrap_err();
+    assert!(matches!(e, SyncError::Full(2)), "{e}");
+    assert_eq!(outbox.status().pending(), 2);
+    outbox.close().await;
+    // Reopened with a smaller bound: opens, keeps both, refuses more.
+    let outbox = Outbox::builder(offline_client(), store)
+        .max_pending(1)
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(outbox.status().pending(), 2);
+    assert!(matches!(
+        outbox.push("kv://app/area/c", put()).await,
+        Err(SyncError::Full(1))
+    ));
+    outbox.close().await;
+}
+
 /// A fresh directory under the system temp dir, unique per call.
 fn tempdir() -> std::path::PathBuf {
     use std::sync::atomic::{AtomicU64, Ordering};
