@@ -58,6 +58,11 @@
 //! O or nowhere, never twice. The aspect (discriminator) is repeated in the
 //! metadata because READ items carry no discriminator.
 //!
+//! When O cannot be read although the stream has moved past it (retention
+//! dropped it, or the token may not read it), whether the batch landed
+//! cannot be told: the entry goes to the dead letter rather than being sent
+//! again or dropped.
+//!
 //! # The reserved prefix
 //!
 //! Keys starting with [`RESERVED_PREFIX`] (`\0sync/`) belong to the sync

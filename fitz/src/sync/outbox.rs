@@ -1011,6 +1011,20 @@ impl Inner {
             }
             return Attempt::Retry(format!("offset {at} was taken by another writer"));
         }
+        if !page.is_empty() {
+            // Something is past O but O cannot be read (retention dropped
+            // it, or it is withheld from this token): whether the batch
+            // landed cannot be told, so it is neither sent again nor
+            // dropped silently.
+            return Attempt::Permanent(
+                format!(
+                    "offset {at} of {} is no longer readable (retention or permissions): \
+                     cannot tell whether this batch was applied",
+                    entry.lane
+                ),
+                None,
+            );
+        }
         let mut session = match streams.begin_at(&entry.lane, at).await {
             Ok(s) => s,
             Err(e) => return classify_append(&e),
