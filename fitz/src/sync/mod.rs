@@ -78,7 +78,7 @@
 //! # Not yet (later parts of issue 16)
 //!
 //! Schedule and queue lanes, feeds with gap detection, the crash (SIGKILL)
-//! test, benchmarks; [`crate::kv::Transaction::scan`]
+//! test, flush and feed benchmarks; [`crate::kv::Transaction::scan`]
 //! hiding [`RESERVED_PREFIX`].
 
 mod outbox;
