@@ -150,6 +150,9 @@
 //! * `embedded-broker`: `fitz::embedded`, clients of an embedded
 //!   `fitz_broker::Broker` over in-memory pipes instead of sockets, for
 //!   testing services (see the README's "Testing your service").
+//! * `sync`: `fitz::sync`, the offline-first layer, part 1: a durable local
+//!   store (redb) and an outbox that applies queued KV mutations exactly
+//!   once (see the README's "Offline-first (feature `sync`, part 1)").
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 #![cfg_attr(
@@ -176,6 +179,8 @@ mod retry;
 pub mod rpc;
 pub mod schedule;
 pub mod stream;
+#[cfg(feature = "sync")]
+pub mod sync;
 pub mod telemetry;
 #[cfg(test)]
 mod test_support;

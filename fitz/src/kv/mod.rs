@@ -162,7 +162,7 @@ impl Kv {
     }
 }
 
-fn validate_resource(route: &str) -> Result<()> {
+pub(crate) fn validate_resource(route: &str) -> Result<()> {
     // `validate_concrete` also enforces KV's depth of three segments.
     route::validate_concrete(route, Scheme::Kv)
         .map(drop)

@@ -389,7 +389,7 @@ impl Streams {
 }
 
 /// A concrete `stream://realm/area/resource` route (BEGIN, LAST, GET_METADATA).
-fn validate_resource(route: &str) -> Result<()> {
+pub(crate) fn validate_resource(route: &str) -> Result<()> {
     route::validate_concrete(route, Scheme::Stream)
         .map(drop)
         .map_err(Error::route)

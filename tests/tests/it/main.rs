@@ -25,6 +25,7 @@ mod reconnect;
 mod rpc;
 mod schedule;
 mod stream;
+mod sync;
 mod telemetry;
 mod tls;
 mod websocket;

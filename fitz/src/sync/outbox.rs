@@ -1,0 +1,1283 @@
+//! The outbox: durable queued KV mutations, flushed exactly once per lane.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+use super::store::{LocalStore, StoreOp, Table};
+use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key, split_around_reserved};
+use crate::kv::{Durability, Transaction, TxMode};
+use crate::{Client, Error, State};
+
+const META_FORMAT: &[u8] = b"format";
+const META_CLIENT_ID: &[u8] = b"client_id";
+const META_NEXT_SEQ: &[u8] = b"next_seq";
+
+/// How many [`SyncEvent`]s a receiver may fall behind before it misses some
+/// (it then sees `RecvError::Lagged` with the count; the outbox never waits
+/// for receivers).
+const EVENT_BUFFER: usize = 1024;
+
+/// Retry delays after a retryable failure: from `BACKOFF_MIN`, doubling, up
+/// to `BACKOFF_MAX`, each with full jitter. [`Outbox::sync_now`] cuts a wait
+/// short.
+/// The default bound on pending entries ([`OutboxBuilder::max_pending`]).
+pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
+
+const BACKOFF_MIN: Duration = Duration::from_millis(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// One KV write of a [`Mutation::Writes`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum KvWrite {
+    /// Sets `key` to `value`.
+    Put {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Creates `key` with `value`; the broker refuses it (code 1006, a
+    /// permanent failure: the entry goes to the dead letter) when the key
+    /// exists.
+    Insert {
+        /// The key.
+        key: Vec<u8>,
+        /// The value.
+        value: Vec<u8>,
+    },
+    /// Removes `key`.
+    Delete {
+        /// The key.
+        key: Vec<u8>,
+    },
+    /// Removes every key in `[start, end)`, except the sync layer's reserved
+    /// keys (the range is split around [`RESERVED_PREFIX`]).
+    DeleteRange {
+        /// The first key removed.
+        start: Vec<u8>,
+        /// The first key kept after the range.
+        end: Vec<u8>,
+    },
+}
+
+impl KvWrite {
+    /// A [`KvWrite::Put`].
+    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        Self::Put {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        }
+    }
+
+    /// A [`KvWrite::Insert`].
+    pub fn insert(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
+        Self::Insert {
+            key: key.as_ref().to_vec(),
+            value: value.as_ref().to_vec(),
+        }
+    }
+
+    /// A [`KvWrite::Delete`].
+    pub fn delete(key: impl AsRef<[u8]>) -> Self {
+        Self::Delete {
+            key: key.as_ref().to_vec(),
+        }
+    }
+
+    /// A [`KvWrite::DeleteRange`] of `[start, end)`.
+    pub fn delete_range(start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Self {
+        Self::DeleteRange {
+            start: start.as_ref().to_vec(),
+            end: end.as_ref().to_vec(),
+        }
+    }
+
+    fn touches_reserved(&self) -> bool {
+        match self {
+            KvWrite::Put { key, .. } | KvWrite::Insert { key, .. } | KvWrite::Delete { key } => {
+                key.starts_with(RESERVED_PREFIX)
+            }
+            // Split around the prefix at flush time.
+            KvWrite::DeleteRange { .. } => false,
+        }
+    }
+}
+
+/// One record of a [`Mutation::Append`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamAppend {
+    /// The record's body.
+    pub body: Vec<u8>,
+    /// Its discriminator (the broker filters on it); repeated in the
+    /// record's metadata as `aspect`, because READ items carry none.
+    pub aspect: Option<String>,
+}
+
+impl StreamAppend {
+    /// A record with `body` and no discriminator.
+    pub fn new(body: impl AsRef<[u8]>) -> Self {
+        Self {
+            body: body.as_ref().to_vec(),
+            aspect: None,
+        }
+    }
+
+    /// This record with discriminator `aspect`.
+    pub fn aspect(mut self, aspect: impl Into<String>) -> Self {
+        self.aspect = Some(aspect.into());
+        self
+    }
+}
+
+/// What an outbox entry does to its resource, as one transaction (KV) or one
+/// atomic batch (Stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mutation {
+    /// These writes, in order, as one unit.
+    Writes(Vec<KvWrite>),
+    /// The handler registered under `name` ([`OutboxBuilder::handler`]),
+    /// called with `args` inside the flush's read-write transaction.
+    Named {
+        /// The handler's name.
+        name: String,
+        /// Its arguments, as the caller serialized them.
+        args: Vec<u8>,
+    },
+    /// Records appended to a `stream://` resource as one committed batch,
+    /// exactly once: at an expected offset fixed (and stored) just before
+    /// the first send, each record's metadata carrying the entry's tx id
+    /// (`{"sync_tx":"<client id>/<seq>","aspect":…}`).
+    Append(Vec<StreamAppend>),
+}
+
+/// How a named handler failed.
+#[derive(Debug)]
+pub enum MutationError {
+    /// A client or broker error: retried when it is retryable (or may have
+    /// been applied), otherwise a permanent failure.
+    Fitz(Error),
+    /// The handler refuses the mutation for good: the entry goes to the dead
+    /// letter with this message.
+    Permanent(String),
+}
+
+impl From<Error> for MutationError {
+    fn from(e: Error) -> Self {
+        MutationError::Fitz(e)
+    }
+}
+
+/// A named mutation's handler: runs inside the flush's read-write
+/// transaction (do not commit or roll it back; the outbox does) with the
+/// entry's arguments. It may run more than once for one entry (after a
+/// failed attempt, in a new transaction) but its writes commit at most once.
+pub type Handler = Arc<
+    dyn for<'a> Fn(&'a mut Transaction, Bytes) -> BoxFuture<'a, Result<(), MutationError>>
+        + Send
+        + Sync,
+>;
+
+/// An entry that failed permanently: kept until [`Outbox::retry_dead_letter`]
+/// or [`Outbox::discard`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The entry's sequence number (its id in the dead letter).
+    pub seq: u64,
+    /// Its lane: the KV resource route.
+    pub lane: String,
+    /// What it would have done.
+    pub mutation: Mutation,
+    /// Why it failed.
+    pub error: String,
+    /// The broker's error code, when the broker refused it.
+    pub code: Option<u32>,
+}
+
+/// What the outbox reports as it works.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SyncEvent {
+    /// The entry is applied on the broker (now, or by an earlier attempt whose
+    /// answer was lost) and left the outbox.
+    Synced {
+        /// The lane.
+        lane: String,
+        /// The entry.
+        seq: u64,
+    },
+    /// The entry failed permanently and moved to the dead letter; its lane
+    /// moves on.
+    Failed {
+        /// The lane.
+        lane: String,
+        /// The entry.
+        seq: u64,
+        /// Why.
+        error: String,
+        /// The broker's code, if any.
+        code: Option<u32>,
+    },
+}
+
+/// The state of one lane.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LaneStatus {
+    /// The lane (KV resource route).
+    pub lane: String,
+    /// Entries waiting to be applied.
+    pub pending: usize,
+    /// The last failure of this lane's flush (retryable ones included),
+    /// cleared when an entry is applied.
+    pub last_error: Option<String>,
+}
+
+/// A snapshot of the outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncStatus {
+    /// Lanes with pending entries or a recorded error, by route.
+    pub lanes: Vec<LaneStatus>,
+    /// Entries in the dead letter.
+    pub dead_letters: usize,
+}
+
+impl SyncStatus {
+    /// Entries waiting, over every lane.
+    pub fn pending(&self) -> usize {
+        self.lanes.iter().map(|l| l.pending).sum()
+    }
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Entry {
+    seq: u64,
+    lane: String,
+    mutation: Mutation,
+    /// Stream entries: the offset the batch must start at, fixed before the
+    /// first send and stored with the entry.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    expected: Option<u64>,
+}
+
+fn entry_key(lane: &str, seq: u64) -> Vec<u8> {
+    let mut k = lane_prefix(lane);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
+fn lane_prefix(lane: &str) -> Vec<u8> {
+    let mut k = lane.as_bytes().to_vec();
+    k.push(0);
+    k
+}
+
+fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, SyncError> {
+    serde_json::to_vec(v).map_err(|e| SyncError::Corrupt(e.to_string()))
+}
+
+fn decode<T: for<'de> Deserialize<'de>>(b: &[u8]) -> Result<T, SyncError> {
+    serde_json::from_slice(b).map_err(|e| SyncError::Corrupt(e.to_string()))
+}
+
+fn be_u64(b: &[u8]) -> Result<u64, SyncError> {
+    let arr: [u8; 8] = b
+        .try_into()
+        .map_err(|_| SyncError::Corrupt(format!("expected 8 bytes, found {}", b.len())))?;
+    Ok(u64::from_be_bytes(arr))
+}
+
+/// The outbox's own handle on the store: its reference count is the outbox
+/// plus the store calls running on the blocking pool (a caller's own `Arc`
+/// of the store does not count), which [`Outbox::close`] waits out.
+struct StoreHandle(Arc<dyn LocalStore>);
+
+/// Runs a blocking store call on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(
+    store: &Arc<StoreHandle>,
+    f: impl FnOnce(&dyn LocalStore) -> Result<T, SyncError> + Send + 'static,
+) -> Result<T, SyncError> {
+    let store = store.clone();
+    tokio::task::spawn_blocking(move || f(store.0.as_ref()))
+        .await
+        .map_err(|e| SyncError::Store(format!("store task failed: {e}")))?
+}
+
+/// Configures and opens an [`Outbox`].
+pub struct OutboxBuilder {
+    client: Client,
+    store: Arc<dyn LocalStore>,
+    handlers: HashMap<String, Handler>,
+    check_marker: bool,
+    max_pending: usize,
+}
+
+impl fmt::Debug for OutboxBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OutboxBuilder")
+            .field("handlers", &self.handlers.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxBuilder {
+    /// Registers `handler` for the named mutations called `name`
+    /// ([`Outbox::mutate`]). Register every name that stored entries use
+    /// before [`OutboxBuilder::open`]: an entry whose name has no handler
+    /// goes to the dead letter.
+    ///
+    /// ```no_run
+    /// # fn demo(b: fitz::sync::OutboxBuilder) -> fitz::sync::OutboxBuilder {
+    /// b.handler("incr", |tx, _args| Box::pin(async move {
+    ///     let n = match tx.get("n").await? {
+    ///         Some(v) => std::str::from_utf8(&v).ok().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+    ///         None => 0,
+    ///     };
+    ///     tx.put("n", (n + 1).to_string()).await?;
+    ///     Ok(())
+    /// }))
+    /// # }
+    /// ```
+    pub fn handler<F>(mut self, name: impl Into<String>, handler: F) -> Self
+    where
+        F: for<'a> Fn(&'a mut Transaction, Bytes) -> BoxFuture<'a, Result<(), MutationError>>
+            + Send
+            + Sync
+            + 'static,
+    {
+        self.handlers.insert(name.into(), Arc::new(handler));
+        self
+    }
+
+    /// The most entries the outbox holds pending (over every lane; default
+    /// [`DEFAULT_MAX_PENDING`]). When it is full, [`Outbox::push`] fails
+    /// with [`SyncError::Full`] and stores nothing; entries already stored
+    /// are never dropped to make room. Counted at open too: a store holding
+    /// more opens, and refuses pushes until it drains below the bound.
+    pub fn max_pending(mut self, entries: usize) -> Self {
+        self.max_pending = entries;
+        self
+    }
+
+    /// Test-only: flushes without reading the marker first, so an entry
+    /// whose answer was lost is applied again. Exists to show that the
+    /// exactly-once test can fail; never use it otherwise.
+    #[doc(hidden)]
+    pub fn unchecked_marker_for_tests(mut self) -> Self {
+        self.check_marker = false;
+        self
+    }
+
+    /// Opens the outbox: checks the store's format version (writing it into
+    /// an empty store), reads or creates the client id, and starts flushing
+    /// the lanes that have pending entries (on the current tokio runtime).
+    ///
+    /// Errors: [`SyncError::Version`] for a store of another layout version,
+    /// [`SyncError::Store`] when the store fails.
+    pub async fn open(self) -> Result<Outbox, SyncError> {
+        let store = Arc::new(StoreHandle(self.store));
+        let (client_id, next_seq, entries) = blocking(&store, load).await?;
+        let mut lanes: BTreeMap<String, LaneState> = BTreeMap::new();
+        for e in &entries {
+            lanes.entry(e.lane.clone()).or_default().pending += 1;
+        }
+        let dead = blocking(&store, |s| Ok(s.scan_prefix(Table::DeadLetter, b"")?.len())).await?;
+        let total: usize = lanes.values().map(|l| l.pending).sum();
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (pending_tx, _) = watch::channel(total);
+        let inner = Arc::new(Inner {
+            client: self.client,
+            store,
+            handlers: self.handlers,
+            check_marker: self.check_marker,
+            max_pending: self.max_pending,
+            marker: marker_key(&client_id),
+            client_id,
+            state: Mutex::new(Shared {
+                next_seq,
+                lanes,
+                dead,
+            }),
+            push_lock: tokio::sync::Mutex::new(()),
+            wake: Notify::new(),
+            events,
+            pending: pending_tx,
+            stop: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let outbox = Outbox {
+            _stop: Arc::new(StopOnDrop(inner.stop.clone())),
+            inner,
+        };
+        let lanes: Vec<String> = outbox.inner.lock().lanes.keys().cloned().collect();
+        for lane in lanes {
+            outbox.inner.start_lane(&lane);
+        }
+        Ok(outbox)
+    }
+}
+
+/// Checks the version, reads the client id and sequence, loads the outbox.
+fn load(store: &dyn LocalStore) -> Result<(String, u64, Vec<Entry>), SyncError> {
+    let mut init = Vec::new();
+    match store.get(Table::Meta, META_FORMAT)? {
+        Some(v) => {
+            let arr: [u8; 4] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| SyncError::Corrupt("format version record".into()))?;
+            let found = u32::from_be_bytes(arr);
+            if found != FORMAT_VERSION {
+                return Err(SyncError::Version {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        None => init.push(StoreOp::Put {
+            table: Table::Meta,
+            key: META_FORMAT.to_vec(),
+            value: FORMAT_VERSION.to_be_bytes().to_vec(),
+        }),
+    }
+    let client_id = match store.get(Table::Meta, META_CLIENT_ID)? {
+        Some(v) => String::from_utf8(v).map_err(|_| SyncError::Corrupt("client id".into()))?,
+        None => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            init.push(StoreOp::Put {
+                table: Table::Meta,
+                key: META_CLIENT_ID.to_vec(),
+                value: id.clone().into_bytes(),
+            });
+            id
+        }
+    };
+    if !init.is_empty() {
+        store.apply(&init)?;
+    }
+    let next_seq = match store.get(Table::Meta, META_NEXT_SEQ)? {
+        Some(v) => be_u64(&v)?,
+        None => 1,
+    };
+    let entries = store
+        .scan_prefix(Table::Outbox, b"")?
+        .into_iter()
+        .map(|(_, v)| decode::<Entry>(&v))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((client_id, next_seq, entries))
+}
+
+#[derive(Default)]
+struct LaneState {
+    pending: usize,
+    last_error: Option<String>,
+    /// A flush task runs for this lane (set and cleared under the lock, so a
+    /// push never misses a task that is about to end).
+    running: bool,
+}
+
+struct Shared {
+    next_seq: u64,
+    lanes: BTreeMap<String, LaneState>,
+    dead: usize,
+}
+
+struct Inner {
+    client: Client,
+    store: Arc<StoreHandle>,
+    handlers: HashMap<String, Handler>,
+    check_marker: bool,
+    max_pending: usize,
+    client_id: String,
+    marker: Vec<u8>,
+    state: Mutex<Shared>,
+    /// Serializes sequence allocation with the durable write of the entry,
+    /// so entries of one lane are stored in seq order.
+    push_lock: tokio::sync::Mutex<()>,
+    wake: Notify,
+    events: broadcast::Sender<SyncEvent>,
+    pending: watch::Sender<usize>,
+    stop: CancellationToken,
+    /// The lane tasks started so far (finished ones are pruned on start).
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+}
+
+/// Held by every [`Outbox`] clone: the last one dropped stops the flush
+/// tasks.
+struct StopOnDrop(CancellationToken);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.cancel();
+    }
+}
+
+/// Durable queued KV and stream mutations, applied exactly once on the
+/// broker (see the [module docs](super) for the marker and expected-offset
+/// recipes).
+///
+/// Cheap to clone; the flush tasks stop when the last clone is dropped or
+/// [`Outbox::close`] is called, after the attempt in flight (an entry
+/// applied but not yet dequeued is found applied on the next open). Use
+/// `close().await` before reopening the same store file.
+#[derive(Clone)]
+pub struct Outbox {
+    inner: Arc<Inner>,
+    _stop: Arc<StopOnDrop>,
+}
+
+impl fmt::Debug for Outbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Outbox")
+            .field("client_id", &self.inner.client_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Outbox {
+    /// Starts configuring an outbox that flushes through `client` and keeps
+    /// its entries in `store`.
+    pub fn builder(client: Client, store: impl LocalStore) -> OutboxBuilder {
+        Self::builder_shared(client, Arc::new(store))
+    }
+
+    /// [`Outbox::builder`] with a store that is already shared.
+    pub fn builder_shared(client: Client, store: Arc<dyn LocalStore>) -> OutboxBuilder {
+        OutboxBuilder {
+            client,
+            store,
+            handlers: HashMap::new(),
+            check_marker: true,
+            max_pending: DEFAULT_MAX_PENDING,
+        }
+    }
+
+    /// This store's client id: random, created when the store was first
+    /// opened, the same for every later open.
+    pub fn client_id(&self) -> &str {
+        &self.inner.client_id
+    }
+
+    /// Queues `mutation` for the KV resource `route` (its lane) and returns
+    /// its sequence number once the entry is durable in the local store.
+    /// Works connected or not; the flusher sends it when it can.
+    ///
+    /// Errors (nothing stored): [`SyncError::InvalidArgument`] when `route`
+    /// is not a concrete `kv://` (or, for [`Mutation::Append`], `stream://`)
+    /// resource, a write targets a key under [`RESERVED_PREFIX`], a named
+    /// mutation has no handler or an append has no record;
+    /// [`SyncError::Full`] when [`OutboxBuilder::max_pending`] entries are
+    /// pending; [`SyncError::Store`] when the store fails.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropped before it returns, the entry may or may not have been
+    /// stored (it is whole either way).
+    pub async fn push(&self, route: &str, mutation: Mutation) -> Result<u64, SyncError> {
+        let valid = match &mutation {
+            Mutation::Append(_) => crate::stream::validate_resource(route),
+            _ => crate::kv::validate_resource(route),
+        };
+        valid.map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
+        match &mutation {
+            Mutation::Append(records) => {
+                if records.is_empty() {
+                    return Err(SyncError::InvalidArgument(
+                        "a stream append entry needs at least one record".into(),
+                    ));
+                }
+            }
+            Mutation::Writes(writes) => {
+                if writes.iter().any(KvWrite::touches_reserved) {
+                    return Err(SyncError::InvalidArgument(
+                        "a write targets the sync layer's reserved key prefix".into(),
+                    ));
+                }
+            }
+            Mutation::Named { name, .. } => {
+                if !self.inner.handlers.contains_key(name) {
+                    return Err(SyncError::InvalidArgument(format!(
+                        "no handler is registered for mutation {name:?}"
+                    )));
+                }
+            }
+        }
+        let _order = self.inner.push_lock.lock().await;
+        if *self.inner.pending.borrow() >= self.inner.max_pending {
+            return Err(SyncError::Full(self.inner.max_pending));
+        }
+        let seq = self.inner.lock().next_seq;
+        let entry = Entry {
+            seq,
+            lane: route.to_owned(),
+            mutation,
+            expected: None,
+        };
+        let ops = vec![
+            StoreOp::Put {
+                table: Table::Outbox,
+                key: entry_key(route, seq),
+                value: encode(&entry)?,
+            },
+            StoreOp::Put {
+                table: Table::Meta,
+                key: META_NEXT_SEQ.to_vec(),
+                value: (seq + 1).to_be_bytes().to_vec(),
+            },
+        ];
+        blocking(&self.inner.store, move |s| s.apply(&ops)).await?;
+        {
+            let mut st = self.inner.lock();
+            st.next_seq = seq + 1;
+            st.lanes.entry(route.to_owned()).or_default().pending += 1;
+        }
+        self.inner.pending.send_modify(|n| *n += 1);
+        self.inner.start_lane(route);
+        Ok(seq)
+    }
+
+    /// Queues the named mutation `name` with `args` for `route`
+    /// ([`Outbox::push`] of a [`Mutation::Named`]).
+    pub async fn mutate(
+        &self,
+        route: &str,
+        name: &str,
+        args: impl AsRef<[u8]>,
+    ) -> Result<u64, SyncError> {
+        self.push(
+            route,
+            Mutation::Named {
+                name: name.to_owned(),
+                args: args.as_ref().to_vec(),
+            },
+        )
+        .await
+    }
+
+    /// Stops flushing and waits until every flush task has ended (an
+    /// attempt in flight is finished first: at most a few request
+    /// timeouts, plus whatever a named handler takes), so the
+    /// store is released once the last clone is dropped (a redb file can then
+    /// be opened again; a store call already running on the blocking pool is
+    /// waited for, as it cannot be cancelled). Entries not yet applied stay
+    /// in the store; one
+    /// in flight is retried on the next open, and the marker keeps it from
+    /// applying twice. Other clones stop flushing too.
+    pub async fn close(self) {
+        self.inner.stop.cancel();
+        let tasks = std::mem::take(
+            &mut *self
+                .inner
+                .tasks
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for t in tasks {
+            let _ = t.await;
+        }
+        // A store call of an ended task may still run on the blocking pool
+        // (it cannot be cancelled); it holds the store until it returns.
+        while Arc::strong_count(&self.inner.store) > 1 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Optimistic read: the value `key` of the KV resource `route` will
+    /// have once that lane's pending [`Mutation::Writes`] entries are
+    /// applied, over `committed` (what a read of the broker returned).
+    ///
+    /// Entries leave the outbox once applied (or dead-lettered, which
+    /// removes their optimistic effect), so the overlay shrinks to nothing
+    /// as the lane drains. Between an entry's commit and its local dequeue
+    /// it is applied twice to the view, which is harmless: puts and deletes
+    /// set a final state. [`Mutation::Named`] entries are not overlaid (their
+    /// effect is known only when their handler runs at flush).
+    pub async fn overlay(
+        &self,
+        route: &str,
+        key: impl AsRef<[u8]>,
+        committed: Option<Bytes>,
+    ) -> Result<Option<Bytes>, SyncError> {
+        let prefix = lane_prefix(route);
+        let entries = blocking(&self.inner.store, move |s| {
+            s.scan_prefix(Table::Outbox, &prefix)
+        })
+        .await?;
+        let key = key.as_ref();
+        let mut value = committed;
+        for (_, raw) in entries {
+            let entry: Entry = decode(&raw)?;
+            let Mutation::Writes(writes) = entry.mutation else {
+                continue;
+            };
+            for w in writes {
+                match w {
+                    KvWrite::Put { key: k, value: v } | KvWrite::Insert { key: k, value: v }
+                        if k == key =>
+                    {
+                        value = Some(Bytes::from(v));
+                    }
+                    KvWrite::Delete { key: k } if k == key => value = None,
+                    KvWrite::DeleteRange { start, end }
+                        if start.as_slice() <= key && key < end.as_slice() =>
+                    {
+                        value = None;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(value)
+    }
+
+    /// Flush now: every lane waiting out a retry delay tries again at once.
+    /// Returns without waiting for the flush; see [`Outbox::wait_idle`].
+    pub fn sync_now(&self) {
+        self.inner.wake.notify_waiters();
+    }
+
+    /// Waits until no entry is pending (applied or dead-lettered). Waits
+    /// for ever while the client cannot connect.
+    pub async fn wait_idle(&self) {
+        let mut rx = self.inner.pending.subscribe();
+        // The sender lives in `inner`, which `self` keeps alive.
+        let _ = rx.wait_for(|n| *n == 0).await;
+    }
+
+    /// The number of pending entries, as a watch (changes with every push,
+    /// apply and dead-lettering).
+    pub fn watch_pending(&self) -> watch::Receiver<usize> {
+        self.inner.pending.subscribe()
+    }
+
+    /// Events from now on: [`SyncEvent::Synced`] and [`SyncEvent::Failed`].
+    /// A receiver more than 1,024 events behind misses the oldest ones (it
+    /// sees `Lagged`); the outbox never waits for it.
+    pub fn events(&self) -> broadcast::Receiver<SyncEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Pending entries per lane, each lane's last error and the dead-letter
+    /// count.
+    pub fn status(&self) -> SyncStatus {
+        let st = self.inner.lock();
+        SyncStatus {
+            lanes: st
+                .lanes
+                .iter()
+                .filter(|(_, l)| l.pending > 0 || l.last_error.is_some())
+                .map(|(lane, l)| LaneStatus {
+                    lane: lane.clone(),
+                    pending: l.pending,
+                    last_error: l.last_error.clone(),
+                })
+                .collect(),
+            dead_letters: st.dead,
+        }
+    }
+
+    /// The dead letter, in sequence order.
+    pub async fn dead_letters(&self) -> Result<Vec<DeadLetter>, SyncError> {
+        blocking(&self.inner.store, |s| {
+            s.scan_prefix(Table::DeadLetter, b"")?
+                .into_iter()
+                .map(|(_, v)| decode::<DeadLetter>(&v))
+                .collect()
+        })
+        .await
+    }
+
+    /// Moves dead-letter entry `seq` back into its lane, at the end, under a
+    /// new sequence number (returned): the lane's marker may already be past
+    /// the old one, which would make the entry look applied.
+    pub async fn retry_dead_letter(&self, seq: u64) -> Result<u64, SyncError> {
+        let _order = self.inner.push_lock.lock().await;
+        let key = seq.to_be_bytes().to_vec();
+        let found = {
+            let key = key.clone();
+            blocking(&self.inner.store, move |s| s.get(Table::DeadLetter, &key)).await?
+        };
+        let dead: DeadLetter = decode(&found.ok_or(SyncError::NotFound(seq))?)?;
+        let new_seq = self.inner.lock().next_seq;
+        let entry = Entry {
+            seq: new_seq,
+            lane: dead.lane.clone(),
+            mutation: dead.mutation,
+            expected: None,
+        };
+        let ops = vec![
+            StoreOp::Delete {
+                table: Table::DeadLetter,
+                key,
+            },
+            StoreOp::Put {
+                table: Table::Outbox,
+                key: entry_key(&entry.lane, new_seq),
+                value: encode(&entry)?,
+            },
+            StoreOp::Put {
+                table: Table::Meta,
+                key: META_NEXT_SEQ.to_vec(),
+                value: (new_seq + 1).to_be_bytes().to_vec(),
+            },
+        ];
+        blocking(&self.inner.store, move |s| s.apply(&ops)).await?;
+        {
+            let mut st = self.inner.lock();
+            st.next_seq = new_seq + 1;
+            st.dead = st.dead.saturating_sub(1);
+            st.lanes.entry(dead.lane.clone()).or_default().pending += 1;
+        }
+        self.inner.pending.send_modify(|n| *n += 1);
+        self.inner.start_lane(&dead.lane);
+        Ok(new_seq)
+    }
+
+    /// Deletes dead-letter entry `seq` for good.
+    pub async fn discard(&self, seq: u64) -> Result<(), SyncError> {
+        let key = seq.to_be_bytes().to_vec();
+        let found = {
+            let key = key.clone();
+            blocking(&self.inner.store, move |s| s.get(Table::DeadLetter, &key)).await?
+        };
+        if found.is_none() {
+            return Err(SyncError::NotFound(seq));
+        }
+        let ops = vec![StoreOp::Delete {
+            table: Table::DeadLetter,
+            key,
+        }];
+        blocking(&self.inner.store, move |s| s.apply(&ops)).await?;
+        let mut st = self.inner.lock();
+        st.dead = st.dead.saturating_sub(1);
+        Ok(())
+    }
+}
+
+/// How one flush attempt ended.
+enum Attempt {
+    /// Applied now or before: dequeue.
+    Applied,
+    /// Try again after a delay.
+    Retry(String),
+    /// Never going to work: dead letter.
+    Permanent(String, Option<u32>),
+}
+
+/// The tx id in a stream record's metadata, if it has one.
+fn record_tx(metadata: Option<&Bytes>) -> Option<String> {
+    let v: serde_json::Value = serde_json::from_slice(metadata?).ok()?;
+    v.get("sync_tx")?.as_str().map(str::to_owned)
+}
+
+/// [`classify`] for appends: an offset conflict means another batch reached
+/// O first (ours, or another writer's): the next attempt reads O and tells.
+fn classify_append(e: &Error) -> Attempt {
+    if e.code() == Some(crate::codes::STREAM_CONCURRENCY_CONFLICT) {
+        Attempt::Retry(e.to_string())
+    } else {
+        classify(e)
+    }
+}
+
+fn classify(e: &Error) -> Attempt {
+    use crate::ErrorKind as K;
+    let transient = match e.kind() {
+        // The session, not the entry, failed: a stale handle is a lost
+        // session; a closed client ends the lane (its loop sees `Closed`)
+        // with the entry kept for the next open.
+        K::Connection
+        | K::Timeout
+        | K::Backpressure
+        | K::Stale
+        | K::Cancelled
+        | K::Closed
+        | K::Auth
+        | K::Protocol => true,
+        _ => e.is_retryable(),
+    };
+    // A maybe-applied failure is retried too: the marker tells on the next
+    // attempt whether it was.
+    if transient || e.maybe_applied() {
+        Attempt::Retry(e.to_string())
+    } else {
+        Attempt::Permanent(e.to_string(), e.code())
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Starts the lane's flush task unless it runs.
+    fn start_lane(self: &Arc<Self>, lane: &str) {
+        let mut st = self.lock();
+        let Some(state) = st.lanes.get_mut(lane) else {
+            return;
+        };
+        if state.running || state.pending == 0 {
+            return;
+        }
+        state.running = true;
+        let inner = self.clone();
+        let lane = lane.to_owned();
+        // Dropping the last `Outbox` cancels `stop`, which ends the task at
+        // its next stop point (see `run_lane`).
+        let task = tokio::spawn(run_lane(inner, lane));
+        drop(st);
+        let mut tasks = self.tasks.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Waits until the client is authenticated. False when it never will be
+    /// (closed).
+    async fn authenticated(&self) -> bool {
+        let mut rx = self.client.watch_state();
+        let r = rx
+            .wait_for(|s| matches!(s, State::Authenticated | State::Closed))
+            .await
+            .map(|s| *s == State::Authenticated);
+        r.unwrap_or(false)
+    }
+
+    async fn head(&self, lane: &str) -> Result<Option<Entry>, SyncError> {
+        let prefix = lane_prefix(lane);
+        let first = blocking(&self.store, move |s| {
+            Ok(s.scan_prefix(Table::Outbox, &prefix)?.into_iter().next())
+        })
+        .await?;
+        first.map(|(_, v)| decode::<Entry>(&v)).transpose()
+    }
+
+    /// This entry's tx id, as stream records carry it.
+    fn tx_id(&self, seq: u64) -> String {
+        format!("{}/{seq}", self.client_id)
+    }
+
+    /// Stores `entry` again (its expected offset changed).
+    async fn rewrite(&self, entry: &Entry) -> Result<(), SyncError> {
+        let ops = vec![StoreOp::Put {
+            table: Table::Outbox,
+            key: entry_key(&entry.lane, entry.seq),
+            value: encode(entry)?,
+        }];
+        blocking(&self.store, move |s| s.apply(&ops)).await
+    }
+
+    /// One attempt at appending a stream entry's batch at its expected
+    /// offset O: if a record is at O already, it is ours (applied before) or
+    /// another writer's (fix a new O); otherwise BEGIN at O, append, commit.
+    /// The broker refuses a batch that would not start at O, so the batch
+    /// is either at O or nowhere.
+    async fn attempt_append(&self, entry: &mut Entry, records: &[StreamAppend]) -> Attempt {
+        let streams = self.client.stream();
+        let at = match entry.expected {
+            Some(at) => at,
+            None => {
+                let next = match streams.metadata(&entry.lane).await {
+                    Ok(m) => m.next_offset(),
+                    Err(e) => return classify(&e),
+                };
+                entry.expected = Some(next);
+                if let Err(e) = self.rewrite(entry).await {
+                    entry.expected = None;
+                    return Attempt::Retry(e.to_string());
+                }
+                next
+            }
+        };
+        let tx_id = self.tx_id(entry.seq);
+        let options = crate::stream::ReadOptions::new().limit(1);
+        let page = match streams.read_page(&entry.lane, at, &options).await {
+            Ok(p) => p,
+            Err(e) => return classify(&e),
+        };
+        if let Some(rec) = page.records().find(|r| r.offset() == at) {
+            if self.check_marker && record_tx(rec.metadata()).as_deref() == Some(tx_id.as_str()) {
+                return Attempt::Applied;
+            }
+            // Another writer has O: fix a new one on the next attempt.
+            entry.expected = None;
+            if let Err(e) = self.rewrite(entry).await {
+                return Attempt::Retry(e.to_string());
+            }
+            return Attempt::Retry(format!("offset {at} was taken by another writer"));
+        }
+        if !page.is_empty() {
+            // Something is past O but O cannot be read (retention dropped
+            // it, or it is withheld from this token): whether the batch
+            // landed cannot be told, so it is neither sent again nor
+            // dropped silently.
+            return Attempt::Permanent(
+                format!(
+                    "offset {at} of {} is no longer readable (retention or permissions): \
+                     cannot tell whether this batch was applied",
+                    entry.lane
+                ),
+                None,
+            );
+        }
+        let mut session = match streams.begin_at(&entry.lane, at).await {
+            Ok(s) => s,
+            Err(e) => return classify_append(&e),
+        };
+        for r in records {
+            let meta = serde_json::json!({ "sync_tx": tx_id, "aspect": r.aspect });
+            let mut options = crate::stream::AppendOptions::new().metadata(meta.to_string());
+            if let Some(a) = &r.aspect {
+                options = options.discriminator(a.clone());
+            }
+            if let Err(e) = session
+                .append_with(Bytes::from(r.body.clone()), options)
+                .await
+            {
+                return classify_append(&e);
+            }
+        }
+        match session.commit(Durability::Sync).await {
+            Ok(_) => Attempt::Applied,
+            Err(e) => classify_append(&e),
+        }
+    }
+
+    /// One attempt at applying `entry`.
+    async fn attempt(&self, entry: &mut Entry) -> Attempt {
+        if let Mutation::Append(records) = &entry.mutation {
+            let records = records.clone();
+            return self.attempt_append(entry, &records).await;
+        }
+        let mut tx = match self.client.kv().begin(&entry.lane, TxMode::ReadWrite).await {
+            Ok(tx) => tx,
+            Err(e) => return classify(&e),
+        };
+        if self.check_marker {
+            match tx.get(&self.marker).await {
+                Ok(Some(v)) => {
+                    let applied = std::str::from_utf8(&v)
+                        .ok()
+                        .and_then(|s| s.parse::<u64>().ok())
+                        .is_some_and(|m| m >= entry.seq);
+                    if applied {
+                        // Dropping sends the rollback.
+                        drop(tx);
+                        return Attempt::Applied;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => return classify(&e),
+            }
+        }
+        let applied = match &entry.mutation {
+            Mutation::Writes(writes) => apply_writes(&mut tx, writes).await,
+            Mutation::Named { name, args } => match self.handlers.get(name) {
+                Some(h) => match h(&mut tx, Bytes::from(args.clone())).await {
+                    Ok(()) => Ok(()),
+                    Err(MutationError::Fitz(e)) => Err(classify(&e)),
+                    Err(MutationError::Permanent(m)) => Err(Attempt::Permanent(m, None)),
+                },
+                None => Err(Attempt::Permanent(
+                    format!("no handler is registered for mutation {name:?}"),
+                    None,
+                )),
+            },
+            // Handled above; never reached.
+            Mutation::Append(_) => Err(Attempt::Retry("stream entry on the KV path".into())),
+        };
+        if let Err(a) = applied {
+            return a;
+        }
+        if let Err(e) = tx.put(&self.marker, entry.seq.to_string()).await {
+            return classify(&e);
+        }
+        match tx.commit(Durability::Sync).await {
+            Ok(()) => Attempt::Applied,
+            Err(e) => classify(&e),
+        }
+    }
+
+    /// Removes `entry` from the outbox (applied), or moves it to the dead
+    /// letter, in one local transaction.
+    async fn settle(&self, entry: &Entry, dead: Option<DeadLetter>) -> Result<(), SyncError> {
+        let mut ops = vec![StoreOp::Delete {
+            table: Table::Outbox,
+            key: entry_key(&entry.lane, entry.seq),
+        }];
+        if let Some(d) = &dead {
+            ops.push(StoreOp::Put {
+                table: Table::DeadLetter,
+                key: d.seq.to_be_bytes().to_vec(),
+                value: encode(d)?,
+            });
+        }
+        blocking(&self.store, move |s| s.apply(&ops)).await
+    }
+
+    fn set_error(&self, lane: &str, error: Option<String>) {
+        if let Some(l) = self.lock().lanes.get_mut(lane) {
+            l.last_error = error;
+        }
+    }
+
+    /// Waits `delay`, or less when [`Outbox::sync_now`] is called or the
+    /// outbox stops.
+    async fn pause(&self, delay: Duration) {
+        let woken = self.wake.notified();
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = woken => {}
+            () = self.stop.cancelled() => {}
+        }
+    }
+}
+
+async fn apply_writes(tx: &mut Transaction, writes: &[KvWrite]) -> Result<(), Attempt> {
+    for w in writes {
+        let r = match w {
+            KvWrite::Put { key, value } => tx.put(key, Bytes::from(value.clone())).await,
+            KvWrite::Insert { key, value } => tx.insert(key, Bytes::from(value.clone())).await,
+            KvWrite::Delete { key } => tx.delete(key).await,
+            KvWrite::DeleteRange { start, end } => {
+                let mut r = Ok(());
+                for (s, e) in split_around_reserved(start, end) {
+                    r = tx.delete_range(s..e).await;
+                    if r.is_err() {
+                        break;
+                    }
+                }
+                r
+            }
+        };
+        r.map_err(|e| classify(&e))?;
+    }
+    Ok(())
+}
+
+fn jittered(base: Duration) -> Duration {
+    let max = base.as_micros().max(1) as u64;
+    Duration::from_micros(rand::random_range(0..=max))
+}
+
+/// The flush loop of one lane: head entry, attempt until applied or
+/// permanent, settle, next; ends when the lane is empty.
+///
+/// Stop points (where a cancelled `stop` ends the task): waiting for the
+/// connection, waiting out a retry delay, and between an attempt and the
+/// local dequeue (an applied entry then stays queued; the next open finds
+/// its marker). An attempt itself is never cut short: a BEGIN abandoned
+/// mid-flight could leave the resource locked on a session that lives on.
+async fn run_lane(inner: Arc<Inner>, lane: String) {
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let ready = tokio::select! {
+            () = inner.stop.cancelled() => false,
+            ok = inner.authenticated() => ok,
+        };
+        if !ready {
+            if let Some(l) = inner.lock().lanes.get_mut(&lane) {
+                l.running = false;
+            }
+            return;
+        }
+        let mut entry = match inner.head(&lane).await {
+            Ok(Some(e)) => e,
+            Ok(None) => {
+                // Pushes count an entry only after it is stored, so the
+                // lane is empty: end (and forget a miscount, if any).
+                let stale = match inner.lock().lanes.get_mut(&lane) {
+                    Some(l) => {
+                        l.running = false;
+                        std::mem::take(&mut l.pending)
+                    }
+                    None => 0,
+                };
+                inner.pending.send_modify(|n| *n = n.saturating_sub(stale));
+                return;
+            }
+            Err(e) => {
+                inner.set_error(&lane, Some(e.to_string()));
+                inner.pause(jittered(BACKOFF_MAX)).await;
+                continue;
+            }
+        };
+        let outcome = inner.attempt(&mut entry).await;
+        if inner.stop.is_cancelled() {
+            return;
+        }
+        let (event, dead) = match outcome {
+            Attempt::Retry(msg) => {
+                tracing::debug!(lane = %lane, seq = entry.seq, error = %msg, "sync: retrying");
+                inner.set_error(&lane, Some(msg));
+                inner.pause(jittered(backoff)).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+            Attempt::Applied => (
+                SyncEvent::Synced {
+                    lane: lane.clone(),
+                    seq: entry.seq,
+                },
+                None,
+            ),
+            Attempt::Permanent(error, code) => (
+                SyncEvent::Failed {
+                    lane: lane.clone(),
+                    seq: entry.seq,
+                    error: error.clone(),
+                    code,
+                },
+                Some(DeadLetter {
+                    seq: entry.seq,
+                    lane: lane.clone(),
+                    mutation: entry.mutation.clone(),
+                    error,
+                    code,
+                }),
+            ),
+        };
+        backoff = BACKOFF_MIN;
+        if let Err(e) = inner.settle(&entry, dead.clone()).await {
+            // Still in the outbox: the next attempt finds the marker (or
+            // fails permanently again).
+            inner.set_error(&lane, Some(e.to_string()));
+            inner.pause(jittered(BACKOFF_MAX)).await;
+            continue;
+        }
+        {
+            let mut st = inner.lock();
+            if dead.is_some() {
+                st.dead += 1;
+            }
+            if let Some(l) = st.lanes.get_mut(&lane) {
+                l.pending = l.pending.saturating_sub(1);
+                l.last_error = dead.as_ref().map(|d| d.error.clone());
+            }
+        }
+        inner.pending.send_modify(|n| *n = n.saturating_sub(1));
+        let _ = inner.events.send(event);
+        let done = {
+            let mut st = inner.lock();
+            match st.lanes.get_mut(&lane) {
+                Some(l) if l.pending == 0 => {
+                    l.running = false;
+                    if l.last_error.is_none() {
+                        st.lanes.remove(&lane);
+                    }
+                    true
+                }
+                Some(_) => false,
+                None => true,
+            }
+        };
+        if done {
+            return;
+        }
+    }
+}
