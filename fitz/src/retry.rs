@@ -45,6 +45,20 @@ pub enum Jitter {
     Equal,
 }
 
+impl Jitter {
+    /// A pause of at most `ceiling`, randomised per this kind of jitter.
+    pub(crate) fn apply(self, ceiling: Duration, rng: &mut impl Rng) -> Duration {
+        match self {
+            Self::None => ceiling,
+            Self::Full => full_jitter(ceiling, rng),
+            Self::Equal => {
+                let half = ceiling / 2;
+                half + full_jitter(ceiling - half, rng)
+            }
+        }
+    }
+}
+
 /// How often, and how far apart, a retryable failure is tried again.
 ///
 /// Retry `n` (1-based: the pause before attempt `n + 1`) waits
@@ -97,14 +111,7 @@ impl RetryPolicy {
     /// `rng` when the policy has jitter.
     pub(crate) fn backoff_with(&self, retry: u32, rng: &mut impl Rng) -> Duration {
         let ceiling = capped_exponential(self.first_backoff, self.max_backoff, retry);
-        match self.jitter {
-            Jitter::None => ceiling,
-            Jitter::Full => full_jitter(ceiling, rng),
-            Jitter::Equal => {
-                let half = ceiling / 2;
-                half + full_jitter(ceiling - half, rng)
-            }
-        }
+        self.jitter.apply(ceiling, rng)
     }
 }
 

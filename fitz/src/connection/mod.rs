@@ -544,26 +544,39 @@ impl Connection {
         // The span is not entered: nothing in this task logs inside it, and
         // a wrapper would only grow (and move) every request's future.
         let t = telemetry::Request::start(ty, route);
-        let (tx, rx) = oneshot::channel();
-        let result = match self
-            .submit(
-                Command::Request,
-                ty,
-                record,
-                opts,
-                Reply::Once(tx),
-                t.span(),
-            )
-            .await
-        {
-            // The actor enforces the deadline and always answers; a dropped
-            // sender means it is gone.
-            Ok(()) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
-            Err(e) => Err(e),
-        };
+        let result = self
+            .exchange(Command::Request, ty, record, opts, Reply::Once, t.span())
+            .await;
         t.finish_reply(&result, self.shared.config.slow_request_threshold);
         self.note_in_flight();
         result
+    }
+
+    /// Submits a record whose outcome comes back on a oneshot (`reply`
+    /// wraps its sender) and waits for it. The actor enforces the deadline
+    /// and always answers; a dropped sender means it is gone.
+    async fn exchange<T>(
+        &self,
+        wrap: fn(Outbound) -> Command,
+        ty: u16,
+        record: Bytes,
+        opts: RequestOptions,
+        reply: fn(oneshot::Sender<Result<T>>) -> Reply,
+        span: &Span,
+    ) -> Result<T> {
+        let (tx, rx) = oneshot::channel();
+        self.submit(wrap, ty, record, opts, reply(tx), span).await?;
+        rx.await.unwrap_or_else(|_| Err(Error::closed()))
+    }
+
+    /// A fresh correlation id, recorded on the request's span when it is
+    /// enabled.
+    fn next_id_in(&self, span: &Span) -> u64 {
+        let id = self.shared.next_id();
+        if !span.is_disabled() {
+            span.record(telemetry::CONVERSATION_ID, id);
+        }
+        id
     }
 
     /// Samples the in-flight gauge.
@@ -627,21 +640,9 @@ impl Connection {
         opts: RequestOptions,
     ) -> Result<()> {
         let t = telemetry::Request::start_send(ty, route);
-        let (tx, rx) = oneshot::channel();
-        let result = match self
-            .submit(
-                Command::Send,
-                ty,
-                record,
-                opts,
-                Reply::Written(tx),
-                t.span(),
-            )
-            .await
-        {
-            Ok(()) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
-            Err(e) => Err(e),
-        };
+        let result = self
+            .exchange(Command::Send, ty, record, opts, Reply::Written, t.span())
+            .await;
         t.finish(&result, self.shared.config.slow_request_threshold);
         result
     }
@@ -711,10 +712,7 @@ impl Connection {
         {
             // From here on nothing awaits until the record is queued.
             let (record, guard) = build()?;
-            let id = self.shared.next_id();
-            if !span.is_disabled() {
-                span.record(telemetry::CONVERSATION_ID, id);
-            }
+            let id = self.next_id_in(span);
             slot.send(Command::Send(Outbound {
                 id,
                 ty,
@@ -835,10 +833,7 @@ impl Connection {
         if !opts.barrier {
             self.shared.note_domain(ty);
         }
-        let id = self.shared.next_id();
-        if !span.is_disabled() {
-            span.record(telemetry::CONVERSATION_ID, id);
-        }
+        let id = self.next_id_in(span);
         let out = Outbound {
             id,
             ty,

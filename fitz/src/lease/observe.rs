@@ -35,7 +35,8 @@ use super::watch::{LeaseSubscription, subscribe};
 use crate::connection::Connection;
 use crate::error::{Error, ErrorKind, Result};
 use crate::events::State;
-use crate::options::{Overflow, SubscriptionOptions};
+use crate::options::{Overflow, SubscriptionOptions, capped_exponential};
+use crate::retry::Jitter;
 
 /// The default backstop interval, for applications with no workload TTL.
 pub const DEFAULT_BACKSTOP: Duration = Duration::from_secs(60);
@@ -617,14 +618,13 @@ impl Task {
     /// Sleeps the next backoff delay (or stops when the client closes
     /// meanwhile).
     async fn back_off(&mut self) -> Result<(), Stop> {
-        let exp = self.failures.min(20);
         self.failures = self.failures.saturating_add(1);
-        let full = self
-            .options
-            .retry_base
-            .saturating_mul(1u32 << exp)
-            .min(self.options.retry_max);
-        let delay = full / 2 + full.mul_f64(rand::rng().random_range(0.0..0.5));
+        let ceiling = capped_exponential(
+            self.options.retry_base,
+            self.options.retry_max,
+            self.failures,
+        );
+        let delay = Jitter::Equal.apply(ceiling, &mut rand::rng());
         let sleep = tokio::time::sleep(delay);
         tokio::pin!(sleep);
         loop {

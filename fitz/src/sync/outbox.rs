@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use super::store::{LocalStore, StoreOp, Table};
 use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key, split_around_reserved};
 use crate::kv::{Durability, Transaction, TxMode};
+use crate::options::full_jitter;
 use crate::{Client, Error, State};
 
 const META_FORMAT: &[u8] = b"format";
@@ -1160,9 +1161,9 @@ async fn apply_writes(tx: &mut Transaction, writes: &[KvWrite]) -> Result<(), At
     Ok(())
 }
 
-fn jittered(base: Duration) -> Duration {
-    let max = base.as_micros().max(1) as u64;
-    Duration::from_micros(rand::random_range(0..=max))
+/// A full-jitter pause of at most `ceiling` (the reconnect's own helper).
+fn jittered(ceiling: Duration) -> Duration {
+    full_jitter(ceiling, &mut rand::rng())
 }
 
 /// The flush loop of one lane: head entry, attempt until applied or
