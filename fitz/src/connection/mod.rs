@@ -112,153 +112,35 @@ mod actor;
 #[cfg(feature = "unstable-bench")]
 pub mod bench;
 mod command;
+mod drain;
 mod handshake;
 mod mailbox;
 mod registry;
 mod requests;
+mod shared;
 mod subscription;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use fitz_protocol::{Capabilities, Message, ReplyBody};
-use tokio::sync::{Semaphore, broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::Span;
 
-use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
 use crate::events::{Event, State, SubscriptionId};
-use crate::options::{ReconnectPolicy, SubscriptionOptions};
+use crate::options::SubscriptionOptions;
 use crate::telemetry;
-use crate::token::TokenProvider;
-use crate::transport::Connector;
 
 use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
 pub(crate) use mailbox::{MailboxRx, mailbox};
+#[cfg(test)]
+pub(crate) use shared::domain_bit;
+pub(crate) use shared::{Config, Shared};
 pub(crate) use subscription::{PushStream, ReplyFrames, Subscription, domain_subscription};
-
-/// Everything the actor needs to connect; fixed at `build()`.
-pub(crate) struct Config {
-    pub endpoint: Endpoint,
-    pub tokens: Arc<dyn TokenProvider>,
-    pub connector: Option<Arc<dyn Connector>>,
-    pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
-    pub connect_timeout: Duration,
-    /// Handshakes in a row that may be token refusals before giving up.
-    pub auth_attempts: u32,
-    pub request_timeout: Duration,
-    pub reconnect: ReconnectPolicy,
-    pub max_frame: usize,
-    pub max_in_flight: usize,
-    pub subscription: SubscriptionOptions,
-    pub service_name: Option<String>,
-    pub ping_interval: Duration,
-    pub dead_peer_timeout: Duration,
-    /// Retries of replay-safe reads (the domain views' default).
-    pub retry: crate::retry::RetryPolicy,
-    /// Retries of Queue ENQUEUE after a confirmed negative answer.
-    pub enqueue_retry: crate::retry::RetryPolicy,
-    /// Requests slower than this are logged (`tracing::warn!`).
-    pub slow_request_threshold: Duration,
-}
-
-/// State shared by the handles and the actor: atomics only.
-pub(crate) struct Shared {
-    pub config: Config,
-    /// Advances on every connection loss and on close.
-    generation: AtomicU64,
-    /// Bit 63: a hello was seen on the current session; bits 32..48: protocol
-    /// version; bits 0..32: capabilities.
-    capabilities: AtomicU64,
-    /// Correlation and local ids: start at 1, never reset, never 0.
-    next_id: AtomicU64,
-    next_handle: AtomicU64,
-    closed: AtomicBool,
-    close: CancellationToken,
-    inflight: Arc<Semaphore>,
-    state: watch::Receiver<State>,
-    events: broadcast::Sender<Event>,
-    /// One bit per domain (see [`domain_bit`]) that carried a record since
-    /// the last flush: the domains a flush must put a barrier through.
-    domains_used: AtomicU32,
-    /// Set by `drain`: no new subscription or worker is taken.
-    draining: AtomicBool,
-    /// Cancelled by `drain`: every worker's stop token is a child of it.
-    drain: CancellationToken,
-    /// The workers' tasks, so `drain` can wait for their handlers.
-    workers: TaskTracker,
-}
-
-const CAPS_KNOWN: u64 = 1 << 63;
-
-impl Shared {
-    pub fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// Advances the generation; returns the new one.
-    pub fn advance_generation(&self) -> u64 {
-        self.generation.fetch_add(1, Ordering::AcqRel) + 1
-    }
-
-    pub fn set_capabilities(&self, hello: Option<(u16, Capabilities)>) {
-        let v = hello.map_or(0, |(version, caps)| {
-            CAPS_KNOWN | (u64::from(version) << 32) | u64::from(caps.0)
-        });
-        self.capabilities.store(v, Ordering::Release);
-    }
-
-    pub fn capabilities(&self) -> Option<Capabilities> {
-        let v = self.capabilities.load(Ordering::Acquire);
-        (v & CAPS_KNOWN != 0).then_some(Capabilities((v & 0xFFFF_FFFF) as u32))
-    }
-
-    pub fn next_id(&self) -> u64 {
-        // Wrapping past u64::MAX would take centuries; skip 0 regardless.
-        loop {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-            if id != 0 {
-                return id;
-            }
-        }
-    }
-
-    pub fn next_handle(&self) -> SubscriptionId {
-        SubscriptionId(self.next_handle.fetch_add(1, Ordering::Relaxed))
-    }
-
-    pub fn emit(&self, event: Event) {
-        crate::telemetry::event(&event);
-        // No receivers is fine: events are optional to observe.
-        let _ = self.events.send(event);
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.load(Ordering::Acquire)
-    }
-
-    /// Notes that a record of type `ty` is on its way (for `flush`). A load
-    /// first: once the bit is set the hot path writes nothing shared.
-    fn note_domain(&self, ty: u16) {
-        let bit = domain_bit(ty);
-        if self.domains_used.load(Ordering::Relaxed) & bit != bit {
-            self.domains_used.fetch_or(bit, Ordering::AcqRel);
-        }
-    }
-}
-
-/// The bit of `ty`'s domain in [`Shared::domains_used`]; 0 for control records.
-pub(crate) fn domain_bit(ty: u16) -> u32 {
-    match ty / 100 {
-        d @ 1..=7 => 1 << d,
-        _ => 0,
-    }
-}
 
 /// A session generation captured by a stateful handle (KV transaction, stream
 /// append session, queue reservation, lease). Compare with
@@ -424,22 +306,7 @@ impl Connection {
         let (events, _) = broadcast::channel(256);
         let (commands, command_rx) = mpsc::channel(config.max_in_flight + 64);
         let (control, control_rx) = mpsc::channel(1024);
-        let shared = Arc::new(Shared {
-            inflight: Arc::new(Semaphore::new(config.max_in_flight)),
-            config,
-            generation: AtomicU64::new(0),
-            capabilities: AtomicU64::new(0),
-            next_id: AtomicU64::new(1),
-            next_handle: AtomicU64::new(1),
-            closed: AtomicBool::new(false),
-            close: CancellationToken::new(),
-            state: state_rx,
-            events,
-            domains_used: AtomicU32::new(0),
-            draining: AtomicBool::new(false),
-            drain: CancellationToken::new(),
-            workers: TaskTracker::new(),
-        });
+        let shared = Arc::new(Shared::new(config, state_rx, events));
         runtime.spawn(actor::run(shared.clone(), state_tx, command_rx, control_rx));
         Ok(Self {
             shared,
@@ -965,75 +832,6 @@ impl Connection {
 
     pub(crate) fn drop_push_handler(&self, sink: SubscriptionId) {
         let _ = self.control.try_send(Control::DropPush { sink });
-    }
-
-    // ----- drain -----
-
-    /// `Err(Closed)` once the client is closed or draining: no new
-    /// subscription or worker is taken then.
-    pub(crate) fn check_taking_work(&self) -> Result<()> {
-        if self.shared.is_closed() {
-            Err(Error::closed())
-        } else if self.shared.draining.load(Ordering::Acquire) {
-            Err(Error::closed_because("the client is draining"))
-        } else {
-            Ok(())
-        }
-    }
-
-    /// Starts a drain; false when one was already started.
-    pub(crate) fn begin_drain(&self) -> bool {
-        let first = !self.shared.draining.swap(true, Ordering::AcqRel);
-        if first {
-            self.shared.drain.cancel();
-            self.shared.workers.close();
-        }
-        first
-    }
-
-    /// A stop token for a new worker: cancelled when the client drains.
-    pub(crate) fn worker_stop_token(&self) -> CancellationToken {
-        self.shared.drain.child_token()
-    }
-
-    /// Spawns a worker's task where `drain` can wait for it.
-    pub(crate) fn spawn_worker<F>(&self, task: F) -> tokio::task::JoinHandle<F::Output>
-    where
-        F: std::future::Future + Send + 'static,
-        F::Output: Send + 'static,
-    {
-        self.shared.workers.spawn(task)
-    }
-
-    /// Waits until every worker task has ended; returns how many are still
-    /// running when `deadline` passes first.
-    pub(crate) async fn workers_finished(&self, deadline: Instant) -> usize {
-        match tokio::time::timeout_at(deadline, self.shared.workers.wait()).await {
-            Ok(()) => 0,
-            Err(_) => self.shared.workers.len(),
-        }
-    }
-
-    /// Ends every subscription and unsubscribes on the wire; one receiver
-    /// per UNSUBSCRIBE sent.
-    pub(crate) async fn unsubscribe_all(&self) -> Result<Vec<oneshot::Receiver<Result<()>>>> {
-        let (tx, rx) = oneshot::channel();
-        self.commands
-            .send(Command::UnsubscribeAll(tx))
-            .await
-            .map_err(|_| Error::closed())?;
-        rx.await.map_err(|_| Error::closed())
-    }
-
-    /// The domains that carried a record since the last call (bits of
-    /// [`domain_bit`]), clearing them.
-    pub(crate) fn take_domains_used(&self) -> u32 {
-        self.shared.domains_used.swap(0, Ordering::AcqRel)
-    }
-
-    /// Puts back domains a failed flush did not confirm.
-    pub(crate) fn restore_domains_used(&self, bits: u32) {
-        self.shared.domains_used.fetch_or(bits, Ordering::AcqRel);
     }
 
     /// Test and debugging inspection of the actor's books.
