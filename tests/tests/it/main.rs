@@ -27,6 +27,7 @@ mod schedule;
 mod stream;
 mod sync;
 mod sync_crash;
+mod sync_model;
 mod telemetry;
 mod tls;
 mod websocket;
