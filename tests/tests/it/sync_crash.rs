@@ -252,37 +252,36 @@ async fn a_killed_child_loses_no_entry_and_applies_none_twice() {
         seen.len(),
         records.len()
     );
+    // Every violation is reported, not only the first.
+    let mut problems = Vec::new();
     let lost: Vec<_> = acked.difference(&seen).collect();
-    assert!(
-        lost.is_empty(),
-        "seed {seed}: acked but not applied (KV): {lost:?}"
-    );
-    assert_eq!(
-        counter,
-        seen.len() as u64,
-        "seed {seed}: an increment applied twice (counter vs distinct seen/ keys)"
-    );
+    if !lost.is_empty() {
+        problems.push(format!("acked but not applied (KV): {lost:?}"));
+    }
+    if counter != seen.len() as u64 {
+        problems.push(format!(
+            "applied twice: counter {counter} but {} distinct seen/ keys",
+            seen.len()
+        ));
+    }
     let twice_tx = duplicates(records.iter().map(|(tx, _)| tx));
-    assert!(
-        twice_tx.is_empty(),
-        "seed {seed}: stream tx ids twice: {twice_tx:?}"
-    );
+    if !twice_tx.is_empty() {
+        problems.push(format!("stream tx ids twice: {twice_tx:?}"));
+    }
     let twice_body = duplicates(records.iter().map(|(_, body)| body));
-    assert!(
-        twice_body.is_empty(),
-        "seed {seed}: stream ids twice: {twice_body:?}"
-    );
+    if !twice_body.is_empty() {
+        problems.push(format!("stream ids twice: {twice_body:?}"));
+    }
     let bodies: BTreeSet<String> = records.into_iter().map(|(_, b)| b).collect();
     let lost: Vec<_> = acked.difference(&bodies).collect();
-    assert!(
-        lost.is_empty(),
-        "seed {seed}: acked but not appended: {lost:?}"
-    );
+    if !lost.is_empty() {
+        problems.push(format!("acked but not appended: {lost:?}"));
+    }
     let stray: Vec<_> = bodies.difference(&seen).collect();
-    assert!(
-        stray.is_empty(),
-        "seed {seed}: appended, never marked: {stray:?}"
-    );
+    if !stray.is_empty() {
+        problems.push(format!("appended, never marked: {stray:?}"));
+    }
+    assert!(problems.is_empty(), "seed {seed}:\n{}", problems.join("\n"));
     direct.close().await;
     brokers.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
