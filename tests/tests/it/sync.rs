@@ -15,8 +15,9 @@
 //! * **Abrupt stops**: the outbox stopped 25 times at random points of
 //!   its flush (between a broker commit and the local dequeue included) and
 //!   reopened on the same redb file: every increment applied once (fails
-//!   every run with `FITZ_SYNC_UNCHECKED_MARKER=1`). Not yet the SIGKILL
-//!   crash test of a later part.
+//!   every run with `FITZ_SYNC_UNCHECKED_MARKER=1`). The SIGKILL crash
+//!   test of a child process is `sync_crash.rs`; the model test
+//!   `sync_model.rs`.
 //! * **Dead letter**: a write the broker refuses for good (INSERT of an
 //!   existing key, 1006) goes to the dead letter with its code, the lane
 //!   moves on; `retry_dead_letter` and `discard` work; a queued range delete
@@ -405,7 +406,7 @@ async fn an_unauthorized_write_is_dead_lettered_with_its_code_and_other_lanes_fl
     brokers.shutdown().await;
 }
 
-/// Not a process kill (that is the crash test of a later part): the outbox
+/// Not a process kill (that is `sync_crash.rs`): the outbox
 /// is stopped abruptly at random points of its flush — its tasks end at
 /// whatever await they are in, between a broker commit and the local
 /// dequeue included — and reopened on the same file, 25 times.
