@@ -22,8 +22,14 @@ fn record_tx(metadata: Option<&Bytes>) -> Option<String> {
 
 /// [`classify`] for appends: an offset conflict means another batch reached
 /// O first (ours, or another writer's): the next attempt reads O and tells.
+/// An append session already open on the stream (another writer's, or an
+/// abandoned one of ours that ends with its connection) is a wait, like a
+/// locked KV resource, never a reason to dead-letter.
 fn classify_append(e: &Error) -> Attempt {
-    if e.code() == Some(crate::codes::STREAM_CONCURRENCY_CONFLICT) {
+    if matches!(
+        e.code(),
+        Some(crate::codes::STREAM_CONCURRENCY_CONFLICT | crate::codes::STREAM_SESSION_ACTIVE)
+    ) {
         Attempt::Retry(e.to_string())
     } else {
         classify(e)
