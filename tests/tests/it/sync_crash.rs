@@ -16,7 +16,7 @@
 //! * none applied twice: the counter equals the number of `seen/` keys,
 //!   each stream tx id and each body appears once;
 //! * the stream holds only ids that are also in `seen/` (the KV entry is
-//!   pushed first).
+//!   pushed first), in push order (tx id seqs increasing).
 //!
 //! `FITZ_CRASH_SEED` replays a seed (printed on every run and in every
 //! failure). With `FITZ_SYNC_UNCHECKED_MARKER=1` the child skips the marker
@@ -271,6 +271,14 @@ async fn a_killed_child_loses_no_entry_and_applies_none_twice() {
     let twice_body = duplicates(records.iter().map(|(_, body)| body));
     if !twice_body.is_empty() {
         problems.push(format!("stream ids twice: {twice_body:?}"));
+    }
+    // FIFO: the stream lane holds its entries in push (seq) order.
+    let seqs: Vec<u64> = records
+        .iter()
+        .filter_map(|(tx, _)| tx.rsplit('/').next()?.parse().ok())
+        .collect();
+    if seqs.len() != records.len() || seqs.windows(2).any(|w| w[0] >= w[1]) {
+        problems.push(format!("stream entries out of push order: seqs {seqs:?}"));
     }
     let bodies: BTreeSet<String> = records.into_iter().map(|(_, b)| b).collect();
     let lost: Vec<_> = acked.difference(&bodies).collect();
