@@ -31,7 +31,7 @@ use fitz_protocol::{Capabilities, kv};
 use futures_core::Stream;
 use futures_util::future::BoxFuture;
 
-use super::{Transaction, TxHandle};
+use super::{RESERVED_END, RESERVED_PREFIX, Transaction, TxHandle, is_reserved};
 use crate::error::{Error, Result};
 
 /// Which entries a scan returns, in which order, and how many.
@@ -60,6 +60,20 @@ use crate::error::{Error, Result};
 /// reverse scan over entries of nearly 32 KiB or more without the capability
 /// can fail with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
 /// rather than skip or repeat entries.
+///
+/// # Reserved keys
+///
+/// Keys under [`RESERVED_PREFIX`](super::RESERVED_PREFIX) (`\0sync/`, the
+/// sync layer's markers) are never returned, whatever the range. They are
+/// dropped from the broker's replies, and a page they left short of its
+/// limit (or empty) is completed by a second request that starts after
+/// them, so limits and page sizes count returned keys only and a page never
+/// comes back short or empty with [`ScanPage::has_more`] because of them.
+/// Such a page is two broker replies, so it can hold up to twice the 64 KiB
+/// of one (never more entries than its limit or page size). One thing they
+/// do show: `has_more` is the broker's, so a page that ends just before
+/// reserved keys with nothing visible after them says `has_more`, and the
+/// next page comes back empty and last.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScanOptions {
     lower: Bound<Bytes>,
@@ -154,9 +168,11 @@ impl ScanOptions {
 
     /// Nothing can match: the range is empty or the limit is used up.
     fn exhausted(&self) -> bool {
-        if self.limit == Some(0) {
-            return true;
-        }
+        self.limit == Some(0) || self.range_is_empty()
+    }
+
+    /// No key lies in the range.
+    fn range_is_empty(&self) -> bool {
         match (&self.lower, &self.upper) {
             (Bound::Unbounded, _) | (_, Bound::Unbounded) => false,
             (Bound::Included(l), Bound::Included(u)) => l > u,
@@ -313,8 +329,71 @@ fn take(plan: &Plan, page: kv::ScanOk) -> Result<ScanPage> {
     Ok(ScanPage { entries, has_more })
 }
 
-/// Fetches the first page of what is left of `options`.
+impl ScanOptions {
+    /// After a page that ended on a reserved key: moves the starting side
+    /// past the whole reserved prefix (forward: to its end; reverse: below
+    /// its start), so the next request returns none of its keys.
+    fn skip_reserved(&mut self) {
+        if self.reverse {
+            self.upper = Bound::Excluded(Bytes::from_static(RESERVED_PREFIX));
+        } else {
+            self.lower = Bound::Included(Bytes::from_static(RESERVED_END));
+        }
+    }
+}
+
+/// Fetches the first page of what is left of `options`, leaving out keys
+/// under [`RESERVED_PREFIX`](super::RESERVED_PREFIX).
+///
+/// One request, as the range asks; reserved keys in its reply are dropped.
+/// When that leaves the page short of its limit (or, without a limit,
+/// empty) while the broker has more, the page goes on after the last key
+/// received (past the whole prefix if that key was reserved): a page is
+/// never short, nor empty with `has_more`, because reserved keys were
+/// skipped. At most two requests per page (the second starts past the
+/// prefix), and none extra when the reply held no reserved key.
 pub(super) async fn fetch_page(tx: &TxHandle, options: &ScanOptions) -> Result<ScanPage> {
+    let want = match (options.limit, options.page_size) {
+        (Some(0), _) => return Ok(ScanPage::default()),
+        (Some(l), Some(p)) => Some(l.min(u64::from(p))),
+        (Some(l), None) => Some(l),
+        (None, p) => p.map(u64::from),
+    };
+    let mut rest = options.clone();
+    let mut out = ScanPage::default();
+    loop {
+        let got = out.len() as u64;
+        let part = ScanOptions {
+            limit: want.map(|w| w - got),
+            page_size: None,
+            ..rest.clone()
+        };
+        let page = fetch_segment(tx, &part).await?;
+        let last = page.last_key().cloned();
+        let before = out.len();
+        let received = page.len();
+        out.entries
+            .extend(page.entries.into_iter().filter(|(k, _)| !is_reserved(k)));
+        let dropped = out.len() - before < received;
+        out.has_more = page.has_more;
+        let room = want.map_or(out.is_empty(), |w| (out.len() as u64) < w);
+        let (true, true, true, Some(last)) = (page.has_more, dropped, room, last) else {
+            return Ok(out);
+        };
+        let in_prefix = is_reserved(&last);
+        rest.advance(last);
+        if in_prefix {
+            rest.skip_reserved();
+        }
+        if rest.range_is_empty() {
+            out.has_more = false;
+            return Ok(out);
+        }
+    }
+}
+
+/// Fetches the first page of `options`' range as the broker has it.
+async fn fetch_segment(tx: &TxHandle, options: &ScanOptions) -> Result<ScanPage> {
     let exclusive = tx
         .conn
         .capabilities()
@@ -580,6 +659,23 @@ mod tests {
         let p = plan(&o, false).unwrap();
         let got = take(&p, page(&["p"], false)).unwrap();
         assert_eq!(keys(&got), [b"p"]);
+    }
+
+    #[test]
+    fn skipping_the_reserved_prefix_moves_the_starting_side_past_it() {
+        let mut o = ScanOptions::all().resume_after(b"\0sync/abc");
+        o.skip_reserved();
+        assert_eq!(o.lower, Bound::Included(Bytes::from_static(RESERVED_END)));
+        let mut o = ScanOptions::all().reverse().resume_after(b"\0sync/abc");
+        o.skip_reserved();
+        assert_eq!(
+            o.upper,
+            Bound::Excluded(Bytes::from_static(RESERVED_PREFIX))
+        );
+        // A range that ends inside the prefix is then empty.
+        let mut o = ScanOptions::range(&b"\0a"[..]..&b"\0sync/m"[..]);
+        o.skip_reserved();
+        assert!(o.range_is_empty());
     }
 
     #[test]

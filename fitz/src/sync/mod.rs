@@ -93,11 +93,9 @@ pub use store::{Entries, LocalStore, MemoryStore, RedbStore, StoreOp, Table};
 use std::fmt;
 
 /// The key prefix reserved for the sync layer's markers in every KV resource
-/// written through an [`Outbox`].
-pub const RESERVED_PREFIX: &[u8] = b"\0sync/";
-
-/// The first key after every key starting with [`RESERVED_PREFIX`].
-const RESERVED_END: &[u8] = b"\0sync0";
+/// written through an [`Outbox`] (defined in [`crate::kv`], which hides it
+/// from scans and range deletes with or without this feature).
+pub use crate::kv::RESERVED_PREFIX;
 
 /// The version of the layout the sync layer writes into a [`LocalStore`].
 /// A store recording another version is refused ([`SyncError::Version`]),
@@ -160,25 +158,6 @@ impl fmt::Display for SyncError {
 }
 
 impl std::error::Error for SyncError {}
-
-/// The ranges a delete of `[start, end)` may touch without entering the
-/// reserved prefix: the range itself, or its parts before and after
-/// `[RESERVED_PREFIX, RESERVED_END)`. Empty ranges are left out.
-fn split_around_reserved(start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut push = |s: &[u8], e: &[u8]| {
-        if s < e {
-            out.push((s.to_vec(), e.to_vec()));
-        }
-    };
-    if end <= RESERVED_PREFIX || start >= RESERVED_END {
-        push(start, end);
-    } else {
-        push(start, RESERVED_PREFIX);
-        push(RESERVED_END, end);
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests;

@@ -102,34 +102,6 @@ fn a_file_that_is_not_a_store_fails_clearly_and_is_not_changed() {
     assert_eq!(std::fs::read(&path).unwrap(), junk);
 }
 
-#[test]
-fn split_around_reserved_never_covers_the_prefix() {
-    // Entirely before / after.
-    assert_eq!(
-        split_around_reserved(b"a", b"b"),
-        vec![(b"a".to_vec(), b"b".to_vec())]
-    );
-    assert_eq!(
-        split_around_reserved(b"\0", b"\0sync"),
-        vec![(b"\0".to_vec(), b"\0sync".to_vec())]
-    );
-    // Everything: split in two.
-    assert_eq!(
-        split_around_reserved(b"", b"\xff"),
-        vec![
-            (b"".to_vec(), RESERVED_PREFIX.to_vec()),
-            (RESERVED_END.to_vec(), b"\xff".to_vec())
-        ]
-    );
-    // Inside the prefix: nothing.
-    assert!(split_around_reserved(b"\0sync/a", b"\0sync/z").is_empty());
-    // Every marker key is outside every piece.
-    let marker = marker_key("abc");
-    for (s, e) in split_around_reserved(b"", b"\xff\xff") {
-        assert!(!(s.as_slice() <= marker.as_slice() && marker.as_slice() < e.as_slice()));
-    }
-}
-
 /// A client that is never connected: the outbox stores without it.
 fn offline_client() -> Client {
     Client::anonymous("tcp://127.0.0.1:1").unwrap()

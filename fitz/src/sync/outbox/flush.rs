@@ -288,16 +288,8 @@ async fn apply_writes(tx: &mut Transaction, writes: &[KvWrite]) -> Result<(), At
             KvWrite::Put { key, value } => tx.put(key, Bytes::from(value.clone())).await,
             KvWrite::Insert { key, value } => tx.insert(key, Bytes::from(value.clone())).await,
             KvWrite::Delete { key } => tx.delete(key).await,
-            KvWrite::DeleteRange { start, end } => {
-                let mut r = Ok(());
-                for (s, e) in split_around_reserved(start, end) {
-                    r = tx.delete_range(s..e).await;
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                r
-            }
+            // Split around the reserved prefix by the transaction itself.
+            KvWrite::DeleteRange { start, end } => tx.delete_range(start..end).await,
         };
         r.map_err(|e| classify(&e))?;
     }

@@ -12,7 +12,7 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{LocalStore, StoreOp, Table};
-use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key, split_around_reserved};
+use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key};
 use crate::kv::{Durability, Transaction, TxMode};
 use crate::options::full_jitter;
 use crate::{Client, Error, State};
