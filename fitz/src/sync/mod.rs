@@ -81,9 +81,11 @@
 //! test, flush and feed benchmarks; [`crate::kv::Transaction::scan`]
 //! hiding [`RESERVED_PREFIX`].
 
+mod envelope;
 mod outbox;
 mod store;
 
+pub use envelope::{ENVELOPE_MAGIC, QueueEnvelope, TxDedup};
 pub use outbox::{
     DEFAULT_MAX_PENDING, DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox,
     OutboxBuilder, StreamAppend, SyncEvent, SyncStatus,

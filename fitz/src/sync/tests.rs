@@ -224,6 +224,66 @@ async fn push_rejects_bad_routes_reserved_keys_and_unknown_handlers() {
 }
 
 #[tokio::test]
+async fn schedule_and_queue_entries_need_routes_of_their_kind_and_a_valid_cron() {
+    use crate::schedule::DeliveryMode;
+    let outbox = Outbox::builder(offline_client(), MemoryStore::new())
+        .open()
+        .await
+        .unwrap();
+    let create = || Mutation::schedule_create("0 6 * * *", DeliveryMode::Single, "{}");
+    let bad = [
+        // A schedule mutation on a KV route, a queue message on a schedule
+        // route, a KV write on a queue route.
+        outbox.push("kv://app/area/res", create()).await,
+        outbox
+            .push("schedule://app/a/r/op", Mutation::enqueue("x"))
+            .await,
+        outbox
+            .push("queue://app/a/q", Mutation::Writes(vec![]))
+            .await,
+        // Incomplete routes, a bad cron expression.
+        outbox
+            .push("schedule://app/a/r", Mutation::ScheduleCancel)
+            .await,
+        outbox.push("queue://app/*/q", Mutation::enqueue("x")).await,
+        outbox
+            .push(
+                "schedule://app/a/r/op",
+                Mutation::schedule_create("61 * * * *", DeliveryMode::Single, ""),
+            )
+            .await,
+    ];
+    for r in bad {
+        let e = r.unwrap_err();
+        assert!(matches!(e, SyncError::InvalidArgument(_)), "{e}");
+    }
+    assert_eq!(outbox.status().pending(), 0);
+    let a = outbox
+        .push("schedule://app/a/r/op", create())
+        .await
+        .unwrap();
+    let b = outbox
+        .push("schedule://app/a/r/op", Mutation::ScheduleCancel)
+        .await
+        .unwrap();
+    let c = outbox
+        .push("queue://app/a/q", Mutation::enqueue_plain("x"))
+        .await
+        .unwrap();
+    assert!(a < b && b < c);
+    let status = outbox.status();
+    let lanes: Vec<_> = status
+        .lanes
+        .iter()
+        .map(|l| (l.lane.as_str(), l.pending))
+        .collect();
+    assert_eq!(
+        lanes,
+        [("queue://app/a/q", 1), ("schedule://app/a/r/op", 2)]
+    );
+}
+
+#[tokio::test]
 async fn overlay_applies_the_lanes_pending_writes_in_order() {
     let outbox = Outbox::builder(offline_client(), MemoryStore::new())
         .handler("noop", |_tx, _args| Box::pin(async { Ok(()) }))
