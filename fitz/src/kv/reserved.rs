@@ -18,11 +18,20 @@
 //! Point operations (`get`, `put`, `insert`, `delete`) are not filtered: the
 //! sync layer reads and writes its markers with them.
 
-/// The key prefix reserved for the SDK's own bookkeeping (the sync layer's
-/// markers, `\0sync/<client id>`). Keys under it are hidden from
-/// [`Transaction::scan`](super::Transaction::scan) and never touched by
-/// [`Transaction::delete_range`](super::Transaction::delete_range); see
-/// [the module docs](self).
+/// The key prefix reserved for the SDK's own bookkeeping: the sync layer's
+/// exactly-once markers (`\0sync/<client id>`, feature `sync`). So that
+/// ordinary code never sees or erases them, the SDK treats the prefix
+/// specially everywhere, with or without the `sync` feature:
+///
+/// * [`Transaction::scan`](super::Transaction::scan) and
+///   [`Transaction::scan_page`](super::Transaction::scan_page) never return
+///   a key under it; limits, pages and resuming count visible keys only
+///   (see [`ScanOptions`](super::ScanOptions) for the one trace it leaves).
+/// * [`Transaction::delete_range`](super::Transaction::delete_range) is sent
+///   as the (at most two) parts of its range outside the prefix.
+///
+/// Point operations (`get`, `put`, `insert`, `delete`) are not filtered:
+/// the sync layer reads and writes its markers with them.
 pub const RESERVED_PREFIX: &[u8] = b"\0sync/";
 
 /// The first key after every key starting with [`RESERVED_PREFIX`].

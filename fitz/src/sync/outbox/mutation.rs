@@ -5,7 +5,7 @@
 //! `{"Append":[…]}`, `"ScheduleCancel"` …). New variants are added, never
 //! renamed, so a store written by an earlier build of this format version
 //! still opens; a store holding a variant this build does not know fails to
-//! open with [`SyncError::Corrupt`](super::SyncError::Corrupt) naming it,
+//! open with [`SyncError::Corrupt`](crate::sync::SyncError::Corrupt) naming it,
 //! and is not changed.
 
 use std::sync::Arc;
@@ -164,13 +164,13 @@ pub enum Mutation {
     /// ([`Queue::enqueue`](crate::queue::Queue::enqueue)), at least once:
     /// an attempt whose answer was lost is sent again, so the message may
     /// be stored twice. With `envelope`, the body travels in a
-    /// [`QueueEnvelope`](super::QueueEnvelope) carrying the entry's tx id
+    /// [`QueueEnvelope`](crate::sync::QueueEnvelope) carrying the entry's tx id
     /// (`<client id>/<seq>`), which consumers use to deduplicate
-    /// ([`TxDedup`](super::TxDedup)); without it the body is sent as it is.
+    /// ([`TxDedup`](crate::sync::TxDedup)); without it the body is sent as it is.
     Enqueue {
         /// The message body (the application's, before any envelope).
         body: Vec<u8>,
-        /// Wrap the body in a [`QueueEnvelope`](super::QueueEnvelope).
+        /// Wrap the body in a [`QueueEnvelope`](crate::sync::QueueEnvelope).
         envelope: bool,
     },
 }
@@ -190,7 +190,7 @@ impl Mutation {
     }
 
     /// A [`Mutation::Enqueue`] whose body travels in a
-    /// [`QueueEnvelope`](super::QueueEnvelope) (consumers can deduplicate).
+    /// [`QueueEnvelope`](crate::sync::QueueEnvelope) (consumers can deduplicate).
     pub fn enqueue(body: impl AsRef<[u8]>) -> Self {
         Self::Enqueue {
             body: body.as_ref().to_vec(),
