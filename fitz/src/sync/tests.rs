@@ -252,6 +252,16 @@ async fn schedule_and_queue_entries_need_routes_of_their_kind_and_a_valid_cron()
                 Mutation::schedule_create("61 * * * *", DeliveryMode::Single, ""),
             )
             .await,
+        // Too large for one record (the broker could never take them).
+        outbox
+            .push("queue://app/a/q", Mutation::enqueue(vec![0; 70_000]))
+            .await,
+        outbox
+            .push(
+                "schedule://app/a/r/op",
+                Mutation::schedule_create("* * * * *", DeliveryMode::Single, vec![0; 70_000]),
+            )
+            .await,
     ];
     for r in bad {
         let e = r.unwrap_err();

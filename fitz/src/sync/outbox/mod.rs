@@ -429,6 +429,8 @@ impl Outbox {
     /// [`Mutation::Writes`] and [`Mutation::Named`], `stream://` for
     /// [`Mutation::Append`], `schedule://` for the schedule mutations,
     /// `queue://` for [`Mutation::Enqueue`]), a cron expression is invalid,
+    /// a schedule or queue request (with its envelope) would not fit one
+    /// 64 KiB record,
     /// a write targets a key under [`RESERVED_PREFIX`], a named
     /// mutation has no handler or an append has no record;
     /// [`SyncError::Full`] when [`OutboxBuilder::max_pending`] entries are
@@ -447,7 +449,9 @@ impl Outbox {
             Mutation::Enqueue { .. } => crate::queue::validate_route(route),
             Mutation::Writes(_) | Mutation::Named { .. } => crate::kv::validate_resource(route),
         };
-        valid.map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
+        valid
+            .and_then(|()| mutation.check_fits(route, &self.inner.client_id))
+            .map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
         match &mutation {
             Mutation::ScheduleCreate { .. }
             | Mutation::ScheduleCancel

@@ -208,6 +208,47 @@ impl Mutation {
     }
 }
 
+impl Mutation {
+    /// Fails when the request this schedule or queue entry becomes would not
+    /// fit one record (the broker could never take it): checked at push, so
+    /// it is refused there instead of going to the dead letter. An enqueue
+    /// is measured with its envelope and the longest tx id `client_id` can
+    /// have.
+    pub(super) fn check_fits(&self, route: &str, client_id: &str) -> Result<(), Error> {
+        use fitz_protocol::{Str, queue, schedule};
+        let record = match self {
+            Mutation::ScheduleCreate {
+                cron,
+                mode,
+                payload,
+            } => crate::connection::encode_record(&schedule::Create {
+                entry: schedule::Entry {
+                    route: Str::from(route),
+                    cron: Str::from(cron.as_str()),
+                    mode: *mode,
+                    payload: Bytes::from(payload.clone()),
+                },
+            }),
+            Mutation::Enqueue { body, envelope } => {
+                let body = match envelope {
+                    true => {
+                        crate::sync::QueueEnvelope::wrap(&format!("{client_id}/{}", u64::MAX), body)
+                            .ok_or_else(|| Error::invalid("the client id contains a newline"))?
+                    }
+                    false => Bytes::from(body.clone()),
+                };
+                crate::connection::encode_record(&queue::Enqueue {
+                    route: Str::from(route),
+                    body,
+                    delay_seconds: None,
+                })
+            }
+            _ => return Ok(()),
+        };
+        record.map(drop)
+    }
+}
+
 /// [`DeliveryMode`] in a stored entry: `"broadcast"` or `"single"`.
 mod delivery_mode {
     use serde::{Deserialize, Deserializer, Serializer};
