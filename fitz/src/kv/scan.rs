@@ -372,8 +372,14 @@ pub(super) async fn fetch_page(tx: &TxHandle, options: &ScanOptions) -> Result<S
         let last = page.last_key().cloned();
         let before = out.len();
         let received = page.len();
-        out.entries
-            .extend(page.entries.into_iter().filter(|(k, _)| !is_reserved(k)));
+        if out.entries.is_empty() {
+            // The usual case: the broker's page, kept in place.
+            out.entries = page.entries;
+            out.entries.retain(|(k, _)| !is_reserved(k));
+        } else {
+            let visible = page.entries.into_iter().filter(|(k, _)| !is_reserved(k));
+            out.entries.extend(visible);
+        }
         let dropped = out.len() - before < received;
         out.has_more = page.has_more;
         let room = want.map_or(out.is_empty(), |w| (out.len() as u64) < w);
