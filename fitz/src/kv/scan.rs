@@ -359,23 +359,32 @@ pub(super) async fn fetch_page(tx: &TxHandle, options: &ScanOptions) -> Result<S
         (Some(l), None) => Some(l),
         (None, p) => p.map(u64::from),
     };
-    let mut rest = options.clone();
+    // What is left to read, once a page has to go on (rare: only after a
+    // reply that held reserved keys); the first request is `options` as is.
+    let mut rest: Option<ScanOptions> = None;
     let mut out = ScanPage::default();
     loop {
-        let got = out.len() as u64;
-        let part = ScanOptions {
-            limit: want.map(|w| w - got),
-            page_size: None,
-            ..rest.clone()
+        let page = match &rest {
+            None => fetch_segment(tx, options).await?,
+            Some(r) => {
+                let part = ScanOptions {
+                    limit: want.map(|w| w - out.len() as u64),
+                    page_size: None,
+                    ..r.clone()
+                };
+                fetch_segment(tx, &part).await?
+            }
         };
-        let page = fetch_segment(tx, &part).await?;
-        let last = page.last_key().cloned();
-        let before = out.len();
         let received = page.len();
+        let before = out.len();
+        let last_reserved = page.entries.last().is_some_and(|(k, _)| is_reserved(k));
         if out.entries.is_empty() {
             // The usual case: the broker's page, kept in place.
             out.entries = page.entries;
-            out.entries.retain(|(k, _)| !is_reserved(k));
+            // A read-only pass first: most pages hold no reserved key.
+            if out.entries.iter().any(|(k, _)| is_reserved(k)) {
+                out.entries.retain(|(k, _)| !is_reserved(k));
+            }
         } else {
             let visible = page.entries.into_iter().filter(|(k, _)| !is_reserved(k));
             out.entries.extend(visible);
@@ -383,15 +392,21 @@ pub(super) async fn fetch_page(tx: &TxHandle, options: &ScanOptions) -> Result<S
         let dropped = out.len() - before < received;
         out.has_more = page.has_more;
         let room = want.map_or(out.is_empty(), |w| (out.len() as u64) < w);
-        let (true, true, true, Some(last)) = (page.has_more, dropped, room, last) else {
+        if !(page.has_more && dropped && room) {
             return Ok(out);
-        };
-        let in_prefix = is_reserved(&last);
-        rest.advance(last);
-        if in_prefix {
-            rest.skip_reserved();
         }
-        if rest.range_is_empty() {
+        let r = rest.get_or_insert_with(|| options.clone());
+        if last_reserved {
+            // Past the whole prefix.
+            r.skip_reserved();
+        } else if let Some((last, _)) = out.entries.last() {
+            // The last key received was kept: go on after it.
+            r.advance(last.clone());
+        } else {
+            // Unreachable (a kept last key means a non-empty page).
+            return Ok(out);
+        }
+        if r.range_is_empty() {
             out.has_more = false;
             return Ok(out);
         }
