@@ -36,6 +36,7 @@
 //! [`Kv::subscribe`] reports every commit that changed a matching resource,
 //! and keeps doing so across reconnects.
 
+mod reserved;
 mod scan;
 #[cfg(test)]
 mod tests;
@@ -54,6 +55,8 @@ use crate::options::SubscriptionOptions;
 use crate::retry::RetryPolicy;
 
 pub use fitz_protocol::kv::{Durability, TxMode};
+pub use reserved::RESERVED_PREFIX;
+pub(crate) use reserved::{RESERVED_END, is_reserved, split_around_reserved};
 pub use scan::{Scan, ScanOptions, ScanPage};
 pub use watch::{KvChange, KvSubscription};
 
@@ -287,28 +290,52 @@ impl Transaction {
         self.write::<_, kv::DeleteOk>(&msg).await
     }
 
-    /// Deletes every key in `range` (`start` included, `end` excluded). An
-    /// empty range deletes nothing; an inverted one (`start > end`) is
-    /// rejected by the broker with a 1xxx error.
+    /// Deletes every key in `range` (`start` included, `end` excluded),
+    /// except keys under [`RESERVED_PREFIX`]: a range that covers part of
+    /// the prefix is sent as its parts below and above it (two deletes, in
+    /// this transaction), one inside it as an empty range. An empty range
+    /// deletes nothing; an inverted one (`start > end`) is rejected by the
+    /// broker with a 1xxx error.
+    ///
+    /// When a range is sent in two parts and the second fails, the first
+    /// stays applied to the transaction: roll back (or drop it) unless you
+    /// retry the delete.
     ///
     /// # Cancel safety
     ///
-    /// Not cancel-safe: dropped after the request was written, the write may
-    /// still be applied to the transaction (whole, never half) and the caller
-    /// cannot tell which. The transaction stays usable; re-read what matters, or
-    /// roll back. Dropped before it was written, nothing is sent.
+    /// Not cancel-safe: dropped after a request was written, the write may
+    /// still be applied to the transaction (each part whole, never half) and
+    /// the caller cannot tell which. The transaction stays usable; re-read
+    /// what matters, or roll back. Dropped before it was written, nothing is
+    /// sent.
     pub async fn delete_range<K: AsRef<[u8]>>(&mut self, range: Range<K>) -> Result<()> {
-        let msg = kv::DeleteRange {
-            tx_id: self.tx_id,
-            route: self.route.clone(),
-            start: Bytes::copy_from_slice(range.start.as_ref()),
-            end: Bytes::copy_from_slice(range.end.as_ref()),
+        let (start, end) = (range.start.as_ref(), range.end.as_ref());
+        let mut parts = if start > end {
+            // The broker's to refuse, as it is.
+            vec![(start.to_vec(), end.to_vec())]
+        } else {
+            split_around_reserved(start, end)
         };
-        self.write::<_, kv::DeleteRangeOk>(&msg).await
+        if parts.is_empty() {
+            // Nothing to delete: still one request, so a read-only or stale
+            // transaction fails as it would for any delete.
+            parts.push((start.to_vec(), start.to_vec()));
+        }
+        for (s, e) in parts {
+            let msg = kv::DeleteRange {
+                tx_id: self.tx_id,
+                route: self.route.clone(),
+                start: Bytes::from(s),
+                end: Bytes::from(e),
+            };
+            self.write::<_, kv::DeleteRangeOk>(&msg).await?;
+        }
+        Ok(())
     }
 
     /// Every entry selected by `options`, fetched page by page as the stream
-    /// is polled. See [`ScanOptions`] for ranges, direction and limits.
+    /// is polled. See [`ScanOptions`] for ranges, direction and limits. Keys
+    /// under [`RESERVED_PREFIX`] are left out.
     ///
     /// The stream borrows the transaction; it ends after its first error.
     pub fn scan(&mut self, options: ScanOptions) -> Scan<'_> {
@@ -319,7 +346,8 @@ impl Transaction {
     /// or page size, and at most what the broker fits in one reply (1,024
     /// entries, 64 KiB). Continue with
     /// [`ScanOptions::resume_after`]`(page.last_key())` while
-    /// [`ScanPage::has_more`].
+    /// [`ScanPage::has_more`]. Keys under [`RESERVED_PREFIX`] are left out
+    /// (see [`ScanOptions`] for how that meets limits and pages).
     ///
     /// # Cancel safety
     ///

@@ -31,7 +31,7 @@ use fitz_protocol::{Capabilities, kv};
 use futures_core::Stream;
 use futures_util::future::BoxFuture;
 
-use super::{Transaction, TxHandle};
+use super::{RESERVED_END, RESERVED_PREFIX, Transaction, TxHandle, is_reserved};
 use crate::error::{Error, Result};
 
 /// Which entries a scan returns, in which order, and how many.
@@ -60,6 +60,20 @@ use crate::error::{Error, Result};
 /// reverse scan over entries of nearly 32 KiB or more without the capability
 /// can fail with [`ErrorKind::Unsupported`](crate::ErrorKind::Unsupported)
 /// rather than skip or repeat entries.
+///
+/// # Reserved keys
+///
+/// Keys under [`RESERVED_PREFIX`](super::RESERVED_PREFIX) (`\0sync/`, the
+/// sync layer's markers) are never returned, whatever the range. They are
+/// dropped from the broker's replies, and a page they left short of its
+/// limit (or empty) is completed by a second request that starts after
+/// them, so limits and page sizes count returned keys only and a page never
+/// comes back short or empty with [`ScanPage::has_more`] because of them.
+/// Such a page is two broker replies, so it can hold up to twice the 64 KiB
+/// of one (never more entries than its limit or page size). One thing they
+/// do show: `has_more` is the broker's, so a page that ends just before
+/// reserved keys with nothing visible after them says `has_more`, and the
+/// next page comes back empty and last.
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScanOptions {
     lower: Bound<Bytes>,
@@ -154,9 +168,11 @@ impl ScanOptions {
 
     /// Nothing can match: the range is empty or the limit is used up.
     fn exhausted(&self) -> bool {
-        if self.limit == Some(0) {
-            return true;
-        }
+        self.limit == Some(0) || self.range_is_empty()
+    }
+
+    /// No key lies in the range.
+    fn range_is_empty(&self) -> bool {
         match (&self.lower, &self.upper) {
             (Bound::Unbounded, _) | (_, Bound::Unbounded) => false,
             (Bound::Included(l), Bound::Included(u)) => l > u,
@@ -313,8 +329,92 @@ fn take(plan: &Plan, page: kv::ScanOk) -> Result<ScanPage> {
     Ok(ScanPage { entries, has_more })
 }
 
-/// Fetches the first page of what is left of `options`.
+impl ScanOptions {
+    /// After a page that ended on a reserved key: moves the starting side
+    /// past the whole reserved prefix (forward: to its end; reverse: below
+    /// its start), so the next request returns none of its keys.
+    fn skip_reserved(&mut self) {
+        if self.reverse {
+            self.upper = Bound::Excluded(Bytes::from_static(RESERVED_PREFIX));
+        } else {
+            self.lower = Bound::Included(Bytes::from_static(RESERVED_END));
+        }
+    }
+}
+
+/// Fetches the first page of what is left of `options`, leaving out keys
+/// under [`RESERVED_PREFIX`](super::RESERVED_PREFIX).
+///
+/// One request, as the range asks; reserved keys in its reply are dropped.
+/// When that leaves the page short of its limit (or, without a limit,
+/// empty) while the broker has more, the page goes on after the last key
+/// received (past the whole prefix if that key was reserved): a page is
+/// never short, nor empty with `has_more`, because reserved keys were
+/// skipped. At most two requests per page (the second starts past the
+/// prefix), and none extra when the reply held no reserved key.
 pub(super) async fn fetch_page(tx: &TxHandle, options: &ScanOptions) -> Result<ScanPage> {
+    let want = match (options.limit, options.page_size) {
+        (Some(0), _) => return Ok(ScanPage::default()),
+        (Some(l), Some(p)) => Some(l.min(u64::from(p))),
+        (Some(l), None) => Some(l),
+        (None, p) => p.map(u64::from),
+    };
+    // What is left to read, once a page has to go on (rare: only after a
+    // reply that held reserved keys); the first request is `options` as is.
+    let mut rest: Option<ScanOptions> = None;
+    let mut out = ScanPage::default();
+    loop {
+        let page = match &rest {
+            None => fetch_segment(tx, options).await?,
+            Some(r) => {
+                let part = ScanOptions {
+                    limit: want.map(|w| w - out.len() as u64),
+                    page_size: None,
+                    ..r.clone()
+                };
+                fetch_segment(tx, &part).await?
+            }
+        };
+        let received = page.len();
+        let before = out.len();
+        let last_reserved = page.entries.last().is_some_and(|(k, _)| is_reserved(k));
+        if out.entries.is_empty() {
+            // The usual case: the broker's page, kept in place.
+            out.entries = page.entries;
+            // A read-only pass first: most pages hold no reserved key.
+            if out.entries.iter().any(|(k, _)| is_reserved(k)) {
+                out.entries.retain(|(k, _)| !is_reserved(k));
+            }
+        } else {
+            let visible = page.entries.into_iter().filter(|(k, _)| !is_reserved(k));
+            out.entries.extend(visible);
+        }
+        let dropped = out.len() - before < received;
+        out.has_more = page.has_more;
+        let room = want.map_or(out.is_empty(), |w| (out.len() as u64) < w);
+        if !(page.has_more && dropped && room) {
+            return Ok(out);
+        }
+        let r = rest.get_or_insert_with(|| options.clone());
+        if last_reserved {
+            // Past the whole prefix.
+            r.skip_reserved();
+        } else if let Some((last, _)) = out.entries.last() {
+            // The last key received was kept: go on after it.
+            r.advance(last.clone());
+        } else {
+            // Unreachable (a kept last key means a non-empty page).
+            return Ok(out);
+        }
+        if r.range_is_empty() {
+            out.has_more = false;
+            return Ok(out);
+        }
+    }
+}
+
+/// Fetches the first page of `options`' range as the broker has it.
+async fn fetch_segment(tx: &TxHandle, options: &ScanOptions) -> Result<ScanPage> {
     let exclusive = tx
         .conn
         .capabilities()
@@ -580,6 +680,23 @@ mod tests {
         let p = plan(&o, false).unwrap();
         let got = take(&p, page(&["p"], false)).unwrap();
         assert_eq!(keys(&got), [b"p"]);
+    }
+
+    #[test]
+    fn skipping_the_reserved_prefix_moves_the_starting_side_past_it() {
+        let mut o = ScanOptions::all().resume_after(b"\0sync/abc");
+        o.skip_reserved();
+        assert_eq!(o.lower, Bound::Included(Bytes::from_static(RESERVED_END)));
+        let mut o = ScanOptions::all().reverse().resume_after(b"\0sync/abc");
+        o.skip_reserved();
+        assert_eq!(
+            o.upper,
+            Bound::Excluded(Bytes::from_static(RESERVED_PREFIX))
+        );
+        // A range that ends inside the prefix is then empty.
+        let mut o = ScanOptions::range(&b"\0a"[..]..&b"\0sync/m"[..]);
+        o.skip_reserved();
+        assert!(o.range_is_empty());
     }
 
     #[test]

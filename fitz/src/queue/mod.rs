@@ -381,7 +381,7 @@ impl Queue {
 }
 
 /// A concrete `queue://realm/area/resource` route.
-fn validate_route(route: &str) -> Result<()> {
+pub(crate) fn validate_route(route: &str) -> Result<()> {
     route::validate_concrete(route, Scheme::Queue)
         .map(drop)
         .map_err(Error::route)

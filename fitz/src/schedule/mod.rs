@@ -316,7 +316,7 @@ impl Schedule {
     }
 }
 
-fn validate_route(route: &str) -> Result<()> {
+pub(crate) fn validate_route(route: &str) -> Result<()> {
     route::validate_concrete(route, Scheme::Schedule)
         .map(drop)
         .map_err(Error::route)
@@ -324,7 +324,7 @@ fn validate_route(route: &str) -> Result<()> {
 
 /// The broker's own cron grammar (shared through `fitz_protocol::cron`), so
 /// an expression the broker would refuse is refused here without a round trip.
-fn validate_cron(cron: &str) -> Result<()> {
+pub(crate) fn validate_cron(cron: &str) -> Result<()> {
     CronSchedule::parse(cron)
         .map(drop)
         .map_err(|e| Error::invalid(format!("invalid cron expression: {e}")))

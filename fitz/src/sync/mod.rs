@@ -1,13 +1,15 @@
 //! Offline-first, part 1 (feature `sync`): a durable local store and an
-//! outbox that applies queued KV mutations exactly once.
+//! outbox that applies queued mutations once: KV and stream ones exactly
+//! once, schedule ones idempotently, queue messages at least once with a tx
+//! id consumers deduplicate by.
 //!
 //! * [`LocalStore`]: one ordered byte map per [`Table`], written in atomic,
 //!   durable batches; [`RedbStore`] keeps it in one redb file,
 //!   [`MemoryStore`] in memory. The store carries a format version and a
 //!   client id created once and kept for the store's life.
-//! * [`Outbox`]: [`Outbox::push`] writes a [`Mutation`] for one KV or
-//!   Stream resource (a *lane*) to the store and returns once it is durable,
-//!   connected or not. A flusher sends each lane's entries in push order whenever the
+//! * [`Outbox`]: [`Outbox::push`] writes a [`Mutation`] for one KV, stream,
+//!   schedule or queue resource (a *lane*) to the store and returns once it
+//!   is durable, connected or not. A flusher sends each lane's entries in push order whenever the
 //!   client is [`crate::State::Authenticated`]; lanes progress independently.
 //!
 //! `fitz/examples/offline.rs` runs this against a broker that starts late.
@@ -63,27 +65,66 @@
 //! cannot be told: the entry goes to the dead letter rather than being sent
 //! again or dropped.
 //!
+//! # Schedules: idempotent as they are
+//!
+//! [`Mutation::ScheduleCreate`] and [`Mutation::ScheduleCancel`] on a
+//! `schedule://realm/area/resource/operation` lane are one request each.
+//! Creating replaces the definition at the route and cancelling an absent
+//! schedule succeeds, so an attempt whose answer was lost is simply sent
+//! again: the route ends as the lane's last entry says, since a lane's
+//! entries go in push order. (Another writer changing the same route in
+//! between is not detected: last writer wins, as with direct calls.)
+//!
+//! # Queue messages: at least once, with a tx id
+//!
+//! [`Mutation::Enqueue`] on a `queue://realm/area/resource` lane is one
+//! ENQUEUE, sent again after a lost answer, so a message can be stored
+//! twice (and a queue delivers again when a reservation expires anyway).
+//! ENQUEUE has no metadata field, so the entry's tx id travels in the body,
+//! in a [`QueueEnvelope`] (`\0sync-tx/1\n<tx id>\n<body>`, see
+//! [`ENVELOPE_MAGIC`]) when the mutation asks for it
+//! ([`Mutation::enqueue`]; [`Mutation::enqueue_plain`] sends the body as it
+//! is). Consumers open each body with [`QueueEnvelope::open`] or
+//! [`TxDedup::open`] and record the tx id once the message is handled:
+//! [`TxDedup`] keeps a bounded in-memory window of them.
+//!
+//! Permanent refusals of schedule and queue entries (an unauthorized route:
+//! 7009, 4009; an invalid request) go to the dead letter with their code,
+//! like KV and stream ones; the lane moves on.
+//!
 //! # The reserved prefix
 //!
 //! Keys starting with [`RESERVED_PREFIX`] (`\0sync/`) belong to the sync
-//! layer. [`Outbox::push`] rejects writes to them, and a
-//! [`KvWrite::DeleteRange`] that covers part of the prefix is split around
-//! it when flushed, so a queued range delete never erases a marker. Not yet
-//! done (a listed follow-up): the SDK's own [`crate::kv::Transaction::scan`]
-//! does not hide the prefix, so a full scan of a resource written through
-//! the outbox returns the marker keys; skip keys starting with
-//! [`RESERVED_PREFIX`] (or scan from `\x01`), and do not range-delete across
-//! it outside the outbox.
+//! layer. [`Outbox::push`] rejects writes to them. The prefix is defined in
+//! [`crate::kv`], which treats it the same with or without this feature:
+//! [`crate::kv::Transaction::scan`] and
+//! [`scan_page`](crate::kv::Transaction::scan_page) never return its keys
+//! (pages stay full across it; see [`crate::kv::ScanOptions`] for the one
+//! trace it leaves in `has_more`) and
+//! [`delete_range`](crate::kv::Transaction::delete_range) is sent around it,
+//! so neither a queued [`KvWrite::DeleteRange`] nor a user's range delete
+//! erases a marker. Point reads and writes still reach it (the outbox's
+//! marker check uses them).
+//!
+//! # Entry format
+//!
+//! Entries and dead letters are JSON ([`Mutation`] with serde's external
+//! tagging). The schedule and queue kinds were added without changing
+//! [`FORMAT_VERSION`]: stores written before them open unchanged. A build
+//! that predates them fails to open a store holding one with
+//! [`SyncError::Corrupt`] naming the unknown variant, and changes nothing.
 //!
 //! # Not yet (later parts of issue 16)
 //!
-//! Schedule and queue lanes, feeds with gap detection, the crash (SIGKILL)
-//! test, flush and feed benchmarks; [`crate::kv::Transaction::scan`]
-//! hiding [`RESERVED_PREFIX`].
+//! Feeds with gap detection, the crash (SIGKILL) test, flush and feed
+//! benchmarks; a durable consumer-side dedup (today [`TxDedup`] is an
+//! in-memory window).
 
+mod envelope;
 mod outbox;
 mod store;
 
+pub use envelope::{ENVELOPE_MAGIC, QueueEnvelope, TxDedup};
 pub use outbox::{
     DEFAULT_MAX_PENDING, DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox,
     OutboxBuilder, StreamAppend, SyncEvent, SyncStatus,
@@ -93,11 +134,9 @@ pub use store::{Entries, LocalStore, MemoryStore, RedbStore, StoreOp, Table};
 use std::fmt;
 
 /// The key prefix reserved for the sync layer's markers in every KV resource
-/// written through an [`Outbox`].
-pub const RESERVED_PREFIX: &[u8] = b"\0sync/";
-
-/// The first key after every key starting with [`RESERVED_PREFIX`].
-const RESERVED_END: &[u8] = b"\0sync0";
+/// written through an [`Outbox`] (defined in [`crate::kv`], which hides it
+/// from scans and range deletes with or without this feature).
+pub use crate::kv::RESERVED_PREFIX;
 
 /// The version of the layout the sync layer writes into a [`LocalStore`].
 /// A store recording another version is refused ([`SyncError::Version`]),
@@ -160,25 +199,6 @@ impl fmt::Display for SyncError {
 }
 
 impl std::error::Error for SyncError {}
-
-/// The ranges a delete of `[start, end)` may touch without entering the
-/// reserved prefix: the range itself, or its parts before and after
-/// `[RESERVED_PREFIX, RESERVED_END)`. Empty ranges are left out.
-fn split_around_reserved(start: &[u8], end: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut push = |s: &[u8], e: &[u8]| {
-        if s < e {
-            out.push((s.to_vec(), e.to_vec()));
-        }
-    };
-    if end <= RESERVED_PREFIX || start >= RESERVED_END {
-        push(start, end);
-    } else {
-        push(start, RESERVED_PREFIX);
-        push(RESERVED_END, end);
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests;

@@ -102,34 +102,6 @@ fn a_file_that_is_not_a_store_fails_clearly_and_is_not_changed() {
     assert_eq!(std::fs::read(&path).unwrap(), junk);
 }
 
-#[test]
-fn split_around_reserved_never_covers_the_prefix() {
-    // Entirely before / after.
-    assert_eq!(
-        split_around_reserved(b"a", b"b"),
-        vec![(b"a".to_vec(), b"b".to_vec())]
-    );
-    assert_eq!(
-        split_around_reserved(b"\0", b"\0sync"),
-        vec![(b"\0".to_vec(), b"\0sync".to_vec())]
-    );
-    // Everything: split in two.
-    assert_eq!(
-        split_around_reserved(b"", b"\xff"),
-        vec![
-            (b"".to_vec(), RESERVED_PREFIX.to_vec()),
-            (RESERVED_END.to_vec(), b"\xff".to_vec())
-        ]
-    );
-    // Inside the prefix: nothing.
-    assert!(split_around_reserved(b"\0sync/a", b"\0sync/z").is_empty());
-    // Every marker key is outside every piece.
-    let marker = marker_key("abc");
-    for (s, e) in split_around_reserved(b"", b"\xff\xff") {
-        assert!(!(s.as_slice() <= marker.as_slice() && marker.as_slice() < e.as_slice()));
-    }
-}
-
 /// A client that is never connected: the outbox stores without it.
 fn offline_client() -> Client {
     Client::anonymous("tcp://127.0.0.1:1").unwrap()
@@ -249,6 +221,76 @@ async fn push_rejects_bad_routes_reserved_keys_and_unknown_handlers() {
         .await
         .unwrap();
     assert_eq!(outbox.status().pending(), 1);
+}
+
+#[tokio::test]
+async fn schedule_and_queue_entries_need_routes_of_their_kind_and_a_valid_cron() {
+    use crate::schedule::DeliveryMode;
+    let outbox = Outbox::builder(offline_client(), MemoryStore::new())
+        .open()
+        .await
+        .unwrap();
+    let create = || Mutation::schedule_create("0 6 * * *", DeliveryMode::Single, "{}");
+    let bad = [
+        // A schedule mutation on a KV route, a queue message on a schedule
+        // route, a KV write on a queue route.
+        outbox.push("kv://app/area/res", create()).await,
+        outbox
+            .push("schedule://app/a/r/op", Mutation::enqueue("x"))
+            .await,
+        outbox
+            .push("queue://app/a/q", Mutation::Writes(vec![]))
+            .await,
+        // Incomplete routes, a bad cron expression.
+        outbox
+            .push("schedule://app/a/r", Mutation::ScheduleCancel)
+            .await,
+        outbox.push("queue://app/*/q", Mutation::enqueue("x")).await,
+        outbox
+            .push(
+                "schedule://app/a/r/op",
+                Mutation::schedule_create("61 * * * *", DeliveryMode::Single, ""),
+            )
+            .await,
+        // Too large for one record (the broker could never take them).
+        outbox
+            .push("queue://app/a/q", Mutation::enqueue(vec![0; 70_000]))
+            .await,
+        outbox
+            .push(
+                "schedule://app/a/r/op",
+                Mutation::schedule_create("* * * * *", DeliveryMode::Single, vec![0; 70_000]),
+            )
+            .await,
+    ];
+    for r in bad {
+        let e = r.unwrap_err();
+        assert!(matches!(e, SyncError::InvalidArgument(_)), "{e}");
+    }
+    assert_eq!(outbox.status().pending(), 0);
+    let a = outbox
+        .push("schedule://app/a/r/op", create())
+        .await
+        .unwrap();
+    let b = outbox
+        .push("schedule://app/a/r/op", Mutation::ScheduleCancel)
+        .await
+        .unwrap();
+    let c = outbox
+        .push("queue://app/a/q", Mutation::enqueue_plain("x"))
+        .await
+        .unwrap();
+    assert!(a < b && b < c);
+    let status = outbox.status();
+    let lanes: Vec<_> = status
+        .lanes
+        .iter()
+        .map(|l| (l.lane.as_str(), l.pending))
+        .collect();
+    assert_eq!(
+        lanes,
+        [("queue://app/a/q", 1), ("schedule://app/a/r/op", 2)]
+    );
 }
 
 #[tokio::test]

@@ -28,6 +28,7 @@ mod stream;
 mod sync;
 mod sync_crash;
 mod sync_model;
+mod sync_lanes;
 mod sync_regressions;
 mod telemetry;
 mod tls;

@@ -3,6 +3,7 @@
 //! until it is applied or fails for good, settles it, and moves on.
 
 use super::*;
+use crate::sync::QueueEnvelope;
 
 /// How one flush attempt ended.
 enum Attempt {
@@ -198,11 +199,67 @@ impl Inner {
         }
     }
 
+    /// One attempt at a schedule or queue entry: one request, whose
+    /// outcome is the entry's. Schedule create/cancel are idempotent, so a
+    /// retry after a lost answer is harmless; an enqueue retried after a
+    /// lost answer may store the message twice (at least once; the
+    /// envelope's tx id lets consumers tell).
+    async fn attempt_request(&self, entry: &Entry) -> Attempt {
+        let lane = entry.lane.as_str();
+        let result = match &entry.mutation {
+            Mutation::ScheduleCreate {
+                cron,
+                mode,
+                payload,
+            } => {
+                let payload = Bytes::from(payload.clone());
+                self.client
+                    .schedule()
+                    .create(lane, cron, *mode, payload)
+                    .await
+            }
+            Mutation::ScheduleCancel => self.client.schedule().cancel(lane).await,
+            Mutation::Enqueue { body, envelope } => {
+                let body = if *envelope {
+                    // Tx ids are `<hex>/<digits>`: never a newline.
+                    match QueueEnvelope::wrap(&self.tx_id(entry.seq), body) {
+                        Some(b) => b,
+                        None => {
+                            return Attempt::Permanent(
+                                "tx id not fit for an envelope".into(),
+                                None,
+                            );
+                        }
+                    }
+                } else {
+                    Bytes::from(body.clone())
+                };
+                self.client.queue().enqueue(lane, body).await.map(drop)
+            }
+            // Not request kinds; `attempt` routes them elsewhere.
+            Mutation::Writes(_) | Mutation::Named { .. } | Mutation::Append(_) => {
+                return Attempt::Retry("KV or stream entry on the request path".into());
+            }
+        };
+        match result {
+            Ok(()) => Attempt::Applied,
+            Err(e) => classify(&e),
+        }
+    }
+
     /// One attempt at applying `entry`.
     async fn attempt(&self, entry: &mut Entry) -> Attempt {
-        if let Mutation::Append(records) = &entry.mutation {
-            let records = records.clone();
-            return self.attempt_append(entry, &records).await;
+        match &entry.mutation {
+            Mutation::Append(records) => {
+                let records = records.clone();
+                return self.attempt_append(entry, &records).await;
+            }
+            Mutation::ScheduleCreate { .. }
+            | Mutation::ScheduleCancel
+            | Mutation::Enqueue { .. } => {
+                return self.attempt_request(entry).await;
+            }
+            Mutation::Writes(_) | Mutation::Named { .. } => {}
         }
         let mut tx = match self.client.kv().begin(&entry.lane, TxMode::ReadWrite).await {
             Ok(tx) => tx,
@@ -239,7 +296,10 @@ impl Inner {
                 )),
             },
             // Handled above; never reached.
-            Mutation::Append(_) => Err(Attempt::Retry("stream entry on the KV path".into())),
+            Mutation::Append(_)
+            | Mutation::ScheduleCreate { .. }
+            | Mutation::ScheduleCancel
+            | Mutation::Enqueue { .. } => Err(Attempt::Retry("not a KV entry".into())),
         };
         if let Err(a) = applied {
             return a;
@@ -294,16 +354,8 @@ async fn apply_writes(tx: &mut Transaction, writes: &[KvWrite]) -> Result<(), At
             KvWrite::Put { key, value } => tx.put(key, Bytes::from(value.clone())).await,
             KvWrite::Insert { key, value } => tx.insert(key, Bytes::from(value.clone())).await,
             KvWrite::Delete { key } => tx.delete(key).await,
-            KvWrite::DeleteRange { start, end } => {
-                let mut r = Ok(());
-                for (s, e) in split_around_reserved(start, end) {
-                    r = tx.delete_range(s..e).await;
-                    if r.is_err() {
-                        break;
-                    }
-                }
-                r
-            }
+            // Split around the reserved prefix by the transaction itself.
+            KvWrite::DeleteRange { start, end } => tx.delete_range(start..end).await,
         };
         r.map_err(|e| classify(&e))?;
     }

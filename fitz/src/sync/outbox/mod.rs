@@ -1,4 +1,5 @@
-//! The outbox: durable queued KV mutations, flushed exactly once per lane.
+//! The outbox: durable queued mutations (KV, stream, schedule, queue),
+//! flushed in push order per lane.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -12,12 +13,15 @@ use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::store::{LocalStore, StoreOp, Table};
-use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key, split_around_reserved};
+use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key};
 use crate::kv::{Durability, Transaction, TxMode};
 use crate::options::full_jitter;
 use crate::{Client, Error, State};
 
 mod flush;
+mod mutation;
+
+pub use mutation::{Handler, KvWrite, Mutation, MutationError, StreamAppend};
 
 const META_FORMAT: &[u8] = b"format";
 const META_CLIENT_ID: &[u8] = b"client_id";
@@ -28,165 +32,14 @@ const META_NEXT_SEQ: &[u8] = b"next_seq";
 /// for receivers).
 const EVENT_BUFFER: usize = 1024;
 
-/// Retry delays after a retryable failure: from `BACKOFF_MIN`, doubling, up
-/// to `BACKOFF_MAX`, each with full jitter. [`Outbox::sync_now`] cuts a wait
-/// short.
 /// The default bound on pending entries ([`OutboxBuilder::max_pending`]).
 pub const DEFAULT_MAX_PENDING: usize = 1_000_000;
 
+/// Retry delays after a retryable failure: from `BACKOFF_MIN`, doubling, up
+/// to `BACKOFF_MAX`, each with full jitter. [`Outbox::sync_now`] cuts a wait
+/// short.
 const BACKOFF_MIN: Duration = Duration::from_millis(5);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
-
-/// One KV write of a [`Mutation::Writes`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum KvWrite {
-    /// Sets `key` to `value`.
-    Put {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
-    /// Creates `key` with `value`; the broker refuses it (code 1006, a
-    /// permanent failure: the entry goes to the dead letter) when the key
-    /// exists.
-    Insert {
-        /// The key.
-        key: Vec<u8>,
-        /// The value.
-        value: Vec<u8>,
-    },
-    /// Removes `key`.
-    Delete {
-        /// The key.
-        key: Vec<u8>,
-    },
-    /// Removes every key in `[start, end)`, except the sync layer's reserved
-    /// keys (the range is split around [`RESERVED_PREFIX`]).
-    DeleteRange {
-        /// The first key removed.
-        start: Vec<u8>,
-        /// The first key kept after the range.
-        end: Vec<u8>,
-    },
-}
-
-impl KvWrite {
-    /// A [`KvWrite::Put`].
-    pub fn put(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
-        Self::Put {
-            key: key.as_ref().to_vec(),
-            value: value.as_ref().to_vec(),
-        }
-    }
-
-    /// A [`KvWrite::Insert`].
-    pub fn insert(key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Self {
-        Self::Insert {
-            key: key.as_ref().to_vec(),
-            value: value.as_ref().to_vec(),
-        }
-    }
-
-    /// A [`KvWrite::Delete`].
-    pub fn delete(key: impl AsRef<[u8]>) -> Self {
-        Self::Delete {
-            key: key.as_ref().to_vec(),
-        }
-    }
-
-    /// A [`KvWrite::DeleteRange`] of `[start, end)`.
-    pub fn delete_range(start: impl AsRef<[u8]>, end: impl AsRef<[u8]>) -> Self {
-        Self::DeleteRange {
-            start: start.as_ref().to_vec(),
-            end: end.as_ref().to_vec(),
-        }
-    }
-
-    fn touches_reserved(&self) -> bool {
-        match self {
-            KvWrite::Put { key, .. } | KvWrite::Insert { key, .. } | KvWrite::Delete { key } => {
-                key.starts_with(RESERVED_PREFIX)
-            }
-            // Split around the prefix at flush time.
-            KvWrite::DeleteRange { .. } => false,
-        }
-    }
-}
-
-/// One record of a [`Mutation::Append`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StreamAppend {
-    /// The record's body.
-    pub body: Vec<u8>,
-    /// Its discriminator (the broker filters on it); repeated in the
-    /// record's metadata as `aspect`, because READ items carry none.
-    pub aspect: Option<String>,
-}
-
-impl StreamAppend {
-    /// A record with `body` and no discriminator.
-    pub fn new(body: impl AsRef<[u8]>) -> Self {
-        Self {
-            body: body.as_ref().to_vec(),
-            aspect: None,
-        }
-    }
-
-    /// This record with discriminator `aspect`.
-    pub fn aspect(mut self, aspect: impl Into<String>) -> Self {
-        self.aspect = Some(aspect.into());
-        self
-    }
-}
-
-/// What an outbox entry does to its resource, as one transaction (KV) or one
-/// atomic batch (Stream).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Mutation {
-    /// These writes, in order, as one unit.
-    Writes(Vec<KvWrite>),
-    /// The handler registered under `name` ([`OutboxBuilder::handler`]),
-    /// called with `args` inside the flush's read-write transaction.
-    Named {
-        /// The handler's name.
-        name: String,
-        /// Its arguments, as the caller serialized them.
-        args: Vec<u8>,
-    },
-    /// Records appended to a `stream://` resource as one committed batch,
-    /// exactly once: at an expected offset fixed (and stored) just before
-    /// the first send, each record's metadata carrying the entry's tx id
-    /// (`{"sync_tx":"<client id>/<seq>","aspect":…}`).
-    Append(Vec<StreamAppend>),
-}
-
-/// How a named handler failed.
-#[derive(Debug)]
-pub enum MutationError {
-    /// A client or broker error: retried when it is retryable (or may have
-    /// been applied), otherwise a permanent failure.
-    Fitz(Error),
-    /// The handler refuses the mutation for good: the entry goes to the dead
-    /// letter with this message.
-    Permanent(String),
-}
-
-impl From<Error> for MutationError {
-    fn from(e: Error) -> Self {
-        MutationError::Fitz(e)
-    }
-}
-
-/// A named mutation's handler: runs inside the flush's read-write
-/// transaction (do not commit or roll it back; the outbox does) with the
-/// entry's arguments. It may run more than once for one entry (after a
-/// failed attempt, in a new transaction) but its writes commit at most once.
-pub type Handler = Arc<
-    dyn for<'a> Fn(&'a mut Transaction, Bytes) -> BoxFuture<'a, Result<(), MutationError>>
-        + Send
-        + Sync,
->;
 
 /// An entry that failed permanently: kept until [`Outbox::retry_dead_letter`]
 /// or [`Outbox::discard`].
@@ -194,7 +47,7 @@ pub type Handler = Arc<
 pub struct DeadLetter {
     /// The entry's sequence number (its id in the dead letter).
     pub seq: u64,
-    /// Its lane: the KV resource route.
+    /// Its lane: the route of the resource it targets.
     pub lane: String,
     /// What it would have done.
     pub mutation: Mutation,
@@ -233,7 +86,7 @@ pub enum SyncEvent {
 /// The state of one lane.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LaneStatus {
-    /// The lane (KV resource route).
+    /// The lane (the route of the resource its entries target).
     pub lane: String,
     /// Entries waiting to be applied.
     pub pending: usize,
@@ -521,9 +374,9 @@ impl Drop for StopOnDrop {
     }
 }
 
-/// Durable queued KV and stream mutations, applied exactly once on the
-/// broker (see the [module docs](super) for the marker and expected-offset
-/// recipes).
+/// Durable queued mutations: KV and stream ones applied exactly once on the
+/// broker, schedule ones idempotently, queue messages at least once (see the
+/// [module docs](super) for each recipe).
 ///
 /// Cheap to clone; the flush tasks stop when the last clone is dropped or
 /// [`Outbox::close`] is called, after the attempt in flight (an entry
@@ -567,13 +420,18 @@ impl Outbox {
         &self.inner.client_id
     }
 
-    /// Queues `mutation` for the KV resource `route` (its lane) and returns
+    /// Queues `mutation` for the resource `route` (its lane) and returns
     /// its sequence number once the entry is durable in the local store.
     /// Works connected or not; the flusher sends it when it can.
     ///
     /// Errors (nothing stored): [`SyncError::InvalidArgument`] when `route`
-    /// is not a concrete `kv://` (or, for [`Mutation::Append`], `stream://`)
-    /// resource, a write targets a key under [`RESERVED_PREFIX`], a named
+    /// is not a concrete route of the mutation's kind (`kv://` for
+    /// [`Mutation::Writes`] and [`Mutation::Named`], `stream://` for
+    /// [`Mutation::Append`], `schedule://` for the schedule mutations,
+    /// `queue://` for [`Mutation::Enqueue`]), a cron expression is invalid,
+    /// a schedule or queue request (with its envelope) would not fit one
+    /// 64 KiB record,
+    /// a write targets a key under [`RESERVED_PREFIX`], a named
     /// mutation has no handler or an append has no record;
     /// [`SyncError::Full`] when [`OutboxBuilder::max_pending`] entries are
     /// pending; [`SyncError::Store`] when the store fails.
@@ -585,10 +443,19 @@ impl Outbox {
     pub async fn push(&self, route: &str, mutation: Mutation) -> Result<u64, SyncError> {
         let valid = match &mutation {
             Mutation::Append(_) => crate::stream::validate_resource(route),
-            _ => crate::kv::validate_resource(route),
+            Mutation::ScheduleCreate { cron, .. } => crate::schedule::validate_route(route)
+                .and_then(|()| crate::schedule::validate_cron(cron)),
+            Mutation::ScheduleCancel => crate::schedule::validate_route(route),
+            Mutation::Enqueue { .. } => crate::queue::validate_route(route),
+            Mutation::Writes(_) | Mutation::Named { .. } => crate::kv::validate_resource(route),
         };
-        valid.map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
+        valid
+            .and_then(|()| mutation.check_fits(route, &self.inner.client_id))
+            .map_err(|e| SyncError::InvalidArgument(e.to_string()))?;
         match &mutation {
+            Mutation::ScheduleCreate { .. }
+            | Mutation::ScheduleCancel
+            | Mutation::Enqueue { .. } => {}
             Mutation::Append(records) => {
                 if records.is_empty() {
                     return Err(SyncError::InvalidArgument(
