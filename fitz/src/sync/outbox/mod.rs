@@ -403,7 +403,15 @@ impl Outbox {
         Self::builder_shared(client, Arc::new(store))
     }
 
-    /// [`Outbox::builder`] with a store that is already shared.
+    /// [`Outbox::builder`] with a store that is already shared (with feeds,
+    /// say).
+    ///
+    /// At most one outbox may be open on a store at a time: close the old one
+    /// before opening another. Two live outboxes on one store would both
+    /// flush the same entries; KV entries stay exactly once through the
+    /// marker, but a stream entry could be appended twice. (A [`RedbStore`](super::RedbStore)
+    /// file cannot be opened by two processes at once; within one process
+    /// this rule is the caller's.)
     pub fn builder_shared(client: Client, store: Arc<dyn LocalStore>) -> OutboxBuilder {
         OutboxBuilder {
             client,
