@@ -284,7 +284,14 @@ pub struct DebugSnapshot {
 
 /// Encodes one record into a fresh buffer.
 pub(crate) fn encode_record<M: Message>(msg: &M) -> Result<Bytes> {
-    let mut buf = BytesMut::new();
+    encode_record_sized(msg, 0)
+}
+
+/// [`encode_record`] for a message carrying about `variable` bytes of route,
+/// body or payload: one allocation at the likely size (64 bytes cover the
+/// header and fixed fields) instead of a growth series from empty.
+pub(crate) fn encode_record_sized<M: Message>(msg: &M, variable: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(64 + variable);
     msg.encode_record(&mut buf).map_err(Error::encode)?;
     Ok(buf.freeze())
 }
@@ -493,8 +500,8 @@ impl Connection {
 
     /// Fire-and-forget: resolves once the record is in the outbound buffer of
     /// an authenticated session (or fails if that cannot happen in time).
-    pub async fn send<M: Message>(&self, msg: &M) -> Result<()> {
-        let record = encode_record(msg)?;
+    pub async fn send<M: Message>(&self, msg: &M, variable: usize) -> Result<()> {
+        let record = encode_record_sized(msg, variable)?;
         self.traced_send(M::TYPE, msg.route(), record, RequestOptions::default())
             .await
     }
