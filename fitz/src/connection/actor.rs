@@ -25,7 +25,7 @@ use fitz_protocol::{Capabilities, Message, WireError, types};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::command::{Command, Control, Outbound, Reply};
+use super::command::{Command, Control, reject};
 use super::handshake::{Handshake, Refusals, Verdict, handshake};
 use super::registry::{Registry, Wire};
 use super::requests::{Book, Finished, Internal, Session};
@@ -664,6 +664,21 @@ impl Actor {
                     reject(out, Error::not_connected());
                     return;
                 }
+                let out = match mode {
+                    Mode::Session {
+                        session,
+                        ready: true,
+                        transport,
+                    } if !self.book.has_backlog() && transport.pending_out() < HIGH_WATER => {
+                        let session = *session;
+                        match self.book.send_now(out, &session, transport.out(), &mut self.finished)
+                        {
+                            Some(out) => out,
+                            None => return,
+                        }
+                    }
+                    _ => out,
+                };
                 let id = self.book.file(out);
                 match mode {
                     Mode::Session {
@@ -858,23 +873,6 @@ fn wire<'w>(
         session,
         ready,
         finished,
-    }
-}
-
-/// Answers an item that will never be written.
-fn reject(out: Outbound, error: Error) {
-    match out.reply {
-        Reply::Once(tx) => {
-            let _ = tx.send(Err(error));
-        }
-        Reply::Frames { tx, .. } => {
-            let _ = tx.try_send(Err(error));
-        }
-        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
-            let _ = tx.send(Err(error));
-        }
-        Reply::Committed(None) => {}
-        Reply::Detached => {}
     }
 }
 

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 use super::Push;
 use super::mailbox::MailboxTx;
 use super::{PushKey, RegistrationSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::SubscriptionId;
 
 pub(crate) enum Command {
@@ -109,4 +109,21 @@ pub(crate) enum Control {
     },
     /// A push handler was dropped.
     DropPush { sink: SubscriptionId },
+}
+
+/// Answers an item that will never be written.
+pub(super) fn reject(out: Outbound, error: Error) {
+    match out.reply {
+        Reply::Once(tx) => {
+            let _ = tx.send(Err(error));
+        }
+        Reply::Frames { tx, .. } => {
+            let _ = tx.try_send(Err(error));
+        }
+        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
+            let _ = tx.send(Err(error));
+        }
+        Reply::Committed(None) => {}
+        Reply::Detached => {}
+    }
 }
