@@ -671,7 +671,9 @@ impl Actor {
                         transport,
                     } if !self.book.has_backlog() && transport.pending_out() < HIGH_WATER => {
                         let session = *session;
-                        match self.book.send_now(out, &session, transport.out(), &mut self.finished)
+                        match self
+                            .book
+                            .send_now(out, &session, transport.out(), &mut self.finished)
                         {
                             Some(out) => out,
                             None => return,

@@ -1358,9 +1358,9 @@ impl crate::transport::Connector for CountingConnector {
     fn connect(&self) -> crate::transport::ConnectFuture<'_> {
         Box::pin(async move {
             let (client, server) = tokio::io::duplex(1 << 20);
-            self.tx.try_send(server).map_err(|_| {
-                std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
-            })?;
+            self.tx
+                .try_send(server)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
             Ok(Box::new(CountingStream {
                 inner: client,
                 writes: self.writes.clone(),
