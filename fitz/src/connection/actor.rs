@@ -827,7 +827,9 @@ impl Actor {
                     let _ = r.reply.send(Err(Error::closed()));
                 }
                 Command::Push(p) => {
-                    let _ = p.reply.send(Err(Error::closed()));
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(Error::closed()));
+                    }
                 }
                 Command::EndRegistrations { reply, .. } => {
                     let _ = reply.send(());

@@ -136,6 +136,7 @@ use crate::options::SubscriptionOptions;
 use crate::telemetry;
 
 use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
+pub(crate) use command::{encode_record, encode_record_sized};
 pub(crate) use mailbox::{MailboxRx, mailbox};
 #[cfg(test)]
 pub(crate) use shared::domain_bit;
@@ -280,20 +281,6 @@ pub struct DebugSnapshot {
     pub push_handlers: usize,
     /// Free in-flight permits.
     pub free_permits: usize,
-}
-
-/// Encodes one record into a fresh buffer.
-pub(crate) fn encode_record<M: Message>(msg: &M) -> Result<Bytes> {
-    encode_record_sized(msg, 0)
-}
-
-/// [`encode_record`] for a message carrying about `variable` bytes of route,
-/// body or payload: one allocation at the likely size (64 bytes cover the
-/// header and fixed fields) instead of a growth series from empty.
-pub(crate) fn encode_record_sized<M: Message>(msg: &M, variable: usize) -> Result<Bytes> {
-    let mut buf = BytesMut::with_capacity(64 + variable);
-    msg.encode_record(&mut buf).map_err(Error::encode)?;
-    Ok(buf.freeze())
 }
 
 /// The handle every domain client holds. Cheap to clone.
@@ -763,7 +750,7 @@ impl Connection {
         key: PushKey,
         options: SubscriptionOptions,
     ) -> Result<PushStream> {
-        self.queue_push_handler(ty, key, options)
+        self.queue_push_handler(ty, key, options, true)
             .await?
             .installed()
             .await
@@ -772,19 +759,20 @@ impl Connection {
     /// Queues the installation of a raw push handler and returns once the
     /// command is in the connection's queue, ahead of anything queued after
     /// this returns (the actor handles commands in order), without waiting
-    /// for the actor to acknowledge it.
+    /// for the actor to acknowledge it (`acked`: whether it acknowledges).
     pub async fn queue_push_handler(
         &self,
         ty: u16,
         key: PushKey,
         options: SubscriptionOptions,
+        acked: bool,
     ) -> Result<QueuedPush> {
         if self.shared.is_closed() {
             return Err(Error::closed());
         }
         let (mailbox_tx, mailbox_rx) = mailbox(options);
         let sink = self.shared.next_handle();
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = acked.then(oneshot::channel).unzip();
         let cmd = Command::Push(PushCmd {
             ty,
             key,
@@ -887,13 +875,15 @@ mod tests;
 /// A push handler whose installation is queued ([`Connection::queue_push_handler`]).
 pub struct QueuedPush {
     stream: PushStream,
-    ack: oneshot::Receiver<Result<()>>,
+    ack: Option<oneshot::Receiver<Result<()>>>,
 }
 
 impl QueuedPush {
-    /// Waits for the actor to install the handler.
+    /// Waits for the actor to install the handler (when acknowledged).
     pub async fn installed(self) -> Result<PushStream> {
-        self.ack.await.map_err(|_| Error::closed())??;
+        if let Some(ack) = self.ack {
+            ack.await.map_err(|_| Error::closed())??;
+        }
         Ok(self.stream)
     }
 }

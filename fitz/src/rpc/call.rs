@@ -526,6 +526,8 @@ pub(super) async fn start(
                 buffer: options.buffer(),
                 overflow: Overflow::Error,
             },
+            // Unacknowledged: one oneshot and one wake-up less per call.
+            false,
         )
         .await?
         .installed();
