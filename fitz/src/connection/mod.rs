@@ -555,18 +555,30 @@ impl Connection {
         let deadline = Instant::now() + self.shared.config.request_timeout;
         let full =
             || Error::backpressure("the connection stayed saturated for the whole request timeout");
-        let permit =
-            match tokio::time::timeout_at(deadline, self.shared.inflight.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(Error::closed()),
-                Err(_) => return Err(full()),
-            };
-        let slot = match tokio::time::timeout_at(deadline, self.commands.reserve()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Err(Error::closed()),
-            Err(_) => return Err(full()),
+        // Fast paths first; the waits (and their timers) are boxed so the
+        // future every call carries stays small.
+        let permit = match self.shared.inflight.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let acquire = self.shared.inflight.clone().acquire_owned();
+                match Box::pin(tokio::time::timeout_at(deadline, acquire)).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Error::closed()),
+                    Err(_) => return Err(full()),
+                }
+            }
+        };
+        let slot = match self.commands.try_reserve() {
+            Ok(slot) => slot,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Error::closed()),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match Box::pin(tokio::time::timeout_at(deadline, self.commands.reserve())).await {
+                    Ok(Ok(slot)) => slot,
+                    Ok(Err(_)) => return Err(Error::closed()),
+                    Err(_) => return Err(full()),
+                }
+            }
         };
         let (tx, rx) = oneshot::channel();
         self.shared.note_domain(ty);
@@ -675,12 +687,10 @@ impl Connection {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::closed()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                match tokio::time::timeout_at(
-                    deadline,
-                    self.shared.inflight.clone().acquire_owned(),
-                )
-                .await
-                {
+                // Boxed, as the queue wait below: slow paths, kept out of the
+                // future every request carries (and is moved around in).
+                let acquire = self.shared.inflight.clone().acquire_owned();
+                match Box::pin(tokio::time::timeout_at(deadline, acquire)).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(Error::closed()),
                     Err(_) => {
@@ -710,7 +720,7 @@ impl Connection {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::closed()),
             Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
         };
-        match tokio::time::timeout_at(deadline, self.commands.send(cmd)).await {
+        match Box::pin(tokio::time::timeout_at(deadline, self.commands.send(cmd))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::closed()),
             Err(_) => Err(Error::backpressure(
