@@ -20,12 +20,39 @@ fn main() {
         .nth(3)
         .map(|s| s.parse().unwrap())
         .unwrap_or(20_000);
+    // `split`: the worker client on its own current-thread runtime on a
+    // second thread, so the caller's client cost is measured alone.
+    let split = std::env::args().nth(4).as_deref() == Some("split");
     let t = Transport::Tcp;
-    let (caller, worker) = (env.ours(t), env.ours(t));
     let route = "rpc://bench/probe/echo";
-    let _h = env
-        .rt
-        .block_on(fitz_bench::ours_echo_worker(&worker, route, max));
+    let caller = env.ours(t);
+    let (worker, _h, _worker_thread) = if split {
+        let url = t.url(&env.broker);
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let thread = std::thread::spawn(move || {
+            let rt = fitz_bench::client_runtime();
+            rt.block_on(async move {
+                let c = fitz::Client::builder(url, fitz::StaticToken::anonymous())
+                    .max_in_flight(4096)
+                    .build()
+                    .unwrap();
+                c.connect().await.unwrap();
+                let h = fitz_bench::ours_echo_worker(&c, route, max).await;
+                ready_tx.send(()).unwrap();
+                // Serve until the process exits.
+                std::future::pending::<()>().await;
+                drop((h, c));
+            })
+        });
+        ready_rx.recv().unwrap();
+        (None, None, Some(thread))
+    } else {
+        let worker = env.ours(t);
+        let h = env
+            .rt
+            .block_on(fitz_bench::ours_echo_worker(&worker, route, max));
+        (Some(worker), Some(h), None)
+    };
     let rpc = caller.rpc();
     let done = AtomicU64::new(0);
     let r = env.rt.block_on(async {
@@ -44,7 +71,7 @@ fn main() {
     });
     let n = done.load(Ordering::Relaxed);
     println!(
-        "window {window} max {max}: ok={} done={n} in {:?} ({:.0} calls/s)",
+        "window {window} max {max} split {split}: ok={} done={n} in {:?} ({:.0} calls/s)",
         r.0,
         r.1,
         n as f64 / r.1.as_secs_f64()
@@ -52,8 +79,10 @@ fn main() {
     if !r.0 {
         let snap = env.rt.block_on(caller.debug_snapshot());
         println!("caller: {snap:?}");
-        let snap = env.rt.block_on(worker.debug_snapshot());
-        println!("worker: {snap:?}");
+        if let Some(worker) = &worker {
+            let snap = env.rt.block_on(worker.debug_snapshot());
+            println!("worker: {snap:?}");
+        }
         println!(
             "broker live_calls={} dropped={}",
             env.broker.engines().rpc.live_calls(),

@@ -89,11 +89,13 @@ impl Notice {
     /// nothing is sent. Notice delivery is best effort anyway.
     pub async fn publish(&self, route: &str, payload: impl Into<Bytes>) -> Result<()> {
         validate_publish_route(route)?;
+        let payload = payload.into();
+        let variable = route.len() + payload.len();
         let msg = notice::Publish {
             route: Str::from(route),
-            payload: payload.into(),
+            payload,
         };
-        self.conn.send(&msg).await
+        self.conn.send(&msg, variable).await
     }
 
     /// [`Notice::publish`] with `value` encoded as JSON (a value that cannot

@@ -25,7 +25,7 @@ use fitz_protocol::{Capabilities, Message, WireError, types};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, sleep_until};
 
-use super::command::{Command, Control, Outbound, Reply};
+use super::command::{Command, Control, reject};
 use super::handshake::{Handshake, Refusals, Verdict, handshake};
 use super::registry::{Registry, Wire};
 use super::requests::{Book, Finished, Internal, Session};
@@ -38,8 +38,18 @@ use crate::transport::{Inbound, Transport};
 /// broker is not reading, and memory must stay bounded.
 const HIGH_WATER: usize = 256 * 1024;
 
-/// Commands taken per wake-up: one batch, one write.
+/// Commands taken per wake-up.
 const BATCH: usize = 128;
+
+/// Output coalescing (see [`Actor::serve`]): frames encoded while more
+/// commands or inbound frames are ready share one write, up to this many
+/// bytes; past it they are written at once.
+const WRITE_CAP: usize = 64 * 1024;
+
+/// Output coalescing: at most this many ready events (command batches,
+/// inbound reads, control messages) are handled before encoded output is
+/// written, however busy both sides stay.
+const COALESCE_ROUNDS: u32 = 16;
 
 /// How long `close()` waits for the goodbye (flush, Close frame / FIN).
 const GOODBYE: std::time::Duration = std::time::Duration::from_millis(500);
@@ -350,6 +360,13 @@ impl Actor {
         };
 
         let mut batch = Vec::with_capacity(BATCH);
+        // Output coalescing: encoded frames are written once nothing else is
+        // ready (the `biased` select's last branch), so the frames of several
+        // command batches and of the replies to inbound frames share one
+        // write. Bounded by `WRITE_CAP` bytes and `COALESCE_ROUNDS` events. A
+        // lone request is written in the same wake-up it was taken in.
+        let mut unwritten = false;
+        let mut rounds: u32 = 0;
         let mut last_inbound = Instant::now();
         let mut pinged = false;
         let mut timer = pin!(sleep_until(far_future()));
@@ -397,24 +414,12 @@ impl Actor {
                 break None;
             };
             tokio::select! {
+                biased;
                 () = &mut closing => break None,
-                n = self.commands.recv_many(&mut batch, BATCH) => {
-                    if n == 0 {
-                        break None; // every handle is gone
-                    }
-                    for cmd in batch.drain(..) {
-                        self.on_command(cmd, &mut mode);
-                    }
-                    // Write the batch now rather than on the next wake-up.
-                    if let Mode::Session { transport, .. } = &mut mode {
-                        if let Err(f) = transport.write_now() {
-                            break Some(f.error);
-                        }
-                        crate::telemetry::outbound_pending(transport.pending_out());
-                    }
-                }
-                Some(ctl) = self.control.recv() => self.on_control(ctl, &mut mode),
-                io = poll_fn(|cx| transport.poll_io(cx, room_below)) => {
+                // While output is being coalesced the transport only reads;
+                // otherwise it writes what is pending first (and waits for
+                // writability when the socket is full).
+                io = poll_fn(|cx| transport.poll_io(cx, room_below, !unwritten)) => {
                     if !matches!(io, Ok(Inbound::Room)) {
                         last_inbound = Instant::now();
                         pinged = false;
@@ -427,15 +432,18 @@ impl Actor {
                             if let Err(e) = self.on_frames(frame, &mut mode, &mut metadata_sent) {
                                 break Some(e);
                             }
-                            // Replies can release queued requests (legacy lanes).
-                            if let Mode::Session { transport, .. } = &mut mode
-                                && let Err(f) = transport.write_now()
-                            {
-                                break Some(f.error);
-                            }
                         }
                     }
                 }
+                n = self.commands.recv_many(&mut batch, BATCH) => {
+                    if n == 0 {
+                        break None; // every handle is gone
+                    }
+                    for cmd in batch.drain(..) {
+                        self.on_command(cmd, &mut mode);
+                    }
+                }
+                Some(ctl) = self.control.recv() => self.on_control(ctl, &mut mode),
                 () = &mut timer => {
                     // Re-armed at once: a fired `Sleep` stays ready, and left
                     // as it is it would wake this loop forever once nothing
@@ -457,6 +465,33 @@ impl Actor {
                                 pinged = true;
                             }
                         }
+                    }
+                }
+                // Nothing else is ready: write what was coalesced.
+                () = std::future::ready(()), if unwritten => {
+                    unwritten = false;
+                    rounds = 0;
+                    if let Mode::Session { transport, .. } = &mut mode {
+                        if let Err(f) = transport.write_now() {
+                            break Some(f.error);
+                        }
+                        crate::telemetry::outbound_pending(transport.pending_out());
+                    }
+                    continue;
+                }
+            }
+            // Anything just encoded waits for the write above, unless the cap
+            // says now.
+            if let Mode::Session { transport, .. } = &mut mode
+                && !transport.out().is_empty()
+            {
+                rounds += 1;
+                unwritten = true;
+                if transport.out().len() >= WRITE_CAP || rounds >= COALESCE_ROUNDS {
+                    unwritten = false;
+                    rounds = 0;
+                    if let Err(f) = transport.write_now() {
+                        break Some(f.error);
                     }
                 }
             }
@@ -629,6 +664,23 @@ impl Actor {
                     reject(out, Error::not_connected());
                     return;
                 }
+                let out = match mode {
+                    Mode::Session {
+                        session,
+                        ready: true,
+                        transport,
+                    } if !self.book.has_backlog() && transport.pending_out() < HIGH_WATER => {
+                        let session = *session;
+                        match self
+                            .book
+                            .send_now(out, &session, transport.out(), &mut self.finished)
+                        {
+                            Some(out) => out,
+                            None => return,
+                        }
+                    }
+                    _ => out,
+                };
                 let id = self.book.file(out);
                 match mode {
                     Mode::Session {
@@ -775,7 +827,9 @@ impl Actor {
                     let _ = r.reply.send(Err(Error::closed()));
                 }
                 Command::Push(p) => {
-                    let _ = p.reply.send(Err(Error::closed()));
+                    if let Some(reply) = p.reply {
+                        let _ = reply.send(Err(Error::closed()));
+                    }
                 }
                 Command::EndRegistrations { reply, .. } => {
                     let _ = reply.send(());
@@ -823,23 +877,6 @@ fn wire<'w>(
         session,
         ready,
         finished,
-    }
-}
-
-/// Answers an item that will never be written.
-fn reject(out: Outbound, error: Error) {
-    match out.reply {
-        Reply::Once(tx) => {
-            let _ = tx.send(Err(error));
-        }
-        Reply::Frames { tx, .. } => {
-            let _ = tx.try_send(Err(error));
-        }
-        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
-            let _ = tx.send(Err(error));
-        }
-        Reply::Committed(None) => {}
-        Reply::Detached => {}
     }
 }
 

@@ -11,14 +11,15 @@
 //!   and the actor cleans up anyway the next time a notification finds the
 //!   consumer gone.
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
+use fitz_protocol::Message;
 use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Push;
 use super::mailbox::MailboxTx;
 use super::{PushKey, RegistrationSpec};
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::events::SubscriptionId;
 
 pub(crate) enum Command {
@@ -96,7 +97,10 @@ pub(crate) struct PushCmd {
     pub key: PushKey,
     pub sink: SubscriptionId,
     pub mailbox: MailboxTx<Push>,
-    pub reply: oneshot::Sender<Result<()>>,
+    /// `None`: nobody waits for the installation (an RPC call's response
+    /// handler: the command queue's order already puts it before the
+    /// request, and a handler that is never installed ends its stream).
+    pub reply: Option<oneshot::Sender<Result<()>>>,
 }
 
 pub(crate) enum Control {
@@ -109,4 +113,34 @@ pub(crate) enum Control {
     },
     /// A push handler was dropped.
     DropPush { sink: SubscriptionId },
+}
+
+/// Answers an item that will never be written.
+pub(super) fn reject(out: Outbound, error: Error) {
+    match out.reply {
+        Reply::Once(tx) => {
+            let _ = tx.send(Err(error));
+        }
+        Reply::Frames { tx, .. } => {
+            let _ = tx.try_send(Err(error));
+        }
+        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
+            let _ = tx.send(Err(error));
+        }
+        Reply::Committed(None) => {}
+        Reply::Detached => {}
+    }
+}
+
+/// Encodes one record into a fresh buffer.
+pub(crate) fn encode_record<M: Message>(msg: &M) -> Result<Bytes> {
+    encode_record_sized(msg, 0)
+}
+
+/// [`encode_record`] for a message with about `variable` bytes of route, body
+/// or payload: one allocation (64 more bytes cover header and fixed fields).
+pub(crate) fn encode_record_sized<M: Message>(msg: &M, variable: usize) -> Result<Bytes> {
+    let mut buf = BytesMut::with_capacity(64 + variable);
+    msg.encode_record(&mut buf).map_err(Error::encode)?;
+    Ok(buf.freeze())
 }

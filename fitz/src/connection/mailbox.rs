@@ -1,16 +1,26 @@
-//! The per-subscription channel: bounded, lock-free, never blocks the sender.
+//! The per-subscription channel: bounded, lock-free on the steady path,
+//! never blocks the sender.
 //!
 //! The connection actor is the only producer; one subscription stream is the
 //! consumer. A push never waits: when the buffer is full the subscription's
-//! [`Overflow`] policy decides between evicting the oldest item
-//! (`force_push`, counted) and ending the subscription with an overflow error
-//! after what is already buffered. The terminal error (overflow, restore
-//! failure, client closed) travels beside the queue so it can never be lost
-//! to a full buffer.
+//! [`Overflow`] policy decides between evicting the oldest item (counted)
+//! and ending the subscription with an overflow error after what is already
+//! buffered. The terminal error (overflow, restore failure, client closed)
+//! travels beside the queue so it can never be lost to a full buffer.
+//!
+//! # One-item fast path
+//!
+//! Most mailboxes carry one item at a time: an RPC call's single response
+//! chunk, a subscription whose consumer keeps up. Until a second item is
+//! pushed while the first is still unread, items go through a one-item
+//! `slot`, and the bounded queue (`buffer` slots) is not allocated at all.
+//! The first push that finds the slot occupied allocates the queue; from then
+//! on every push goes to the queue and the slot only drains (its item is
+//! always older than anything queued), so order is kept. The bound counts
+//! the slot's item too: never more than `buffer` items are held.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -22,7 +32,15 @@ use crate::options::{Overflow, SubscriptionOptions};
 use crate::telemetry;
 
 struct Shared<T> {
-    queue: ArrayQueue<T>,
+    /// The one-item fast path (see the module docs). Written by the producer
+    /// only while `queue` does not exist yet.
+    slot: Mutex<Option<T>>,
+    /// `slot` holds an item (a hint read without the lock; exact under it).
+    slot_full: AtomicBool,
+    /// Allocated on the first push that finds the slot occupied.
+    queue: OnceLock<ArrayQueue<T>>,
+    /// Items held at most (slot and queue together).
+    capacity: usize,
     waker: AtomicWaker,
     /// The producer finished; `terminal` (if set) is the reason.
     closed: AtomicBool,
@@ -33,10 +51,40 @@ struct Shared<T> {
     overflow: Overflow,
 }
 
+impl<T> Shared<T> {
+    fn lock_slot(&self) -> std::sync::MutexGuard<'_, Option<T>> {
+        // The slot is only ever `take`n or set under the lock: a panic cannot
+        // leave it half-written.
+        self.slot.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Takes the slot's item, if any.
+    fn take_slot(&self) -> Option<T> {
+        if !self.slot_full.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut slot = self.lock_slot();
+        let item = slot.take();
+        self.slot_full.store(false, Ordering::Release);
+        item
+    }
+
+    /// The oldest item: the slot's, then the queue's.
+    fn pop(&self) -> Option<T> {
+        self.take_slot()
+            .or_else(|| self.queue.get().and_then(ArrayQueue::pop))
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.slot_full.load(Ordering::Acquire))
+            + self.queue.get().map_or(0, ArrayQueue::len)
+    }
+}
+
 impl<T> Drop for Shared<T> {
     fn drop(&mut self) {
         // Items nobody will take leave the buffered gauge with the mailbox.
-        let left = self.queue.len();
+        let left = self.len();
         if left > 0 {
             telemetry::mailbox_buffered(-(left as f64));
         }
@@ -57,7 +105,10 @@ pub(crate) enum Pushed {
 
 pub(crate) fn mailbox<T>(options: SubscriptionOptions) -> (MailboxTx<T>, MailboxRx<T>) {
     let shared = Arc::new(Shared {
-        queue: ArrayQueue::new(options.buffer.max(1)),
+        slot: Mutex::new(None),
+        slot_full: AtomicBool::new(false),
+        queue: OnceLock::new(),
+        capacity: options.buffer.max(1),
         waker: AtomicWaker::new(),
         closed: AtomicBool::new(false),
         terminal: OnceLock::new(),
@@ -91,35 +142,88 @@ impl<T> MailboxTx<T> {
         if s.closed.load(Ordering::Acquire) {
             return Pushed::Overflowed;
         }
-        let outcome = match s.overflow {
-            Overflow::DropOldest => match s.queue.force_push(item) {
-                None => {
-                    telemetry::mailbox_buffered(1.0);
-                    Pushed::Delivered
+        let outcome = match self.store(item) {
+            Ok(()) => {
+                telemetry::mailbox_buffered(1.0);
+                Pushed::Delivered
+            }
+            Err(item) => {
+                s.dropped.fetch_add(1, Ordering::Relaxed);
+                telemetry::mailbox_dropped();
+                match s.overflow {
+                    Overflow::DropOldest => {
+                        self.evict_oldest_and_store(item);
+                        Pushed::DroppedOldest
+                    }
+                    Overflow::Error => {
+                        self.close(Some(Error::overflow(
+                            "the subscription's buffer overflowed: the consumer fell behind",
+                        )));
+                        return Pushed::Overflowed;
+                    }
                 }
-                Some(_evicted) => {
-                    s.dropped.fetch_add(1, Ordering::Relaxed);
-                    telemetry::mailbox_dropped();
-                    Pushed::DroppedOldest
-                }
-            },
-            Overflow::Error => match s.queue.push(item) {
-                Ok(()) => {
-                    telemetry::mailbox_buffered(1.0);
-                    Pushed::Delivered
-                }
-                Err(_) => {
-                    s.dropped.fetch_add(1, Ordering::Relaxed);
-                    telemetry::mailbox_dropped();
-                    self.close(Some(Error::overflow(
-                        "the subscription's buffer overflowed: the consumer fell behind",
-                    )));
-                    return Pushed::Overflowed;
-                }
-            },
+            }
         };
         s.waker.wake();
         outcome
+    }
+
+    /// Stores `item` unless `capacity` items are held; gives it back if so.
+    fn store(&self, item: T) -> Result<(), T> {
+        let s = &*self.shared;
+        let queue = match s.queue.get() {
+            Some(queue) => queue,
+            None => {
+                let mut slot = s.lock_slot();
+                if slot.is_none() {
+                    *slot = Some(item);
+                    s.slot_full.store(true, Ordering::Release);
+                    return Ok(());
+                }
+                if s.capacity == 1 {
+                    return Err(item);
+                }
+                drop(slot);
+                // From now on the slot only drains: its item stays the oldest.
+                s.queue.get_or_init(|| ArrayQueue::new(s.capacity))
+            }
+        };
+        // Only this producer adds items and the consumer only removes them,
+        // so a count that fits stays fitting until the push below.
+        let held = queue.len() + usize::from(s.slot_full.load(Ordering::Acquire));
+        if held >= s.capacity {
+            // Exact under the lock: the consumer may have just taken the
+            // slot's item.
+            let slot_full = s.lock_slot().is_some();
+            if queue.len() + usize::from(slot_full) >= s.capacity {
+                return Err(item);
+            }
+        }
+        queue.push(item)
+    }
+
+    /// `DropOldest` on a full mailbox: the oldest item (the slot's if it
+    /// holds one, else the queue's head) makes room for `item`.
+    fn evict_oldest_and_store(&self, item: T) {
+        let s = &*self.shared;
+        if s.take_slot().is_some() {
+            telemetry::mailbox_buffered(-1.0);
+        }
+        match s.queue.get() {
+            // The queue's head goes only if the queue is still full.
+            Some(queue) => {
+                if queue.force_push(item).is_some() {
+                    telemetry::mailbox_buffered(-1.0);
+                }
+            }
+            None => {
+                // Capacity 1, the slot just emptied (by us or the consumer).
+                let mut slot = s.lock_slot();
+                *slot = Some(item);
+                s.slot_full.store(true, Ordering::Release);
+            }
+        }
+        telemetry::mailbox_buffered(1.0);
     }
 
     /// Ends the stream after what is buffered; `reason` becomes its last item.
@@ -164,19 +268,19 @@ impl<T> MailboxRx<T> {
         if self.finished {
             return Poll::Ready(None);
         }
-        if let Some(item) = self.shared.queue.pop() {
+        if let Some(item) = self.shared.pop() {
             telemetry::mailbox_buffered(-1.0);
             return Poll::Ready(Some(Ok(item)));
         }
         self.shared.waker.register(cx.waker());
         // Re-check after registering so a push racing the registration is seen.
-        if let Some(item) = self.shared.queue.pop() {
+        if let Some(item) = self.shared.pop() {
             telemetry::mailbox_buffered(-1.0);
             return Poll::Ready(Some(Ok(item)));
         }
         if self.shared.closed.load(Ordering::Acquire) {
             // Items pushed before `closed` was set are visible now.
-            if let Some(item) = self.shared.queue.pop() {
+            if let Some(item) = self.shared.pop() {
                 telemetry::mailbox_buffered(-1.0);
                 return Poll::Ready(Some(Ok(item)));
             }
@@ -271,5 +375,95 @@ mod tests {
         drop(tx);
         assert!(matches!(recv(&mut rx), Poll::Ready(Some(Ok(_)))));
         assert!(matches!(recv(&mut rx), Poll::Ready(None)));
+    }
+
+    fn item(rx: &mut MailboxRx) -> Bytes {
+        match recv(rx) {
+            Poll::Ready(Some(Ok(b))) => b,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_item_at_a_time_never_allocates_the_queue() {
+        let (tx, mut rx) = mailbox(opts(64, Overflow::Error));
+        for i in 0..10u8 {
+            assert_eq!(tx.push(Bytes::from(vec![i])), Pushed::Delivered);
+            assert_eq!(&item(&mut rx)[..], &[i]);
+        }
+        assert!(tx.shared.queue.get().is_none());
+        assert!(recv(&mut rx).is_pending());
+    }
+
+    #[test]
+    fn a_second_unread_item_grows_the_queue_and_keeps_the_order() {
+        let (tx, mut rx) = mailbox(opts(3, Overflow::Error));
+        for i in 1..=3u8 {
+            assert_eq!(tx.push(Bytes::from(vec![i])), Pushed::Delivered);
+        }
+        assert!(tx.shared.queue.get().is_some());
+        assert_eq!(&item(&mut rx)[..], &[1]);
+        // The slot only drains now: a new item queues behind 2 and 3.
+        assert_eq!(tx.push(Bytes::from_static(&[4])), Pushed::Delivered);
+        for i in 2..=4u8 {
+            assert_eq!(&item(&mut rx)[..], &[i]);
+        }
+        assert!(recv(&mut rx).is_pending());
+    }
+
+    #[test]
+    fn the_bound_counts_the_slot() {
+        let (tx, mut rx) = mailbox(opts(2, Overflow::Error));
+        assert_eq!(tx.push(Bytes::from_static(b"1")), Pushed::Delivered);
+        assert_eq!(tx.push(Bytes::from_static(b"2")), Pushed::Delivered);
+        assert_eq!(tx.push(Bytes::from_static(b"3")), Pushed::Overflowed);
+        assert_eq!(&item(&mut rx)[..], b"1");
+        assert_eq!(&item(&mut rx)[..], b"2");
+        assert!(matches!(recv(&mut rx), Poll::Ready(Some(Err(_)))));
+    }
+
+    #[test]
+    fn drop_oldest_evicts_the_slot_first() {
+        let (tx, mut rx) = mailbox(opts(2, Overflow::DropOldest));
+        for b in [b"1", b"2"] {
+            assert_eq!(tx.push(Bytes::from_static(b)), Pushed::Delivered);
+        }
+        assert_eq!(tx.push(Bytes::from_static(b"3")), Pushed::DroppedOldest);
+        assert_eq!(tx.push(Bytes::from_static(b"4")), Pushed::DroppedOldest);
+        assert_eq!(rx.dropped(), 2);
+        assert_eq!(&item(&mut rx)[..], b"3");
+        assert_eq!(&item(&mut rx)[..], b"4");
+        assert!(recv(&mut rx).is_pending());
+        // Capacity 1 lives in the slot alone.
+        let (tx, mut rx) = mailbox(opts(1, Overflow::DropOldest));
+        tx.push(Bytes::from_static(b"a"));
+        assert_eq!(tx.push(Bytes::from_static(b"b")), Pushed::DroppedOldest);
+        assert!(tx.shared.queue.get().is_none());
+        assert_eq!(&item(&mut rx)[..], b"b");
+    }
+
+    #[test]
+    fn a_consumer_on_another_thread_sees_every_item_in_order() {
+        let (tx, mut rx) = mailbox(opts(8, Overflow::Error));
+        const N: u32 = 20_000;
+        let consumer = std::thread::spawn(move || {
+            let mut next = 0u32;
+            while next < N {
+                if let Poll::Ready(Some(Ok(b))) = recv(&mut rx) {
+                    assert_eq!(&b[..], &next.to_be_bytes());
+                    next += 1;
+                } else {
+                    std::thread::yield_now();
+                }
+            }
+        });
+        let mut i = 0u32;
+        while i < N {
+            match tx.store(Bytes::copy_from_slice(&i.to_be_bytes())) {
+                Ok(()) => i += 1,
+                Err(_) => std::thread::yield_now(),
+            }
+        }
+        consumer.join().unwrap();
     }
 }

@@ -136,6 +136,7 @@ use crate::options::SubscriptionOptions;
 use crate::telemetry;
 
 use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
+pub(crate) use command::{encode_record, encode_record_sized};
 pub(crate) use mailbox::{MailboxRx, mailbox};
 #[cfg(test)]
 pub(crate) use shared::domain_bit;
@@ -280,13 +281,6 @@ pub struct DebugSnapshot {
     pub push_handlers: usize,
     /// Free in-flight permits.
     pub free_permits: usize,
-}
-
-/// Encodes one record into a fresh buffer.
-pub(crate) fn encode_record<M: Message>(msg: &M) -> Result<Bytes> {
-    let mut buf = BytesMut::new();
-    msg.encode_record(&mut buf).map_err(Error::encode)?;
-    Ok(buf.freeze())
 }
 
 /// The handle every domain client holds. Cheap to clone.
@@ -493,8 +487,8 @@ impl Connection {
 
     /// Fire-and-forget: resolves once the record is in the outbound buffer of
     /// an authenticated session (or fails if that cannot happen in time).
-    pub async fn send<M: Message>(&self, msg: &M) -> Result<()> {
-        let record = encode_record(msg)?;
+    pub async fn send<M: Message>(&self, msg: &M, variable: usize) -> Result<()> {
+        let record = encode_record_sized(msg, variable)?;
         self.traced_send(M::TYPE, msg.route(), record, RequestOptions::default())
             .await
     }
@@ -561,18 +555,30 @@ impl Connection {
         let deadline = Instant::now() + self.shared.config.request_timeout;
         let full =
             || Error::backpressure("the connection stayed saturated for the whole request timeout");
-        let permit =
-            match tokio::time::timeout_at(deadline, self.shared.inflight.clone().acquire_owned())
-                .await
-            {
-                Ok(Ok(p)) => p,
-                Ok(Err(_)) => return Err(Error::closed()),
-                Err(_) => return Err(full()),
-            };
-        let slot = match tokio::time::timeout_at(deadline, self.commands.reserve()).await {
-            Ok(Ok(slot)) => slot,
-            Ok(Err(_)) => return Err(Error::closed()),
-            Err(_) => return Err(full()),
+        // Fast paths first; the waits (and their timers) are boxed so the
+        // future every call carries stays small.
+        let permit = match self.shared.inflight.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::closed()),
+            Err(tokio::sync::TryAcquireError::NoPermits) => {
+                let acquire = self.shared.inflight.clone().acquire_owned();
+                match Box::pin(tokio::time::timeout_at(deadline, acquire)).await {
+                    Ok(Ok(p)) => p,
+                    Ok(Err(_)) => return Err(Error::closed()),
+                    Err(_) => return Err(full()),
+                }
+            }
+        };
+        let slot = match self.commands.try_reserve() {
+            Ok(slot) => slot,
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Error::closed()),
+            Err(mpsc::error::TrySendError::Full(())) => {
+                match Box::pin(tokio::time::timeout_at(deadline, self.commands.reserve())).await {
+                    Ok(Ok(slot)) => slot,
+                    Ok(Err(_)) => return Err(Error::closed()),
+                    Err(_) => return Err(full()),
+                }
+            }
         };
         let (tx, rx) = oneshot::channel();
         self.shared.note_domain(ty);
@@ -681,12 +687,10 @@ impl Connection {
             Ok(p) => p,
             Err(tokio::sync::TryAcquireError::Closed) => return Err(Error::closed()),
             Err(tokio::sync::TryAcquireError::NoPermits) => {
-                match tokio::time::timeout_at(
-                    deadline,
-                    self.shared.inflight.clone().acquire_owned(),
-                )
-                .await
-                {
+                // Boxed, as the queue wait below: slow paths, kept out of the
+                // future every request carries (and is moved around in).
+                let acquire = self.shared.inflight.clone().acquire_owned();
+                match Box::pin(tokio::time::timeout_at(deadline, acquire)).await {
                     Ok(Ok(p)) => p,
                     Ok(Err(_)) => return Err(Error::closed()),
                     Err(_) => {
@@ -716,7 +720,7 @@ impl Connection {
             Err(mpsc::error::TrySendError::Closed(_)) => return Err(Error::closed()),
             Err(mpsc::error::TrySendError::Full(cmd)) => cmd,
         };
-        match tokio::time::timeout_at(deadline, self.commands.send(cmd)).await {
+        match Box::pin(tokio::time::timeout_at(deadline, self.commands.send(cmd))).await {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Error::closed()),
             Err(_) => Err(Error::backpressure(
@@ -756,7 +760,7 @@ impl Connection {
         key: PushKey,
         options: SubscriptionOptions,
     ) -> Result<PushStream> {
-        self.queue_push_handler(ty, key, options)
+        self.queue_push_handler(ty, key, options, true)
             .await?
             .installed()
             .await
@@ -765,19 +769,20 @@ impl Connection {
     /// Queues the installation of a raw push handler and returns once the
     /// command is in the connection's queue, ahead of anything queued after
     /// this returns (the actor handles commands in order), without waiting
-    /// for the actor to acknowledge it.
+    /// for the actor to acknowledge it (`acked`: whether it acknowledges).
     pub async fn queue_push_handler(
         &self,
         ty: u16,
         key: PushKey,
         options: SubscriptionOptions,
+        acked: bool,
     ) -> Result<QueuedPush> {
         if self.shared.is_closed() {
             return Err(Error::closed());
         }
         let (mailbox_tx, mailbox_rx) = mailbox(options);
         let sink = self.shared.next_handle();
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = acked.then(oneshot::channel).unzip();
         let cmd = Command::Push(PushCmd {
             ty,
             key,
@@ -880,13 +885,15 @@ mod tests;
 /// A push handler whose installation is queued ([`Connection::queue_push_handler`]).
 pub struct QueuedPush {
     stream: PushStream,
-    ack: oneshot::Receiver<Result<()>>,
+    ack: Option<oneshot::Receiver<Result<()>>>,
 }
 
 impl QueuedPush {
-    /// Waits for the actor to install the handler.
+    /// Waits for the actor to install the handler (when acknowledged).
     pub async fn installed(self) -> Result<PushStream> {
-        self.ack.await.map_err(|_| Error::closed())??;
+        if let Some(ack) = self.ack {
+            ack.await.map_err(|_| Error::closed())??;
+        }
         Ok(self.stream)
     }
 }

@@ -525,9 +525,9 @@ impl Registry {
     pub fn add_push(&mut self, cmd: PushCmd) {
         // As in `register`: the caller gave up before this was handled.
         if !cmd.mailbox.is_receiver_alive() {
-            let _ = cmd
-                .reply
-                .send(Err(Error::cancelled("push handler abandoned")));
+            if let Some(reply) = cmd.reply {
+                let _ = reply.send(Err(Error::cancelled("push handler abandoned")));
+            }
             return;
         }
         if let PushKey::Pattern(p) = &cmd.key
@@ -537,9 +537,11 @@ impl Registry {
                     .any(|s| s.key == cmd.key && s.tx.is_receiver_alive())
             })
         {
-            let _ = cmd.reply.send(Err(Error::invalid(format!(
-                "{p} already has a handler on this client"
-            ))));
+            if let Some(reply) = cmd.reply {
+                let _ = reply.send(Err(Error::invalid(format!(
+                    "{p} already has a handler on this client"
+                ))));
+            }
             return;
         }
         let rank = match &cmd.key {
@@ -577,7 +579,9 @@ impl Registry {
                 self.push.entry(cmd.ty).or_default().push(sink);
             }
         }
-        let _ = cmd.reply.send(Ok(()));
+        if let Some(reply) = cmd.reply {
+            let _ = reply.send(Ok(()));
+        }
     }
 
     /// Drops UUID handlers whose stream is gone, once the map has doubled

@@ -182,6 +182,39 @@ impl Book {
         out.id
     }
 
+    /// The fast path of a send (publish, RPC chunk, cancellation) that may
+    /// be written right now: encoded straight into `out` and acknowledged,
+    /// without filing it (no map entry, no deadline to insert and remove).
+    /// Gives it back when it must be filed: a request, or a send issued for
+    /// another session. The caller checks the admission conditions first
+    /// (session ready, no backlog, output below the high-water mark), so the
+    /// wire order is the one filing and admitting would give.
+    pub fn send_now(
+        &mut self,
+        item: Outbound,
+        session: &Session,
+        out: &mut BytesMut,
+        finished: &mut Vec<Finished>,
+    ) -> Option<Outbound> {
+        if item.generation != session.generation
+            || !matches!(item.reply, Reply::Written(_) | Reply::Committed(_))
+        {
+            return Some(item);
+        }
+        let Outbound { record, reply, .. } = item;
+        let waiter = Waiter::from_reply(reply);
+        if waiter.abandoned() {
+            return None; // as `admit` drops an abandoned send unwritten
+        }
+        let encoded = encode_frame_with(out, session.max_frame, |b| {
+            b.extend_from_slice(&record);
+            Ok::<_, fitz_protocol::EncodeError>(())
+        });
+        let result = encoded.map(|()| Bytes::new()).map_err(Error::encode);
+        deliver_final(waiter, result, finished);
+        None
+    }
+
     /// Files an internal request of the current session.
     pub fn file_internal(
         &mut self,

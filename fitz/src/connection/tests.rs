@@ -1304,3 +1304,151 @@ async fn a_notification_right_behind_the_subscribe_ack_is_delivered() {
         .unwrap();
     assert_eq!(&msg.payload()[..], b"first");
 }
+
+// ----- output coalescing -----
+
+/// Counts the client's `poll_write` calls that wrote something.
+struct CountingStream {
+    inner: tokio::io::DuplexStream,
+    writes: Arc<AtomicUsize>,
+}
+
+impl tokio::io::AsyncRead for CountingStream {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for CountingStream {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let r = std::pin::Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(r, std::task::Poll::Ready(Ok(n)) if n > 0) {
+            self.writes.fetch_add(1, Ordering::SeqCst);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+struct CountingConnector {
+    tx: tokio::sync::mpsc::Sender<tokio::io::DuplexStream>,
+    writes: Arc<AtomicUsize>,
+}
+
+impl crate::transport::Connector for CountingConnector {
+    fn connect(&self) -> crate::transport::ConnectFuture<'_> {
+        Box::pin(async move {
+            let (client, server) = tokio::io::duplex(1 << 20);
+            self.tx
+                .try_send(server)
+                .map_err(|_| std::io::Error::from(std::io::ErrorKind::ConnectionRefused))?;
+            Ok(Box::new(CountingStream {
+                inner: client,
+                writes: self.writes.clone(),
+            }) as crate::transport::BoxedStream)
+        })
+    }
+}
+
+async fn start_counting() -> (Client, Peer, Arc<AtomicUsize>) {
+    let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+    let writes = Arc::new(AtomicUsize::new(0));
+    let client = Client::builder("memory://test", crate::StaticToken::anonymous())
+        .connector(CountingConnector {
+            tx,
+            writes: writes.clone(),
+        })
+        .build()
+        .unwrap();
+    let c = client.clone();
+    let connecting = tokio::spawn(async move { c.connect().await });
+    let mut peer = Peer::new(rx.recv().await.unwrap());
+    peer.handshake(CAP_CORRELATION).await.unwrap();
+    connecting.await.unwrap().unwrap();
+    (client, peer, writes)
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_lone_request_is_written_in_the_same_wake_up() {
+    let (client, mut peer, writes) = start_counting().await;
+    settle().await;
+    let before = writes.load(Ordering::SeqCst);
+    let started = tokio::time::Instant::now();
+    let r = request(&client, GET, b"k", RequestOptions::default());
+    // Time is paused and the request's deadline is the only timer: a write
+    // held back for anything would let the clock run to it.
+    let req = peer.read_request().await.unwrap();
+    assert_eq!(started.elapsed(), Duration::ZERO);
+    assert_eq!(writes.load(Ordering::SeqCst), before + 1);
+    peer.reply(&req, b"\0v").await.unwrap();
+    assert_eq!(&r.await.unwrap().unwrap()[..], b"\0v");
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_ready_together_share_one_write() {
+    let (client, mut peer, writes) = start_counting().await;
+    settle().await;
+    let before = writes.load(Ordering::SeqCst);
+    let conn = client.connection().clone();
+    // 64 requests made ready by one task before the actor runs.
+    let all = tokio::spawn(async move {
+        let calls = (0..64u8).map(|i| {
+            let conn = conn.clone();
+            async move {
+                conn.request_record(GET, None, record(GET, &[i]), RequestOptions::default())
+                    .await
+            }
+        });
+        futures_util::future::join_all(calls).await
+    });
+    let mut reqs = Vec::new();
+    for _ in 0..64 {
+        reqs.push(peer.read_request().await.unwrap());
+    }
+    assert_eq!(writes.load(Ordering::SeqCst) - before, 1);
+    for req in &reqs {
+        peer.reply(req, b"\0").await.unwrap();
+    }
+    assert!(all.await.unwrap().iter().all(|r| r.is_ok()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn output_past_the_cap_and_the_pipe_flows_while_coalescing() {
+    let (client, mut peer, writes) = start_counting().await;
+    settle().await;
+    let before = writes.load(Ordering::SeqCst);
+    let big = vec![7u8; 8 * 1024];
+    // Over 3 MiB of requests (past the 64 KiB write cap and the 1 MiB pipe):
+    // partial writes and writability waits mixed with coalescing, in order.
+    let n = 3 * 128 + 5;
+    let calls: Vec<_> = (0..n)
+        .map(|_| request(&client, PUT, &big, RequestOptions::default()))
+        .collect();
+    for _ in 0..n {
+        let req = peer.read_request().await.unwrap();
+        peer.reply(&req, b"\0").await.unwrap();
+    }
+    for c in calls {
+        c.await.unwrap().unwrap();
+    }
+    assert!(writes.load(Ordering::SeqCst) - before >= 4);
+}

@@ -16,7 +16,9 @@ use tokio::time::{Instant, Sleep};
 use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::{RpcRequest, session_capabilities, supports_cancellation};
-use crate::connection::{Connection, Generation, PushKey, PushStream, encode_record};
+use crate::connection::{
+    Connection, Generation, PushKey, PushStream, encode_record, encode_record_sized,
+};
 use crate::error::{Error, ErrorKind, Result};
 use crate::options::{Overflow, SubscriptionOptions};
 
@@ -524,6 +526,8 @@ pub(super) async fn start(
                 buffer: options.buffer(),
                 overflow: Overflow::Error,
             },
+            // Unacknowledged: one oneshot and one wake-up less per call.
+            false,
         )
         .await?
         .installed();
@@ -557,13 +561,14 @@ pub(super) async fn start(
                 .min(rpc::MAX_BUDGET_MS)
         });
         call.budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
+        let variable = route.len() + body.len();
         let request = rpc::Request {
             id,
             route,
             body,
             budget_ms,
         };
-        let record = encode_record(&request)?;
+        let record = encode_record_sized(&request, variable)?;
         call.sent = true;
         Ok((record, ()))
     });

@@ -305,7 +305,9 @@ impl Transport {
         matches!(self.io, Io::Ws(_))
     }
 
-    /// Makes write progress, then returns the next inbound frame or activity.
+    /// Makes write progress (unless `write` is false: the caller is
+    /// coalescing output and writes it later), then returns the next inbound
+    /// frame or activity.
     ///
     /// With `room_below: Some(level)` it also returns [`Inbound::Room`] as
     /// soon as less than `level` bytes wait to be written: a caller holding
@@ -315,13 +317,16 @@ impl Transport {
         &mut self,
         cx: &mut Context<'_>,
         room_below: Option<usize>,
+        write: bool,
     ) -> Poll<std::result::Result<Inbound, Failure>> {
-        let write = match &mut self.io {
-            Io::Stream(s) => s.poll_write_out(cx, &mut self.out),
-            Io::Ws(ws) => ws.poll_write_out(cx, &mut self.out),
-        };
-        if let Poll::Ready(Err(f)) = write {
-            return Poll::Ready(Err(f));
+        if write {
+            let written = match &mut self.io {
+                Io::Stream(s) => s.poll_write_out(cx, &mut self.out),
+                Io::Ws(ws) => ws.poll_write_out(cx, &mut self.out),
+            };
+            if let Poll::Ready(Err(f)) = written {
+                return Poll::Ready(Err(f));
+            }
         }
         if room_below.is_some_and(|level| self.pending_out() < level) {
             return Poll::Ready(Ok(Inbound::Room));
@@ -379,7 +384,7 @@ impl Transport {
     /// Reads the next frame (handshake use; the actor uses [`Self::poll_io`]).
     pub async fn read_frame(&mut self) -> std::result::Result<Bytes, Failure> {
         loop {
-            match std::future::poll_fn(|cx| self.poll_io(cx, None)).await? {
+            match std::future::poll_fn(|cx| self.poll_io(cx, None, true)).await? {
                 Inbound::Frame(f) => return Ok(f),
                 Inbound::Activity | Inbound::Room => continue,
             }

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use super::Handler;
 use super::handler::*;
 use super::request::*;
-use crate::connection::{Connection, Generation, encode_record};
+use crate::connection::{Connection, Generation, encode_record, encode_record_sized};
 use crate::error::{Error, Result};
 
 /// Why a request's cancellation signal fired ([`RpcRequest::cancel_reason`]).
@@ -137,12 +137,16 @@ impl Invocation {
                     closed = true;
                     return Err(Error::invalid("the response was already finished"));
                 }
-                let record = encode_record(&Response {
-                    id: self.id,
-                    sequence: state.next_seq,
-                    end,
-                    body,
-                })?;
+                let variable = body.len();
+                let record = encode_record_sized(
+                    &Response {
+                        id: self.id,
+                        sequence: state.next_seq,
+                        end,
+                        body,
+                    },
+                    variable,
+                )?;
                 state.next_seq += 1;
                 if end {
                     state.finished = true;
