@@ -81,9 +81,14 @@
 //! test, flush and feed benchmarks; [`crate::kv::Transaction::scan`]
 //! hiding [`RESERVED_PREFIX`].
 
+mod feed;
 mod outbox;
 mod store;
 
+pub use feed::{
+    Envelope, EnvelopeMeta, Feed, FeedBuilder, FeedError, FeedEvent, FeedTx, Gap, GapAction,
+    Publisher, app_key,
+};
 pub use outbox::{
     DEFAULT_MAX_PENDING, DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox,
     OutboxBuilder, StreamAppend, SyncEvent, SyncStatus,

@@ -25,11 +25,26 @@ pub enum Table {
     Outbox,
     /// Entries that failed permanently, keyed by seq (big-endian).
     DeadLetter,
+    /// Feed cursors, keyed by feed name: where each [`super::Feed`] resumes
+    /// and a digest of the last record it applied.
+    FeedCursor,
+    /// Application tables written by feed handlers ([`super::FeedTx`]),
+    /// keyed `table \0 key` ([`super::app_key`]).
+    App,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 3] = [Table::Meta, Table::Outbox, Table::DeadLetter];
+    ///
+    /// A table added later in the same format version is created when a
+    /// store is opened, so stores written before it open unchanged.
+    pub const ALL: [Table; 5] = [
+        Table::Meta,
+        Table::Outbox,
+        Table::DeadLetter,
+        Table::FeedCursor,
+        Table::App,
+    ];
 
     /// The table's stable name (the redb table name).
     pub fn name(self) -> &'static str {
@@ -37,6 +52,8 @@ impl Table {
             Table::Meta => "meta",
             Table::Outbox => "outbox",
             Table::DeadLetter => "dead_letter",
+            Table::FeedCursor => "feed_cursor",
+            Table::App => "app",
         }
     }
 }
