@@ -31,11 +31,7 @@ pub struct EnvelopeMeta {
     pub causation: Option<String>,
     /// A transaction id unique per write: `<producer>/<random>` from a
     /// [`Publisher`], `<client id>/<seq>` from the outbox.
-    #[serde(
-        default,
-        rename = "sync_tx",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, rename = "sync_tx", skip_serializing_if = "Option::is_none")]
     pub tx: Option<String>,
 }
 

@@ -621,7 +621,8 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
             return Err(FeedError::Fitz(e));
         }
         tracing::debug!(feed = %self.name, error = %e, "feed: retrying");
-        tokio::time::sleep(full_jitter(*backoff, &mut rand::rng())).await;
+        let delay = full_jitter(*backoff, &mut rand::rng());
+        tokio::time::sleep(delay).await;
         *backoff = (*backoff * 2).min(BACKOFF_MAX);
         Ok(())
     }

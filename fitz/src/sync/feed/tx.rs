@@ -223,8 +223,7 @@ impl FeedTx {
         let full = app_key(table, prefix);
         let p = full.clone();
         let stored = blocking(&self.store, move |s| s.scan_prefix(Table::App, &p)).await?;
-        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> =
-            stored.into_iter().collect();
+        let mut merged: std::collections::BTreeMap<Vec<u8>, Vec<u8>> = stored.into_iter().collect();
         for (k, v) in &self.overlay {
             if k.starts_with(&full) {
                 match v {
@@ -294,7 +293,11 @@ impl FeedTx {
 
     /// Applies the buffered writes and `cursor` (as feed `name`) as one
     /// batch, then starts empty.
-    pub(super) async fn commit(&mut self, name: &str, cursor: &CursorRecord) -> Result<(), SyncError> {
+    pub(super) async fn commit(
+        &mut self,
+        name: &str,
+        cursor: &CursorRecord,
+    ) -> Result<(), SyncError> {
         let mut ops = std::mem::take(&mut self.ops);
         ops.push(cursor.op(name)?);
         self.overlay.clear();
