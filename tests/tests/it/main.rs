@@ -26,6 +26,7 @@ mod rpc;
 mod schedule;
 mod stream;
 mod sync;
+mod sync_feed;
 mod telemetry;
 mod tls;
 mod websocket;
