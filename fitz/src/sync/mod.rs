@@ -1,5 +1,6 @@
-//! Offline-first, part 1 (feature `sync`): a durable local store and an
-//! outbox that applies queued KV mutations exactly once.
+//! Offline-first, part 1 (feature `sync`): a durable local store, an
+//! outbox that applies queued KV mutations exactly once, and checkpointed
+//! feeds with gap detection.
 //!
 //! * [`LocalStore`]: one ordered byte map per [`Table`], written in atomic,
 //!   durable batches; [`RedbStore`] keeps it in one redb file,
@@ -9,6 +10,13 @@
 //!   Stream resource (a *lane*) to the store and returns once it is durable,
 //!   connected or not. A flusher sends each lane's entries in push order whenever the
 //!   client is [`crate::State::Authenticated`]; lanes progress independently.
+//!
+//! * [`Feed`]: a checkpointed consumer of a stream selector whose handler
+//!   writes application tables through a [`FeedTx`]; those writes and the
+//!   cursor are one [`LocalStore::apply`] batch. Gaps ([`Gap::Rewound`],
+//!   [`Gap::Truncated`], [`Gap::Withheld`]) are reported, never skipped
+//!   silently; [`Publisher`] writes typed envelopes. The [`feed`] module
+//!   docs say how each gap is found.
 //!
 //! `fitz/examples/offline.rs` runs this against a broker that starts late.
 //!
@@ -77,11 +85,10 @@
 //!
 //! # Not yet (later parts of issue 16)
 //!
-//! Schedule and queue lanes, feeds with gap detection, the crash (SIGKILL)
-//! test, flush and feed benchmarks; [`crate::kv::Transaction::scan`]
-//! hiding [`RESERVED_PREFIX`].
+//! Schedule and queue lanes, the crash (SIGKILL) test, flush benchmarks;
+//! [`crate::kv::Transaction::scan`] hiding [`RESERVED_PREFIX`].
 
-mod feed;
+pub mod feed;
 mod outbox;
 mod store;
 

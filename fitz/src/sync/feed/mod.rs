@@ -1,4 +1,5 @@
-//! Feeds: checkpointed stream consumers with gap detection.
+//! Feeds: checkpointed stream consumers with gap detection (the types are
+//! re-exported from [`crate::sync`]).
 //!
 //! A [`Feed`] reads a stream selector (an exact resource or a wildcard,
 //! with an optional server-side [`Filter`] on the aspect) from a cursor kept
@@ -752,6 +753,7 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
         if staged != self.state {
             tx.commit(&self.name, &staged).await?;
             self.state = staged;
+            self.position = ReadPosition::at(self.state.cursor);
         }
         Ok(())
     }
