@@ -133,10 +133,10 @@ fn latency(rt: &tokio::runtime::Runtime, client: &Client, redb: std::sync::Arc<d
             .unwrap();
         tokio::spawn(async move {
             while let Some(Ok(item)) = reader.next().await {
-                if let Some(r) = item.as_record() {
-                    if raw_tx.send((r.offset(), Instant::now())).is_err() {
-                        return;
-                    }
+                if let Some(r) = item.as_record()
+                    && raw_tx.send((r.offset(), Instant::now())).is_err()
+                {
+                    return;
                 }
             }
         });
@@ -171,7 +171,7 @@ fn feeds(c: &mut Criterion) {
     let brt = broker_runtime();
     let broker = brt.block_on(Broker::builder().start()).unwrap();
     let client = rt.block_on(async {
-        let c = Client::anonymous(&broker.tcp_url()).unwrap();
+        let c = Client::anonymous(broker.tcp_url()).unwrap();
         c.connect().await.unwrap();
         fill(&c).await;
         c

@@ -437,3 +437,42 @@ fn envelope_metadata_is_lenient_and_shares_the_outbox_tx_key() {
     );
     assert_eq!(EnvelopeMeta::from_metadata(None), EnvelopeMeta::default());
 }
+
+#[test]
+fn a_store_written_before_the_feed_tables_opens_and_keeps_its_data() {
+    let dir = std::env::temp_dir().join(format!("fitz-feed-old-store-{}", rand::random::<u64>()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("old.redb");
+    {
+        // The layout before feeds: three tables only.
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        for name in ["meta", "outbox", "dead_letter"] {
+            let def: redb::TableDefinition<'_, &[u8], &[u8]> = redb::TableDefinition::new(name);
+            let mut t = w.open_table(def).unwrap();
+            if name == "meta" {
+                t.insert(&b"format"[..], &1u32.to_be_bytes()[..]).unwrap();
+            }
+        }
+        w.commit().unwrap();
+    }
+    let store = crate::sync::RedbStore::open(&path).unwrap();
+    assert_eq!(
+        store.get(Table::Meta, b"format").unwrap(),
+        Some(1u32.to_be_bytes().to_vec())
+    );
+    assert_eq!(store.get(Table::FeedCursor, b"f").unwrap(), None);
+    assert_eq!(open_meta(&store).unwrap().len(), 32, "same version: opens");
+    store
+        .apply(&[CursorRecord {
+            selector: ROUTE.into(),
+            cursor: 3,
+            last: None,
+        }
+        .op("f")
+        .unwrap()])
+        .unwrap();
+    assert!(store.get(Table::FeedCursor, b"f").unwrap().is_some());
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
