@@ -99,6 +99,24 @@ pub trait LocalStore: Send + Sync + 'static {
     fn apply(&self, ops: &[StoreOp]) -> Result<(), SyncError>;
 }
 
+/// A shared store is a store: one [`RedbStore`] (which a process can open
+/// only once) behind an `Arc` serves an [`super::Outbox`] and any number of
+/// [`super::Feed`]s, and everything they write still goes through one
+/// `apply` per batch.
+impl<S: LocalStore + ?Sized> LocalStore for Arc<S> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError> {
+        (**self).get(table, key)
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Entries, SyncError> {
+        (**self).scan_prefix(table, prefix)
+    }
+
+    fn apply(&self, ops: &[StoreOp]) -> Result<(), SyncError> {
+        (**self).apply(ops)
+    }
+}
+
 /// A [`LocalStore`] in memory: for tests, and for clients that accept losing
 /// their outbox with the process. Clones share the same maps, so "reopening"
 /// a clone sees what the original wrote.

@@ -5,7 +5,8 @@
 //! feed itself restarted on its redb file. Truncated and Withheld cannot
 //! be produced by fitz-broker (no retention; a READ the token may not make
 //! whole is refused, not filtered): `fitz/src/sync/feed/tests.rs` scripts
-//! them on the wire.
+//! them on the wire. Last, an outbox and a feed on one redb file: the
+//! outbox's stream records read as envelopes with its tx ids.
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
@@ -15,8 +16,8 @@ use std::time::Duration;
 use fitz::Client;
 use fitz::stream::Filter;
 use fitz::sync::{
-    Envelope, Feed, FeedError, FeedEvent, FeedTx, Gap, LocalStore, MemoryStore, Publisher,
-    RedbStore, Table, app_key,
+    Envelope, Feed, FeedError, FeedEvent, FeedTx, Gap, LocalStore, MemoryStore, Mutation, Outbox,
+    Publisher, RedbStore, StreamAppend, Table, app_key,
 };
 use fitz_broker::{AuthConfig, Broker, StorageMode};
 use fitz_tests::{Brokers, BrokersExt, Proxy, Transport, connected, realm, refuse_new, within};
@@ -417,6 +418,64 @@ async fn envelopes_carry_aspect_producer_causation_and_history_pages() {
         "until is exclusive"
     );
     assert_eq!(feed.cursor(), 4, "history does not move the cursor");
+    client.close().await;
+    brokers.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_outbox_and_a_feed_share_one_store_file_and_outbox_records_read_as_envelopes() {
+    let brokers = Brokers::start().await.unwrap();
+    let client = connected(brokers.anon_url(Transport::Tcp)).await;
+    let app = realm("feed");
+    let route = format!("stream://{app}/shared/r");
+    let path = temp_dir("shared").join("app.redb");
+    let store: Arc<dyn LocalStore> = Arc::new(RedbStore::open(&path).unwrap());
+    let outbox = Outbox::builder(client.clone(), store.clone())
+        .open()
+        .await
+        .unwrap();
+    for n in 0..3u64 {
+        outbox
+            .push(
+                &route,
+                Mutation::Append(vec![StreamAppend::new(n.to_string()).aspect("n")]),
+            )
+            .await
+            .unwrap();
+    }
+    within("the outbox drains", outbox.wait_idle()).await;
+    let mut feed = Feed::<u64>::builder_shared(client.clone(), store.clone(), "f", route.as_str())
+        .open()
+        .await
+        .unwrap();
+    assert_eq!(
+        feed.client_id(),
+        outbox.client_id(),
+        "one client id per store"
+    );
+    let txs: Arc<Mutex<Vec<String>>> = Arc::default();
+    let sink = txs.clone();
+    feed.catch_up(move |tx, env| {
+        let sink = sink.clone();
+        Box::pin(async move {
+            assert_eq!(env.meta.aspect.as_deref(), Some("n"));
+            sink.lock()
+                .unwrap()
+                .push(env.meta.tx.clone().unwrap_or_default());
+            tx.put("seen", env.offset.to_be_bytes(), [1])?;
+            Ok(())
+        })
+    })
+    .await
+    .unwrap();
+    let txs = txs.lock().unwrap().clone();
+    assert_eq!(txs.len(), 3);
+    assert!(
+        txs.iter().all(|t| t.starts_with(outbox.client_id())),
+        "{txs:?}"
+    );
+    assert_eq!(seen_in_store(store.as_ref()), 3);
+    outbox.close().await;
     client.close().await;
     brokers.shutdown().await;
 }

@@ -476,3 +476,70 @@ fn a_store_written_before_the_feed_tables_opens_and_keeps_its_data() {
     drop(store);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test]
+async fn a_rewind_can_be_answered_by_replaying_the_new_log() {
+    let mut h = Scripted::start("memory://feed").await;
+    let store = MemoryStore::new();
+    let rec = CursorRecord {
+        selector: ROUTE.into(),
+        cursor: 7,
+        last: None,
+    };
+    store.apply(&[rec.op("f").unwrap()]).unwrap();
+    // One redb-or-memory store shared by the outbox and feeds: an Arc is a
+    // store too.
+    let shared: Arc<dyn LocalStore> = Arc::new(store.clone());
+    let mut feed = Feed::<u64>::builder(h.client.clone(), shared.clone(), "f", ROUTE)
+        .on_gap(|g| match g {
+            Gap::Rewound { .. } => GapAction::ResumeAt(0),
+            _ => GapAction::Stop,
+        })
+        .open()
+        .await
+        .unwrap();
+    let mut events = feed.events();
+    let run = tokio::spawn(async move {
+        let r = feed
+            .catch_up(|tx, env| {
+                Box::pin(async move {
+                    tx.put("seen", env.offset.to_be_bytes(), [1])?;
+                    Ok(())
+                })
+            })
+            .await;
+        (r, feed.cursor())
+    });
+    let r = h.expect(types::STREAM_GET_METADATA).await;
+    h.ok(&r, &meta(Some(0), Some(1))).await;
+    // Re-anchored at 0, verified again, then read from 0.
+    let r = h.expect(types::STREAM_GET_METADATA).await;
+    h.ok(&r, &meta(Some(0), Some(1))).await;
+    let r = h.expect(types::STREAM_READ).await;
+    assert_eq!(
+        wire::Read::decode(r.payload.clone()).unwrap().from_offset,
+        0
+    );
+    h.ok(&r, &page(vec![event(0), event(1)], 1)).await;
+    let (r, cursor) = run.await.unwrap();
+    r.unwrap();
+    assert_eq!(cursor, 2);
+    assert_eq!(
+        events.try_recv().unwrap(),
+        FeedEvent::Gap {
+            gap: Gap::Rewound {
+                cursor: 7,
+                broker_next: Some(2),
+                last_applied: None
+            },
+            action: GapAction::ResumeAt(0)
+        }
+    );
+    assert_eq!(
+        shared
+            .scan_prefix(Table::App, &app_key("seen", ""))
+            .unwrap()
+            .len(),
+        2
+    );
+}
