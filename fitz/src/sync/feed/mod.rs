@@ -565,6 +565,8 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
                     continue;
                 }
                 self.verified = Some(generation);
+                // A global continuation belongs to the session it came from.
+                self.position = ReadPosition::at(self.state.cursor);
             }
             self.drain_wakes();
             let page = match streams
