@@ -53,7 +53,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::broadcast;
 
 use super::SyncError;
-use super::store::{LocalStore, Table};
+use super::store::{LocalStore, StoreOp, Table};
 use crate::connection::Generation;
 use crate::options::{Overflow, SubscriptionOptions, full_jitter};
 use crate::stream::{
@@ -310,6 +310,7 @@ impl<T> FeedBuilder<T> {
             events,
             verified: None,
             wake: None,
+            inflight: None,
             _body: PhantomData,
         })
     }
@@ -364,6 +365,8 @@ pub struct Feed<T> {
     /// The session generation the broker's log was last verified on.
     verified: Option<Generation>,
     wake: Option<StreamSubscription>,
+    /// The store batch being applied (kept across a cancelled run).
+    inflight: Option<tokio::task::JoinHandle<Result<(), SyncError>>>,
     _body: PhantomData<fn() -> T>,
 }
 
@@ -447,9 +450,11 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
     ///
     /// # Cancel safety
     ///
-    /// Cancel-safe at batch granularity: a batch is applied to the store
-    /// whole or not at all; records of an abandoned batch are handled again
-    /// by the next run.
+    /// Cancel-safe: a batch is applied to the store whole or not at all. A
+    /// batch whose apply was under way when the future was dropped still
+    /// completes; the next run waits for it and resumes from the cursor the
+    /// store holds, so its records are handled again only if it was not
+    /// applied.
     pub async fn catch_up<F>(&mut self, handler: F) -> Result<(), FeedError>
     where
         F: for<'a> FnMut(&'a mut FeedTx, Envelope<T>) -> BoxFuture<'a, Result<(), FeedError>>
@@ -531,6 +536,7 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
         F: for<'a> FnMut(&'a mut FeedTx, Envelope<T>) -> BoxFuture<'a, Result<(), FeedError>>
             + Send,
     {
+        self.settle_abandoned().await?;
         let conn = self.client.connection().clone();
         let streams = self.client.stream();
         let mut backoff = BACKOFF_MIN;
@@ -735,6 +741,36 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
         self.move_to(to).await
     }
 
+    /// Applies one batch on the blocking pool. The task is kept in the feed
+    /// until it is done, so a run cancelled meanwhile (the apply goes on
+    /// without it) is settled by the next one: see [`Feed::settle_abandoned`].
+    async fn apply(&mut self, ops: Vec<StoreOp>) -> Result<(), SyncError> {
+        let store = self.store.clone();
+        let task = self
+            .inflight
+            .insert(tokio::task::spawn_blocking(move || store.apply(&ops)));
+        let result = task.await;
+        self.inflight = None;
+        result.map_err(|e| SyncError::Store(format!("store task failed: {e}")))?
+    }
+
+    /// After a cancelled run: waits for its batch, whose outcome is unknown,
+    /// and takes the cursor from the store, which has it or not.
+    async fn settle_abandoned(&mut self) -> Result<(), SyncError> {
+        let Some(task) = self.inflight.take() else {
+            return Ok(());
+        };
+        // Applied or not, the store tells.
+        let _ = task.await;
+        let key = self.name.clone().into_bytes();
+        let stored = blocking(&self.store, move |s| s.get(Table::FeedCursor, &key)).await?;
+        if let Some(b) = stored {
+            self.state = CursorRecord::decode(&b)?;
+        }
+        self.position = ReadPosition::at(self.state.cursor);
+        Ok(())
+    }
+
     /// Sets the cursor by hand (a policy's answer): the digest goes.
     async fn move_to(&mut self, cursor: u64) -> Result<(), FeedError> {
         let rec = CursorRecord {
@@ -742,9 +778,8 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
             cursor,
             last: None,
         };
-        FeedTx::new(self.store.clone())
-            .commit(&self.name, &rec)
-            .await?;
+        let ops = FeedTx::new(self.store.clone()).take_batch(&self.name, &rec)?;
+        self.apply(ops).await?;
         self.state = rec;
         self.position = ReadPosition::at(cursor);
         Ok(())
@@ -753,7 +788,8 @@ impl<T: DeserializeOwned + Send + 'static> Feed<T> {
     /// Applies what `staged` holds beyond the stored state, with `tx`.
     async fn settle(&mut self, tx: &mut FeedTx, staged: CursorRecord) -> Result<(), FeedError> {
         if staged != self.state {
-            tx.commit(&self.name, &staged).await?;
+            let ops = tx.take_batch(&self.name, &staged)?;
+            self.apply(ops).await?;
             self.state = staged;
             self.position = ReadPosition::at(self.state.cursor);
         }

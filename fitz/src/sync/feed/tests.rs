@@ -543,3 +543,107 @@ async fn a_rewind_can_be_answered_by_replaying_the_new_log() {
         2
     );
 }
+
+/// A memory store whose next `apply`, once gated, says it started, then
+/// waits for a go signal.
+#[derive(Clone)]
+struct Gated {
+    inner: MemoryStore,
+    go: Arc<std::sync::Mutex<Option<std::sync::mpsc::Receiver<()>>>>,
+    entered: tokio::sync::mpsc::UnboundedSender<()>,
+}
+
+impl LocalStore for Gated {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError> {
+        self.inner.get(table, key)
+    }
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<crate::sync::Entries, SyncError> {
+        self.inner.scan_prefix(table, prefix)
+    }
+    fn apply(&self, ops: &[crate::sync::StoreOp]) -> Result<(), SyncError> {
+        let gate = self.go.lock().unwrap().take();
+        if let Some(go) = gate {
+            let _ = self.entered.send(());
+            go.recv().unwrap();
+        }
+        self.inner.apply(ops)
+    }
+}
+
+#[tokio::test]
+async fn a_run_cancelled_while_its_batch_is_applied_is_settled_by_the_next() {
+    let mut h = Scripted::start("memory://feed").await;
+    let (go_tx, go_rx) = std::sync::mpsc::channel();
+    let (entered_tx, mut entered) = tokio::sync::mpsc::unbounded_channel();
+    let store = Gated {
+        inner: MemoryStore::new(),
+        go: Arc::default(),
+        entered: entered_tx,
+    };
+    let mut feed = Feed::<u64>::builder(h.client.clone(), store.clone(), "f", ROUTE)
+        .open()
+        .await
+        .unwrap();
+    // Gate the next apply (open wrote the store's format and client id).
+    *store.go.lock().unwrap() = Some(go_rx);
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let (cancel_tx, cancel_rx) = tokio::sync::oneshot::channel::<()>();
+    let seen = handled.clone();
+    let first = tokio::spawn(async move {
+        tokio::select! {
+            _ = feed.catch_up(move |tx, env| {
+                seen.lock().unwrap().push(env.offset);
+                Box::pin(async move { tx.put("seen", env.offset.to_be_bytes(), [1])?; Ok(()) })
+            }) => panic!("the apply is held"),
+            _ = cancel_rx => {}
+        }
+        feed
+    });
+    let r = h.expect(types::STREAM_GET_METADATA).await;
+    h.ok(&r, &meta(Some(0), Some(1))).await;
+    let r = h.expect(types::STREAM_READ).await;
+    h.ok(&r, &page(vec![event(0), event(1)], 1)).await;
+    // Both handled, the batch's apply started and held: cancel the run now.
+    entered.recv().await.unwrap();
+    cancel_tx.send(()).unwrap();
+    let mut feed = first.await.unwrap();
+    assert_eq!(feed.cursor(), 0, "not applied yet");
+    go_tx.send(()).unwrap();
+
+    let seen = handled.clone();
+    let second = tokio::spawn(async move {
+        let r = feed
+            .catch_up(move |tx, env| {
+                seen.lock().unwrap().push(env.offset);
+                Box::pin(async move {
+                    tx.put("seen", env.offset.to_be_bytes(), [1])?;
+                    Ok(())
+                })
+            })
+            .await;
+        (r, feed.cursor())
+    });
+    // It resumes at 2: the abandoned batch landed (same session: the log
+    // was verified already).
+    let r = h.expect(types::STREAM_READ).await;
+    assert_eq!(
+        wire::Read::decode(r.payload.clone()).unwrap().from_offset,
+        2
+    );
+    h.ok(&r, &page(vec![], 1)).await;
+    let (r, cursor) = second.await.unwrap();
+    r.unwrap();
+    assert_eq!(cursor, 2);
+    assert_eq!(
+        *handled.lock().unwrap(),
+        vec![0, 1],
+        "nothing handled twice"
+    );
+    assert_eq!(
+        store
+            .scan_prefix(Table::App, &app_key("seen", ""))
+            .unwrap()
+            .len(),
+        2
+    );
+}

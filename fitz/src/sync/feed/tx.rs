@@ -291,17 +291,28 @@ impl FeedTx {
         }
     }
 
-    /// Applies the buffered writes and `cursor` (as feed `name`) as one
-    /// batch, then starts empty.
+    /// The buffered writes and `cursor` (as feed `name`): one batch for
+    /// [`LocalStore::apply`]. The transaction starts empty again.
+    pub(super) fn take_batch(
+        &mut self,
+        name: &str,
+        cursor: &CursorRecord,
+    ) -> Result<Vec<StoreOp>, SyncError> {
+        let mut ops = std::mem::take(&mut self.ops);
+        ops.push(cursor.op(name)?);
+        self.overlay.clear();
+        self.mark = 0;
+        Ok(ops)
+    }
+
+    /// [`FeedTx::take_batch`], applied.
+    #[cfg(test)]
     pub(super) async fn commit(
         &mut self,
         name: &str,
         cursor: &CursorRecord,
     ) -> Result<(), SyncError> {
-        let mut ops = std::mem::take(&mut self.ops);
-        ops.push(cursor.op(name)?);
-        self.overlay.clear();
-        self.mark = 0;
+        let ops = self.take_batch(name, cursor)?;
         blocking(&self.store, move |s| s.apply(&ops)).await
     }
 }
