@@ -295,9 +295,10 @@ impl Client {
         self.conn.debug_snapshot().await
     }
 
-    /// The connection under the domain views (the actor's tests and the
-    /// benchmark harnesses reach it from a client).
-    #[cfg(any(test, feature = "unstable-bench"))]
+    /// The connection under the domain views (the actor's tests, the
+    /// benchmark harnesses and the sync layer's feeds, which compare session
+    /// generations, reach it from a client).
+    #[cfg(any(test, feature = "unstable-bench", feature = "sync"))]
     pub(crate) fn connection(&self) -> &Connection {
         &self.conn
     }

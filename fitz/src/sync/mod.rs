@@ -1,7 +1,8 @@
-//! Offline-first, part 1 (feature `sync`): a durable local store and an
-//! outbox that applies queued mutations once: KV and stream ones exactly
-//! once, schedule ones idempotently, queue messages at least once with a tx
-//! id consumers deduplicate by.
+//! Offline-first, part 1 (feature `sync`): a durable local store, an
+//! outbox that applies queued mutations once (KV and stream ones exactly
+//! once, schedule ones idempotently, queue messages at least once with a
+//! tx id consumers deduplicate by), and checkpointed feeds with gap
+//! detection.
 //!
 //! * [`LocalStore`]: one ordered byte map per [`Table`], written in atomic,
 //!   durable batches; [`RedbStore`] keeps it in one redb file,
@@ -11,6 +12,13 @@
 //!   schedule or queue resource (a *lane*) to the store and returns once it
 //!   is durable, connected or not. A flusher sends each lane's entries in push order whenever the
 //!   client is [`crate::State::Authenticated`]; lanes progress independently.
+//!
+//! * [`Feed`]: a checkpointed consumer of a stream selector whose handler
+//!   writes application tables through a [`FeedTx`]; those writes and the
+//!   cursor are one [`LocalStore::apply`] batch. Gaps ([`Gap::Rewound`],
+//!   [`Gap::Truncated`], [`Gap::Withheld`]) are reported, never skipped
+//!   silently; [`Publisher`] writes typed envelopes. The [`feed`] module
+//!   docs say how each gap is found.
 //!
 //! `fitz/examples/offline.rs` runs this against a broker that starts late.
 //!
@@ -114,17 +122,21 @@
 //! that predates them fails to open a store holding one with
 //! [`SyncError::Corrupt`] naming the unknown variant, and changes nothing.
 //!
-//! # Not yet (later parts of issue 16)
+//! # Not yet
 //!
-//! Feeds with gap detection, the crash (SIGKILL) test, flush and feed
-//! benchmarks; a durable consumer-side dedup (today [`TxDedup`] is an
-//! in-memory window).
+//! A durable consumer-side dedup (today [`TxDedup`] is an in-memory
+//! window); live views, presence and sync frames (the design's later parts).
 
 mod envelope;
+pub mod feed;
 mod outbox;
 mod store;
 
 pub use envelope::{ENVELOPE_MAGIC, QueueEnvelope, TxDedup};
+pub use feed::{
+    Envelope, EnvelopeMeta, Feed, FeedBuilder, FeedError, FeedEvent, FeedTx, Gap, GapAction,
+    Publisher, app_key,
+};
 pub use outbox::{
     DEFAULT_MAX_PENDING, DeadLetter, Handler, KvWrite, LaneStatus, Mutation, MutationError, Outbox,
     OutboxBuilder, StreamAppend, SyncEvent, SyncStatus,

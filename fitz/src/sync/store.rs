@@ -25,11 +25,26 @@ pub enum Table {
     Outbox,
     /// Entries that failed permanently, keyed by seq (big-endian).
     DeadLetter,
+    /// Feed cursors, keyed by feed name: where each [`super::Feed`] resumes
+    /// and a digest of the last record it applied.
+    FeedCursor,
+    /// Application tables written by feed handlers ([`super::FeedTx`]),
+    /// keyed `table \0 key` ([`super::app_key`]).
+    App,
 }
 
 impl Table {
     /// Every table, in a fixed order.
-    pub const ALL: [Table; 3] = [Table::Meta, Table::Outbox, Table::DeadLetter];
+    ///
+    /// A table added later in the same format version is created when a
+    /// store is opened, so stores written before it open unchanged.
+    pub const ALL: [Table; 5] = [
+        Table::Meta,
+        Table::Outbox,
+        Table::DeadLetter,
+        Table::FeedCursor,
+        Table::App,
+    ];
 
     /// The table's stable name (the redb table name).
     pub fn name(self) -> &'static str {
@@ -37,6 +52,8 @@ impl Table {
             Table::Meta => "meta",
             Table::Outbox => "outbox",
             Table::DeadLetter => "dead_letter",
+            Table::FeedCursor => "feed_cursor",
+            Table::App => "app",
         }
     }
 }
@@ -80,6 +97,24 @@ pub trait LocalStore: Send + Sync + 'static {
     fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Entries, SyncError>;
     /// Applies `ops` in order as one transaction, durably.
     fn apply(&self, ops: &[StoreOp]) -> Result<(), SyncError>;
+}
+
+/// A shared store is a store: one [`RedbStore`] (which a process can open
+/// only once) behind an `Arc` serves an [`super::Outbox`] and any number of
+/// [`super::Feed`]s, and everything they write still goes through one
+/// `apply` per batch.
+impl<S: LocalStore + ?Sized> LocalStore for Arc<S> {
+    fn get(&self, table: Table, key: &[u8]) -> Result<Option<Vec<u8>>, SyncError> {
+        (**self).get(table, key)
+    }
+
+    fn scan_prefix(&self, table: Table, prefix: &[u8]) -> Result<Entries, SyncError> {
+        (**self).scan_prefix(table, prefix)
+    }
+
+    fn apply(&self, ops: &[StoreOp]) -> Result<(), SyncError> {
+        (**self).apply(ops)
+    }
 }
 
 /// A [`LocalStore`] in memory: for tests, and for clients that accept losing
