@@ -354,9 +354,11 @@ def versus(v, summary):
         "trips against one, and a Fitz read is a get inside an open read-only transaction "
         "(a consistent snapshot). Pub/sub keeps at most 4,096 messages published and not "
         "yet received for ours and NATS (both subscription buffers are larger), 48 for the "
-        "official client (its buffer holds 64), so no side drops. `async-nats` can keep "
-        "published messages in its buffer until a flush (without one a full window can stall), "
-        "so its publisher flushes whenever the window is full and once at the end.",
+        "official client (its buffer holds 64), so no side drops. `async-nats` "
+        "buffers publishes until a flush, so its publisher flushes whenever the window is full "
+        "and once at the end; and since nats-server drops what is published before it has "
+        "processed a SUB (a flush only writes it), each NATS window starts once a probe "
+        "message has come through.",
         ""]
     m = v.get("memory")
     if m:

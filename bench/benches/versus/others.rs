@@ -39,6 +39,31 @@ async fn nats_connect(url: &str) -> Result<async_nats::Client, String> {
         .map_err(err)
 }
 
+/// Waits until the server routes `subject` to `sub`: a flush only writes
+/// the SUB, and messages the server sees before it has processed the SUB
+/// are dropped (no interest), which would leave a window waiting for them.
+async fn nats_interest(
+    publisher: &async_nats::Client,
+    subject: &str,
+    sub: &mut async_nats::Subscriber,
+) -> Result<(), String> {
+    for _ in 0..100 {
+        publisher
+            .publish(subject.to_string(), Bytes::from_static(b"probe"))
+            .await
+            .map_err(err)?;
+        publisher.flush().await.map_err(err)?;
+        if let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(50), sub.next()).await {
+            // Probes still on their way are drained before the window.
+            while let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(20), sub.next()).await
+            {}
+            return Ok(());
+        }
+    }
+    Err("nats-server never routed the subject to the subscriber".to_string())
+}
+
 /// The competitor: NATS core for pub/sub and request/reply, Redis for KV.
 /// `Err` when its server is not running.
 pub async fn competitor(urls: &Urls, row: &Row, dur: Duration) -> Result<Option<f64>, String> {
@@ -54,9 +79,8 @@ pub async fn competitor(urls: &Urls, row: &Row, dur: Duration) -> Result<Option<
             let (p, s) = (nats_connect(url).await?, nats_connect(url).await?);
             let subject = format!("bench.vs{u}.ev");
             let mut sub = s.subscribe(subject.clone()).await.map_err(err)?;
-            // The subscription is registered with the server once a flush
-            // round trip has returned.
             s.flush().await.map_err(err)?;
+            nats_interest(&p, &subject, &mut sub).await?;
             let payload = Bytes::from(vec![7u8; size]);
             let (subject, pc, payload) = (&subject, &p, &payload);
             let v = warmed!(dur, |d| {
