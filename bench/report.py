@@ -330,7 +330,9 @@ def versus(v, summary):
                     notes.append(note)
             summary.append(row(
                 f"versus/{p['placement']}/{r['id']}/{r['transport']}", r["unit"], med.get("ours"),
-                med.get("official"), median(vs_o), median(vs_r),
+                med.get("official"), median(vs_o), None,
+                # Higher is better here, unlike ratio_vs_raw of the criterion rows.
+                raw_share=median(vs_r), raw_value=med.get("raw"),
                 placement=p["placement"], competitor=r["competitor"],
                 competitor_value=med.get("competitor"),
                 ratio_vs_competitor=median(vs_c),
