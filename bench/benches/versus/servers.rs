@@ -185,6 +185,8 @@ pub fn nats(placement: Placement) -> Result<(Server, String, String), String> {
     let server = Server { child };
     wait_listening(([127, 0, 0, 1], port).into(), "nats-server")?;
     wait_listening(([127, 0, 0, 1], ws).into(), "nats-server (websocket)")?;
+    // Read at start-up only.
+    let _ = std::fs::remove_file(&conf);
     Ok((
         server,
         format!("nats://127.0.0.1:{port}"),
