@@ -5,7 +5,9 @@ Inputs, all under ROOT/target: criterion's estimates
 (criterion/**/new/{benchmark,estimates}.json); the scenario table the e2e
 benches write from bench/src/scenarios.rs (perf/scenarios.json); allocation
 counts (perf/alloc_codec.json, perf/alloc_client_core.json); the machine
-facts scripts/bench.sh records (perf/machine.json). Narrative comes from
+facts scripts/bench.sh records (perf/machine.json); the interleaved
+comparison with NATS and Redis and the memory figures (perf/versus.json,
+written by bench/benches/versus). Narrative comes from
 bench/PERF.notes.md, appended verbatim.
 
 Usage: report.py ROOT   (the workspace root)
@@ -250,6 +252,168 @@ def targets(summary, raw):
     return lines + [""]
 
 
+def median(xs):
+    xs = sorted(xs)
+    if not xs:
+        return None
+    n = len(xs)
+    return xs[n // 2] if n % 2 else (xs[n // 2 - 1] + xs[n // 2]) / 2
+
+
+def better_ratio(ours, other, higher_is_better):
+    """ours vs other, higher is better for us (≥ 1: at least as good)."""
+    if ours is None or other is None or ours == 0 or other == 0:
+        return None
+    return ours / other if higher_is_better else other / ours
+
+
+def per_round(values, side, versus, higher):
+    a, b = values.get(side, []), values.get(versus, [])
+    return [r for r in (better_ratio(x, y, higher) for x, y in zip(a, b)) if r is not None]
+
+
+def rfmt(r):
+    return f"{r:.2f}" if r >= 0.1 else f"{r:.3f}"
+
+
+def spread(rs):
+    if not rs:
+        return "—"
+    return f"{rfmt(median(rs))} ({rfmt(min(rs))}–{rfmt(max(rs))})"
+
+
+PLACEMENT_TITLES = {
+    "unpinned": "Unpinned (scheduler's choice)",
+    "client_core0_servers_core1": "Client on core 0, every server on core 1 (`taskset`)",
+}
+
+
+def versus(v, summary):
+    """The interleaved comparison with NATS and Redis, and the memory figures."""
+    if not v:
+        return []
+    lines = ["## Against NATS and Redis", "",
+             f"`bench/benches/versus` (`scripts/bench.sh versus`): {v.get('rounds')} rounds, "
+             f"{v.get('window_ms')} ms per side and round (after a warm-up of a fifth of that), "
+             f"sides measured back to back in alternating order; load {v.get('load_before')} → "
+             f"{v.get('load_after')}, {v.get('duration_s')} s. Every server is a child process on "
+             "loopback: our broker (release binary, in-memory storage), `nats-server` (core, with "
+             "a WebSocket listener), `redis-server` (`--save \"\" --appendonly no`), the raw echo "
+             "peers. Clients: ours, `async-nats` / `redis` (the competitors' own Rust clients), the "
+             "official `cntryl-fitz`, all on one current-thread runtime in the bench process.",
+             "",
+             "Ratios are computed per round and reported as median (min–max); **higher is better "
+             "for us, ≥ 1.0 means at least as good** (rates: ours ÷ theirs; latencies: theirs ÷ "
+             "ours). `vs raw` is ours against the raw echo on the same transport (ping-pong for "
+             "latencies, 256 pipelined echoes for rates): the share of the wire's limit reached.",
+             ""]
+    for name, why in (v.get("skipped") or {}).items():
+        lines += [f"Not measured: {name}: {why}.", ""]
+    for p in v.get("placements", []):
+        lines += [f"### {PLACEMENT_TITLES.get(p['placement'], p['placement'])}", "",
+                  "| scenario | transport | unit | ours | competitor | vs competitor | official | vs official | raw | vs raw |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+        notes = []
+        for r in p["rows"]:
+            vals, higher = r["values"], r["higher_is_better"]
+            med = {k: median([x for x in xs if x is not None]) for k, xs in vals.items()}
+            vs_c = per_round(vals, "ours", "competitor", higher)
+            vs_o = per_round(vals, "ours", "official", higher)
+            vs_r = per_round(vals, "ours", "raw", higher)
+            comp = f"{r['competitor']} {fmt(med.get('competitor'))}"
+            lines.append(f"| {r['title']} | {r['transport']} | {r['unit']} | {fmt(med.get('ours'))} | {comp} "
+                         f"| {spread(vs_c)} | {fmt(med.get('official'))} | {spread(vs_o)} "
+                         f"| {fmt(med.get('raw'))} | {spread(vs_r)} |")
+            for side, why in (r.get("not_measured") or {}).items():
+                note = f"{r['id']}/{r['transport']} {side}: {why}"
+                if note not in notes:
+                    notes.append(note)
+            summary.append(row(
+                f"versus/{p['placement']}/{r['id']}/{r['transport']}", r["unit"], med.get("ours"),
+                med.get("official"), median(vs_o), None,
+                # Higher is better here, unlike ratio_vs_raw of the criterion rows.
+                raw_share=median(vs_r), raw_value=med.get("raw"),
+                placement=p["placement"], competitor=r["competitor"],
+                competitor_value=med.get("competitor"),
+                ratio_vs_competitor=median(vs_c),
+                ratio_vs_competitor_min=min(vs_c) if vs_c else None,
+                ratio_vs_competitor_max=max(vs_c) if vs_c else None,
+                ratio_vs_competitor_rounds=vs_c, higher_is_better=higher))
+        lines.append("")
+        if notes:
+            lines += ["Not measured: " + "; ".join(notes) + ".", ""]
+    lines += [
+        "**What each side guarantees** (so the rows compare like with like, or say where "
+        "they do not): a NATS core publish is fire-and-forget — no acknowledgement from the "
+        "server, at-most-once delivery, a slow consumer is cut off — while a Fitz publish "
+        "waits for the broker's acknowledgement (256 awaiting at once here). NATS "
+        "request/reply and a Fitz RPC call are both one request and one reply through the "
+        "broker; the Fitz call is tracked by the broker (cancellation, deadlines, worker "
+        "capacity). Redis runs here with no persistence at all (`--save \"\" --appendonly "
+        "no`): a SET is acknowledged once it is in memory, and a GET reads the latest value. "
+        "A Fitz KV write is a transaction — BEGIN takes the resource's lock, PUT, COMMIT "
+        "applies atomically (buffered durability, in-memory storage here) — three round "
+        "trips against one, and a Fitz read is a get inside an open read-only transaction "
+        "(a consistent snapshot). Pub/sub keeps at most 4,096 messages published and not "
+        "yet received for ours and NATS (both subscription buffers are larger), 48 for the "
+        "official client (its buffer holds 64), so no side drops. `async-nats` "
+        "buffers publishes until a flush, so its publisher flushes whenever the window is full "
+        "and once at the end; and since nats-server drops what is published before it has "
+        "processed a SUB (a flush only writes it), each NATS window starts once a probe "
+        "message has come through.",
+        ""]
+    m = v.get("memory")
+    if m:
+        lines += memory(m, summary)
+    return lines
+
+
+def memory(m, summary):
+    subs, sessions = m.get("subscriptions", 10000), m.get("sessions", 1000)
+    bsubs = m.get("broker_subscriptions", 1000)
+    conns = (m.get("client_ours") or {}).get("connections", 10)
+    lines = ["### Memory (resident set size, `VmRSS`)", "",
+             f"Client: a child process opens {conns} connections, then makes {subs:,} "
+             f"subscriptions ({subs // conns:,} per connection: our broker admits 1,024 per "
+             "session), reading its own `/proc/self/status` before and after. Server: the "
+             f"child's `/proc/<pid>/status` before and after {sessions:,} idle connected "
+             f"sessions, and before and after {bsubs:,} subscriptions on one of them. RSS counts "
+             "pages touched, so these are upper bounds, read once.", "",
+             "| figure | Fitz | NATS | Redis |", "|---|---:|---:|---:|"]
+
+    def client(key):
+        c = m.get(key) or {}
+        if "subscribed_kib" not in c:
+            return None, None
+        return c["connected_kib"] - c["start_kib"], c["subscribed_kib"] - c["connected_kib"]
+
+    def kib(v):
+        return "—" if v is None else f"{v:,.0f} KiB"
+
+    oc, os_ = client("client_ours")
+    nc, ns = client("client_nats")
+    lines.append(f"| client: {conns} connections | {kib(oc)} | {kib(nc)} | — |")
+    lines.append(f"| client: {subs:,} subscriptions | {kib(os_)} | {kib(ns)} | — |")
+    b = {k: m.get(f"broker_{k}") or {} for k in ("fitz", "nats", "redis")}
+
+    def per_k(d, key, made, per):
+        v, n = d.get(key), d.get(made)
+        if v is None or not n:
+            return None
+        return v * per / n
+
+    sess = {k: per_k(b[k], "sessions_delta_kib", "sessions_opened", 1000) for k in b}
+    sub = {k: per_k(b[k], "subscriptions_delta_kib", "subscriptions_made", 1000) for k in b}
+    lines.append(f"| server: per 1 k idle sessions | {kib(sess['fitz'])} | {kib(sess['nats'])} | {kib(sess['redis'])} |")
+    lines.append(f"| server: per 1 k subscriptions | {kib(sub['fitz'])} | {kib(sub['nats'])} | — |")
+    summary += [row("memory/client_10k_subscriptions", "KiB", os_, competitor="NATS", competitor_value=ns),
+                row("memory/broker_per_1k_sessions", "KiB", sess["fitz"], competitor="NATS",
+                    competitor_value=sess["nats"], redis_value=sess["redis"]),
+                row("memory/broker_per_1k_subscriptions", "KiB", sub["fitz"], competitor="NATS",
+                    competitor_value=sub["nats"])]
+    return lines + [""]
+
+
 def main(root):
     perf = os.path.join(root, "target", "perf")
     res = Results(load_criterion(os.path.join(root, "target", "criterion")))
@@ -263,6 +427,7 @@ def main(root):
     lines += micro(res, load_json(os.path.join(perf, "alloc_codec.json"), []),
                    load_json(os.path.join(perf, "alloc_client_core.json"), []), summary)
     lines += targets(summary, raw)
+    lines += versus(load_json(os.path.join(perf, "versus.json"), None), summary)
     notes = os.path.join(root, "bench", "PERF.notes.md")
     if os.path.exists(notes):
         with open(notes) as f:
