@@ -22,8 +22,13 @@
 //!
 //! # Durability
 //!
-//! * [`Durability::Sync`] → `redb::Durability::Immediate`: the batch is on
-//!   stable storage when [`Backend::commit`] returns.
+//! * [`Durability::Sync`]: the batch is on stable storage when
+//!   [`Backend::commit`] returns. It is applied as a `redb::Durability::None`
+//!   transaction, then waits for a durable (fsync) checkpoint that started
+//!   after it: **group commit** ([`super::group`]), so concurrent Sync
+//!   commits share one fsync instead of queueing for one each. A failed
+//!   fsync fails every commit waiting on it and every later one (the store
+//!   is poisoned until the broker restarts).
 //! * [`Durability::Buffered`] → `redb::Durability::None`: applied and
 //!   visible at once, written to the file without fsync. A background
 //!   flusher makes them durable within [`BUFFERED_FLUSH_INTERVAL`] (the
@@ -36,8 +41,9 @@
 //! # Blocking
 //!
 //! [`Backend::commit`] is synchronous: a Sync commit blocks the calling
-//! thread (a tokio worker, inside an engine) for one fsync. redb runs one
-//! write transaction at a time; concurrent committers wait for each other.
+//! thread (a tokio worker, inside an engine, under `block_in_place`) until
+//! its group's fsync is done. redb runs one write transaction at a time, but
+//! those are short without fsync; the fsync is what commits share.
 //!
 //! # Lifetime
 //!
@@ -59,6 +65,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, TableDefinition};
 
+use super::group::GroupCommit;
 use super::{Backend, Batch, Durability, Keyspace, Op, StorageError};
 
 /// Longest time a Buffered commit stays without fsync.
@@ -107,6 +114,22 @@ struct Shared {
     db: RwLock<Option<Database>>,
     /// Buffered commits since the flusher last made everything durable.
     dirty: AtomicBool,
+    /// Sync commits waiting for (or leading) a shared fsync.
+    group: GroupCommit,
+    /// Tests: every sync fails (an fsync error).
+    #[cfg(test)]
+    fail_syncs: AtomicBool,
+}
+
+impl Shared {
+    /// The durable checkpoint every sync of `db` runs.
+    fn sync(&self, db: &Database) -> Result<(), StorageError> {
+        #[cfg(test)]
+        if self.fail_syncs.load(Ordering::Acquire) {
+            return Err(StorageError("fsync: injected I/O error".into()));
+        }
+        checkpoint(db)
+    }
 }
 
 impl LocalBackend {
@@ -125,6 +148,9 @@ impl LocalBackend {
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             dirty: AtomicBool::new(false),
+            group: GroupCommit::default(),
+            #[cfg(test)]
+            fail_syncs: AtomicBool::new(false),
         });
         let (stop, stopped) = mpsc::channel::<()>();
         let flusher = {
@@ -207,9 +233,9 @@ fn flush_loop(shared: &Shared, stop: &mpsc::Receiver<()>) {
         let Some(db) = guard.as_ref() else {
             return;
         };
-        if let Err(e) = checkpoint(db) {
-            shared.dirty.store(true, Ordering::Release);
-            tracing::warn!(error = %e, "flushing buffered commits failed");
+        if let Err(e) = shared.group.sync_all(|| shared.sync(db)) {
+            tracing::warn!(error = %e, "flushing buffered commits failed: storage is unusable");
+            return;
         }
     }
 }
@@ -227,11 +253,10 @@ impl Backend for LocalBackend {
         let db = guard
             .as_ref()
             .ok_or_else(|| StorageError("storage is closed".into()))?;
+        self.shared.group.check()?;
         let mut tx = db.begin_write().map_err(fail)?;
-        tx.set_durability(match durability {
-            Durability::Sync => redb::Durability::Immediate,
-            Durability::Buffered => redb::Durability::None,
-        });
+        // Sync commits become durable through the group's fsync below.
+        tx.set_durability(redb::Durability::None);
         {
             // Ops apply in order; consecutive ops of one keyspace share the
             // open table.
@@ -257,17 +282,20 @@ impl Backend for LocalBackend {
             }
         }
         // Dropping an uncommitted transaction aborts it: nothing applied.
-        if durability == Durability::Sync {
-            // The fsync takes milliseconds: let the runtime move this
-            // worker's other tasks elsewhere meanwhile.
-            blocking(|| tx.commit()).map_err(fail)?;
-        } else {
-            tx.commit().map_err(fail)?;
+        tx.commit().map_err(fail)?;
+        match durability {
+            Durability::Buffered => {
+                self.shared.dirty.store(true, Ordering::Release);
+                Ok(())
+            }
+            Durability::Sync => {
+                let group = &self.shared.group;
+                let ticket = group.ticket();
+                // The fsync takes milliseconds: let the runtime move this
+                // worker's other tasks elsewhere meanwhile.
+                blocking(|| group.wait_durable(ticket, || self.shared.sync(db)))
+            }
         }
-        if durability == Durability::Buffered {
-            self.shared.dirty.store(true, Ordering::Release);
-        }
-        Ok(())
     }
 
     fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
@@ -298,7 +326,7 @@ impl Backend for LocalBackend {
         let db = self.shared.db.write().take();
         if let Some(db) = db {
             if self.shared.dirty.swap(false, Ordering::AcqRel)
-                && let Err(e) = checkpoint(&db)
+                && let Err(e) = self.shared.group.sync_all(|| self.shared.sync(&db))
             {
                 tracing::warn!(error = %e, "flushing buffered commits at close failed");
             }
@@ -452,6 +480,72 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never flushed");
             std::thread::sleep(Duration::from_millis(10));
         }
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Sync commits from many threads at once.
+    fn concurrent_sync_commits(b: &Arc<LocalBackend>, threads: usize, each: usize) -> Vec<bool> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            b.commit(
+                                Batch {
+                                    ops: vec![put(Keyspace::Kv, &format!("t{t}-{i}"), "v")],
+                                },
+                                Durability::Sync,
+                            )
+                            .is_ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_sync_commits_share_fsyncs_and_all_survive() {
+        let d = dir("group");
+        let b = Arc::new(LocalBackend::open(&d).unwrap());
+        let ok = concurrent_sync_commits(&b, 16, 8);
+        assert!(ok.iter().all(|ok| *ok));
+        let syncs = b.shared.group.syncs();
+        assert!(syncs < 128, "128 Sync commits took {syncs} fsyncs");
+        b.close();
+        drop(b);
+        let b = LocalBackend::open(&d).unwrap();
+        assert_eq!(b.load(Keyspace::Kv).unwrap().len(), 128);
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_waiting_commit_and_every_later_one() {
+        let d = dir("fsync-fails");
+        let b = Arc::new(LocalBackend::open(&d).unwrap());
+        concurrent_sync_commits(&b, 1, 1);
+        b.shared.fail_syncs.store(true, Ordering::Release);
+        let ok = concurrent_sync_commits(&b, 8, 4);
+        assert!(ok.iter().all(|ok| !*ok), "no commit acknowledged: {ok:?}");
+        // The fault is gone, but the pages it may have lost are unknown.
+        b.shared.fail_syncs.store(false, Ordering::Release);
+        let e = b
+            .commit(
+                Batch {
+                    ops: vec![put(Keyspace::Kv, "later", "v")],
+                },
+                Durability::Sync,
+            )
+            .unwrap_err();
+        assert!(e.0.contains("injected"), "{e}");
+        b.close();
         drop(b);
         let _ = std::fs::remove_dir_all(&d);
     }
