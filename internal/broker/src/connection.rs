@@ -245,8 +245,14 @@ fn handle_record(
 /// only: whatever the socket does not take at once goes
 /// back to the front of the queue for the writer task, so the reader never
 /// waits on its own replies and a peer that stops reading is caught by the
-/// reply bound. On WebSocket (whose sink cannot write without possibly
-/// waiting) and when the writer task is busy, the writer task is woken.
+/// reply bound. On WebSocket the frames are fed to the sink and flushed,
+/// each step polled once without waiting (`FrameWriter::try_write_ws`):
+/// frames the sink does not accept go back to the front of the queue, and
+/// a flush the socket did not finish is left to the writer task (woken),
+/// whose first step on waking is to flush the sink. tungstenite's write
+/// buffer is bounded (`max_write_buffer_size`): a full one makes the sink
+/// not ready, so frames stay in the session's bounded queue. When the
+/// writer task holds the transport, it is woken instead.
 fn flush_inline(session: &Session, writer: &SharedWriter) {
     if !session.end_inline() {
         return;
@@ -255,9 +261,27 @@ fn flush_inline(session: &Session, writer: &SharedWriter) {
         session.wake_writer();
         return;
     };
+    if let FrameWriter::Ws(_) = &*w {
+        let (batch, _) = session.take_batch();
+        match w.try_write_ws(&batch) {
+            Ok((fed, flushed)) => {
+                if fed < batch.len() {
+                    // Still under the writer lock: nothing can overtake it.
+                    session.requeue_front(batch.slice(fed..));
+                }
+                if fed < batch.len() || !flushed {
+                    drop(w);
+                    session.wake_writer();
+                }
+            }
+            Err(_) => {
+                drop(w);
+                session.close("write failed");
+            }
+        }
+        return;
+    }
     let FrameWriter::Stream(out) = &mut *w else {
-        drop(w);
-        session.wake_writer();
         return;
     };
     let (batch, _) = session.take_batch();
@@ -298,6 +322,18 @@ async fn write_batch(session: &Session, writer: &mut FrameWriter, batch: Bytes) 
     }
 }
 
+/// Flushes below the frame layer (see [`FrameWriter::flush`]), bounded in
+/// time like [`write_batch`] once the session is closing.
+async fn write_flush(session: &Session, writer: &mut FrameWriter) -> bool {
+    let mut flush = pin!(writer.flush());
+    tokio::select! {
+        r = &mut flush => r.is_ok(),
+        () = session.closed() => {
+            matches!(tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, flush).await, Ok(Ok(())))
+        }
+    }
+}
+
 /// Drains the session's outbound queue into the transport (see
 /// [`crate::session`] for the queue's rules), then closes the transport.
 async fn write_loop(session: Session, writer: SharedWriter) {
@@ -315,6 +351,12 @@ async fn write_loop(session: Session, writer: SharedWriter) {
         }
         if let Some(reason) = close {
             let _ = tokio::time::timeout(CLOSE_FLUSH_TIMEOUT, w.close(&reason)).await;
+            return;
+        }
+        // An inline WebSocket write may have left frames in the sink's
+        // buffer (the socket was full): push them out before sleeping.
+        if !write_flush(&session, &mut w).await {
+            session.close("write failed");
             return;
         }
         drop(w);
