@@ -6,7 +6,10 @@
 //!   commit waits for its own fsync;
 //! * `group_commit/concurrent_64`: 64 connections, each on its own resource,
 //!   each running transactions back to back: commits that arrive while an
-//!   fsync runs share the next one.
+//!   fsync runs share the next one;
+//! * `group_commit/concurrent_64_buffered`: the same with
+//!   `Durability::Buffered` (no fsync to wait for): the ceiling the CPU
+//!   path (three round trips per transaction) sets on this machine.
 //!
 //! Throughput is commits per second; the ratio concurrent ÷ serial is what
 //! group commit buys (docs/PERF.md, "Group commit").
@@ -25,7 +28,12 @@ use fitz_protocol::kv::{self, BeginOk, Durability, TxMode};
 const WRITERS: usize = 64;
 
 /// One Sync write transaction on `route`.
-async fn write_tx(conn: &mut Raw, route: &fitz_protocol::Str, value: &Bytes) {
+async fn write_tx(
+    conn: &mut Raw,
+    route: &fitz_protocol::Str,
+    value: &Bytes,
+    durability: Durability,
+) {
     let begin = kv::Begin {
         route: route.clone(),
         mode: TxMode::ReadWrite,
@@ -44,7 +52,7 @@ async fn write_tx(conn: &mut Raw, route: &fitz_protocol::Str, value: &Bytes) {
     let commit = kv::Commit {
         tx_id,
         route: route.clone(),
-        durability: Durability::Sync,
+        durability,
     };
     assert_eq!(conn.call(&commit).await[0], 0, "commit ok");
 }
@@ -84,47 +92,52 @@ fn group_commit(c: &mut Criterion) {
                 let conn = &mut conns[0];
                 let started = Instant::now();
                 for _ in 0..iters {
-                    write_tx(conn, &routes[0], &value).await;
+                    write_tx(conn, &routes[0], &value, Durability::Sync).await;
                 }
                 started.elapsed()
             })
         });
     });
-    g.bench_function("concurrent_64", |b| {
-        b.iter_custom(|iters| {
-            let per = iters.div_ceil(WRITERS as u64);
-            let taken = std::mem::take(&mut conns);
-            let (back, elapsed) = rt.block_on(async {
-                let local = tokio::task::LocalSet::new();
-                local
-                    .run_until(async {
-                        let started = Instant::now();
-                        let tasks: Vec<_> = taken
-                            .into_iter()
-                            .zip(routes.iter().cloned())
-                            .map(|(mut conn, route)| {
-                                let value = value.clone();
-                                tokio::task::spawn_local(async move {
-                                    for _ in 0..per {
-                                        write_tx(&mut conn, &route, &value).await;
-                                    }
-                                    conn
+    for (id, durability) in [
+        ("concurrent_64", Durability::Sync),
+        ("concurrent_64_buffered", Durability::Buffered),
+    ] {
+        g.bench_function(id, |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(WRITERS as u64);
+                let taken = std::mem::take(&mut conns);
+                let (back, elapsed) = rt.block_on(async {
+                    let local = tokio::task::LocalSet::new();
+                    local
+                        .run_until(async {
+                            let started = Instant::now();
+                            let tasks: Vec<_> = taken
+                                .into_iter()
+                                .zip(routes.iter().cloned())
+                                .map(|(mut conn, route)| {
+                                    let value = value.clone();
+                                    tokio::task::spawn_local(async move {
+                                        for _ in 0..per {
+                                            write_tx(&mut conn, &route, &value, durability).await;
+                                        }
+                                        conn
+                                    })
                                 })
-                            })
-                            .collect();
-                        let mut back = Vec::with_capacity(WRITERS);
-                        for t in tasks {
-                            back.push(t.await.expect("writer"));
-                        }
-                        (back, started.elapsed())
-                    })
-                    .await
+                                .collect();
+                            let mut back = Vec::with_capacity(WRITERS);
+                            for t in tasks {
+                                back.push(t.await.expect("writer"));
+                            }
+                            (back, started.elapsed())
+                        })
+                        .await
+                });
+                conns = back;
+                // Normalise to `iters` commits.
+                elapsed.mul_f64(iters as f64 / (per * WRITERS as u64) as f64)
             });
-            conns = back;
-            // Normalise to `iters` commits.
-            elapsed.mul_f64(iters as f64 / (per * WRITERS as u64) as f64)
         });
-    });
+    }
     g.finish();
     drop(conns);
     brt.block_on(broker.shutdown());

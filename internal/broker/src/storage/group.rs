@@ -1,136 +1,130 @@
-//! Group commit: concurrent Sync commits share one fsync.
+//! Group commit: concurrent commits share one write transaction and one
+//! fsync.
 //!
-//! A Sync commit is applied first without fsync (visible to the store, not
-//! yet durable) and takes a *ticket*, the count of such commits so far. It
-//! is acknowledged only once a sync that *started after* it was applied has
-//! succeeded. Whichever waiter finds no sync under way leads: it notes the
-//! newest ticket, runs one sync (which covers every commit applied before
-//! it started) outside the lock, records that ticket as durable and wakes
-//! everyone; waiters whose ticket is covered return, the rest elect the
-//! next leader. While one fsync runs, every commit arriving meanwhile
-//! queues for the next, so N concurrent committers pay ~2 fsyncs, not N.
+//! A commit joins a queue and waits. Whichever waiter finds no group being
+//! written leads: it takes everything queued (its own commit included),
+//! writes it with one `write` call — for the local store, one redb
+//! transaction, durable (fsync) when any member asked for `Sync` — and
+//! wakes everyone with the outcome. Commits arriving meanwhile queue for
+//! the next group, led by one of them. N concurrent committers therefore pay
+//! about two transactions and two fsyncs, not N; a lone committer pays what
+//! it paid before (one transaction, one fsync). Members are written in
+//! queue order, which is the order `commit` was called in.
 //!
-//! **A failed sync poisons the store.** After a failed fsync the kernel may
-//! have dropped the dirty pages, so a later fsync that succeeds proves
-//! nothing about them (PostgreSQL's "fsyncgate"). Every commit not yet
-//! durable when a sync fails — the whole group, and anyone queued behind
-//! it — gets that error, and so does every later commit and sync: the
-//! broker must be restarted (it then recovers to the last durable state).
-//! Nothing is ever acknowledged that a failed sync may have lost.
+//! A commit returns only after the group containing it was written, so a
+//! Sync commit is acknowledged only once its data is durable.
+//!
+//! **A failed write poisons the store.** Every commit of the failed group
+//! gets its error, and so does every later one: after a failed fsync the
+//! kernel may have dropped the dirty pages, so a later fsync that succeeds
+//! proves nothing about them (PostgreSQL's "fsyncgate"); the broker must be
+//! restarted (it then recovers to the last durable state). Nothing is ever
+//! acknowledged that a failed write may have lost. A group is all or
+//! nothing, so one member's failure is every member's.
 //!
 //! Waiting blocks the calling thread (a condition variable); callers on a
-//! tokio worker wrap the wait in `block_in_place` (see `local.rs`).
+//! tokio worker wrap the commit in `block_in_place` (see `local.rs`). The
+//! queue holds at most one entry per blocked caller, so it is bounded by
+//! the callers (engines on the broker's threads), not by clients.
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex};
 
 use super::StorageError;
 
-/// The shared state of one store's group commit.
-#[derive(Default)]
-pub(crate) struct GroupCommit {
-    state: Mutex<State>,
+/// The group commit of one store, for jobs of type `J`.
+pub(crate) struct GroupCommit<J> {
+    state: Mutex<State<J>>,
+    /// A group was written (waiters recheck).
     done: Condvar,
 }
 
-#[derive(Default)]
-struct State {
-    /// Tickets handed out: commits applied without fsync so far.
-    applied: u64,
-    /// Every ticket up to this one is durable.
-    durable: u64,
-    /// A leader is running a sync.
-    syncing: bool,
-    /// Set by the first failed sync; the store is unusable from then on.
-    poisoned: Option<StorageError>,
-    /// Syncs run (succeeded or failed), for stats and tests.
-    syncs: u64,
+struct State<J> {
+    /// Jobs waiting for the next group, in arrival order.
+    queue: Vec<J>,
+    /// Sequence number of the last job queued.
+    queued: u64,
+    /// Every job up to this sequence number has its outcome.
+    finished: u64,
+    /// A leader is writing a group.
+    writing: bool,
+    /// From the first failed write: the first job it failed, and the error.
+    poisoned: Option<(u64, StorageError)>,
+    /// Groups written (succeeded or failed), for stats and tests.
+    groups: u64,
 }
 
-impl GroupCommit {
-    /// Fails when an earlier sync failed (see the module docs).
-    pub(crate) fn check(&self) -> Result<(), StorageError> {
-        match &self.state.lock().poisoned {
-            Some(e) => Err(e.clone()),
-            None => Ok(()),
+impl<J> Default for GroupCommit<J> {
+    fn default() -> Self {
+        Self {
+            state: Mutex::new(State {
+                queue: Vec::new(),
+                queued: 0,
+                finished: 0,
+                writing: false,
+                poisoned: None,
+                groups: 0,
+            }),
+            done: Condvar::new(),
         }
     }
+}
 
-    /// Takes the ticket of a commit just applied without fsync. Must be
-    /// called after the apply returned, so a later sync covers it.
-    pub(crate) fn ticket(&self) -> u64 {
-        let mut s = self.state.lock();
-        s.applied += 1;
-        s.applied
-    }
-
-    /// Returns once `ticket` is durable, leading a sync with `sync` when none
-    /// is under way; the error of the failed sync otherwise.
-    pub(crate) fn wait_durable(
+impl<J> GroupCommit<J> {
+    /// Commits `job`: returns once the group containing it was written by
+    /// `write` (called by whichever waiter leads, outside the lock, with the
+    /// whole group in order), with that write's outcome.
+    pub(crate) fn commit(
         &self,
-        ticket: u64,
-        sync: impl Fn() -> Result<(), StorageError>,
+        job: J,
+        write: impl Fn(&[J]) -> Result<(), StorageError>,
     ) -> Result<(), StorageError> {
         let mut s = self.state.lock();
-        loop {
-            if s.durable >= ticket {
-                return Ok(());
-            }
-            if let Some(e) = &s.poisoned {
-                return Err(e.clone());
-            }
-            if s.syncing {
-                self.done.wait(&mut s);
-            } else {
-                self.lead(&mut s, &sync);
-            }
-        }
-    }
-
-    /// Syncs everything applied so far, Sync or Buffered (the background
-    /// flusher, close): waits out a sync under way, then leads a fresh one.
-    pub(crate) fn sync_all(
-        &self,
-        sync: impl Fn() -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
-        let mut s = self.state.lock();
-        while s.syncing {
-            self.done.wait(&mut s);
-        }
-        self.lead(&mut s, &sync)
-    }
-
-    /// Runs one sync as the leader, the lock released meanwhile.
-    fn lead(
-        &self,
-        s: &mut MutexGuard<'_, State>,
-        sync: &impl Fn() -> Result<(), StorageError>,
-    ) -> Result<(), StorageError> {
-        if let Some(e) = &s.poisoned {
+        if let Some((_, e)) = &s.poisoned {
             return Err(e.clone());
         }
-        s.syncing = true;
-        let target = s.applied;
-        let result = MutexGuard::unlocked(s, sync);
-        s.syncing = false;
-        s.syncs += 1;
-        match &result {
-            Ok(()) => s.durable = s.durable.max(target),
-            Err(e) => s.poisoned = Some(e.clone()),
+        s.queued += 1;
+        let seq = s.queued;
+        s.queue.push(job);
+        loop {
+            if s.finished >= seq {
+                return match &s.poisoned {
+                    Some((from, e)) if seq >= *from => Err(e.clone()),
+                    _ => Ok(()),
+                };
+            }
+            if s.writing {
+                self.done.wait(&mut s);
+                continue;
+            }
+            s.writing = true;
+            let group = std::mem::take(&mut s.queue);
+            let (first, last) = (s.finished + 1, s.queued);
+            let result = match &s.poisoned {
+                Some((_, e)) => Err(e.clone()),
+                None => parking_lot::MutexGuard::unlocked(&mut s, || write(&group)),
+            };
+            s.writing = false;
+            s.groups += 1;
+            if let Err(e) = result
+                && s.poisoned.is_none()
+            {
+                s.poisoned = Some((first, e));
+            }
+            s.finished = last;
+            self.done.notify_all();
         }
-        self.done.notify_all();
-        result
     }
 
-    /// Syncs run so far.
+    /// Groups written so far.
     #[cfg(test)]
-    pub(crate) fn syncs(&self) -> u64 {
-        self.state.lock().syncs
+    pub(crate) fn groups(&self) -> u64 {
+        self.state.lock().groups
     }
 
-    /// Tickets handed out so far.
+    /// Jobs queued so far.
     #[cfg(test)]
-    pub(crate) fn applied(&self) -> u64 {
-        self.state.lock().applied
+    fn queued(&self) -> u64 {
+        self.state.lock().queued
     }
 }
 
@@ -150,89 +144,77 @@ mod tests {
         }
     }
 
-    /// One committer leads a sync that is held open; three more commit
-    /// meanwhile and share the next sync; its result is everyone's.
-    fn group_of_three(second: Result<(), StorageError>) -> Vec<Result<(), StorageError>> {
-        let g = Arc::new(GroupCommit::default());
+    type Written = Arc<std::sync::Mutex<Vec<Vec<u32>>>>;
+
+    /// Job 0 leads a write that is held open; jobs 1–3 commit meanwhile and
+    /// form the next group, whose write returns `second`.
+    fn group_of_three(
+        second: Result<(), StorageError>,
+    ) -> (Vec<Result<(), StorageError>>, Written) {
+        let g = Arc::new(GroupCommit::<u32>::default());
         let (release_tx, release_rx) = mpsc::channel::<Result<(), StorageError>>();
         let release_rx = Arc::new(std::sync::Mutex::new(release_rx));
-        let sync = {
-            let rx = release_rx.clone();
-            move || rx.lock().unwrap().recv().unwrap()
+        let written: Written = Arc::default();
+        let write = {
+            let (rx, written) = (release_rx.clone(), written.clone());
+            move |group: &[u32]| {
+                written.lock().unwrap().push(group.to_vec());
+                rx.lock().unwrap().recv().unwrap()
+            }
         };
-        let t = g.ticket();
         let first = {
-            let (g, sync) = (g.clone(), sync.clone());
-            std::thread::spawn(move || g.wait_durable(t, sync))
+            let (g, write) = (g.clone(), write.clone());
+            std::thread::spawn(move || g.commit(0, write))
         };
-        // The first sync is under way (its leader waits for a release).
-        until(|| g.state.lock().syncing);
-        let followers: Vec<_> = (0..3)
-            .map(|_| {
-                let (g, sync) = (g.clone(), sync.clone());
-                let t = g.ticket();
-                std::thread::spawn(move || g.wait_durable(t, sync))
+        until(|| g.state.lock().writing);
+        let followers: Vec<_> = (1..=3)
+            .map(|job| {
+                let (g2, write) = (g.clone(), write.clone());
+                let h = std::thread::spawn(move || g2.commit(job, write));
+                until(|| g.queued() == u64::from(job) + 1);
+                h
             })
             .collect();
-        assert_eq!(g.applied(), 4);
         release_tx.send(Ok(())).unwrap();
         assert_eq!(first.join().unwrap(), Ok(()));
         release_tx.send(second).unwrap();
-        let results: Vec<_> = followers.into_iter().map(|h| h.join().unwrap()).collect();
-        assert_eq!(g.syncs(), 2, "the three followers shared one sync");
-        results
+        let results = followers.into_iter().map(|h| h.join().unwrap()).collect();
+        assert_eq!(g.groups(), 2, "the three followers shared one write");
+        (results, written)
     }
 
     #[test]
-    fn concurrent_commits_share_one_sync() {
-        assert_eq!(group_of_three(Ok(())), vec![Ok(()), Ok(()), Ok(())]);
+    fn concurrent_commits_share_one_write_in_arrival_order() {
+        let (results, written) = group_of_three(Ok(()));
+        assert_eq!(results, vec![Ok(()), Ok(()), Ok(())]);
+        assert_eq!(*written.lock().unwrap(), vec![vec![0], vec![1, 2, 3]]);
     }
 
     #[test]
-    fn a_failed_sync_fails_every_commit_of_its_group_and_poisons_the_store() {
+    fn a_failed_write_fails_every_commit_of_its_group_and_poisons_the_store() {
         let e = StorageError("fsync: I/O error".into());
+        let (results, _) = group_of_three(Err(e.clone()));
         assert_eq!(
-            group_of_three(Err(e.clone())),
+            results,
             vec![Err(e.clone()), Err(e.clone()), Err(e.clone())]
         );
-        let g = GroupCommit::default();
-        let t = g.ticket();
-        assert_eq!(g.wait_durable(t, || Err(e.clone())), Err(e.clone()));
-        assert_eq!(g.check(), Err(e.clone()));
-        // A later sync that would succeed proves nothing: still refused.
-        let t = g.ticket();
-        assert_eq!(g.wait_durable(t, || Ok(())), Err(e.clone()));
-        assert_eq!(g.sync_all(|| Ok(())), Err(e));
+        let g = GroupCommit::<u32>::default();
+        assert_eq!(g.commit(1, |_| Err(e.clone())), Err(e.clone()));
+        // A later write that would succeed proves nothing: still refused,
+        // and never attempted.
+        assert_eq!(g.commit(2, |_| panic!("written after a failure")), Err(e));
     }
 
     #[test]
-    fn a_commit_is_not_acknowledged_by_a_sync_that_started_before_it() {
-        let g = Arc::new(GroupCommit::default());
-        let (go_tx, go_rx) = mpsc::channel::<()>();
-        let go_rx = std::sync::Mutex::new(go_rx);
-        let g2 = g.clone();
-        // A background sync (nothing applied yet) is held open.
-        let flusher = std::thread::spawn(move || {
-            g2.sync_all(|| {
-                go_rx.lock().unwrap().recv().unwrap();
+    fn a_lone_commit_is_its_own_group() {
+        let g = GroupCommit::<u32>::default();
+        for job in 0..3 {
+            g.commit(job, |group| {
+                assert_eq!(group, [job]);
                 Ok(())
             })
-        });
-        until(|| g.state.lock().syncing);
-        let t = g.ticket();
-        let syncs_seen = Arc::new(Mutex::new(0));
-        let committer = {
-            let (g, seen) = (g.clone(), syncs_seen.clone());
-            std::thread::spawn(move || {
-                g.wait_durable(t, || {
-                    *seen.lock() += 1;
-                    Ok(())
-                })
-            })
-        };
-        go_tx.send(()).unwrap();
-        assert_eq!(flusher.join().unwrap(), Ok(()));
-        assert_eq!(committer.join().unwrap(), Ok(()));
-        assert_eq!(*syncs_seen.lock(), 1, "the commit led a sync of its own");
+            .unwrap();
+        }
+        assert_eq!(g.groups(), 3);
     }
 }
