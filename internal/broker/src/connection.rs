@@ -94,15 +94,27 @@ pub(crate) async fn serve(
     // Frames handled since the last inline flush: the replies to frames
     // that arrived together go out in one write (at most INLINE_BATCH).
     let mut unflushed = 0usize;
+    // Pinned once: a fresh cancellation future per frame registered and
+    // removed a waiter under two mutexes every time (~17 % of the broker's
+    // CPU in the notice fan-out profile).
+    let mut closed = pin!(session.closed());
+    let mut shutdown = pin!(shared.shutdown.cancelled());
     while !session.is_closed() {
-        let event = tokio::select! {
-            biased;
-            () = session.closed() => break,
-            () = shared.shutdown.cancelled() => {
-                session.close(crate::session::SHUTDOWN);
-                break;
+        let event = if unflushed > 0 && reader.has_buffered_frame() {
+            // A whole frame is already buffered: `next` returns it without
+            // I/O. Closing is checked by the loop condition, shutdown by the
+            // select below at least once per INLINE_BATCH frames.
+            reader.next().await
+        } else {
+            tokio::select! {
+                biased;
+                () = &mut closed => break,
+                () = &mut shutdown => {
+                    session.close(crate::session::SHUTDOWN);
+                    break;
+                }
+                e = reader.next() => e,
             }
-            e = reader.next() => e,
         };
         match event {
             ReadEvent::Frame(frame) => {

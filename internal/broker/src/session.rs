@@ -48,7 +48,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::record::{self, put_label};
@@ -163,6 +163,8 @@ struct Inner {
     service_name: Mutex<Option<String>>,
     out: Mutex<OutState>,
     writer_wake: Notify,
+    /// Set with `closed`: read on every frame, without the token's mutex.
+    is_closed: AtomicBool,
     closed: CancellationToken,
     limits: OutboundLimits,
     dropped: AtomicU64,
@@ -217,6 +219,7 @@ impl Session {
                 service_name: Mutex::new(None),
                 out: Mutex::new(OutState::default()),
                 writer_wake: Notify::new(),
+                is_closed: AtomicBool::new(false),
                 closed: CancellationToken::new(),
                 limits,
                 dropped: AtomicU64::new(0),
@@ -261,7 +264,7 @@ impl Session {
 
     /// True once the session is closing or closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
+        self.inner.is_closed.load(Ordering::Acquire)
     }
 
     /// Why the session was closed, once it was.
@@ -291,6 +294,7 @@ impl Session {
             }
             out.close = Some(reason.into());
         }
+        self.inner.is_closed.store(true, Ordering::Release);
         self.inner.closed.cancel();
         self.inner.writer_wake.notify_one();
     }
@@ -380,6 +384,7 @@ impl Session {
             out.buf.clear();
             out.close = Some(SLOW_CONSUMER);
             drop(out);
+            self.inner.is_closed.store(true, Ordering::Release);
             tracing::debug!(
                 session = self.id(),
                 "reply backlog over its bound: slow consumer"
