@@ -14,11 +14,13 @@
 //! Whoever writes takes everything that is ready in one step and writes it
 //! as one batch, holding the transport's write half (an async mutex, so
 //! batches go out in the order they were taken). Usually that is the
-//! session's writer task. On TCP, replies produced while the session's own
-//! reader handles a frame are flushed by the reader right after the frame
-//! with non-blocking writes (no task wake-up on the request/reply path);
-//! what the socket does not take at once is put back in front of the queue
-//! for the writer task, so the reader never waits for its peer to read. A
+//! session's writer task. Replies produced while the session's own reader
+//! handles a frame are flushed by the reader right after the frame with
+//! non-blocking writes (no task wake-up on the request/reply path; on
+//! WebSocket the sink is fed and flushed, each polled once without
+//! waiting); what the transport does not take at once is put back in front
+//! of the queue for the writer task, so the reader never waits for its
+//! peer to read. A
 //! batch is written: on TCP a single `write_all` of the buffer (the
 //! prefixes are the TCP framing); on WebSocket one binary message per frame,
 //! fed to the sink and flushed once per batch. Counters restart at zero each

@@ -115,6 +115,11 @@ impl<J> GroupCommit<J> {
         }
     }
 
+    /// True while a leader writes a group (a new commit would wait).
+    pub(crate) fn is_writing(&self) -> bool {
+        self.state.lock().writing
+    }
+
     /// Groups written so far.
     #[cfg(test)]
     pub(crate) fn groups(&self) -> u64 {
