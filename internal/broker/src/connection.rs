@@ -194,14 +194,29 @@ pub(crate) fn handle_records(
 ) -> Result<(), CloseReason> {
     // The whole frame is checked first: a malformed frame (a bad label, a
     // repeated record type) is rejected as a unit, none of its records run.
-    if let Some(Err(e)) = records.clone().find(Result::is_err) {
-        return Err(format!("malformed frame: {e}").into());
-    }
+    // Each record is parsed once: a frame of one (labelled) record — nearly
+    // every frame — runs as soon as the parser has seen its end; longer
+    // frames are parsed whole into a list first. (Parsing a frame a second
+    // time to check it was ~16 % of the pipelined KV profile in `Bytes`
+    // reference counts.)
+    let malformed = |e| CloseReason::from(format!("malformed frame: {e}"));
+    let mut records = records;
+    let first = match records.next() {
+        None => return Ok(()),
+        Some(item) => item.map_err(malformed)?,
+    };
+    let Some(second) = records.next() else {
+        return handle_record(shared, session, first.correlation, first.record);
+    };
+    let mut items = vec![first, second.map_err(malformed)?];
     for item in records {
-        let Labelled {
-            correlation,
-            record,
-        } = item.map_err(|e| CloseReason::from(format!("malformed frame: {e}")))?;
+        items.push(item.map_err(malformed)?);
+    }
+    for Labelled {
+        correlation,
+        record,
+    } in items
+    {
         handle_record(shared, session, correlation, record)?;
         if session.is_closed() {
             break;
