@@ -289,6 +289,47 @@ impl FrameWriter {
         }
     }
 
+    /// Writes what is queued below the frame layer (WebSocket messages fed
+    /// but not yet flushed, e.g. by [`FrameWriter::try_write_ws`]); nothing
+    /// to do on a stream.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        match self {
+            FrameWriter::Stream(_) => Ok(()),
+            FrameWriter::Ws(sink) => sink.flush().await.map_err(io::Error::other),
+        }
+    }
+
+    /// The inline write on WebSocket, without waiting: feeds the frames of
+    /// `batch` to the sink (tungstenite's write buffer) and flushes, each
+    /// polled once with a no-op waker. Returns how many bytes of `batch`
+    /// (whole frames) were fed and whether the flush completed; what was
+    /// not fed, and a flush left unfinished, are the writer task's (the
+    /// caller wakes it, and its poll registers a real waker). Not a
+    /// WebSocket: nothing fed.
+    pub(crate) fn try_write_ws(&mut self, batch: &Bytes) -> io::Result<(usize, bool)> {
+        let FrameWriter::Ws(sink) = self else {
+            return Ok((0, false));
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut fed = 0;
+        for frame in crate::session::frames(batch) {
+            match sink.poll_ready_unpin(&mut cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Err(io::Error::other(e)),
+                Poll::Pending => return Ok((fed, false)),
+            }
+            let len = frame.len();
+            sink.start_send_unpin(Message::Binary(frame))
+                .map_err(io::Error::other)?;
+            fed += 4 + len;
+        }
+        match sink.poll_flush_unpin(&mut cx) {
+            Poll::Ready(Ok(())) => Ok((fed, true)),
+            Poll::Ready(Err(e)) => Err(io::Error::other(e)),
+            Poll::Pending => Ok((fed, false)),
+        }
+    }
+
     /// Closes the transport: a Close frame carrying `reason` on WebSocket
     /// (cut to the 123 bytes a close reason may hold), a write shutdown on a
     /// stream.

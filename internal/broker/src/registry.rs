@@ -106,7 +106,39 @@ struct Inner<V> {
 #[derive(Default)]
 struct FamilyIndex {
     exact: HashMap<Arc<str>, Vec<u64>>,
-    wildcards: Vec<u64>,
+    wildcards: Vec<(u64, Wildcard)>,
+}
+
+/// A wildcard pattern prepared for matching at registration, so a publish
+/// does not split the pattern again for every registration it checks.
+#[derive(Debug, Clone)]
+enum Wildcard {
+    /// `scheme://a/b/**` (literal segments, then one trailing `**`): matches
+    /// `scheme://a/b` and every route below it. Holds `scheme://a/b`.
+    Below(Arc<str>),
+    /// Any other shape: [`route::matches`] on the pattern.
+    Glob(Arc<str>),
+}
+
+impl Wildcard {
+    fn new(pattern: &Arc<str>) -> Self {
+        if let Some(head) = pattern.strip_suffix("/**")
+            && (head.ends_with(":/") || !route::is_wildcard(head))
+        {
+            return Wildcard::Below(Arc::from(head));
+        }
+        Wildcard::Glob(pattern.clone())
+    }
+
+    /// Same answer as [`route::matches`] for a concrete `route`.
+    fn matches(&self, route: &str) -> bool {
+        match self {
+            Wildcard::Below(head) => route
+                .strip_prefix(&**head)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/')),
+            Wildcard::Glob(pattern) => route::matches(pattern, route),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -158,7 +190,7 @@ impl<V: Clone> Registry<V> {
         regs.wildcards += usize::from(wildcard);
         let fam = inner.families.entry(session.family()).or_default();
         if wildcard {
-            fam.wildcards.push(id);
+            fam.wildcards.push((id, Wildcard::new(&pattern)));
         } else {
             fam.exact.entry(pattern.clone()).or_default().push(id);
         }
@@ -218,9 +250,9 @@ impl<V: Clone> Registry<V> {
                 }
             }
         }
-        for id in &fam.wildcards {
-            if let Some(r) = g.by_id.get(id)
-                && route::matches(&r.pattern, route)
+        for (id, wildcard) in &fam.wildcards {
+            if wildcard.matches(route)
+                && let Some(r) = g.by_id.get(id)
             {
                 f(r);
             }
@@ -259,7 +291,7 @@ impl<V: Clone> Registry<V> {
         fam.exact
             .values()
             .flatten()
-            .chain(fam.wildcards.iter())
+            .chain(fam.wildcards.iter().map(|(id, _)| id))
             .filter_map(|id| g.by_id.get(id).cloned())
             .collect()
     }
@@ -309,7 +341,7 @@ impl<V> Inner<V> {
         let family = reg.session.family();
         if let Some(fam) = self.families.get_mut(&family) {
             if reg.wildcard {
-                fam.wildcards.retain(|x| *x != id);
+                fam.wildcards.retain(|(x, _)| *x != id);
             } else if let Some(ids) = fam.exact.get_mut(&reg.pattern) {
                 ids.retain(|x| *x != id);
                 if ids.is_empty() {
@@ -341,6 +373,41 @@ mod tests {
             OutboundLimits::default(),
             Arc::default(),
         )
+    }
+
+    /// The prepared wildcard answers exactly as the protocol's glob.
+    #[test]
+    fn prepared_wildcards_agree_with_the_glob() {
+        let patterns = [
+            "notice://**",
+            "notice://a/**",
+            "notice://a/b/**",
+            "notice://a/*/**",
+            "notice://*/b/c",
+            "notice://a/**/c",
+            "notice://a/b/c/**",
+            "stream://a/**",
+        ];
+        let routes = [
+            "notice://a",
+            "notice://a/b",
+            "notice://a/bc",
+            "notice://ab/b",
+            "notice://a/b/c",
+            "notice://a/b/c/d",
+            "notice://x/b/c",
+            "stream://a/b/c",
+            "notices://a/b",
+        ];
+        let mut below = 0;
+        for p in patterns {
+            let w = Wildcard::new(&Arc::from(p));
+            below += usize::from(matches!(w, Wildcard::Below(_)));
+            for r in routes {
+                assert_eq!(w.matches(r), route::matches(p, r), "{p} vs {r}");
+            }
+        }
+        assert_eq!(below, 5, "the trailing-** shapes take the fast path");
     }
 
     #[test]

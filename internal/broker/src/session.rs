@@ -14,11 +14,13 @@
 //! Whoever writes takes everything that is ready in one step and writes it
 //! as one batch, holding the transport's write half (an async mutex, so
 //! batches go out in the order they were taken). Usually that is the
-//! session's writer task. On TCP, replies produced while the session's own
-//! reader handles a frame are flushed by the reader right after the frame
-//! with non-blocking writes (no task wake-up on the request/reply path);
-//! what the socket does not take at once is put back in front of the queue
-//! for the writer task, so the reader never waits for its peer to read. A
+//! session's writer task. Replies produced while the session's own reader
+//! handles a frame are flushed by the reader right after the frame with
+//! non-blocking writes (no task wake-up on the request/reply path; on
+//! WebSocket the sink is fed and flushed, each polled once without
+//! waiting); what the transport does not take at once is put back in front
+//! of the queue for the writer task, so the reader never waits for its
+//! peer to read. A
 //! batch is written: on TCP a single `write_all` of the buffer (the
 //! prefixes are the TCP framing); on WebSocket one binary message per frame,
 //! fed to the sink and flushed once per batch. Counters restart at zero each
@@ -48,7 +50,7 @@
 use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::record::{self, put_label};
@@ -163,6 +165,8 @@ struct Inner {
     service_name: Mutex<Option<String>>,
     out: Mutex<OutState>,
     writer_wake: Notify,
+    /// Set with `closed`: read on every frame, without the token's mutex.
+    is_closed: AtomicBool,
     closed: CancellationToken,
     limits: OutboundLimits,
     dropped: AtomicU64,
@@ -217,6 +221,7 @@ impl Session {
                 service_name: Mutex::new(None),
                 out: Mutex::new(OutState::default()),
                 writer_wake: Notify::new(),
+                is_closed: AtomicBool::new(false),
                 closed: CancellationToken::new(),
                 limits,
                 dropped: AtomicU64::new(0),
@@ -261,7 +266,7 @@ impl Session {
 
     /// True once the session is closing or closed.
     pub fn is_closed(&self) -> bool {
-        self.inner.closed.is_cancelled()
+        self.inner.is_closed.load(Ordering::Acquire)
     }
 
     /// Why the session was closed, once it was.
@@ -291,6 +296,7 @@ impl Session {
             }
             out.close = Some(reason.into());
         }
+        self.inner.is_closed.store(true, Ordering::Release);
         self.inner.closed.cancel();
         self.inner.writer_wake.notify_one();
     }
@@ -380,6 +386,7 @@ impl Session {
             out.buf.clear();
             out.close = Some(SLOW_CONSUMER);
             drop(out);
+            self.inner.is_closed.store(true, Ordering::Release);
             tracing::debug!(
                 session = self.id(),
                 "reply backlog over its bound: slow consumer"

@@ -18,6 +18,7 @@
 //! committed data is stored: sessions, transactions, reservations, leases,
 //! workers and subscriptions never survive a restart.
 
+mod group;
 pub mod local;
 
 use std::path::PathBuf;

@@ -290,7 +290,7 @@ impl KvEngine {
                 "route does not match the transaction's resource",
             ));
         }
-        let Some(tx) = s.take_tx(c.tx_id) else {
+        let Some(mut tx) = s.take_tx(c.tx_id) else {
             return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found"));
         };
         if tx.mode == TxMode::ReadOnly {
@@ -299,7 +299,16 @@ impl KvEngine {
         let stored = if tx.ops.is_empty() {
             Ok(())
         } else {
-            self.storage.commit(Batch { ops: tx.ops }, c.durability)
+            // The batch is written without the engine lock: the resource
+            // stays locked by this transaction (no other writer can begin,
+            // readers see the previous commit), and commits of other
+            // resources run meanwhile, so Sync commits share one fsync
+            // (group commit, `storage::local`).
+            let ops = std::mem::take(&mut tx.ops);
+            drop(s);
+            let stored = self.storage.commit(Batch { ops }, c.durability);
+            s = self.state.lock();
+            stored
         };
         let res = s
             .resources

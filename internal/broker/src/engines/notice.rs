@@ -13,8 +13,10 @@
 //! success reply; the official client routes such a record to its
 //! notification bus and drops it.
 
-use fitz_protocol::notice::{Notify, SubscribeReply};
-use fitz_protocol::{codes, types};
+use bytes::{BufMut, BytesMut};
+use fitz_protocol::notice::SubscribeReply;
+use fitz_protocol::record::encode_record_with;
+use fitz_protocol::{EncodeError, codes, types};
 
 use super::{DomainRequest, Target, concrete, pattern};
 use super::{Engine, NoticeRequest, Refusal, Services};
@@ -35,16 +37,40 @@ impl NoticeEngine {
         &self.subscriptions
     }
 
+    /// One NOTIFY per matching registration. The route and payload are
+    /// copied from the PUBLISH straight into each subscriber's outbound
+    /// buffer (the frames differ only in `sub_id`): no per-subscriber
+    /// allocation or reference count.
     fn publish(&self, session: &Session, p: fitz_protocol::notice::Publish) {
         self.subscriptions
             .for_each_match(session.family(), &p.route, |reg| {
-                reg.session.notify(&Notify {
-                    sub_id: reg.id,
-                    route: p.route.clone(),
-                    payload: p.payload.clone(),
-                });
+                reg.session
+                    .notify_with(|b| encode_notify(b, reg.id, &p.route, &p.payload));
             });
     }
+}
+
+/// Appends a NOTIFY record `[u64 sub_id][str route][bytes payload]`, the
+/// layout of [`Notify`], from borrowed parts.
+fn encode_notify(
+    b: &mut BytesMut,
+    sub_id: u64,
+    route: &str,
+    payload: &[u8],
+) -> Result<(), EncodeError> {
+    let (Ok(route_len), Ok(payload_len)) =
+        (u32::try_from(route.len()), u32::try_from(payload.len()))
+    else {
+        return Err(EncodeError::RecordTooLarge(route.len() + payload.len()));
+    };
+    b.reserve(24 + route.len() + payload.len());
+    encode_record_with(b, types::NOTICE_NOTIFY, |b| {
+        b.put_u64(sub_id);
+        b.put_u32(route_len);
+        b.put_slice(route.as_bytes());
+        b.put_u32(payload_len);
+        b.put_slice(payload);
+    })
 }
 
 impl Engine for NoticeEngine {
@@ -122,5 +148,30 @@ impl DomainRequest for NoticeRequest {
                 Target::SessionOwned
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fitz_protocol::Message;
+    use fitz_protocol::notice::Notify;
+
+    #[test]
+    fn borrowed_notify_encodes_like_the_message() {
+        let n = Notify {
+            sub_id: 0x0102_0304_0506_0708,
+            route: "notice://a/b/c".into(),
+            payload: bytes::Bytes::from_static(b"payload"),
+        };
+        let mut want = BytesMut::new();
+        n.encode_record(&mut want).unwrap();
+        let mut got = BytesMut::new();
+        encode_notify(&mut got, n.sub_id, &n.route, &n.payload).unwrap();
+        assert_eq!(got, want);
+        let big = vec![0u8; 65_535];
+        let mut b = BytesMut::new();
+        assert!(encode_notify(&mut b, 1, "notice://a/b/c", &big).is_err());
+        assert!(b.is_empty(), "nothing left behind");
     }
 }

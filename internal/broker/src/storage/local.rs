@@ -22,8 +22,14 @@
 //!
 //! # Durability
 //!
-//! * [`Durability::Sync`] → `redb::Durability::Immediate`: the batch is on
-//!   stable storage when [`Backend::commit`] returns.
+//! * **Group commit** ([`super::group`]): concurrent commits share one
+//!   redb write transaction — one fsync when any of them is Sync — instead
+//!   of queueing for one each. A failed write fails every commit of its
+//!   group and every later one (the store is poisoned until the broker
+//!   restarts).
+//! * [`Durability::Sync`]: the batch is on stable storage when
+//!   [`Backend::commit`] returns (its group's transaction is
+//!   `redb::Durability::Immediate`).
 //! * [`Durability::Buffered`] → `redb::Durability::None`: applied and
 //!   visible at once, written to the file without fsync. A background
 //!   flusher makes them durable within [`BUFFERED_FLUSH_INTERVAL`] (the
@@ -35,9 +41,9 @@
 //!
 //! # Blocking
 //!
-//! [`Backend::commit`] is synchronous: a Sync commit blocks the calling
-//! thread (a tokio worker, inside an engine) for one fsync. redb runs one
-//! write transaction at a time; concurrent committers wait for each other.
+//! [`Backend::commit`] is synchronous: it blocks the calling thread (a
+//! tokio worker, inside an engine, under `block_in_place`) until its
+//! group's transaction is written, and for Sync until its fsync is done.
 //!
 //! # Lifetime
 //!
@@ -59,6 +65,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, TableDefinition};
 
+use super::group::GroupCommit;
 use super::{Backend, Batch, Durability, Keyspace, Op, StorageError};
 
 /// Longest time a Buffered commit stays without fsync.
@@ -107,6 +114,54 @@ struct Shared {
     db: RwLock<Option<Database>>,
     /// Buffered commits since the flusher last made everything durable.
     dirty: AtomicBool,
+    /// Commits waiting for (or leading) a shared transaction.
+    group: GroupCommit<Job>,
+    /// Tests: every sync fails (an fsync error).
+    #[cfg(test)]
+    fail_syncs: AtomicBool,
+}
+
+/// One commit in a group: a batch (empty for a checkpoint) and whether it
+/// must be durable on return.
+struct Job {
+    batch: Batch,
+    durability: Durability,
+}
+
+impl Shared {
+    /// Writes a group in one transaction, durable (fsync) when any member
+    /// is Sync; Buffered-only groups mark the store dirty for the flusher.
+    fn write(&self, db: &Database, group: &[Job]) -> Result<(), StorageError> {
+        let sync = group.iter().any(|j| j.durability == Durability::Sync);
+        #[cfg(test)]
+        if sync && self.fail_syncs.load(Ordering::Acquire) {
+            return Err(StorageError("fsync: injected I/O error".into()));
+        }
+        let mut tx = db.begin_write().map_err(fail)?;
+        tx.set_durability(if sync {
+            redb::Durability::Immediate
+        } else {
+            redb::Durability::None
+        });
+        for job in group {
+            apply(&tx, &job.batch)?;
+        }
+        // Dropping an uncommitted transaction aborts it: nothing applied.
+        tx.commit().map_err(fail)?;
+        if !sync {
+            self.dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Makes every earlier commit durable (an empty Sync group member).
+    fn checkpoint(&self, db: &Database) -> Result<(), StorageError> {
+        let job = Job {
+            batch: Batch::default(),
+            durability: Durability::Sync,
+        };
+        self.group.commit(job, |g| self.write(db, g))
+    }
 }
 
 impl LocalBackend {
@@ -125,6 +180,9 @@ impl LocalBackend {
         let shared = Arc::new(Shared {
             db: RwLock::new(Some(db)),
             dirty: AtomicBool::new(false),
+            group: GroupCommit::default(),
+            #[cfg(test)]
+            fail_syncs: AtomicBool::new(false),
         });
         let (stop, stopped) = mpsc::channel::<()>();
         let flusher = {
@@ -177,11 +235,30 @@ fn init(db: &Database) -> Result<(), StorageError> {
     tx.commit().map_err(fail)
 }
 
-/// An empty durable commit: makes every earlier Buffered commit durable.
-fn checkpoint(db: &Database) -> Result<(), StorageError> {
-    let mut tx = db.begin_write().map_err(fail)?;
-    tx.set_durability(redb::Durability::Immediate);
-    tx.commit().map_err(fail)
+/// Applies `batch`'s ops, in order, inside `tx`.
+fn apply(tx: &redb::WriteTransaction, batch: &Batch) -> Result<(), StorageError> {
+    // Consecutive ops of one keyspace share the open table.
+    let mut open: Option<(Keyspace, OpenTable<'_>)> = None;
+    for op in &batch.ops {
+        let ks = match op {
+            Op::Put(ks, _, _) | Op::Delete(ks, _) => *ks,
+        };
+        if open.as_ref().is_none_or(|(cur, _)| *cur != ks) {
+            open = Some((ks, tx.open_table(table(ks)).map_err(fail)?));
+        }
+        let Some((_, t)) = open.as_mut() else {
+            continue;
+        };
+        match op {
+            Op::Put(_, k, v) => {
+                t.insert(&k[..], &v[..]).map_err(fail)?;
+            }
+            Op::Delete(_, k) => {
+                t.remove(&k[..]).map_err(fail)?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Runs `f`, which blocks on the disk, telling a multi-thread tokio runtime
@@ -207,9 +284,9 @@ fn flush_loop(shared: &Shared, stop: &mpsc::Receiver<()>) {
         let Some(db) = guard.as_ref() else {
             return;
         };
-        if let Err(e) = checkpoint(db) {
-            shared.dirty.store(true, Ordering::Release);
-            tracing::warn!(error = %e, "flushing buffered commits failed");
+        if let Err(e) = shared.checkpoint(db) {
+            tracing::warn!(error = %e, "flushing buffered commits failed: storage is unusable");
+            return;
         }
     }
 }
@@ -223,51 +300,25 @@ impl Backend for LocalBackend {
         if batch.is_empty() {
             return Ok(());
         }
-        let guard = self.shared.db.read();
-        let db = guard
-            .as_ref()
-            .ok_or_else(|| StorageError("storage is closed".into()))?;
-        let mut tx = db.begin_write().map_err(fail)?;
-        tx.set_durability(match durability {
-            Durability::Sync => redb::Durability::Immediate,
-            Durability::Buffered => redb::Durability::None,
-        });
-        {
-            // Ops apply in order; consecutive ops of one keyspace share the
-            // open table.
-            let mut open: Option<(Keyspace, OpenTable<'_>)> = None;
-            for op in &batch.ops {
-                let ks = match op {
-                    Op::Put(ks, _, _) | Op::Delete(ks, _) => *ks,
-                };
-                if open.as_ref().is_none_or(|(cur, _)| *cur != ks) {
-                    open = Some((ks, tx.open_table(table(ks)).map_err(fail)?));
-                }
-                let Some((_, t)) = open.as_mut() else {
-                    continue;
-                };
-                match op {
-                    Op::Put(_, k, v) => {
-                        t.insert(&k[..], &v[..]).map_err(fail)?;
-                    }
-                    Op::Delete(_, k) => {
-                        t.remove(&k[..]).map_err(fail)?;
-                    }
-                }
-            }
-        }
-        // Dropping an uncommitted transaction aborts it: nothing applied.
-        if durability == Durability::Sync {
-            // The fsync takes milliseconds: let the runtime move this
-            // worker's other tasks elsewhere meanwhile.
-            blocking(|| tx.commit()).map_err(fail)?;
+        let run = || {
+            let guard = self.shared.db.read();
+            let db = guard
+                .as_ref()
+                .ok_or_else(|| StorageError("storage is closed".into()))?;
+            let job = Job { batch, durability };
+            self.shared.group.commit(job, |g| self.shared.write(db, g))
+        };
+        // Waiting for a group (a Sync one's fsync takes milliseconds): let
+        // the runtime move this worker's other tasks elsewhere meanwhile.
+        // Without this, Buffered commits waiting behind a group held both
+        // workers of a 2-thread runtime (64 concurrent writers: 3.9 k/s
+        // Buffered vs 8.2 k/s Sync). A Buffered commit that finds no group
+        // being written leads at once (no fsync): it skips the hand-off.
+        if durability == Durability::Buffered && !self.shared.group.is_writing() {
+            run()
         } else {
-            tx.commit().map_err(fail)?;
+            blocking(run)
         }
-        if durability == Durability::Buffered {
-            self.shared.dirty.store(true, Ordering::Release);
-        }
-        Ok(())
     }
 
     fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
@@ -298,7 +349,7 @@ impl Backend for LocalBackend {
         let db = self.shared.db.write().take();
         if let Some(db) = db {
             if self.shared.dirty.swap(false, Ordering::AcqRel)
-                && let Err(e) = checkpoint(&db)
+                && let Err(e) = self.shared.checkpoint(&db)
             {
                 tracing::warn!(error = %e, "flushing buffered commits at close failed");
             }
@@ -452,6 +503,72 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "never flushed");
             std::thread::sleep(Duration::from_millis(10));
         }
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Sync commits from many threads at once.
+    fn concurrent_sync_commits(b: &Arc<LocalBackend>, threads: usize, each: usize) -> Vec<bool> {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let b = b.clone();
+                std::thread::spawn(move || {
+                    (0..each)
+                        .map(|i| {
+                            b.commit(
+                                Batch {
+                                    ops: vec![put(Keyspace::Kv, &format!("t{t}-{i}"), "v")],
+                                },
+                                Durability::Sync,
+                            )
+                            .is_ok()
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn concurrent_sync_commits_share_fsyncs_and_all_survive() {
+        let d = dir("group");
+        let b = Arc::new(LocalBackend::open(&d).unwrap());
+        let ok = concurrent_sync_commits(&b, 16, 8);
+        assert!(ok.iter().all(|ok| *ok));
+        let groups = b.shared.group.groups();
+        assert!(groups < 128, "128 Sync commits took {groups} transactions");
+        b.close();
+        drop(b);
+        let b = LocalBackend::open(&d).unwrap();
+        assert_eq!(b.load(Keyspace::Kv).unwrap().len(), 128);
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn a_failed_fsync_fails_every_waiting_commit_and_every_later_one() {
+        let d = dir("fsync-fails");
+        let b = Arc::new(LocalBackend::open(&d).unwrap());
+        concurrent_sync_commits(&b, 1, 1);
+        b.shared.fail_syncs.store(true, Ordering::Release);
+        let ok = concurrent_sync_commits(&b, 8, 4);
+        assert!(ok.iter().all(|ok| !*ok), "no commit acknowledged: {ok:?}");
+        // The fault is gone, but the pages it may have lost are unknown.
+        b.shared.fail_syncs.store(false, Ordering::Release);
+        let e = b
+            .commit(
+                Batch {
+                    ops: vec![put(Keyspace::Kv, "later", "v")],
+                },
+                Durability::Sync,
+            )
+            .unwrap_err();
+        assert!(e.0.contains("injected"), "{e}");
+        b.close();
         drop(b);
         let _ = std::fs::remove_dir_all(&d);
     }
