@@ -22,7 +22,7 @@
 //!
 //! # Durability
 //!
-//! * **Group commit** ([`super::group`]): concurrent commits share one
+//! * **Group commit** (`storage/group.rs`): concurrent commits share one
 //!   redb write transaction — one fsync when any of them is Sync — instead
 //!   of queueing for one each. A failed write fails every commit of its
 //!   group and every later one (the store is poisoned until the broker
