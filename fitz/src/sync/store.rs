@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use super::SyncError;
+use super::{FORMAT_VERSION, SyncError};
 
 /// The tables of a [`LocalStore`]. Each is an ordered map from byte keys to
 /// byte values.
@@ -263,4 +263,52 @@ impl LocalStore for RedbStore {
         // Durability::Immediate is redb's default: fsync before returning.
         w.commit().map_err(store_err)
     }
+}
+
+/// Meta-table key of the store's format version (`u32`, big-endian).
+pub(crate) const META_FORMAT: &[u8] = b"format";
+/// Meta-table key of the client id.
+pub(crate) const META_CLIENT_ID: &[u8] = b"client_id";
+
+/// Checks the store's format version (writing it into an empty store) and
+/// reads or creates the client id: what the outbox and feeds both do first
+/// when they open a store.
+pub(crate) fn open_identity(store: &dyn LocalStore) -> Result<String, SyncError> {
+    let mut init = Vec::new();
+    match store.get(Table::Meta, META_FORMAT)? {
+        Some(v) => {
+            let arr: [u8; 4] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| SyncError::Corrupt("format version record".into()))?;
+            let found = u32::from_be_bytes(arr);
+            if found != FORMAT_VERSION {
+                return Err(SyncError::Version {
+                    found,
+                    supported: FORMAT_VERSION,
+                });
+            }
+        }
+        None => init.push(StoreOp::Put {
+            table: Table::Meta,
+            key: META_FORMAT.to_vec(),
+            value: FORMAT_VERSION.to_be_bytes().to_vec(),
+        }),
+    }
+    let client_id = match store.get(Table::Meta, META_CLIENT_ID)? {
+        Some(v) => String::from_utf8(v).map_err(|_| SyncError::Corrupt("client id".into()))?,
+        None => {
+            let id = format!("{:032x}", rand::random::<u128>());
+            init.push(StoreOp::Put {
+                table: Table::Meta,
+                key: META_CLIENT_ID.to_vec(),
+                value: id.clone().into_bytes(),
+            });
+            id
+        }
+    };
+    if !init.is_empty() {
+        store.apply(&init)?;
+    }
+    Ok(client_id)
 }

@@ -80,8 +80,25 @@ async fn read(client: &Client, route: &str, key: &[u8]) -> Option<Bytes> {
 /// Faults the connection through `proxy` after every few applied entries
 /// until `outbox` is empty; returns how many faults it made.
 async fn flush_through_faults(proxy: &ProxyHandle, outbox: &Outbox) -> usize {
+    // A fault after every few applied entries: ~1000/4.5 of them, so that
+    // dozens land between a COMMIT reaching the broker and its answer (what
+    // the marker check exists for).
+    flush_through_faults_paced(proxy, outbox, "sync", 9, 6000, 15).await
+}
+
+/// [`flush_through_faults`] with its pace: a fault after 1..`max_step`
+/// applied entries, landed up to `max_phase_us` later, a black hole or
+/// stall held up to `max_hold_ms` (also used by `sync_lanes.rs`).
+pub(crate) async fn flush_through_faults_paced(
+    proxy: &ProxyHandle,
+    outbox: &Outbox,
+    label: &str,
+    max_step: usize,
+    max_phase_us: u64,
+    max_hold_ms: u64,
+) -> usize {
     let seed: u64 = rand::random();
-    eprintln!("sync chaos seed {seed}");
+    eprintln!("{label} chaos seed {seed}");
     let mut rng = StdRng::seed_from_u64(seed);
     let mut pending = outbox.watch_pending();
     let mut faults = 0;
@@ -90,10 +107,7 @@ async fn flush_through_faults(proxy: &ProxyHandle, outbox: &Outbox) -> usize {
         if last == 0 {
             break;
         }
-        // A fault after every few applied entries: ~1000/4.5 of them, so
-        // that dozens land between a COMMIT reaching the broker and its
-        // answer (what the marker check exists for).
-        let step = rng.random_range(1..9);
+        let step = rng.random_range(1..max_step);
         within(
             "flush progress",
             pending.wait_for(|n| *n == 0 || n + step <= last),
@@ -106,11 +120,12 @@ async fn flush_through_faults(proxy: &ProxyHandle, outbox: &Outbox) -> usize {
         // Land the fault at a random point of the next entry's transaction
         // (BEGIN … COMMIT), not always right after a commit was answered:
         // a short busy wait, finer than the timer wheel's millisecond.
-        let phase = std::time::Instant::now() + Duration::from_micros(rng.random_range(0..6000));
+        let phase =
+            std::time::Instant::now() + Duration::from_micros(rng.random_range(0..max_phase_us));
         while std::time::Instant::now() < phase {
             tokio::task::yield_now().await;
         }
-        let hold = Duration::from_millis(rng.random_range(0..15));
+        let hold = Duration::from_millis(rng.random_range(0..max_hold_ms));
         match rng.random_range(0..3) {
             0 => proxy.cut_all(),
             1 => {

@@ -26,64 +26,17 @@ use fitz::queue::ReserveOptions;
 use fitz::schedule::DeliveryMode;
 use fitz::sync::{KvWrite, MemoryStore, Mutation, Outbox, QueueEnvelope, TxDedup, marker_key};
 use fitz::{Client, State};
-use fitz_testkit::Direction;
 use fitz_tests::{
     Brokers, BrokersExt, ProxyHandle, Transport, anon_builder, connected, realm, refuse_new, within,
 };
 use futures_util::{StreamExt, TryStreamExt};
-use rand::rngs::StdRng;
-use rand::{Rng, SeedableRng};
 
 const MIN_FAULTS: usize = 20;
 
 /// Faults the connection through `proxy` every few applied entries until
 /// `outbox` is empty; returns how many faults it made.
 async fn flush_through_faults(proxy: &ProxyHandle, outbox: &Outbox) -> usize {
-    let seed: u64 = rand::random();
-    eprintln!("sync lanes chaos seed {seed}");
-    let mut rng = StdRng::seed_from_u64(seed);
-    let mut pending = outbox.watch_pending();
-    let mut faults = 0;
-    loop {
-        let last = *pending.borrow_and_update();
-        if last == 0 {
-            break;
-        }
-        let step = rng.random_range(1..4);
-        within(
-            "flush progress",
-            pending.wait_for(|n| *n == 0 || n + step <= last),
-        )
-        .await
-        .unwrap();
-        if *pending.borrow() == 0 {
-            break;
-        }
-        // A random point of the next requests, finer than the timer wheel.
-        let phase = std::time::Instant::now() + Duration::from_micros(rng.random_range(0..3000));
-        while std::time::Instant::now() < phase {
-            tokio::task::yield_now().await;
-        }
-        let hold = Duration::from_millis(rng.random_range(0..10));
-        match rng.random_range(0..3) {
-            0 => proxy.cut_all(),
-            1 => {
-                proxy.blackhole(true);
-                tokio::time::sleep(hold).await;
-                proxy.cut_all();
-                proxy.blackhole(false);
-            }
-            _ => {
-                // Requests reach the broker, answers never come back.
-                proxy.stall(Direction::Down, true);
-                tokio::time::sleep(hold).await;
-                proxy.cut_all();
-                proxy.stall(Direction::Down, false);
-            }
-        }
-        faults += 1;
-    }
-    faults
+    crate::sync::flush_through_faults_paced(proxy, outbox, "sync lanes", 4, 3000, 10).await
 }
 
 /// Every message of `route`, reserved and completed until none is left.

@@ -65,8 +65,9 @@ use crate::{Client, Error, ErrorKind, State};
 pub use envelope::{Envelope, EnvelopeMeta, Publisher};
 pub use tx::{FeedTx, app_key};
 
+use super::store::open_identity;
 use crate::stream::Filter;
-use tx::{Applied, CursorRecord, blocking, digest, open_meta};
+use tx::{Applied, CursorRecord, blocking, digest};
 
 /// How many [`FeedEvent`]s a receiver may fall behind before it misses some
 /// (it then sees `RecvError::Lagged`; the feed never waits for receivers).
@@ -275,7 +276,7 @@ impl<T> FeedBuilder<T> {
             .map_err(|e| SyncError::InvalidArgument(format!("{}: {e}", self.selector)))?;
         let key = self.name.clone().into_bytes();
         let (client_id, stored) = blocking(&self.store, move |s| {
-            let id = open_meta(s)?;
+            let id = open_identity(s)?;
             let rec = s.get(Table::FeedCursor, &key)?;
             Ok((id, rec.map(|b| CursorRecord::decode(&b)).transpose()?))
         })

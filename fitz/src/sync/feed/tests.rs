@@ -462,7 +462,11 @@ fn a_store_written_before_the_feed_tables_opens_and_keeps_its_data() {
         Some(1u32.to_be_bytes().to_vec())
     );
     assert_eq!(store.get(Table::FeedCursor, b"f").unwrap(), None);
-    assert_eq!(open_meta(&store).unwrap().len(), 32, "same version: opens");
+    assert_eq!(
+        super::super::store::open_identity(&store).unwrap().len(),
+        32,
+        "same version: opens"
+    );
     store
         .apply(&[CursorRecord {
             selector: ROUTE.into(),

@@ -6,12 +6,9 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::super::SyncError;
 use super::super::store::{Entries, LocalStore, StoreOp, Table};
-use super::super::{FORMAT_VERSION, SyncError};
 use crate::stream::StreamRecord;
-
-const META_FORMAT: &[u8] = b"format";
-const META_CLIENT_ID: &[u8] = b"client_id";
 
 /// The key of `key` in the application table `table` ([`Table::App`]):
 /// `table \0 key`. Read what feed handlers wrote with
@@ -31,48 +28,6 @@ fn check_table(table: &str) -> Result<(), SyncError> {
         )));
     }
     Ok(())
-}
-
-/// Checks the store's format version (writing it into an empty store) and
-/// reads or creates the client id, with the same records the outbox uses.
-pub(super) fn open_meta(store: &dyn LocalStore) -> Result<String, SyncError> {
-    let mut init = Vec::new();
-    match store.get(Table::Meta, META_FORMAT)? {
-        Some(v) => {
-            let arr: [u8; 4] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| SyncError::Corrupt("format version record".into()))?;
-            let found = u32::from_be_bytes(arr);
-            if found != FORMAT_VERSION {
-                return Err(SyncError::Version {
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
-        }
-        None => init.push(StoreOp::Put {
-            table: Table::Meta,
-            key: META_FORMAT.to_vec(),
-            value: FORMAT_VERSION.to_be_bytes().to_vec(),
-        }),
-    }
-    let client_id = match store.get(Table::Meta, META_CLIENT_ID)? {
-        Some(v) => String::from_utf8(v).map_err(|_| SyncError::Corrupt("client id".into()))?,
-        None => {
-            let id = format!("{:032x}", rand::random::<u128>());
-            init.push(StoreOp::Put {
-                table: Table::Meta,
-                key: META_CLIENT_ID.to_vec(),
-                value: id.clone().into_bytes(),
-            });
-            id
-        }
-    };
-    if !init.is_empty() {
-        store.apply(&init)?;
-    }
-    Ok(client_id)
 }
 
 /// The last record a feed applied: enough to find it again and tell whether

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::store::{LocalStore, StoreOp, Table};
-use super::{FORMAT_VERSION, RESERVED_PREFIX, SyncError, marker_key};
+use super::store::{LocalStore, StoreOp, Table, open_identity};
+use super::{RESERVED_PREFIX, SyncError, marker_key};
 use crate::kv::{Durability, Transaction, TxMode};
 use crate::options::full_jitter;
 use crate::{Client, Error, State};
@@ -23,8 +23,6 @@ mod mutation;
 
 pub use mutation::{Handler, KvWrite, Mutation, MutationError, StreamAppend};
 
-const META_FORMAT: &[u8] = b"format";
-const META_CLIENT_ID: &[u8] = b"client_id";
 const META_NEXT_SEQ: &[u8] = b"next_seq";
 
 /// How many [`SyncEvent`]s a receiver may fall behind before it misses some
@@ -281,42 +279,7 @@ impl OutboxBuilder {
 
 /// Checks the version, reads the client id and sequence, loads the outbox.
 fn load(store: &dyn LocalStore) -> Result<(String, u64, Vec<Entry>), SyncError> {
-    let mut init = Vec::new();
-    match store.get(Table::Meta, META_FORMAT)? {
-        Some(v) => {
-            let arr: [u8; 4] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| SyncError::Corrupt("format version record".into()))?;
-            let found = u32::from_be_bytes(arr);
-            if found != FORMAT_VERSION {
-                return Err(SyncError::Version {
-                    found,
-                    supported: FORMAT_VERSION,
-                });
-            }
-        }
-        None => init.push(StoreOp::Put {
-            table: Table::Meta,
-            key: META_FORMAT.to_vec(),
-            value: FORMAT_VERSION.to_be_bytes().to_vec(),
-        }),
-    }
-    let client_id = match store.get(Table::Meta, META_CLIENT_ID)? {
-        Some(v) => String::from_utf8(v).map_err(|_| SyncError::Corrupt("client id".into()))?,
-        None => {
-            let id = format!("{:032x}", rand::random::<u128>());
-            init.push(StoreOp::Put {
-                table: Table::Meta,
-                key: META_CLIENT_ID.to_vec(),
-                value: id.clone().into_bytes(),
-            });
-            id
-        }
-    };
-    if !init.is_empty() {
-        store.apply(&init)?;
-    }
+    let client_id = open_identity(store)?;
     let next_seq = match store.get(Table::Meta, META_NEXT_SEQ)? {
         Some(v) => be_u64(&v)?,
         None => 1,
