@@ -17,9 +17,11 @@
 //! Sync commit is acknowledged only once its data is durable.
 //!
 //! [`GroupCommit::try_inline`] writes a job on the caller's thread when the
-//! writer is idle and nothing is queued (a lone Buffered commit has no fsync
-//! to wait for and skips the hand-off); it takes the same `writing` flag,
-//! so writes never overlap and queue order is kept.
+//! writer is idle and nothing is queued (a lone commit skips the hand-off
+//! to the writer thread and back; the local store runs a Sync one under
+//! `block_in_place`); it takes the same `writing` flag, so writes never
+//! overlap and queue order is kept. Commits arriving meanwhile queue for
+//! the writer thread as usual.
 //! [`GroupCommit::commit`] is the blocking form (submit, then wait) for
 //! callers that need the outcome on their thread.
 //!
@@ -193,6 +195,13 @@ impl<J> GroupCommit<J> {
     pub(crate) fn close(&self) {
         self.state.lock().closed = true;
         self.work.notify_all();
+    }
+
+    /// True when no group is being written and none is queued (a
+    /// [`GroupCommit::try_inline`] would likely write at once).
+    pub(crate) fn is_idle(&self) -> bool {
+        let s = self.state.lock();
+        !s.writing && s.queue.is_empty()
     }
 
     /// True once a write failed (every later commit fails).

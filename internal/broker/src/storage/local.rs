@@ -44,9 +44,10 @@
 //!
 //! [`Backend::commit_then`] (the KV engine's path) does not block: the
 //! commit is queued and its completion runs on the writer thread once its
-//! group is written (for Sync, once fsynced); a Buffered commit that finds
-//! the writer idle and nothing queued is written on the caller's thread
-//! (no fsync, no hand-off). [`Backend::commit`] (the other engines) is the
+//! group is written (for Sync, once fsynced); a commit that finds the
+//! writer idle and nothing queued is written on the caller's thread (no
+//! hand-off; a Sync one under `block_in_place`), so a lone committer pays
+//! what it paid before. [`Backend::commit`] (the other engines) is the
 //! blocking form: it waits for the completion under `block_in_place`.
 //!
 //! # Lifetime
@@ -343,10 +344,26 @@ impl Backend for LocalBackend {
         if batch.is_empty() {
             return done(Ok(()));
         }
-        match self.shared.buffered_inline(Job { batch, durability }) {
-            Ok(result) => done(result),
-            Err(job) => self.shared.group.submit(job, done),
-        }
+        let job = match self.shared.buffered_inline(Job { batch, durability }) {
+            Ok(result) => return done(result),
+            Err(job) => job,
+        };
+        // A lone Sync commit (writer idle, nothing queued) is written here,
+        // as before group commit went asynchronous: no hand-off to the
+        // writer thread and back on the serial path.
+        let job = if self.shared.group.is_idle() {
+            match blocking(|| {
+                self.shared
+                    .group
+                    .try_inline(job, |g| self.shared.write_open(g))
+            }) {
+                Ok(result) => return done(result),
+                Err(job) => job,
+            }
+        } else {
+            job
+        };
+        self.shared.group.submit(job, done);
     }
 
     fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
@@ -606,6 +623,53 @@ mod tests {
             .unwrap_err();
         assert!(e.0.contains("injected"), "{e}");
         b.close();
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn commit_then_answers_every_commit_once_after_its_write_and_all_survive() {
+        let d = dir("commit-then");
+        let b = Arc::new(LocalBackend::open(&d).unwrap());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let handles: Vec<_> = (0..8)
+            .map(|t| {
+                let (b, tx) = (b.clone(), tx.clone());
+                std::thread::spawn(move || {
+                    for i in 0..16 {
+                        let tx = tx.clone();
+                        b.commit_then(
+                            Batch {
+                                ops: vec![put(Keyspace::Kv, &format!("t{t}-{i}"), "v")],
+                            },
+                            Durability::Sync,
+                            Box::new(move |r| tx.send(r).unwrap()),
+                        );
+                    }
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().unwrap();
+        }
+        drop(tx);
+        let answers: Vec<_> = rx.iter().collect();
+        assert_eq!(answers.len(), 128);
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        b.shared.fail_syncs.store(true, Ordering::Release);
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.commit_then(
+            Batch {
+                ops: vec![put(Keyspace::Kv, "failed", "v")],
+            },
+            Durability::Sync,
+            Box::new(move |r| tx.send(r).unwrap()),
+        );
+        assert!(rx.recv().unwrap().is_err(), "acknowledged a failed fsync");
+        b.close();
+        drop(b);
+        let b = LocalBackend::open(&d).unwrap();
+        assert_eq!(b.load(Keyspace::Kv).unwrap().len(), 128);
         drop(b);
         let _ = std::fs::remove_dir_all(&d);
     }
