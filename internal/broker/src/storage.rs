@@ -79,6 +79,9 @@ impl std::fmt::Display for StorageError {
 
 impl std::error::Error for StorageError {}
 
+/// Told the outcome of a [`Backend::commit_then`], once.
+pub type CommitDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
+
 /// A place committed data survives in.
 pub trait Backend: Send + Sync + 'static {
     /// False for the memory backend: engines skip building batches.
@@ -88,6 +91,16 @@ pub trait Backend: Send + Sync + 'static {
     /// once the batch is on stable storage; with `Buffered` the batch may be
     /// lost in a crash but is never partially applied.
     fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StorageError>;
+
+    /// [`Backend::commit`] without waiting: `done` gets the outcome once
+    /// the batch is applied (for [`Durability::Sync`], once it is on stable
+    /// storage), on whatever thread finished it — possibly this one, before
+    /// this returns, so the caller must not hold a lock `done` takes. The
+    /// default commits synchronously; [`local::LocalBackend`] queues the
+    /// batch for its writer thread, so no caller thread waits for an fsync.
+    fn commit_then(&self, batch: Batch, durability: Durability, done: CommitDone) {
+        done(self.commit(batch, durability));
+    }
 
     /// Every stored pair of `keyspace`, in key order (startup recovery).
     fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError>;

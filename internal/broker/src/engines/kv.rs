@@ -64,8 +64,9 @@ type Map = OrdMap<Bytes, Bytes>;
 
 /// The KV engine.
 pub struct KvEngine {
-    state: Mutex<State>,
-    watches: Registry,
+    /// Shared with storage completions (a COMMIT answered when durable).
+    state: Arc<Mutex<State>>,
+    watches: Arc<Registry>,
     storage: Arc<dyn Backend>,
     timers: Arc<Timers>,
     clock: Clock,
@@ -81,7 +82,9 @@ pub struct KvEngine {
 struct State {
     resources: HashMap<Family, HashMap<Arc<str>, Resource>>,
     txs: HashMap<u64, Tx>,
-    /// Bytes staged by every open transaction (the sum of their `staged`).
+    /// Bytes staged by every open transaction (the sum of their `staged`)
+    /// and by every commit not yet written to storage (so the staging
+    /// budget also bounds what waits for the storage writer).
     staged: usize,
 }
 
@@ -274,58 +277,49 @@ impl KvEngine {
         f(tx, durable, &mut s.staged)
     }
 
-    fn commit(
-        &self,
-        session: &Session,
-        c: &kv::Commit,
-    ) -> Result<Option<(Family, Arc<str>, u64)>, WireError> {
+    /// COMMIT. The batch goes to storage without the engine lock; the
+    /// resource stays locked by this transaction (no other writer can
+    /// begin, readers see the previous commit) until storage reports, and
+    /// then [`finish_commit`] makes it visible, unlocks, answers and
+    /// notifies. With a local store that happens on the storage writer
+    /// thread once the commit's group is written (group commit,
+    /// `storage::group`): no runtime thread waits for an fsync, and a Sync
+    /// commit is acknowledged only once durable. The transaction's staged
+    /// bytes stay charged to the budget until then. An immediate refusal
+    /// is returned as `Err`.
+    fn commit(&self, session: &Session, c: &kv::Commit, reply: &Reply) -> Result<(), WireError> {
         let mut s = self.state.lock();
-        let tx = match s.txs.get(&c.tx_id) {
-            Some(t) if t.session == session.id() => t,
+        match s.txs.get(&c.tx_id) {
+            Some(t) if t.session == session.id() => {
+                if *t.route != *c.route {
+                    return Err(err(
+                        codes::KV_INVALID_ROUTE,
+                        "route does not match the transaction's resource",
+                    ));
+                }
+            }
             _ => return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found")),
-        };
-        if *tx.route != *c.route {
-            return Err(err(
-                codes::KV_INVALID_ROUTE,
-                "route does not match the transaction's resource",
-            ));
         }
-        let Some(mut tx) = s.take_tx(c.tx_id) else {
+        let Some(mut tx) = s.txs.remove(&c.tx_id) else {
             return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found"));
         };
         if tx.mode == TxMode::ReadOnly {
-            return Ok(None);
-        }
-        let stored = if tx.ops.is_empty() {
-            Ok(())
-        } else {
-            // The batch is written without the engine lock: the resource
-            // stays locked by this transaction (no other writer can begin,
-            // readers see the previous commit), and commits of other
-            // resources run meanwhile, so Sync commits share one fsync
-            // (group commit, `storage::local`).
-            let ops = std::mem::take(&mut tx.ops);
+            s.staged -= tx.staged;
             drop(s);
-            let stored = self.storage.commit(Batch { ops }, c.durability);
-            s = self.state.lock();
-            stored
-        };
-        let res = s
-            .resources
-            .get_mut(&tx.family)
-            .and_then(|m| m.get_mut(&tx.route));
-        let Some(res) = res else {
-            return Err(err(codes::KV_BACKEND, "resource vanished"));
-        };
-        res.locked_by = None;
-        if let Err(e) = stored {
-            tracing::warn!(error = %e, route = %tx.route, "KV commit failed");
-            s.forget_if_empty(tx.family, &tx.route);
-            return Err(err(codes::KV_BACKEND, e.to_string()));
+            reply.ack();
+            return Ok(());
         }
-        res.committed = tx.view;
-        s.forget_if_empty(tx.family, &tx.route);
-        Ok((tx.mutations > 0).then_some((tx.family, tx.route, tx.mutations)))
+        let ops = std::mem::take(&mut tx.ops);
+        drop(s);
+        let (state, watches, reply) = (self.state.clone(), self.watches.clone(), reply.clone());
+        let finish = move |stored| finish_commit(&state, &watches, tx, stored, &reply);
+        if ops.is_empty() {
+            finish(Ok(()));
+        } else {
+            self.storage
+                .commit_then(Batch { ops }, c.durability, Box::new(finish));
+        }
+        Ok(())
     }
 
     fn rollback(&self, session: &Session, r: &kv::Rollback) -> Result<(), WireError> {
@@ -347,17 +341,6 @@ impl KvEngine {
         Ok(())
     }
 
-    fn notify_watchers(&self, family: Family, route: &Arc<str>, mutations: u64) {
-        let route: fitz_protocol::Str = (**route).into();
-        self.watches.for_each_match(family, &route, |reg| {
-            reg.session.notify(&Notify {
-                sub_id: reg.id,
-                route: route.clone(),
-                mutation_count: mutations,
-            });
-        });
-    }
-
     fn answer(
         &self,
         session: &Session,
@@ -369,13 +352,7 @@ impl KvEngine {
                 let tx_id = self.begin(session, &b)?;
                 let _ = reply.ok(&BeginOk { tx_id });
             }
-            KvRequest::Commit(c) => {
-                let changed = self.commit(session, &c)?;
-                reply.ack();
-                if let Some((family, route, n)) = changed {
-                    self.notify_watchers(family, &route, n);
-                }
-            }
+            KvRequest::Commit(c) => self.commit(session, &c, reply)?,
             KvRequest::Rollback(r) => {
                 self.rollback(session, &r)?;
                 reply.ack();
@@ -456,6 +433,49 @@ impl KvEngine {
             }
         }
         Ok(())
+    }
+}
+
+/// Ends a COMMIT once storage reported `stored` (see [`KvEngine::commit`]).
+fn finish_commit(
+    state: &Mutex<State>,
+    watches: &Registry,
+    tx: Tx,
+    stored: Result<(), StorageError>,
+    reply: &Reply,
+) {
+    let mut s = state.lock();
+    s.staged -= tx.staged;
+    let res = s
+        .resources
+        .get_mut(&tx.family)
+        .and_then(|m| m.get_mut(&tx.route));
+    let Some(res) = res else {
+        drop(s);
+        reply.error(&err(codes::KV_BACKEND, "resource vanished"));
+        return;
+    };
+    res.locked_by = None;
+    if let Err(e) = stored {
+        tracing::warn!(error = %e, route = %tx.route, "KV commit failed");
+        s.forget_if_empty(tx.family, &tx.route);
+        drop(s);
+        reply.error(&err(codes::KV_BACKEND, e.to_string()));
+        return;
+    }
+    res.committed = tx.view;
+    s.forget_if_empty(tx.family, &tx.route);
+    drop(s);
+    reply.ack();
+    if tx.mutations > 0 {
+        let route: fitz_protocol::Str = (*tx.route).into();
+        watches.for_each_match(tx.family, &route, |reg| {
+            reg.session.notify(&Notify {
+                sub_id: reg.id,
+                route: route.clone(),
+                mutation_count: tx.mutations,
+            });
+        });
     }
 }
 
@@ -606,8 +626,8 @@ impl Engine for KvEngine {
                 .insert(key, value);
         }
         Ok(Self {
-            state: Mutex::new(state),
-            watches: Registry::new(services.ids.clone()),
+            state: Arc::new(Mutex::new(state)),
+            watches: Arc::new(Registry::new(services.ids.clone())),
             storage: services.storage.clone(),
             timers: services.timers.clone(),
             clock: services.clock.clone(),
