@@ -43,7 +43,7 @@ impl Connection {
         let t = telemetry::Request::start_send(ty, None);
         let wrap = move |out| Command::Call { push, out };
         let result = self
-            .send_committed_inner(ty, generation, build, wrap, t.span())
+            .send_committed_inner(ty, generation, build, wrap, true, t.span())
             .await;
         t.finish(&result, self.shared.config.slow_request_threshold);
         result.map(|()| stream)

@@ -534,7 +534,24 @@ impl Connection {
     ) -> Result<()> {
         let t = telemetry::Request::start_send(ty, None);
         let result = self
-            .send_committed_inner(ty, generation, build, Command::Send, t.span())
+            .send_committed_inner(ty, generation, build, Command::Send, true, t.span())
+            .await;
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        result
+    }
+
+    /// [`Connection::send_committed`] that returns once the record is queued,
+    /// without waiting to learn whether it was written (no oneshot, no
+    /// wake-up): for a final record whose write outcome nobody acts on.
+    pub async fn send_committed_unconfirmed<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+    ) -> Result<()> {
+        let t = telemetry::Request::start_send(ty, None);
+        let result = self
+            .send_committed_inner(ty, generation, build, Command::Send, false, t.span())
             .await;
         t.finish(&result, self.shared.config.slow_request_threshold);
         result
@@ -546,6 +563,7 @@ impl Connection {
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
         wrap: impl FnOnce(Outbound) -> Command,
+        wait: bool,
         span: &Span,
     ) -> Result<()> {
         if self.shared.is_closed() {
@@ -582,7 +600,7 @@ impl Connection {
                 }
             }
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = wait.then(oneshot::channel).unzip();
         self.shared.note_domain(ty);
         {
             // From here on nothing awaits until the record is queued.
@@ -595,12 +613,15 @@ impl Connection {
                 deadline,
                 generation: generation.0,
                 pinned: true,
-                reply: Reply::Committed(Some(tx)),
+                reply: Reply::Committed(tx),
                 permit,
             }));
             drop(guard);
         }
-        rx.await.map_err(|_| Error::closed())?
+        match rx {
+            Some(rx) => rx.await.map_err(|_| Error::closed())?,
+            None => Ok(()),
+        }
     }
 
     /// Best-effort fire-and-forget from synchronous code (`Drop`): never
