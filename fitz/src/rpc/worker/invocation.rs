@@ -257,14 +257,19 @@ impl Drop for Invocation {
 /// the call with `6010` instead of leaving it to the broker's timeout.
 pub(super) async fn run(handler: Handler, request: RpcRequest, inv: Arc<Invocation>) {
     let deadline = request.deadline;
-    let mut fut = std::panic::AssertUnwindSafe(handler(request))
-        .catch_unwind()
-        .map(|caught| {
-            caught.unwrap_or_else(|_| {
-                tracing::error!("an RPC handler panicked");
-                Err(HandlerError::failed("the worker's handler panicked"))
+    // The handler is called inside `catch_unwind` too: a panic before its
+    // future exists is caught like one while it runs (the worker runs the
+    // first step of this inline, on its own task).
+    let mut fut = std::pin::pin!(
+        std::panic::AssertUnwindSafe(async move { handler(request).await })
+            .catch_unwind()
+            .map(|caught| {
+                caught.unwrap_or_else(|_| {
+                    tracing::error!("an RPC handler panicked");
+                    Err(HandlerError::failed("the worker's handler panicked"))
+                })
             })
-        });
+    );
     let outcome = match deadline {
         None => fut.await,
         Some(at) => {
