@@ -659,6 +659,12 @@ impl Actor {
                 }
                 _ => self.connect_waiters.push(reply),
             },
+            Command::Call { push, out } => {
+                if !matches!(mode, Mode::Idle) {
+                    self.registry.add_push(push);
+                }
+                self.on_command(Command::Send(out), mode);
+            }
             Command::Request(out) | Command::Send(out) => {
                 if let Mode::Idle = mode {
                     reject(out, Error::not_connected());
@@ -819,7 +825,9 @@ impl Actor {
         self.control.close();
         while let Ok(cmd) = self.commands.try_recv() {
             match cmd {
-                Command::Request(out) | Command::Send(out) => reject(out, Error::closed()),
+                Command::Request(out) | Command::Send(out) | Command::Call { out, .. } => {
+                    reject(out, Error::closed());
+                }
                 Command::Connect(r) => {
                     let _ = r.send(Err(error.clone()));
                 }

@@ -29,6 +29,10 @@ pub(crate) enum Command {
     Request(Outbound),
     /// A fire-and-forget record.
     Send(Outbound),
+    /// An RPC request and its response handler in one command: the handler
+    /// is installed (in a session) just before the request is handled like
+    /// a `Send`, so no response can arrive unclaimed.
+    Call { push: PushCmd, out: Outbound },
     /// Register (or join) a restorable subscription.
     Register(RegisterCmd),
     /// Install a raw push handler.
@@ -98,8 +102,8 @@ pub(crate) struct PushCmd {
     pub sink: SubscriptionId,
     pub mailbox: MailboxTx<Push>,
     /// `None`: nobody waits for the installation (an RPC call's response
-    /// handler: the command queue's order already puts it before the
-    /// request, and a handler that is never installed ends its stream).
+    /// handler, installed with its request by [`Command::Call`]; a handler
+    /// that is never installed ends its stream).
     pub reply: Option<oneshot::Sender<Result<()>>>,
 }
 

@@ -298,6 +298,12 @@ impl<T> MailboxRx<T> {
         self.finished
     }
 
+    /// True once the actor's end was dropped (it is never cloned): the actor
+    /// holds no handler for this mailbox any more.
+    pub fn is_sender_gone(&self) -> bool {
+        Arc::strong_count(&self.shared) == 1
+    }
+
     /// Marks the consumer gone before its handle is dropped. A handle's
     /// `Drop` calls this *before* asking the actor to remove it: the removal
     /// travels on the control channel and may overtake the command that
@@ -318,6 +324,14 @@ impl<T> Drop for MailboxRx<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_receiver_sees_its_sender_go() {
+        let (tx, rx) = mailbox::<u8>(SubscriptionOptions::default());
+        assert!(!rx.is_sender_gone());
+        drop(tx);
+        assert!(rx.is_sender_gone());
+    }
     use futures_util::task::noop_waker_ref;
 
     fn recv(rx: &mut MailboxRx) -> Poll<Option<Result<Bytes, Error>>> {

@@ -111,6 +111,7 @@ mod actor;
 #[doc(hidden)]
 #[cfg(feature = "unstable-bench")]
 pub mod bench;
+mod call;
 mod command;
 mod drain;
 mod handshake;
@@ -533,7 +534,24 @@ impl Connection {
     ) -> Result<()> {
         let t = telemetry::Request::start_send(ty, None);
         let result = self
-            .send_committed_inner(ty, generation, build, t.span())
+            .send_committed_inner(ty, generation, build, Command::Send, true, t.span())
+            .await;
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        result
+    }
+
+    /// [`Connection::send_committed`] that returns once the record is queued,
+    /// without waiting to learn whether it was written (no oneshot, no
+    /// wake-up): for a final record whose write outcome nobody acts on.
+    pub async fn send_committed_unconfirmed<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+    ) -> Result<()> {
+        let t = telemetry::Request::start_send(ty, None);
+        let result = self
+            .send_committed_inner(ty, generation, build, Command::Send, false, t.span())
             .await;
         t.finish(&result, self.shared.config.slow_request_threshold);
         result
@@ -544,6 +562,8 @@ impl Connection {
         ty: u16,
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
+        wrap: impl FnOnce(Outbound) -> Command,
+        wait: bool,
         span: &Span,
     ) -> Result<()> {
         if self.shared.is_closed() {
@@ -580,25 +600,28 @@ impl Connection {
                 }
             }
         };
-        let (tx, rx) = oneshot::channel();
+        let (tx, rx) = wait.then(oneshot::channel).unzip();
         self.shared.note_domain(ty);
         {
             // From here on nothing awaits until the record is queued.
             let (record, guard) = build()?;
             let id = self.next_id_in(span);
-            slot.send(Command::Send(Outbound {
+            slot.send(wrap(Outbound {
                 id,
                 ty,
                 record,
                 deadline,
                 generation: generation.0,
                 pinned: true,
-                reply: Reply::Committed(Some(tx)),
+                reply: Reply::Committed(tx),
                 permit,
             }));
             drop(guard);
         }
-        rx.await.map_err(|_| Error::closed())?
+        match rx {
+            Some(rx) => rx.await.map_err(|_| Error::closed())?,
+            None => Ok(()),
+        }
     }
 
     /// Best-effort fire-and-forget from synchronous code (`Drop`): never
@@ -760,41 +783,25 @@ impl Connection {
         key: PushKey,
         options: SubscriptionOptions,
     ) -> Result<PushStream> {
-        self.queue_push_handler(ty, key, options, true)
-            .await?
-            .installed()
-            .await
-    }
-
-    /// Queues the installation of a raw push handler and returns once the
-    /// command is in the connection's queue, ahead of anything queued after
-    /// this returns (the actor handles commands in order), without waiting
-    /// for the actor to acknowledge it (`acked`: whether it acknowledges).
-    pub async fn queue_push_handler(
-        &self,
-        ty: u16,
-        key: PushKey,
-        options: SubscriptionOptions,
-        acked: bool,
-    ) -> Result<QueuedPush> {
         if self.shared.is_closed() {
             return Err(Error::closed());
         }
         let (mailbox_tx, mailbox_rx) = mailbox(options);
         let sink = self.shared.next_handle();
-        let (tx, rx) = acked.then(oneshot::channel).unzip();
+        let (tx, rx) = oneshot::channel();
         let cmd = Command::Push(PushCmd {
             ty,
             key,
             sink,
             mailbox: mailbox_tx,
-            reply: tx,
+            reply: Some(tx),
         });
         self.commands.send(cmd).await.map_err(|_| Error::closed())?;
         // Built now: if the caller gives up before the acknowledgement, its
         // Drop removes the handler.
         let stream = PushStream::new(self.clone(), sink, mailbox_rx);
-        Ok(QueuedPush { stream, ack: rx })
+        rx.await.map_err(|_| Error::closed())??;
+        Ok(stream)
     }
 
     /// Ends every local registration of `spec`'s subscribe type, without
@@ -881,19 +888,3 @@ pub(crate) fn decode_body<R: ReplyBody>(payload: Bytes) -> Result<R> {
 
 #[cfg(test)]
 mod tests;
-
-/// A push handler whose installation is queued ([`Connection::queue_push_handler`]).
-pub struct QueuedPush {
-    stream: PushStream,
-    ack: Option<oneshot::Receiver<Result<()>>>,
-}
-
-impl QueuedPush {
-    /// Waits for the actor to install the handler (when acknowledged).
-    pub async fn installed(self) -> Result<PushStream> {
-        if let Some(ack) = self.ack {
-            ack.await.map_err(|_| Error::closed())??;
-        }
-        Ok(self.stream)
-    }
-}

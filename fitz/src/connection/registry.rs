@@ -632,7 +632,11 @@ impl Registry {
             claimed = true;
             let s = e.get();
             s.tx.push(Push::Record(payload.clone()));
-            if !s.is_live() {
+            // A call's last RESPONSE (flags byte after id and sequence, bit
+            // 0): nothing more comes for it, so its handler goes now and the
+            // stream's drop need not ask (`PushStream`'s `Drop`).
+            let last = ty == types::RPC_RESPONSE && payload.get(24) == Some(&1);
+            if last || !s.is_live() {
                 self.push_index.remove(&s.id.0);
                 e.remove();
             }

@@ -164,7 +164,11 @@ impl Drop for PushStream {
     fn drop(&mut self) {
         // First: an installation still queued behind this removal is refused.
         self.mailbox.release();
-        self.conn.drop_push_handler(self.sink);
+        // The actor already let go of it (a call's last response): one
+        // control message less per RPC call.
+        if !self.mailbox.is_sender_gone() {
+            self.conn.drop_push_handler(self.sink);
+        }
     }
 }
 

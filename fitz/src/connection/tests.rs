@@ -819,8 +819,9 @@ async fn push_handlers_match_by_uuid_pattern_or_any() {
         .unwrap();
     let mut any = conn.push_handler(GET, PushKey::Any, opts).await.unwrap();
 
+    // Not the last chunk (flags 0): the handler stays.
     let mut resp = uuid.to_vec();
-    resp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+    resp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
     h.peer
         .send_record(types::RPC_RESPONSE, &resp)
         .await
@@ -865,6 +866,35 @@ async fn push_handlers_match_by_uuid_pattern_or_any() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_calls_last_response_releases_its_handler_in_the_actor() {
+    let mut h = start(CAP_CORRELATION).await;
+    let conn = h.client.connection().clone();
+    let opts = SubscriptionOptions::default();
+    let uuid = [9u8; 16];
+    let mut handler = conn
+        .push_handler(types::RPC_RESPONSE, PushKey::Uuid(uuid), opts)
+        .await
+        .unwrap();
+    let mut frames = Vec::new();
+    for (seq, end) in [(0u8, 0u8), (1, 1)] {
+        let mut resp = uuid.to_vec();
+        resp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, seq, end, 0, 0, 0, 0]);
+        h.peer
+            .send_record(types::RPC_RESPONSE, &resp)
+            .await
+            .unwrap();
+        frames.push(Bytes::from(resp));
+    }
+    // Both frames arrive, then the stream ends: the actor let go of it at
+    // the last one, without being asked.
+    assert_eq!(handler.next_record().await.unwrap().unwrap(), frames[0]);
+    assert_eq!(handler.next_record().await.unwrap().unwrap(), frames[1]);
+    assert!(handler.next().await.is_none());
+    assert_eq!(h.client.debug_snapshot().await.unwrap().push_handlers, 0);
+    drop(handler);
+}
+
+#[tokio::test(start_paused = true)]
 async fn uuid_handlers_are_found_among_many_and_leave_when_dropped() {
     let mut h = start(CAP_CORRELATION).await;
     let conn = h.client.connection().clone();
@@ -887,7 +917,7 @@ async fn uuid_handlers_are_found_among_many_and_leave_when_dropped() {
         .unwrap();
     for i in [7usize, 299, 0] {
         let mut resp = handlers[i].0.to_vec();
-        resp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 0, 0, 0]);
+        resp.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
         h.peer
             .send_record(types::RPC_RESPONSE, &resp)
             .await

@@ -512,25 +512,7 @@ pub(super) async fn start(
     let cancellable = supports_cancellation(session_capabilities(conn, deadline).await);
     let generation = conn.generation();
     let id = RpcId(random_uuid());
-    // The listener is queued first, and the request only after that: the
-    // connection's queue is FIFO, so the listener is installed before the
-    // request can be written and no response can arrive unclaimed. (Polling
-    // the two concurrently does not guarantee that order: a task out of
-    // coop budget, or `join!`'s rotation, lets the request overtake it.) The
-    // request need not wait for the listener's acknowledgement.
-    let install = conn
-        .queue_push_handler(
-            types::RPC_RESPONSE,
-            PushKey::Uuid(id.0),
-            SubscriptionOptions {
-                buffer: options.buffer(),
-                overflow: Overflow::Error,
-            },
-            // Unacknowledged: one oneshot and one wake-up less per call.
-            false,
-        )
-        .await?
-        .installed();
+    let buffer = options.buffer();
     // The call exists before anything is sent, so that dropping this future
     // at any await below cancels a request that already left: the worker
     // may see it before the write is confirmed here.
@@ -551,7 +533,18 @@ pub(super) async fn start(
         parent: options.parent.map(|t| Box::pin(t.cancelled_owned())),
     };
     let route = Str::from(route);
-    let send = conn.send_committed(types::RPC_REQUEST, generation, || {
+    // The response handler travels in the request's own command: the actor
+    // installs it just before the request is written, so no response can
+    // arrive unclaimed, and nothing waits for its installation.
+    let handler = (
+        types::RPC_RESPONSE,
+        PushKey::Uuid(id.0),
+        SubscriptionOptions {
+            buffer,
+            overflow: Overflow::Error,
+        },
+    );
+    let send = conn.send_committed_with_handler(types::RPC_REQUEST, generation, handler, || {
         // The budget is what remains right now, rounded down.
         let now = Instant::now();
         let budget_ms = deadline.filter(|_| cancellable).map(|d| {
@@ -572,11 +565,12 @@ pub(super) async fn start(
         call.sent = true;
         Ok((record, ()))
     });
-    let (installed, result) = tokio::join!(install, send);
     // On failure the call is dropped here, which cancels what was sent.
-    call.responses = Some(installed?);
-    match result {
-        Ok(()) => Ok(call),
+    match send.await {
+        Ok(responses) => {
+            call.responses = Some(responses);
+            Ok(call)
+        }
         // Another session by now: the request never left.
         Err(e) if e.kind() == ErrorKind::Stale => Err(Error::connection_lost(false)),
         Err(e) => Err(e),

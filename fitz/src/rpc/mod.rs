@@ -234,6 +234,13 @@ impl Rpc {
     /// Two workers of one client whose patterns overlap do not both receive a
     /// request: the most specific pattern serves it (see [`RpcWorker`]).
     ///
+    /// A handler's first step (up to its first wait) runs on the worker's
+    /// own task, so one that answers without waiting costs no task of its
+    /// own; one that waits continues on a task of its own. A handler that
+    /// computes for long before its first `.await` therefore delays the
+    /// deliveries behind it: move such work to
+    /// [`spawn_blocking`](tokio::task::spawn_blocking) or a task.
+    ///
     /// Call it on a connected client: whether the broker supports
     /// cancellation is read from the session (this waits up to the request
     /// timeout for a reconnect in progress).

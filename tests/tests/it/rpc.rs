@@ -752,6 +752,43 @@ async fn handler_failures_and_abandoned_requests_end_the_call() {
     drop(worker);
 }
 
+/// The worker runs a handler's first step on its own task: a panic there,
+/// before the handler's future even exists, is answered like any panic and
+/// the worker goes on; a handler that waits moves to a task and finishes.
+#[tokio::test]
+async fn a_handler_panicking_in_its_first_step_is_answered_and_the_worker_goes_on() {
+    let mut s = scripted(CAP_CORRELATION).await;
+    let rpc = s.client.rpc();
+    let serving = tokio::spawn(async move {
+        rpc.serve("rpc://h/*", 8, |req: RpcRequest| {
+            assert_ne!(req.route(), "rpc://h/now", "boom before the future");
+            async move {
+                if req.route() == "rpc://h/wait" {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Ok::<_, HandlerError>(req.body().clone())
+            }
+        })
+        .await
+    });
+    s.accept_worker().await;
+    let worker = serving.await.unwrap().unwrap();
+    s.deliver([1; 16], "rpc://h/now", b"", None).await;
+    let r = s.read_response().await;
+    assert_eq!(
+        coded(&r.body),
+        (6010, "the worker's handler panicked".to_owned())
+    );
+    assert!(worker.is_running());
+    s.deliver([2; 16], "rpc://h/wait", b"late", None).await;
+    s.deliver([3; 16], "rpc://h/at-once", b"quick", None).await;
+    let (a, b) = (s.read_response().await, s.read_response().await);
+    // The quick one overtakes the one that waits.
+    assert_eq!((a.id, &a.body[..]), (RpcId([3; 16]), &b"quick"[..]));
+    assert_eq!((b.id, &b.body[..]), (RpcId([2; 16]), &b"late"[..]));
+    drop(worker);
+}
+
 #[tokio::test]
 async fn overlapping_workers_share_no_delivery_and_patterns_are_unique() {
     let mut s = scripted(CAP_CORRELATION).await;

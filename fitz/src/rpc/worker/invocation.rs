@@ -118,6 +118,12 @@ pub(super) struct Invocation {
 impl Invocation {
     /// Sends one chunk. `if_open`: a finished response is not an error.
     pub(super) async fn send(&self, body: Bytes, end: bool, if_open: bool) -> Result<()> {
+        self.send_with(body, end, if_open, true).await
+    }
+
+    /// `confirm`: wait to learn that the record was written (a handler's
+    /// `Responder` reports it); without, return once it is queued.
+    async fn send_with(&self, body: Bytes, end: bool, if_open: bool, confirm: bool) -> Result<()> {
         let already = || {
             if if_open {
                 Ok(())
@@ -129,34 +135,37 @@ impl Invocation {
             return already();
         }
         let mut closed = false;
-        let sent = self
-            .conn
-            .send_committed(types::RPC_RESPONSE, self.generation, || {
-                let mut state = lock(&self.reply);
-                if state.finished {
-                    closed = true;
-                    return Err(Error::invalid("the response was already finished"));
-                }
-                let variable = body.len();
-                let record = encode_record_sized(
-                    &Response {
-                        id: self.id,
-                        sequence: state.next_seq,
-                        end,
-                        body,
-                    },
-                    variable,
-                )?;
-                state.next_seq += 1;
-                if end {
-                    state.finished = true;
-                    // The broker frees its credit on this frame; so do we.
-                    state.slot = None;
-                }
-                // Held until the chunk is queued: chunks keep their order.
-                Ok((record, state))
-            })
-            .await;
+        let build = || {
+            let mut state = lock(&self.reply);
+            if state.finished {
+                closed = true;
+                return Err(Error::invalid("the response was already finished"));
+            }
+            let variable = body.len();
+            let record = encode_record_sized(
+                &Response {
+                    id: self.id,
+                    sequence: state.next_seq,
+                    end,
+                    body,
+                },
+                variable,
+            )?;
+            state.next_seq += 1;
+            if end {
+                state.finished = true;
+                // The broker frees its credit on this frame; so do we.
+                state.slot = None;
+            }
+            // Held until the chunk is queued: chunks keep their order.
+            Ok((record, state))
+        };
+        let (conn, ty, generation) = (&self.conn, types::RPC_RESPONSE, self.generation);
+        let sent = if confirm {
+            conn.send_committed(ty, generation, build).await
+        } else {
+            conn.send_committed_unconfirmed(ty, generation, build).await
+        };
         match sent {
             Err(_) if closed => already(),
             other => other,
@@ -174,7 +183,11 @@ impl Invocation {
             Ok(body) => (body, "response"),
             Err(e) => (e.to_body(), "error"),
         };
-        match self.send(body, true, true).await {
+        // Nobody acts on whether the final record was written: a session
+        // that ends first takes the call with it. Not waiting spares a
+        // oneshot and a wake-up, and a quick handler's task ends in the
+        // poll that ran it.
+        match self.send_with(body, true, true, false).await {
             Ok(()) => {}
             // Too large for one record: tell the caller why, not just that
             // the worker dropped the call.
@@ -244,14 +257,19 @@ impl Drop for Invocation {
 /// the call with `6010` instead of leaving it to the broker's timeout.
 pub(super) async fn run(handler: Handler, request: RpcRequest, inv: Arc<Invocation>) {
     let deadline = request.deadline;
-    let mut fut = std::panic::AssertUnwindSafe(handler(request))
-        .catch_unwind()
-        .map(|caught| {
-            caught.unwrap_or_else(|_| {
-                tracing::error!("an RPC handler panicked");
-                Err(HandlerError::failed("the worker's handler panicked"))
+    // The handler is called inside `catch_unwind` too: a panic before its
+    // future exists is caught like one while it runs (the worker runs the
+    // first step of this inline, on its own task).
+    let mut fut = std::pin::pin!(
+        std::panic::AssertUnwindSafe(async move { handler(request).await })
+            .catch_unwind()
+            .map(|caught| {
+                caught.unwrap_or_else(|_| {
+                    tracing::error!("an RPC handler panicked");
+                    Err(HandlerError::failed("the worker's handler panicked"))
+                })
             })
-        });
+    );
     let outcome = match deadline {
         None => fut.await,
         Some(at) => {

@@ -1,9 +1,12 @@
-//! The worker task: reads deliveries and cancellation signals, spawns a
-//! handler per request, follows session boundaries, stops gracefully.
+//! The worker task: reads deliveries and cancellation signals, runs each
+//! request's handler (its first step inline, the rest, if it waits, on a
+//! task of its own), follows session boundaries, stops gracefully.
 
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -240,8 +243,23 @@ impl Worker {
             inv: inv.clone(),
         };
         let span = crate::telemetry::delivery_span("rpc", &request.route);
-        self.tasks
-            .spawn(run(self.handler.clone(), request, inv).instrument(span));
+        let mut handling = Box::pin(run(self.handler.clone(), request, inv).instrument(span));
+        // The first step runs here: a handler that answers without waiting
+        // is done in it, with no task to allocate, schedule and reap. One
+        // that waits moves to its own task, which polls it again at once
+        // (so the no-op waker of this poll is never relied on; the future
+        // is boxed first, so what it registered stays where it was).
+        let mut cx = Context::from_waker(Waker::noop());
+        let first = std::panic::catch_unwind(AssertUnwindSafe(|| handling.as_mut().poll(&mut cx)));
+        match first {
+            Ok(Poll::Ready(())) => {}
+            Ok(Poll::Pending) => {
+                self.tasks.spawn(handling);
+            }
+            // `run` catches the handler's panics; this is a panic in
+            // dropping it. The invocation's drop answers the call.
+            Err(_) => tracing::error!("an RPC handler panicked"),
+        }
     }
 
     /// Answers a delivery it will not run with a terminal error (and the

@@ -1,0 +1,51 @@
+//! An RPC request and its response handler, queued as one command.
+
+use bytes::Bytes;
+
+use super::command::{Command, PushCmd};
+use super::{Connection, Generation, PushKey, PushStream, mailbox};
+use crate::error::{Error, Result};
+use crate::options::SubscriptionOptions;
+use crate::telemetry;
+
+impl Connection {
+    /// [`Connection::send_committed`] with a push handler of type
+    /// `handler_ty` for `key`, installed by the actor just before it handles
+    /// the record (one command, so no response can arrive unclaimed, and no
+    /// acknowledgement of the installation to wait for). The handler is
+    /// installed only if the record was filed in a session; its stream ends
+    /// when it never is.
+    ///
+    /// Resolves, with the handler's stream, once the record is in the
+    /// outbound buffer; errors as `send_committed`.
+    pub(crate) async fn send_committed_with_handler<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        handler: (u16, PushKey, SubscriptionOptions),
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+    ) -> Result<PushStream> {
+        if self.shared.is_closed() {
+            return Err(Error::closed());
+        }
+        let (handler_ty, key, options) = handler;
+        let (mailbox_tx, mailbox_rx) = mailbox(options);
+        let sink = self.shared.next_handle();
+        let push = PushCmd {
+            ty: handler_ty,
+            key,
+            sink,
+            mailbox: mailbox_tx,
+            reply: None,
+        };
+        // Built now: dropped at any await below, it removes the handler.
+        let stream = PushStream::new(self.clone(), sink, mailbox_rx);
+        let t = telemetry::Request::start_send(ty, None);
+        let wrap = move |out| Command::Call { push, out };
+        let result = self
+            .send_committed_inner(ty, generation, build, wrap, true, t.span())
+            .await;
+        t.finish(&result, self.shared.config.slow_request_threshold);
+        result.map(|()| stream)
+    }
+}
