@@ -24,7 +24,7 @@ pub(super) struct State {
     pub(super) queues: Map<Family, Map<Str, VecDeque<u64>>>,
     pub(super) queued: usize,
     /// Call deadlines (queued and running calls).
-    pub(super) deadlines: BTreeSet<(SystemTime, u64)>,
+    pub(super) deadlines: Deadlines,
     /// Cleanup grace deadlines of cancelled calls.
     pub(super) graces: BTreeSet<(SystemTime, u64)>,
     /// The tick requested and not yet run.
@@ -108,6 +108,80 @@ impl Hasher for Folded {
     }
 }
 
+/// Call deadlines in time order. Deadlines that do not go back in time (the
+/// default timeout on a forward clock: nearly every call) go to a FIFO whose
+/// entries are removed lazily, saving a B-tree insert and remove per call
+/// (~690 of ~3,900 instructions per call in the engine, callgrind on
+/// `rpc/throughput_256`); the rest go to a B-tree. A FIFO entry is live
+/// while its call exists with that deadline (see [`Deadlines::pop_due`]);
+/// dead entries are dropped when popped or when the FIFO holds more than
+/// twice the live calls (plus [`Deadlines::SLACK`]), which bounds it.
+#[derive(Default)]
+pub(super) struct Deadlines {
+    fifo: VecDeque<(SystemTime, u64)>,
+    set: BTreeSet<(SystemTime, u64)>,
+}
+
+impl Deadlines {
+    /// Dead FIFO entries tolerated beyond twice the live calls.
+    const SLACK: usize = 1024;
+
+    pub(super) fn insert(&mut self, at: SystemTime, call_id: u64, calls: &Map<u64, Call>) {
+        if self.fifo.back().is_none_or(|&(last, _)| last <= at) {
+            self.fifo.push_back((at, call_id));
+            if self.fifo.len() > 2 * calls.len() + Self::SLACK {
+                self.fifo
+                    .retain(|(at, id)| calls.get(id).is_some_and(|c| c.deadline == *at));
+            }
+        } else {
+            self.set.insert((at, call_id));
+        }
+    }
+
+    /// Forgets a deadline (a FIFO entry dies with its call).
+    pub(super) fn remove(&mut self, at: SystemTime, call_id: u64) {
+        if !self.set.is_empty() {
+            self.set.remove(&(at, call_id));
+        }
+    }
+
+    /// The earliest deadline (possibly a dead FIFO entry: an early tick).
+    pub(super) fn first(&self) -> Option<SystemTime> {
+        let f = self.fifo.front().map(|e| e.0);
+        let s = self.set.first().map(|e| e.0);
+        f.into_iter().chain(s).min()
+    }
+
+    /// Takes the earliest deadline due at `now`: `Some(Some(id))` for a call
+    /// to expire, `Some(None)` for a dead entry, `None` when nothing is due.
+    pub(super) fn pop_due(
+        &mut self,
+        now: SystemTime,
+        calls: &Map<u64, Call>,
+    ) -> Option<Option<u64>> {
+        let f = self.fifo.front().copied().filter(|e| e.0 <= now);
+        let s = self.set.first().copied().filter(|e| e.0 <= now);
+        match (f, s) {
+            (Some(a), Some(b)) if b < a => {
+                self.set.pop_first();
+                Some(Some(b.1))
+            }
+            (Some((at, id)), _) => {
+                self.fifo.pop_front();
+                let live = calls
+                    .get(&id)
+                    .is_some_and(|c| c.deadline == at && !matches!(c.phase, Phase::Cancelled(..)));
+                Some(live.then_some(id))
+            }
+            (None, Some(b)) => {
+                self.set.pop_first();
+                Some(Some(b.1))
+            }
+            (None, None) => None,
+        }
+    }
+}
+
 pub(super) struct Credit {
     pub(super) session: Session,
     pub(super) pattern: Arc<str>,
@@ -176,4 +250,71 @@ pub(super) fn terminal(session: &Session, id: RpcId, code: u32, message: &str) {
 pub(super) fn lifecycle(session: &Session, l: Lifecycle) {
     // 18 bytes always fit a record.
     let _ = session.send_frame(None, |b| l.encode_record(b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn call(deadline: SystemTime) -> Call {
+        Call {
+            family: 0,
+            caller_id: RpcId::default(),
+            caller_session: 0,
+            caller: None,
+            route: Str::from("rpc://a/b/c"),
+            body: Bytes::new(),
+            has_budget: false,
+            deadline,
+            phase: Phase::Queued,
+        }
+    }
+
+    fn due(d: &mut Deadlines, now: SystemTime, calls: &Map<u64, Call>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(x) = d.pop_due(now, calls) {
+            out.extend(x);
+        }
+        out
+    }
+
+    #[test]
+    fn deadlines_pop_in_time_order_and_skip_finished_calls() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut calls: Map<u64, Call> = Map::default();
+        let mut d = Deadlines::default();
+        // 1 and 3 in order (FIFO), 2 goes back in time (B-tree).
+        for (id, s) in [(1, 10), (3, 30), (2, 5)] {
+            calls.insert(id, call(at(s)));
+            d.insert(at(s), id, &calls);
+        }
+        assert_eq!(d.first(), Some(at(5)));
+        // Call 3 finished: its FIFO entry is dead.
+        calls.remove(&3);
+        d.remove(at(30), 3);
+        assert!(due(&mut d, at(4), &calls).is_empty());
+        assert_eq!(due(&mut d, at(10), &calls), vec![2, 1]);
+        assert!(due(&mut d, at(100), &calls).is_empty());
+        assert_eq!(d.first(), None);
+    }
+
+    #[test]
+    fn dead_fifo_entries_stay_bounded_by_the_live_calls() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let calls: Map<u64, Call> = Map::default();
+        let mut d = Deadlines::default();
+        let mut live: Map<u64, Call> = Map::default();
+        for id in 0..10_000u64 {
+            let at = t0 + Duration::from_millis(id);
+            live.insert(id, call(at));
+            d.insert(at, id, &live);
+            // Every call finishes right away.
+            live.remove(&id);
+            d.remove(at, id);
+        }
+        assert!(d.fifo.len() <= Deadlines::SLACK + 1, "{}", d.fifo.len());
+        assert!(due(&mut d, t0 + Duration::from_secs(100), &calls).is_empty());
+    }
 }
