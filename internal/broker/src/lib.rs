@@ -49,6 +49,7 @@ pub mod engines;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod hash;
 mod input;
 mod io;
 mod listener;

@@ -309,7 +309,8 @@ impl RpcEngine {
             },
         );
         st.by_caller.insert(key, call_id);
-        st.deadlines.insert((deadline, call_id));
+        let s = &mut *st;
+        s.deadlines.insert(deadline, call_id, &s.calls);
         self.arm(&mut st, deadline);
         if let Some((_, reg)) = best {
             self.dispatch(&mut st, call_id, reg, now);
@@ -384,7 +385,7 @@ impl RpcEngine {
         if st.by_caller.get(&key) == Some(&call_id) {
             st.by_caller.remove(&key);
         }
-        st.deadlines.remove(&(call.deadline, call_id));
+        st.deadlines.remove(call.deadline, call_id);
         match &call.phase {
             Phase::Queued => {
                 if let Some(fam) = st.queues.get_mut(&call.family)
@@ -565,7 +566,7 @@ impl RpcEngine {
             call.phase = Phase::Cancelled(r, grace);
         }
         let deadline = call.deadline;
-        st.deadlines.remove(&(deadline, call_id));
+        st.deadlines.remove(deadline, call_id);
         st.graces.insert((grace, call_id));
         self.arm(st, grace);
     }
@@ -810,12 +811,14 @@ impl Engine for RpcEngine {
     fn tick(&self, now: SystemTime) {
         let mut st = self.state.lock();
         st.armed = None;
-        while let Some(&(at, call_id)) = st.deadlines.first() {
-            if at > now {
+        loop {
+            let s = &mut *st;
+            let Some(due) = s.deadlines.pop_due(now, &s.calls) else {
                 break;
+            };
+            if let Some(call_id) = due {
+                self.expire(&mut st, call_id, now);
             }
-            st.deadlines.pop_first();
-            self.expire(&mut st, call_id, now);
         }
         while let Some(&(at, call_id)) = st.graces.first() {
             if at > now {
@@ -832,11 +835,8 @@ impl Engine for RpcEngine {
                 r.worker.close(GRACE_EXPIRED);
             }
         }
-        let next = [st.deadlines.first(), st.graces.first()]
-            .into_iter()
-            .flatten()
-            .map(|(at, _)| *at)
-            .min();
+        let graces = st.graces.first().map(|(at, _)| *at);
+        let next = st.deadlines.first().into_iter().chain(graces).min();
         if let Some(at) = next {
             self.arm(&mut st, at);
         }

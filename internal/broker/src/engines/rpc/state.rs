@@ -1,7 +1,6 @@
 //! The RPC engine's state: registered workers and their credit, calls in their phases, per-route wait queues, and the hashers of its maps.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -11,6 +10,8 @@ use fitz_protocol::{Message, Str};
 
 use crate::auth::Family;
 use crate::session::{Session, SessionId};
+
+pub(super) use crate::hash::Seeded;
 
 pub(super) type Map<K, V> = HashMap<K, V, Seeded>;
 
@@ -24,7 +25,7 @@ pub(super) struct State {
     pub(super) queues: Map<Family, Map<Str, VecDeque<u64>>>,
     pub(super) queued: usize,
     /// Call deadlines (queued and running calls).
-    pub(super) deadlines: BTreeSet<(SystemTime, u64)>,
+    pub(super) deadlines: Deadlines,
     /// Cleanup grace deadlines of cancelled calls.
     pub(super) graces: BTreeSet<(SystemTime, u64)>,
     /// The tick requested and not yet run.
@@ -35,76 +36,77 @@ pub(super) struct State {
     pub(super) invocations: u64,
 }
 
-/// A fast keyed hash (folded 64×64→128 multiplies over 8-byte words) with
-/// a random seed per map. Caller UUIDs are chosen by clients, so the seed
-/// keeps colliding keys from being precomputed; the other keys are broker
-/// counters.
-#[derive(Clone, Copy)]
-pub(super) struct Seeded(u64);
-
-impl Default for Seeded {
-    fn default() -> Self {
-        Seeded(RandomState::new().hash_one(0x5EED_u64) | 1)
-    }
+/// Call deadlines in time order. Deadlines that do not go back in time (the
+/// default timeout on a forward clock: nearly every call) go to a FIFO whose
+/// entries are removed lazily, saving a B-tree insert and remove per call
+/// (~690 of ~3,900 instructions per call in the engine, callgrind on
+/// `rpc/throughput_256`); the rest go to a B-tree. A FIFO entry is live
+/// while its call exists with that deadline (see [`Deadlines::pop_due`]);
+/// dead entries are dropped when popped or when the FIFO holds more than
+/// twice the live calls (plus [`Deadlines::SLACK`]), which bounds it.
+#[derive(Default)]
+pub(super) struct Deadlines {
+    fifo: VecDeque<(SystemTime, u64)>,
+    set: BTreeSet<(SystemTime, u64)>,
 }
 
-impl BuildHasher for Seeded {
-    type Hasher = Folded;
-    fn build_hasher(&self) -> Folded {
-        Folded(self.0)
-    }
-}
+impl Deadlines {
+    /// Dead FIFO entries tolerated beyond twice the live calls.
+    const SLACK: usize = 1024;
 
-#[derive(Clone, Copy)]
-pub(super) struct Folded(u64);
-
-impl Folded {
-    #[inline]
-    pub(super) fn mix(&mut self, word: u64) {
-        const K: u64 = 0x9E37_79B9_7F4A_7C15;
-        let x = u128::from(self.0 ^ word) * u128::from(K);
-        self.0 = (x as u64) ^ ((x >> 64) as u64);
-    }
-}
-
-impl Hasher for Folded {
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        let mut chunks = bytes.chunks_exact(8);
-        for c in &mut chunks {
-            let mut w = [0u8; 8];
-            w.copy_from_slice(c);
-            self.mix(u64::from_le_bytes(w));
-        }
-        let rest = chunks.remainder();
-        if !rest.is_empty() {
-            let mut w = [0u8; 8];
-            w[..rest.len()].copy_from_slice(rest);
-            // The length keeps "ab" and "ab\0" apart.
-            self.mix(u64::from_le_bytes(w) ^ ((rest.len() as u64) << 59));
+    pub(super) fn insert(&mut self, at: SystemTime, call_id: u64, calls: &Map<u64, Call>) {
+        if self.fifo.back().is_none_or(|&(last, _)| last <= at) {
+            self.fifo.push_back((at, call_id));
+            if self.fifo.len() > 2 * calls.len() + Self::SLACK {
+                self.fifo
+                    .retain(|(at, id)| calls.get(id).is_some_and(|c| c.deadline == *at));
+            }
+        } else {
+            self.set.insert((at, call_id));
         }
     }
-    #[inline]
-    fn write_u8(&mut self, n: u8) {
-        self.mix(n.into());
+
+    /// Forgets a deadline (a FIFO entry dies with its call).
+    pub(super) fn remove(&mut self, at: SystemTime, call_id: u64) {
+        if !self.set.is_empty() {
+            self.set.remove(&(at, call_id));
+        }
     }
-    #[inline]
-    fn write_u32(&mut self, n: u32) {
-        self.mix(n.into());
+
+    /// The earliest deadline (possibly a dead FIFO entry: an early tick).
+    pub(super) fn first(&self) -> Option<SystemTime> {
+        let f = self.fifo.front().map(|e| e.0);
+        let s = self.set.first().map(|e| e.0);
+        f.into_iter().chain(s).min()
     }
-    #[inline]
-    fn write_u64(&mut self, n: u64) {
-        self.mix(n);
-    }
-    #[inline]
-    fn write_usize(&mut self, n: usize) {
-        self.mix(n as u64);
-    }
-    #[inline]
-    fn finish(&self) -> u64 {
-        let mut h = *self;
-        h.mix(0x2D35_8DCC_AA6C_78A5);
-        h.0
+
+    /// Takes the earliest deadline due at `now`: `Some(Some(id))` for a call
+    /// to expire, `Some(None)` for a dead entry, `None` when nothing is due.
+    pub(super) fn pop_due(
+        &mut self,
+        now: SystemTime,
+        calls: &Map<u64, Call>,
+    ) -> Option<Option<u64>> {
+        let f = self.fifo.front().copied().filter(|e| e.0 <= now);
+        let s = self.set.first().copied().filter(|e| e.0 <= now);
+        match (f, s) {
+            (Some(a), Some(b)) if b < a => {
+                self.set.pop_first();
+                Some(Some(b.1))
+            }
+            (Some((at, id)), _) => {
+                self.fifo.pop_front();
+                let live = calls
+                    .get(&id)
+                    .is_some_and(|c| c.deadline == at && !matches!(c.phase, Phase::Cancelled(..)));
+                Some(live.then_some(id))
+            }
+            (None, Some(b)) => {
+                self.set.pop_first();
+                Some(Some(b.1))
+            }
+            (None, None) => None,
+        }
     }
 }
 
@@ -176,4 +178,71 @@ pub(super) fn terminal(session: &Session, id: RpcId, code: u32, message: &str) {
 pub(super) fn lifecycle(session: &Session, l: Lifecycle) {
     // 18 bytes always fit a record.
     let _ = session.send_frame(None, |b| l.encode_record(b));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn call(deadline: SystemTime) -> Call {
+        Call {
+            family: 0,
+            caller_id: RpcId::default(),
+            caller_session: 0,
+            caller: None,
+            route: Str::from("rpc://a/b/c"),
+            body: Bytes::new(),
+            has_budget: false,
+            deadline,
+            phase: Phase::Queued,
+        }
+    }
+
+    fn due(d: &mut Deadlines, now: SystemTime, calls: &Map<u64, Call>) -> Vec<u64> {
+        let mut out = Vec::new();
+        while let Some(x) = d.pop_due(now, calls) {
+            out.extend(x);
+        }
+        out
+    }
+
+    #[test]
+    fn deadlines_pop_in_time_order_and_skip_finished_calls() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut calls: Map<u64, Call> = Map::default();
+        let mut d = Deadlines::default();
+        // 1 and 3 in order (FIFO), 2 goes back in time (B-tree).
+        for (id, s) in [(1, 10), (3, 30), (2, 5)] {
+            calls.insert(id, call(at(s)));
+            d.insert(at(s), id, &calls);
+        }
+        assert_eq!(d.first(), Some(at(5)));
+        // Call 3 finished: its FIFO entry is dead.
+        calls.remove(&3);
+        d.remove(at(30), 3);
+        assert!(due(&mut d, at(4), &calls).is_empty());
+        assert_eq!(due(&mut d, at(10), &calls), vec![2, 1]);
+        assert!(due(&mut d, at(100), &calls).is_empty());
+        assert_eq!(d.first(), None);
+    }
+
+    #[test]
+    fn dead_fifo_entries_stay_bounded_by_the_live_calls() {
+        let t0 = SystemTime::UNIX_EPOCH;
+        let calls: Map<u64, Call> = Map::default();
+        let mut d = Deadlines::default();
+        let mut live: Map<u64, Call> = Map::default();
+        for id in 0..10_000u64 {
+            let at = t0 + Duration::from_millis(id);
+            live.insert(id, call(at));
+            d.insert(at, id, &live);
+            // Every call finishes right away.
+            live.remove(&id);
+            d.remove(at, id);
+        }
+        assert!(d.fifo.len() <= Deadlines::SLACK + 1, "{}", d.fifo.len());
+        assert!(due(&mut d, t0 + Duration::from_secs(100), &calls).is_empty());
+    }
 }
