@@ -23,7 +23,7 @@ use fitz_protocol::record::{Labelled, LabelledRecords, Record, Side};
 use fitz_protocol::{Capabilities, ClientMessage, Message, types};
 
 use crate::io::{FrameReader, FrameWriter, ReadEvent};
-use crate::session::{CloseReason, Reply, Session, Transport, defer_wakes};
+use crate::session::{CloseReason, Reply, Session, Transport};
 use crate::shared::Shared;
 
 /// The capability bits every SERVER_HELLO advertises: the one place to
@@ -84,18 +84,13 @@ pub(crate) async fn serve(
         "session opened"
     );
     let writer = Arc::new(tokio::sync::Mutex::new(writer));
-    session.attach_writer(&writer);
     let writer_task = tokio::spawn(write_loop(session.clone(), writer.clone()));
-    // Other sessions this reader pushed to since its last flush: it writes
-    // their queues itself (see `session::defer_wakes`).
-    let mut pending: Vec<Session> = Vec::new();
 
     session.begin_inline();
-    if let Err(reason) = defer_wakes(&mut pending, || handle_records(&shared, &session, rest)) {
+    if let Err(reason) = handle_records(&shared, &session, rest) {
         session.close(reason);
     }
     flush_inline(&session, &writer);
-    flush_deferred(&mut pending, true);
     // Frames handled since the last inline flush: the replies to frames
     // that arrived together go out in one write (at most INLINE_BATCH).
     let mut unflushed = 0usize;
@@ -125,15 +120,12 @@ pub(crate) async fn serve(
             ReadEvent::Frame(frame) => {
                 session.begin_inline();
                 let records = LabelledRecords::new(frame, Side::Broker);
-                let handled =
-                    defer_wakes(&mut pending, || handle_records(&shared, &session, records));
-                if let Err(reason) = handled {
+                if let Err(reason) = handle_records(&shared, &session, records) {
                     session.close(reason);
                 }
                 unflushed += 1;
                 if unflushed >= INLINE_BATCH || !reader.has_buffered_frame() {
                     flush_inline(&session, &writer);
-                    flush_deferred(&mut pending, unflushed == 1);
                     unflushed = 0;
                 }
             }
@@ -141,8 +133,6 @@ pub(crate) async fn serve(
             ReadEvent::Violation(reason) => session.close(reason),
         }
     }
-    flush_inline(&session, &writer);
-    flush_deferred(&mut pending, true);
     drop(reader);
     shared.sessions.lock().remove(&session.id());
     shared.engines.session_closed(&session);
@@ -294,40 +284,12 @@ fn flush_inline(session: &Session, writer: &SharedWriter) {
     if !session.end_inline() {
         return;
     }
-    write_now(session, writer);
-}
-
-/// Hands over the queues of the other sessions this reader pushed to (see
-/// `session::defer_wakes`). With `write` (the reader handled a lone frame:
-/// a request/reply exchange waiting on this hop) it writes them itself the
-/// way [`flush_inline`] writes its own, saving each a writer task's wake-up
-/// and cross-thread hand-off. Otherwise (a burst of frames) it wakes their
-/// writer tasks, which write in parallel with this reader: measured, writing
-/// bursts inline cost ~15 % of `rpc/throughput_256` on two broker threads.
-fn flush_deferred(pending: &mut Vec<Session>, write: bool) {
-    for s in pending.drain(..) {
-        match s.writer() {
-            Some(w) if write => write_now(&s, &w),
-            _ => s.wake_writer(),
-        }
-    }
-}
-
-/// Writes what `session` has queued without waiting (see [`flush_inline`]).
-fn write_now(session: &Session, writer: &SharedWriter) {
     let Ok(mut w) = writer.try_lock() else {
         session.wake_writer();
         return;
     };
     if let FrameWriter::Ws(_) = &*w {
-        let (batch, close) = session.take_batch();
-        if batch.is_empty() {
-            if close.is_some() {
-                drop(w);
-                session.wake_writer();
-            }
-            return;
-        }
+        let (batch, _) = session.take_batch();
         match w.try_write_ws(&batch) {
             Ok((fed, flushed)) => {
                 if fed < batch.len() {
@@ -349,14 +311,7 @@ fn write_now(session: &Session, writer: &SharedWriter) {
     let FrameWriter::Stream(out) = &mut *w else {
         return;
     };
-    let (batch, close) = session.take_batch();
-    if batch.is_empty() {
-        if close.is_some() {
-            drop(w);
-            session.wake_writer();
-        }
-        return;
-    }
+    let (batch, _) = session.take_batch();
     let mut written = 0;
     while written < batch.len() {
         match out.try_write(&batch[written..]) {
@@ -380,7 +335,7 @@ fn write_now(session: &Session, writer: &SharedWriter) {
 /// The transport's write half, shared by the writer task and the reader's
 /// inline flush. An async mutex: held across the write, and batches are
 /// taken only while holding it, so they go out in order.
-type SharedWriter = Arc<crate::io::WriteHalf>;
+type SharedWriter = Arc<tokio::sync::Mutex<FrameWriter>>;
 
 /// Writes one batch; once the session is closing the write gets at most
 /// [`CLOSE_FLUSH_TIMEOUT`] more. False when the transport failed.

@@ -265,11 +265,6 @@ async fn sleep_until_some(deadline: Option<Instant>) {
     }
 }
 
-/// The transport's write half behind the lock the writer task and inline
-/// flushes share (batches are taken only while holding it, so they go out
-/// in order).
-pub(crate) type WriteHalf = tokio::sync::Mutex<FrameWriter>;
-
 /// The writing half of a connection.
 pub(crate) enum FrameWriter {
     /// Length-prefixed frames on a byte stream (TCP or served stream).

@@ -48,10 +48,9 @@
 //! restores with a strict single-record reader).
 
 use std::borrow::Cow;
-use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
 
 use bytes::{BufMut, Bytes, BytesMut};
 use fitz_protocol::record::{self, put_label};
@@ -166,9 +165,6 @@ struct Inner {
     service_name: Mutex<Option<String>>,
     out: Mutex<OutState>,
     writer_wake: Notify,
-    /// The transport's write half, for a flush by another session's reader
-    /// ([`defer_wakes`]). Weak: the connection task owns the transport.
-    writer: OnceLock<Weak<crate::io::WriteHalf>>,
     /// Set with `closed`: read on every frame, without the token's mutex.
     is_closed: AtomicBool,
     closed: CancellationToken,
@@ -225,7 +221,6 @@ impl Session {
                 service_name: Mutex::new(None),
                 out: Mutex::new(OutState::default()),
                 writer_wake: Notify::new(),
-                writer: OnceLock::new(),
                 is_closed: AtomicBool::new(false),
                 closed: CancellationToken::new(),
                 limits,
@@ -402,7 +397,7 @@ impl Session {
         }
         let wake = was_empty && !out.inline;
         drop(out);
-        if wake && !defer(self) {
+        if wake {
             self.inner.writer_wake.notify_one();
         }
         Ok(Delivery::Queued)
@@ -444,16 +439,6 @@ impl Session {
         out.reply_bytes += rest.len();
     }
 
-    /// Gives the session its transport's write half (see [`defer_wakes`]).
-    pub(crate) fn attach_writer(&self, writer: &Arc<crate::io::WriteHalf>) {
-        let _ = self.inner.writer.set(Arc::downgrade(writer));
-    }
-
-    /// The transport's write half while the connection lives.
-    pub(crate) fn writer(&self) -> Option<Arc<crate::io::WriteHalf>> {
-        self.inner.writer.get().and_then(Weak::upgrade)
-    }
-
     /// Wakes the writer task.
     pub(crate) fn wake_writer(&self) {
         self.inner.writer_wake.notify_one();
@@ -472,55 +457,6 @@ impl Session {
         out.inline = false;
         !out.buf.is_empty()
     }
-}
-
-/// Most sessions one reader flushes itself per batch of frames; pushes to
-/// further sessions wake their writer tasks as before.
-const MAX_DEFERRED: usize = 16;
-
-thread_local! {
-    /// Sessions whose writer wake-up the current reader took over, while a
-    /// reader handles records on this thread ([`defer_wakes`]).
-    static DEFERRED: RefCell<Option<Vec<Session>>> = const { RefCell::new(None) };
-}
-
-/// Runs `f` (a reader handling records, synchronously) with the writer
-/// wake-ups of pushes to *other* sessions deferred into `pending`: the
-/// reader then writes those sessions' queues itself at its flush point
-/// (`connection::flush_deferred`), saving a writer task's wake-up and
-/// cross-thread hand-off per push (an RPC's delivery to the worker and its
-/// response to the caller). Bounded by [`MAX_DEFERRED`] sessions; pushes
-/// beyond wake the writer task. Pushes outside `f` (timers, storage
-/// completions) always wake the writer task.
-pub(crate) fn defer_wakes<T>(pending: &mut Vec<Session>, f: impl FnOnce() -> T) -> T {
-    DEFERRED.with(|d| *d.borrow_mut() = Some(std::mem::take(pending)));
-    let out = f();
-    DEFERRED.with(|d| *pending = d.borrow_mut().take().unwrap_or_default());
-    out
-}
-
-/// Takes over the writer wake-up of `session` when a reader on this thread
-/// is collecting (see [`defer_wakes`]); false when the caller must wake.
-fn defer(session: &Session) -> bool {
-    if session.inner.writer.get().is_none() {
-        return false;
-    }
-    DEFERRED.with(|d| {
-        let Ok(mut d) = d.try_borrow_mut() else {
-            return false;
-        };
-        let Some(list) = d.as_mut() else {
-            return false;
-        };
-        if list.iter().any(|s| s.id() == session.id()) {
-            return true;
-        }
-        if list.len() >= MAX_DEFERRED {
-            return false;
-        }
-        list.push(session.clone());
-        true
-    })
 }
 
 impl std::fmt::Debug for Session {
