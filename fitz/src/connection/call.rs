@@ -6,7 +6,6 @@ use super::command::{Command, PushCmd};
 use super::{Connection, Generation, PushKey, PushStream, mailbox};
 use crate::error::{Error, Result};
 use crate::options::SubscriptionOptions;
-use crate::telemetry;
 
 impl Connection {
     /// [`Connection::send_committed`] with a push handler of type
@@ -40,12 +39,9 @@ impl Connection {
         };
         // Built now: dropped at any await below, it removes the handler.
         let stream = PushStream::new(self.clone(), sink, mailbox_rx);
-        let t = telemetry::Request::start_send(ty, None);
         let wrap = move |out| Command::Call { push, out };
-        let result = self
-            .send_committed_inner(ty, generation, build, wrap, true, t.span())
-            .await;
-        t.finish(&result, self.shared.config.slow_request_threshold);
-        result.map(|()| stream)
+        self.send_committed_traced(ty, generation, build, wrap, true)
+            .await
+            .map(|()| stream)
     }
 }

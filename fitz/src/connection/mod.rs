@@ -532,12 +532,8 @@ impl Connection {
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
     ) -> Result<()> {
-        let t = telemetry::Request::start_send(ty, None);
-        let result = self
-            .send_committed_inner(ty, generation, build, Command::Send, true, t.span())
-            .await;
-        t.finish(&result, self.shared.config.slow_request_threshold);
-        result
+        self.send_committed_traced(ty, generation, build, Command::Send, true)
+            .await
     }
 
     /// [`Connection::send_committed`] that returns once the record is queued,
@@ -549,9 +545,23 @@ impl Connection {
         generation: Generation,
         build: impl FnOnce() -> Result<(Bytes, G)>,
     ) -> Result<()> {
+        self.send_committed_traced(ty, generation, build, Command::Send, false)
+            .await
+    }
+
+    /// [`Connection::send_committed_inner`] inside a send's telemetry span
+    /// (the slow-request log included): what every committed send shares.
+    async fn send_committed_traced<G>(
+        &self,
+        ty: u16,
+        generation: Generation,
+        build: impl FnOnce() -> Result<(Bytes, G)>,
+        wrap: impl FnOnce(Outbound) -> Command,
+        wait: bool,
+    ) -> Result<()> {
         let t = telemetry::Request::start_send(ty, None);
         let result = self
-            .send_committed_inner(ty, generation, build, Command::Send, false, t.span())
+            .send_committed_inner(ty, generation, build, wrap, wait, t.span())
             .await;
         t.finish(&result, self.shared.config.slow_request_threshold);
         result
