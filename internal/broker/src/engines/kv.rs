@@ -49,6 +49,7 @@ use super::{Engine, KvRequest, Refusal, Services};
 use crate::auth::Access;
 use crate::auth::Family;
 use crate::clock::{Clock, Timers};
+use crate::hash::Seeded;
 use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
 use crate::storage::{self, Backend, Batch, Keyspace, Op, StorageError};
@@ -80,8 +81,10 @@ pub struct KvEngine {
 
 #[derive(Default)]
 struct State {
-    resources: HashMap<Family, HashMap<Arc<str>, Resource>>,
-    txs: HashMap<u64, Tx>,
+    /// Keyed by family, then route (client-chosen strings, so the fast
+    /// hash is seeded per map, as the route registry's).
+    resources: HashMap<Family, HashMap<Arc<str>, Resource, Seeded>, Seeded>,
+    txs: HashMap<u64, Tx, Seeded>,
     /// Bytes staged by every open transaction (the sum of their `staged`)
     /// and by every commit not yet written to storage (so the staging
     /// budget also bounds what waits for the storage writer).
