@@ -55,6 +55,8 @@ use crate::session::{CloseReason, Reply, Session, SessionId};
 use crate::storage::{self, Backend, Batch, Keyspace, Op, StorageError};
 use fitz_protocol::route::Scheme;
 
+mod tx;
+
 /// Most items in one SCAN page.
 pub const MAX_SCAN_ITEMS: usize = 1024;
 /// Bytes a SCAN page body may use: one record value minus the status byte,
@@ -102,7 +104,12 @@ struct Tx {
     family: Family,
     route: Arc<str>,
     mode: TxMode,
+    /// The committed state at BEGIN, plus the writes once flattened.
     view: Map,
+    /// Writes not yet applied to `view` (see `Tx::write`), in order.
+    pending: Vec<(Bytes, Option<Bytes>)>,
+    /// `view` holds writes: it is no longer the BEGIN snapshot.
+    flattened: bool,
     /// Storage writes, recorded only for a durable backend.
     ops: Vec<Op>,
     mutations: u64,
@@ -183,6 +190,8 @@ impl KvEngine {
                 route,
                 mode: b.mode,
                 view,
+                pending: Vec::new(),
+                flattened: false,
                 ops: Vec::new(),
                 mutations: 0,
                 last_active: now,
@@ -361,9 +370,14 @@ impl KvEngine {
                 reply.ack();
             }
             KvRequest::Get(g) => {
-                let value = self.with_tx(session, g.tx_id, &g.route, false, |tx, _| {
-                    Ok(tx.view.get(&g.key[..]).cloned())
-                })?;
+                let value =
+                    self.with_tx(
+                        session,
+                        g.tx_id,
+                        &g.route,
+                        false,
+                        |tx, _| Ok(tx.get(&g.key)),
+                    )?;
                 let _ = reply.ok(&GetOk { value });
             }
             KvRequest::Put(p) => {
@@ -377,7 +391,7 @@ impl KvEngine {
             KvRequest::Insert(p) => {
                 let add = p.key.len() + p.value.len();
                 self.stage(session, (p.tx_id, &p.route), add, |tx, durable| {
-                    if tx.view.get(&p.key[..]).is_some() {
+                    if tx.get(&p.key).is_some() {
                         return Err(err(codes::KV_KEY_EXISTS, "key already exists"));
                     }
                     tx.put(p.key, p.value, durable);
@@ -387,7 +401,7 @@ impl KvEngine {
             }
             KvRequest::Delete(d) => {
                 self.with_tx(session, d.tx_id, &d.route, true, |tx, durable| {
-                    tx.delete(&d.key, durable);
+                    tx.delete(d.key, durable);
                     Ok(())
                 })?;
                 reply.ack();
@@ -400,6 +414,7 @@ impl KvEngine {
                             "invalid range bounds: start is after end",
                         ));
                     }
+                    tx.flatten();
                     let keys: Vec<Bytes> = tx
                         .view
                         .range::<_, [u8]>((
@@ -409,7 +424,7 @@ impl KvEngine {
                         .map(|(k, _)| k.clone())
                         .collect();
                     for k in keys {
-                        tx.delete(&k, durable);
+                        tx.delete(k, durable);
                     }
                     Ok(())
                 })?;
@@ -417,6 +432,7 @@ impl KvEngine {
             }
             KvRequest::Scan(q) => {
                 let page = self.with_tx(session, q.tx_id, &q.route, false, |tx, _| {
+                    tx.flatten();
                     Ok(scan(&tx.view, &q))
                 })?;
                 if let Err(e) = reply.ok(&page) {
@@ -466,7 +482,23 @@ fn finish_commit(
         reply.error(&err(codes::KV_BACKEND, e.to_string()));
         return;
     }
-    res.committed = tx.view;
+    // The lock kept every other writer out since BEGIN, so `committed` is
+    // still the snapshot `view` started from: an unflattened transaction's
+    // writes go straight into it (in place unless a reader's snapshot
+    // shares it), without copying the map at the first write.
+    let mut map = if tx.flattened {
+        tx.view
+    } else {
+        drop(tx.view);
+        std::mem::take(&mut res.committed)
+    };
+    for (key, value) in tx.pending {
+        match value {
+            Some(value) => drop(map.insert(key, value)),
+            None => drop(map.remove(&key[..])),
+        }
+    }
+    res.committed = map;
     s.forget_if_empty(tx.family, &tx.route);
     drop(s);
     reply.ack();
@@ -529,32 +561,6 @@ impl State {
             if m.is_empty() {
                 self.resources.remove(&family);
             }
-        }
-    }
-}
-
-impl Tx {
-    fn put(&mut self, key: Bytes, value: Bytes, durable: bool) {
-        if durable {
-            self.ops.push(Op::Put(
-                Keyspace::Kv,
-                storage::kv_key(self.family, &self.route, &key),
-                value.clone(),
-            ));
-        }
-        self.view.insert(key, value);
-        self.mutations += 1;
-    }
-
-    fn delete(&mut self, key: &[u8], durable: bool) {
-        if self.view.remove(key).is_some() {
-            if durable {
-                self.ops.push(Op::Delete(
-                    Keyspace::Kv,
-                    storage::kv_key(self.family, &self.route, key),
-                ));
-            }
-            self.mutations += 1;
         }
     }
 }
