@@ -15,7 +15,7 @@
 //! Every entry is keyed by its never-reused id, so cancellation, timeouts and
 //! lane bookkeeping are O(1) or O(lane) without scanning the whole book.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use bytes::{Bytes, BytesMut};
@@ -27,6 +27,8 @@ use tokio::time::Instant;
 
 use super::command::{Outbound, Reply};
 use crate::error::{Error, Result};
+
+mod deadlines;
 
 /// Fast hashing for ids we generate ourselves (no HashDoS exposure) and for
 /// small composite keys.
@@ -155,7 +157,7 @@ pub(super) type Finished = (Internal, Result<Bytes>);
 #[derive(Default)]
 pub(super) struct Book {
     entries: IdMap<u64, Entry>,
-    deadlines: BTreeSet<(Instant, u64)>,
+    deadlines: deadlines::Deadlines,
     backlog: VecDeque<u64>,
     lanes: IdMap<u16, Lane>,
 }
@@ -242,7 +244,7 @@ impl Book {
 
     fn insert(&mut self, id: u64, entry: Entry) {
         if let Some(d) = entry.deadline {
-            self.deadlines.insert((d, id));
+            self.deadlines.insert(d, id);
         }
         self.entries.insert(id, entry);
     }
@@ -444,15 +446,22 @@ impl Book {
     }
 
     fn remove(&mut self, id: u64) -> Option<Entry> {
+        // (The deadline list keeps dead entries a while: see `deadlines`.)
         let entry = self.entries.remove(&id)?;
         if let Some(d) = entry.deadline {
-            self.deadlines.remove(&(d, id));
+            self.deadlines.remove(d, id);
         }
+        let entries = &self.entries;
+        self.deadlines
+            .compact(entries.len(), |id, d| is_waiting(entries, id, d));
         Some(entry)
     }
 
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.deadlines.first().map(|(d, _)| *d)
+    pub fn next_deadline(&mut self) -> Option<Instant> {
+        let entries = &self.entries;
+        self.deadlines
+            .first(|id, d| is_waiting(entries, id, d))
+            .map(|(d, _)| d)
     }
 
     /// Fails everything whose deadline has passed.
@@ -463,11 +472,16 @@ impl Book {
         out: &mut BytesMut,
         finished: &mut Vec<Finished>,
     ) {
-        while let Some(&(deadline, id)) = self.deadlines.first() {
+        loop {
+            let entries = &self.entries;
+            let Some((deadline, id)) = self.deadlines.first(|id, d| is_waiting(entries, id, d))
+            else {
+                break;
+            };
             if deadline > now {
                 break;
             }
-            self.deadlines.pop_first();
+            self.deadlines.pop(deadline, id);
             let Some(entry) = self.entries.get_mut(&id) else {
                 continue;
             };
@@ -550,4 +564,10 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
         Waiter::Internal(i) => finished.push((i, result)),
         Waiter::Tombstone | Waiter::Detached => {}
     }
+}
+
+/// Whether request `id` still waits with deadline `at` (the deadline list's
+/// test for a dead entry: ids are never reused).
+fn is_waiting(entries: &IdMap<u64, Entry>, id: u64, at: Instant) -> bool {
+    entries.get(&id).is_some_and(|e| e.deadline == Some(at))
 }
