@@ -234,6 +234,23 @@ pub fn path_of(route: &str) -> &str {
     route.split_once("://").map_or(route, |(_, p)| p)
 }
 
+/// The segment count of a path of printable ASCII without `*` and without
+/// empty segments (nearly every route): branch-free passes the compiler
+/// vectorises. `None` sends the path to the general check.
+fn plain_segments(path: &[u8]) -> Option<usize> {
+    let unusual = path.iter().fold(false, |acc, &b| {
+        acc | !(0x20..0x7F).contains(&b) | (b == b'*')
+    });
+    let doubled = path
+        .iter()
+        .zip(path.iter().skip(1))
+        .fold(false, |acc, (&a, &b)| acc | ((a == b'/') & (b == b'/')));
+    if unusual || doubled || path.first().is_none_or(|&b| b == b'/') || path.last() == Some(&b'/') {
+        return None;
+    }
+    Some(path.iter().filter(|&&b| b == b'/').count() + 1)
+}
+
 /// Checks the grammar of a route or pattern: scheme, non-empty segments,
 /// no control characters, whole-segment wildcards, no adjacent `**`.
 pub fn shape(route: &str) -> Result<Shape, RouteError> {
@@ -244,6 +261,10 @@ pub fn shape(route: &str) -> Result<Shape, RouteError> {
         stars: 0,
         globstars: 0,
     };
+    if let Some(segments) = plain_segments(path.as_bytes()) {
+        s.segments = segments;
+        return Ok(s);
+    }
     let mut prev_globstar = false;
     // Bytes, not chars: every byte this looks for is ASCII (or the lead of
     // a C1 control), and a slice split is cheaper than a `str` pattern.
