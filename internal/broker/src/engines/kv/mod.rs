@@ -157,15 +157,14 @@ impl KvEngine {
     fn begin(&self, session: &Session, b: &kv::Begin) -> Result<u64, WireError> {
         let now = self.clock.now();
         let mut s = self.state.lock();
-        let route: Arc<str> = Arc::from(&*b.route);
         let tx_id = self.tx_ids.fetch_add(1, Ordering::Relaxed) + 1;
-        let view = if b.mode == TxMode::ReadWrite {
-            let res = s
-                .resources
-                .entry(session.family())
-                .or_default()
-                .entry(route.clone())
-                .or_default();
+        // A known resource's route is shared with it, not allocated again.
+        let (route, view) = if b.mode == TxMode::ReadWrite {
+            let m = s.resources.entry(session.family()).or_default();
+            let route = m
+                .get_key_value(&*b.route)
+                .map_or_else(|| Arc::from(&*b.route), |(k, _)| k.clone());
+            let res = m.entry(route.clone()).or_default();
             if res.locked_by.is_some() {
                 return Err(err(
                     codes::KV_ISOLATION_CONFLICT,
@@ -173,14 +172,17 @@ impl KvEngine {
                 ));
             }
             res.locked_by = Some(tx_id);
-            res.committed.clone()
+            (route, res.committed.clone())
         } else {
             // A read-only BEGIN of an unknown resource creates nothing.
-            s.resources
+            match s
+                .resources
                 .get(&session.family())
-                .and_then(|m| m.get(&route))
-                .map(|r| r.committed.clone())
-                .unwrap_or_default()
+                .and_then(|m| m.get_key_value(&*b.route))
+            {
+                Some((k, r)) => (k.clone(), r.committed.clone()),
+                None => (Arc::from(&*b.route), Map::default()),
+            }
         };
         s.txs.insert(
             tx_id,
@@ -498,8 +500,11 @@ fn finish_commit(
             None => drop(map.remove(&key[..])),
         }
     }
+    let empty = map.is_empty();
     res.committed = map;
-    s.forget_if_empty(tx.family, &tx.route);
+    if empty {
+        s.forget_if_empty(tx.family, &tx.route);
+    }
     drop(s);
     reply.ack();
     if tx.mutations > 0 {
