@@ -16,6 +16,7 @@ both_transports!(
     scan_pages_are_capped,
     transaction_errors,
     read_only_snapshot_isolation,
+    writes_kept_aside_or_flattened_commit_whole,
     rollback_discards,
     lock_conflicts_and_release,
     lock_released_when_the_owner_disconnects,
@@ -392,6 +393,65 @@ async fn read_only_snapshot_isolation(kind: Kind) {
     // A read-only transaction takes no lock: a writer can begin meanwhile.
     let w = begin(&mut c, R, TxMode::ReadWrite).await;
     commit(&mut c, w, R).await;
+}
+
+/// A transaction's first writes are kept aside and applied at COMMIT (3
+/// writes); more than 16 flatten them into its view (40 writes, then a
+/// SCAN). Either way reads inside see them, a snapshot taken before does
+/// not, and the commit installs all of them.
+async fn writes_kept_aside_or_flattened_commit_whole(kind: Kind) {
+    let broker = crate::support::anon().await;
+    let mut c = RawClient::anon(&broker, kind).await;
+    write(&mut c, R, &[("a", "0"), ("gone", "x")]).await;
+    for writes in [3usize, 40] {
+        let snap = begin(&mut c, R, TxMode::ReadOnly).await;
+        let before = c
+            .ok::<_, ScanOk>(&scan(snap, None, None, None, false))
+            .await;
+        let tx = begin(&mut c, R, TxMode::ReadWrite).await;
+        for i in 0..writes {
+            put(&mut c, tx, R, &format!("k{i:02}"), &format!("{writes}")).await;
+        }
+        put(&mut c, tx, R, "a", &format!("{writes}")).await;
+        c.ok::<_, kv::DeleteOk>(&kv::Delete {
+            tx_id: tx,
+            route: R.into(),
+            key: b("gone"),
+        })
+        .await;
+        assert_eq!(get(&mut c, tx, R, "a").await, Some(b(&format!("{writes}"))));
+        assert_eq!(get(&mut c, tx, R, "gone").await, None);
+        if writes > 16 {
+            // Flattened by then; a SCAN sees the same.
+            let inside = c.ok::<_, ScanOk>(&scan(tx, None, None, None, false)).await;
+            // a, k00.. and (from the first round's commit) z; not "gone".
+            assert_eq!(inside.items.len(), writes + 2);
+            assert!(!keys(&inside).contains(&"gone".to_string()));
+        }
+        put(&mut c, tx, R, "z", "last").await;
+        commit(&mut c, tx, R).await;
+        let after = c
+            .ok::<_, ScanOk>(&scan(snap, None, None, None, false))
+            .await;
+        assert_eq!(
+            after, before,
+            "a snapshot from before the commit is unchanged"
+        );
+        let fresh = begin(&mut c, R, TxMode::ReadOnly).await;
+        assert_eq!(
+            get(&mut c, fresh, R, "a").await,
+            Some(b(&format!("{writes}")))
+        );
+        assert_eq!(get(&mut c, fresh, R, "gone").await, None);
+        assert_eq!(get(&mut c, fresh, R, "z").await, Some(b("last")));
+        let last = format!("k{:02}", writes - 1);
+        assert_eq!(
+            get(&mut c, fresh, R, &last).await,
+            Some(b(&format!("{writes}")))
+        );
+        // Put "gone" back for the next round.
+        write(&mut c, R, &[("gone", "x")]).await;
+    }
 }
 
 async fn rollback_discards(kind: Kind) {
