@@ -394,9 +394,14 @@ pub async fn ours(urls: &Urls, row: &Row, dur: Duration) -> Result<Option<f64>, 
             // The one-key write: BEGIN, then PUT and COMMIT written
             // together (what `Kv::put` sends).
             let v = warmed!(dur, |d| lanes!(d, routes, |route, _i| async {
-                kv.put(route, b"key", Bytes::from_static(BODY), Durability::Buffered)
-                    .await
-                    .map_err(err)
+                kv.put(
+                    route,
+                    b"key",
+                    Bytes::from_static(BODY),
+                    Durability::Buffered,
+                )
+                .await
+                .map_err(err)
             }));
             c.close().await;
             Ok(v)
