@@ -3,8 +3,9 @@
 //! embedded broker over loopback TCP (the `versus` `kv_put_256` row's
 //! client side, without the competitor).
 //!
-//! `cargo run --release -p fitz-bench --example kv_probe -- LANES TXS`
-//! (defaults 256, 20,000). Profile with callgrind: instructions per
+//! `cargo run --release -p fitz-bench --example kv_probe -- LANES TXS [one]`
+//! (defaults 256, 20,000; `one`: the one-key write `Kv::put`, which sends
+//! the PUT and the COMMIT together). Profile with callgrind: instructions per
 //! transaction = (Ir(2N) − Ir(N)) ÷ N, every thread (client and broker).
 use fitz::kv::{Durability, TxMode};
 use fitz_bench::{Env, Transport};
@@ -22,6 +23,7 @@ fn main() {
     let lanes = arg(1, 256) as usize;
     let txs = arg(2, 20_000);
     let per = txs.div_ceil(lanes as u64);
+    let one = std::env::args().nth(3).as_deref() == Some("one");
     let client = env.ours(Transport::Tcp);
     let kv = client.kv();
     let routes: Vec<String> = (0..lanes)
@@ -34,6 +36,11 @@ fn main() {
             let (kv, value) = (&kv, value.clone());
             async move {
                 for _ in 0..per {
+                    if one {
+                        kv.put(route, b"key", value.clone(), Durability::Buffered)
+                            .await?;
+                        continue;
+                    }
                     let mut tx = kv.begin(route, TxMode::ReadWrite).await?;
                     tx.put(b"key", value.clone()).await?;
                     tx.commit(Durability::Buffered).await?;

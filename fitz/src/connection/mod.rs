@@ -116,6 +116,7 @@ mod command;
 mod drain;
 mod handshake;
 mod mailbox;
+mod pair;
 mod registry;
 mod requests;
 mod shared;
@@ -366,8 +367,7 @@ impl Connection {
             self.shared.close.cancel();
         }
         let mut state = self.shared.state.clone();
-        // Err: the actor is gone, which is closed enough.
-        let _ = state.wait_for(|s| *s == State::Closed).await;
+        let _ = state.wait_for(|s| *s == State::Closed).await; // Err: the actor is gone.
     }
 
     // ----- requests -----

@@ -36,6 +36,7 @@
 //! [`Kv::subscribe`] reports every commit that changed a matching resource,
 //! and keeps doing so across reconnects.
 
+mod one;
 mod reserved;
 mod scan;
 #[cfg(test)]
@@ -421,16 +422,22 @@ impl Transaction {
             .conn
             .call_with::<M, R>(msg, RequestOptions::pinned(self.generation))
             .await;
-        self.open = match &result {
-            Ok(_) => false,
-            // The broker answered (it discards the transaction on a failed
-            // commit), or the request may have reached it.
-            Err(e) if e.kind() == ErrorKind::Broker || e.maybe_applied() => false,
-            // Never written (backpressure, timeout in the queue, stale):
-            // still open, so Drop tries a ROLLBACK if the session lives.
-            Err(_) => true,
-        };
+        self.open = open_after_finish(&result);
         result
+    }
+}
+
+/// Whether a transaction is still open on the broker after its COMMIT or
+/// ROLLBACK got `result`.
+fn open_after_finish<R>(result: &Result<R>) -> bool {
+    match result {
+        Ok(_) => false,
+        // The broker answered (it discards the transaction on a failed
+        // commit), or the request may have reached it.
+        Err(e) if e.kind() == ErrorKind::Broker || e.maybe_applied() => false,
+        // Never written (backpressure, timeout in the queue, stale):
+        // still open, so Drop tries a ROLLBACK if the session lives.
+        Err(_) => true,
     }
 }
 

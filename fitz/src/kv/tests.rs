@@ -352,3 +352,87 @@ async fn a_failed_commit_sends_no_rollback() {
     assert!(nothing.is_err(), "unexpected request: {nothing:?}");
     client.close().await;
 }
+
+/// Reads the PUT/INSERT and the COMMIT of a one-key write; both must be on
+/// the wire before either is answered.
+async fn write_and_commit_requests(peer: &mut Peer, tx_id: u64) -> (Request, Request) {
+    let begin = peer.read_request().await.unwrap();
+    assert_eq!(begin.ty, types::KV_BEGIN);
+    let b = kv::Begin::decode(begin.payload.clone()).unwrap();
+    assert_eq!(b.mode, TxMode::ReadWrite);
+    peer.reply(&begin, &ok(&kv::BeginOk { tx_id }))
+        .await
+        .unwrap();
+    let write = peer.read_request().await.unwrap();
+    let commit = tokio::time::timeout(std::time::Duration::from_secs(5), peer.read_request())
+        .await
+        .expect("the COMMIT waited for the write's answer")
+        .unwrap();
+    assert_eq!(commit.ty, types::KV_COMMIT);
+    let c = kv::Commit::decode(commit.payload.clone()).unwrap();
+    assert_eq!((c.tx_id, c.durability), (tx_id, Durability::Sync));
+    (write, commit)
+}
+
+#[tokio::test]
+async fn a_one_key_put_sends_its_commit_without_waiting_for_the_put() {
+    let (client, mut peer) = start(CAP_CORRELATION).await;
+    let c = client.clone();
+    let putting =
+        tokio::spawn(async move { c.kv().put("kv://t/one/r", "k", "v", Durability::Sync).await });
+    let (write, commit) = write_and_commit_requests(&mut peer, 7).await;
+    assert_eq!(write.ty, types::KV_PUT);
+    let p = kv::Put::decode(write.payload.clone()).unwrap();
+    assert_eq!(
+        (p.tx_id, &p.key[..], &p.value[..]),
+        (7, &b"k"[..], &b"v"[..])
+    );
+    peer.reply(&write, &[0]).await.unwrap();
+    peer.reply(&commit, &[0]).await.unwrap();
+    putting.await.unwrap().unwrap();
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_failed_one_key_write_reports_the_write_and_leaves_nothing_open() {
+    let (client, mut peer) = start(CAP_CORRELATION).await;
+    let c = client.clone();
+    let inserting = tokio::spawn(async move {
+        c.kv()
+            .insert("kv://t/one/r", "k", "v", Durability::Sync)
+            .await
+    });
+    let (write, commit) = write_and_commit_requests(&mut peer, 8).await;
+    assert_eq!(write.ty, types::KV_INSERT);
+    let mut exists = BytesMut::new();
+    fitz_protocol::WireError::coded(fitz_protocol::codes::KV_KEY_EXISTS, "key exists")
+        .encode(&mut exists);
+    peer.reply(&write, &exists).await.unwrap();
+    // The empty transaction behind it commits.
+    peer.reply(&commit, &[0]).await.unwrap();
+    let e = inserting.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(fitz_protocol::codes::KV_KEY_EXISTS));
+    assert!(!e.maybe_applied());
+    // Committed: no ROLLBACK follows.
+    let nothing =
+        tokio::time::timeout(std::time::Duration::from_millis(50), peer.read_request()).await;
+    assert!(nothing.is_err(), "unexpected request: {nothing:?}");
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_one_key_delete_works_on_a_legacy_broker() {
+    // Uncorrelated: DELETE and COMMIT are different types, so both are on
+    // the wire at once and are answered in order.
+    let (client, mut peer) = start(0).await;
+    let c = client.clone();
+    let deleting =
+        tokio::spawn(async move { c.kv().delete("kv://t/one/r", "k", Durability::Sync).await });
+    let (write, commit) = write_and_commit_requests(&mut peer, 9).await;
+    assert_eq!(write.ty, types::KV_DELETE);
+    assert_eq!(write.correlation, None);
+    peer.reply(&write, &[0]).await.unwrap();
+    peer.reply(&commit, &[0]).await.unwrap();
+    deleting.await.unwrap().unwrap();
+    client.close().await;
+}

@@ -93,6 +93,67 @@ async fn every_operation_over_tcp_and_websocket() {
     brokers.shutdown().await;
 }
 
+/// Reads `key` of `route` in a read-only transaction.
+async fn read_one(client: &Client, route: &str, key: &str) -> Option<Vec<u8>> {
+    let mut tx = client.kv().begin(route, TxMode::ReadOnly).await.unwrap();
+    let v = tx.get(key).await.unwrap().map(|b| b.to_vec());
+    tx.rollback().await.unwrap();
+    v
+}
+
+#[tokio::test]
+async fn one_key_writes_commit_alone_and_leave_the_resource_free() {
+    let brokers = Brokers::start().await.unwrap();
+    for t in Transport::BOTH {
+        let client = connected(brokers.anon_url(t)).await;
+        let kv = client.kv();
+        let route = format!("kv://{}/one/r", realm("kv"));
+        kv.put(&route, "a", "1", Durability::Sync).await.unwrap();
+        kv.insert(&route, "b", "2", Durability::Buffered)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_one(&client, &route, "a").await.as_deref(),
+            Some(&b"1"[..])
+        );
+        assert_eq!(
+            read_one(&client, &route, "b").await.as_deref(),
+            Some(&b"2"[..])
+        );
+
+        // A failed write: its own error, nothing written, nothing left open.
+        let e = kv
+            .insert(&route, "a", "x", Durability::Sync)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(codes::KV_KEY_EXISTS));
+        assert!(!e.maybe_applied());
+        assert_eq!(
+            read_one(&client, &route, "a").await.as_deref(),
+            Some(&b"1"[..])
+        );
+        let tx = kv.begin(&route, TxMode::ReadWrite).await.unwrap();
+        // While a read-write transaction holds the resource: BEGIN's 1004.
+        let e = kv
+            .put(&route, "a", "y", Durability::Sync)
+            .await
+            .unwrap_err();
+        assert_eq!(code(&e), Some(codes::KV_ISOLATION_CONFLICT));
+        tx.rollback().await.unwrap();
+
+        kv.delete(&route, "a", Durability::Sync).await.unwrap();
+        assert_eq!(read_one(&client, &route, "a").await, None);
+        kv.put(&route, "a", "3", Durability::Buffered)
+            .await
+            .unwrap();
+        assert_eq!(
+            read_one(&client, &route, "a").await.as_deref(),
+            Some(&b"3"[..])
+        );
+        client.close().await;
+    }
+}
+
 #[tokio::test]
 async fn broker_errors_are_typed_and_bad_routes_never_leave() {
     let brokers = Brokers::start().await.unwrap();
