@@ -202,19 +202,37 @@ impl Shape {
     }
 }
 
+/// `s.split_once("://")` without `str::split_once`'s substring searcher,
+/// whose setup cost more than the search on these short strings (about
+/// 1 k instructions per RPC call across client and broker, callgrind):
+/// the first `:` that starts `://`, found bytewise.
+fn split_scheme(s: &str) -> Option<(&str, &str)> {
+    let bytes = s.as_bytes();
+    let mut from = 0;
+    while let Some(offset) = bytes[from..].iter().position(|&b| b == b':') {
+        let i = from + offset;
+        if bytes[i..].starts_with(b"://") {
+            // ASCII at `i` and `i + 3`: both are character boundaries.
+            return Some((&s[..i], &s[i + 3..]));
+        }
+        from = i + 1;
+    }
+    None
+}
+
 /// Splits `scheme://path`, returning the scheme and the path after `://`.
 pub fn split(route: &str) -> Result<(Scheme, &str), RouteError> {
     if route.len() > MAX_ROUTE_LEN {
         return Err(RouteError::TooLong);
     }
-    let (name, path) = route.split_once("://").ok_or(RouteError::MissingScheme)?;
+    let (name, path) = split_scheme(route).ok_or(RouteError::MissingScheme)?;
     let scheme = Scheme::parse(name).ok_or(RouteError::UnknownScheme)?;
     Ok((scheme, path))
 }
 
 /// The path of a route (after `scheme://`), or the input when it has no scheme.
 pub fn path_of(route: &str) -> &str {
-    route.split_once("://").map_or(route, |(_, p)| p)
+    split_scheme(route).map_or(route, |(_, p)| p)
 }
 
 /// Checks the grammar of a route or pattern: scheme, non-empty segments,
@@ -298,7 +316,7 @@ pub fn validate_pattern(pattern: &str, scheme: Scheme) -> Result<Shape, RouteErr
 /// scheme; different schemes never match. Inputs are assumed validated; an
 /// invalid input simply fails to match.
 pub fn matches(pattern: &str, route: &str) -> bool {
-    match (pattern.split_once("://"), route.split_once("://")) {
+    match (split_scheme(pattern), split_scheme(route)) {
         (Some((ps, pp)), Some((rs, rp))) => ps == rs && matches_path(pp, rp),
         _ => false,
     }
@@ -315,7 +333,7 @@ pub fn matches_path(pattern_path: &str, route_path: &str) -> bool {
 /// match? `*` in `outer` covers a literal or `*`; `**` covers anything;
 /// a `**` in `inner` is covered only by a `**`.
 pub fn covers(outer: &str, inner: &str) -> bool {
-    match (outer.split_once("://"), inner.split_once("://")) {
+    match (split_scheme(outer), split_scheme(inner)) {
         (Some((os, op)), Some((is, ip))) => {
             os == is
                 && glob(op.split('/'), ip.split('/'), |o, i| {
@@ -441,6 +459,27 @@ pub fn prefix(path: &str, n: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_scheme_is_split_once_on_the_separator() {
+        for s in [
+            "rpc://a/b",
+            "://",
+            "rpc://",
+            "a:b://c",
+            "a:/b://c://d",
+            "rpc:/a",
+            "rpc:",
+            ":",
+            "",
+            "no scheme",
+            "é:ü://ö:",
+            "x:://y",
+            "rpc:///",
+        ] {
+            assert_eq!(split_scheme(s), s.split_once("://"), "{s:?}");
+        }
+    }
 
     #[test]
     fn literal_prefixes_stop_at_the_first_wildcard() {
