@@ -324,6 +324,11 @@ pub fn matches(pattern: &str, route: &str) -> bool {
 
 /// [`matches()`] on paths (the part after `scheme://`).
 pub fn matches_path(pattern_path: &str, route_path: &str) -> bool {
+    // A pattern without a wildcard matches only itself: one comparison, not
+    // two segment iterators (a worker matches every delivery this way).
+    if !pattern_path.as_bytes().contains(&b'*') {
+        return pattern_path == route_path;
+    }
     glob(pattern_path.split('/'), route_path.split('/'), |p, r| {
         p == "*" || p == r
     })
@@ -459,6 +464,28 @@ pub fn prefix(path: &str, n: usize) -> Option<&str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_literal_pattern_matches_exactly_itself() {
+        let glob_only =
+            |p: &str, r: &str| glob(p.split('/'), r.split('/'), |p, r| p == "*" || p == r);
+        for (p, r) in [
+            ("a/b/c", "a/b/c"),
+            ("a/b/c", "a/b"),
+            ("a/b", "a/b/c"),
+            ("a/b/c", "a/b/d"),
+            ("a", "a"),
+            ("a", "b"),
+            ("", ""),
+            ("a/", "a"),
+            ("a/*/c", "a/b/c"),
+            ("a/**", "a/b/c"),
+        ] {
+            assert_eq!(matches_path(p, r), glob_only(p, r), "{p:?} {r:?}");
+        }
+        assert!(matches("rpc://a/b", "rpc://a/b"));
+        assert!(!matches("rpc://a/b", "queue://a/b"));
+    }
 
     #[test]
     fn split_scheme_is_split_once_on_the_separator() {
