@@ -23,7 +23,11 @@ fn main() {
     // `split`: the worker client on its own current-thread runtime on a
     // second thread, so the caller's client cost is measured alone.
     let split = std::env::args().nth(4).as_deref() == Some("split");
-    let t = Transport::Tcp;
+    // `PROBE_TRANSPORT=ws`: both clients over WebSocket.
+    let t = match std::env::var("PROBE_TRANSPORT").as_deref() {
+        Ok("ws") => Transport::Ws,
+        _ => Transport::Tcp,
+    };
     let route = "rpc://bench/probe/echo";
     let caller = env.ours(t);
     let (worker, _h, _worker_thread) = if split {

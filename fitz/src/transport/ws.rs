@@ -28,6 +28,13 @@ pub(crate) struct WsIo {
     needs_flush: bool,
 }
 
+/// Most bytes one read asks for (tungstenite's `read_buffer_size`; a larger
+/// frame still gets room for itself). Its default, 128 KiB, is zero-filled
+/// before every read: at one read per wake-up that memset was the largest
+/// single cost of a WebSocket RPC round trip (callgrind, `rpc_probe` with
+/// `PROBE_TRANSPORT=ws`). 16 KiB, as the TCP transport reads.
+const READ_BUFFER: usize = 16 * 1024;
+
 impl WsIo {
     pub async fn handshake(
         endpoint: &Endpoint,
@@ -35,6 +42,7 @@ impl WsIo {
         max_frame: usize,
     ) -> Result<Self> {
         let config = WebSocketConfig::default()
+            .read_buffer_size(READ_BUFFER)
             .max_message_size(Some(max_frame))
             .max_frame_size(Some(max_frame));
         let (ws, _response) =

@@ -381,10 +381,16 @@ async fn write_loop(session: Session, writer: SharedWriter) {
             return;
         }
         // An inline WebSocket write may have left frames in the sink's
-        // buffer (the socket was full): push them out before sleeping.
-        if !write_flush(&session, &mut w).await {
-            session.close("write failed");
-            return;
+        // buffer (the socket was full): push them out before sleeping. The
+        // quiet flush first: with nothing left it also unregisters this
+        // task's waker from the sink, which would wake it on every frame
+        // the peer sends (`FrameWriter::flush_quietly`).
+        if !w.flush_quietly() {
+            if !write_flush(&session, &mut w).await {
+                session.close("write failed");
+                return;
+            }
+            w.flush_quietly();
         }
         drop(w);
         session.writer_wait().await;

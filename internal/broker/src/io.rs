@@ -299,6 +299,20 @@ impl FrameWriter {
         }
     }
 
+    /// Flushes without waiting, polled with a no-op waker; true when nothing
+    /// is left to write (always on a stream). On WebSocket this also leaves
+    /// the no-op waker as the sink's write waker: tokio-tungstenite wakes
+    /// the write waker on every read readiness of the socket too, so the
+    /// writer task's last real waker woke it once per incoming frame
+    /// (futex wake-ups seen per RPC call over WS, none over TCP).
+    pub(crate) fn flush_quietly(&mut self) -> bool {
+        let FrameWriter::Ws(sink) = self else {
+            return true;
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        matches!(sink.poll_flush_unpin(&mut cx), Poll::Ready(Ok(())))
+    }
+
     /// The inline write on WebSocket, without waiting: feeds the frames of
     /// `batch` to the sink (tungstenite's write buffer) and flushes, each
     /// polled once with a no-op waker. Returns how many bytes of `batch`

@@ -32,6 +32,11 @@ use crate::shared::Shared;
 /// Largest HTTP request head accepted.
 const MAX_HTTP_HEAD: usize = 8 * 1024;
 
+/// Most bytes one WebSocket read asks for (tungstenite's
+/// `read_buffer_size`; a larger frame still gets room for itself). Also the
+/// buffer each WebSocket session allocates up front.
+const WS_READ_BUFFER: usize = 16 * 1024;
+
 /// A connection slot, or `None` (and the accepted socket is dropped, which
 /// closes it) when `FITZ_MAX_CONNECTIONS` are already served.
 fn admit(shared: &Shared, peer: Option<SocketAddr>) -> Option<tokio::sync::OwnedSemaphorePermit> {
@@ -269,7 +274,10 @@ async fn http_connection(
             );
             stream.write_all(resp.as_bytes()).await?;
             let max = shared.config.max_frame;
+            // tungstenite zero-fills its whole read buffer before every
+            // read: 16 KiB (as the TCP reader), not its 128 KiB default.
             let config = WebSocketConfig::default()
+                .read_buffer_size(WS_READ_BUFFER)
                 .max_message_size(Some(max))
                 .max_frame_size(Some(max));
             let meter = shared.input.meter();

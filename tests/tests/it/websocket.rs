@@ -105,3 +105,43 @@ async fn a_silent_websocket_peer_is_detected_and_replaced() {
     client.close().await;
     brokers.shutdown().await;
 }
+
+/// Both sides read WebSocket frames through a 16 KiB read buffer: frames
+/// larger than it (and many small ones in one read) still arrive whole, in
+/// both directions.
+#[tokio::test]
+async fn frames_larger_than_the_read_buffer_arrive_whole() {
+    let brokers = Brokers::start().await.unwrap();
+    let url = &brokers.anon_ws;
+    let worker_client = fitz_tests::connected(url).await;
+    let route = format!("rpc://{}/echo", fitz_tests::realm("ws-big"));
+    let worker = worker_client
+        .rpc()
+        .serve(&route, 64, |req: fitz::rpc::RpcRequest| async move {
+            Ok::<_, fitz::rpc::HandlerError>(req.body().clone())
+        })
+        .await
+        .unwrap();
+    let caller = fitz_tests::connected(url).await;
+    let big: Bytes = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    let echoed = caller.rpc().request(&route, big.clone()).await.unwrap();
+    assert_eq!(echoed, big);
+    // Many at once, small and large mixed: several frames per read.
+    let calls = (0..64usize).map(|i| {
+        let body = if i % 8 == 0 {
+            big.slice(..20_000 + i)
+        } else {
+            big.slice(..i)
+        };
+        let rpc = caller.rpc();
+        let route = route.clone();
+        async move { (rpc.request(&route, body.clone()).await.unwrap(), body) }
+    });
+    for (got, sent) in futures_util::future::join_all(calls).await {
+        assert_eq!(got, sent);
+    }
+    worker.shutdown().await.unwrap();
+    caller.close().await;
+    worker_client.close().await;
+    brokers.shutdown().await;
+}

@@ -74,8 +74,14 @@ impl Cancellation {
         self.token.cancel();
     }
 
-    pub(super) fn signalled(&self, reason: SignalReason) {
+    /// Marks the call cancelled by the broker. Called with the worker's
+    /// `Active` map locked: the invocation's drop reads the mark under the
+    /// same lock (see [`Invocation`]'s `Drop`).
+    pub(super) fn mark_by_broker(&self) {
         self.by_broker.store(true, Ordering::Release);
+    }
+
+    pub(super) fn signalled(&self, reason: SignalReason) {
         self.fire(CancelReason::from_signal(reason));
     }
 
@@ -108,7 +114,8 @@ pub(super) struct Invocation {
     pub(super) id: RpcId,
     pub(super) conn: Connection,
     pub(super) generation: Generation,
-    /// Send the cleanup acknowledgement when the last handle is gone.
+    /// The broker supports cancellation: send the cleanup acknowledgement
+    /// when the last handle is gone, if the broker cancelled the call.
     pub(super) cleanup_ack: bool,
     pub(super) cancellation: Arc<Cancellation>,
     pub(super) reply: Mutex<ReplyState>,
@@ -239,17 +246,28 @@ impl Drop for Invocation {
                     .send_detached(types::RPC_RESPONSE, self.generation, record);
             }
         }
-        // Sent after every request, cancelled or not: a cancellation may be
-        // on its way, and the broker holds the credit of a cancelled call
-        // until this arrives (or closes the session after its grace period).
-        if self.cleanup_ack
-            && let Ok(record) = encode_record(&Cancel::CleanupDone { id: self.id })
-        {
-            let _ = self
-                .conn
-                .send_detached(types::RPC_CANCEL, self.generation, record);
+        // The cleanup acknowledgement only for a call the broker cancelled:
+        // it discards one for any other call (spec §4.3), so sending it after
+        // every call (as cntryl-fitz does) costs a record per call for
+        // nothing. The removal and the check share the lock `on_signal`
+        // takes: a signal either found the call here (and marked it, seen
+        // now) or finds it gone and acknowledges it itself.
+        let cancelled = {
+            let mut active = lock(&self.active);
+            active.remove(&self.id);
+            self.cancellation.by_broker()
+        };
+        if self.cleanup_ack && cancelled {
+            send_cleanup_ack(&self.conn, self.generation, self.id);
         }
-        lock(&self.active).remove(&self.id);
+    }
+}
+
+/// Tells the broker the cancelled call `id` is cleaned up (RPC_CANCEL kind
+/// 3), which releases the worker's credit for it.
+pub(super) fn send_cleanup_ack(conn: &Connection, generation: Generation, id: RpcId) {
+    if let Ok(record) = encode_record(&Cancel::CleanupDone { id }) {
+        let _ = conn.send_detached(types::RPC_CANCEL, generation, record);
     }
 }
 

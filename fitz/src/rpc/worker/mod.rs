@@ -6,8 +6,8 @@
 //! user's handler. A request's state lives in an `Invocation` shared by the
 //! handler's [`RpcRequest`], its [`Responder`]s and the runner; when the last
 //! of them is gone the call is cleaned up: a final error chunk if nobody
-//! answered, then the cleanup acknowledgement that releases the broker's
-//! credit (capability bit 3).
+//! answered, then, if the broker cancelled the call, the cleanup
+//! acknowledgement that releases the broker's credit (capability bit 3).
 
 use std::collections::HashMap;
 use std::fmt;
@@ -95,6 +95,15 @@ where
 /// `*`; the older worker on a tie) — never to all of them. Serving a pattern
 /// this client already serves fails with
 /// [`InvalidArgument`](crate::ErrorKind::InvalidArgument).
+///
+/// Cleanup acknowledgements (with a broker that supports cancellation): the
+/// worker sends RPC_CANCEL kind 3 only for a call the broker cancelled
+/// (RPC_LIFECYCLE kind 2), once the request and its [`Responder`]s are
+/// dropped, or at once when the signal names a call no longer running here
+/// (it was answered or refused before the signal arrived). The broker
+/// discards an acknowledgement for any other call, so none is sent after an
+/// ordinary call. This deliberately differs from cntryl-fitz, whose worker
+/// sends one after every invocation.
 pub struct RpcWorker {
     pattern: String,
     max_concurrent: u32,

@@ -20,8 +20,8 @@ use crate::error::Result;
 /// handler's return value. When the request and every [`Responder`] of it
 /// are dropped without a final chunk, the worker ends the call itself with
 /// error `6010` — `6001` once its deadline passed, `6002` when the worker was
-/// dropped — unless the broker already cancelled it. Dropping them is also
-/// what tells a broker that supports cancellation that the request's cleanup
+/// dropped — unless the broker already cancelled it. For a call the broker
+/// cancelled, dropping them is also what tells it that the request's cleanup
 /// is done, which releases its credit: keep the request while work for it
 /// still runs.
 pub struct RpcRequest {

@@ -10,7 +10,7 @@ use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::Bytes;
-use fitz_protocol::rpc::{self, Cancel, Lifecycle, Response, RpcId};
+use fitz_protocol::rpc::{self, Lifecycle, Response, RpcId};
 use fitz_protocol::{Message, codes, types};
 use futures_core::Stream;
 use futures_util::{FutureExt, StreamExt};
@@ -262,8 +262,9 @@ impl Worker {
         }
     }
 
-    /// Answers a delivery it will not run with a terminal error (and the
-    /// cleanup ack, in case the call was cancelled meanwhile).
+    /// Answers a delivery it will not run with a terminal error. (No cleanup
+    /// ack: should the broker have cancelled the call meanwhile, its signal
+    /// finds the id unknown and `on_signal` acknowledges it.)
     pub(super) fn reject(&self, id: RpcId, code: u32, message: &str) {
         let last = Response {
             id,
@@ -276,21 +277,31 @@ impl Worker {
                 .conn
                 .send_detached(types::RPC_RESPONSE, self.generation, record);
         }
-        if self.cleanup_ack
-            && let Ok(record) = encode_record(&Cancel::CleanupDone { id })
-        {
-            let _ = self
-                .conn
-                .send_detached(types::RPC_CANCEL, self.generation, record);
-        }
     }
 
-    /// A 305: kind 2 cancels one of this worker's requests.
+    /// A 305: kind 2 cancels one of this worker's requests. For an id no
+    /// longer running here (answered, rejected or discarded before the
+    /// signal arrived: the broker cancelled it first and ignored the
+    /// answer) the cleanup ack goes out at once; a running one sends it when
+    /// its last handle is dropped.
+    ///
+    /// A signal never overtakes its delivery: both arrive on the one
+    /// session in order, and the loop takes every buffered delivery before
+    /// it looks at a signal (the branches are polled in order).
     pub(super) fn on_signal(&self, payload: Bytes) {
         if let Ok(Lifecycle::WorkerSignal { id, reason }) = Lifecycle::decode(payload) {
-            let found = lock(&self.active).get(&id).cloned();
-            if let Some(c) = found {
-                c.signalled(reason);
+            let found = {
+                let active = lock(&self.active);
+                let found = active.get(&id).cloned();
+                if let Some(c) = &found {
+                    c.mark_by_broker();
+                }
+                found
+            };
+            match found {
+                Some(c) => c.signalled(reason),
+                None if self.cleanup_ack => send_cleanup_ack(&self.conn, self.generation, id),
+                None => {}
             }
         }
     }
