@@ -159,10 +159,7 @@ pub(crate) const INLINE_RECORD: usize = 110;
 /// An encoded record on its way to the actor.
 pub(crate) enum RecordBuf {
     /// A small record carried by value (`len` bytes of `bytes`).
-    Inline {
-        len: u8,
-        bytes: [u8; INLINE_RECORD],
-    },
+    Inline { len: u8, bytes: [u8; INLINE_RECORD] },
     /// Any record, as shared bytes.
     Shared(Bytes),
 }
@@ -301,7 +298,10 @@ mod tests {
             let got = encode_record(&msg).expect("encodes");
             assert_eq!(got, plain(&msg), "value of {len} bytes");
             let kept = SCRATCH.with(|c| c.borrow().capacity());
-            assert!(kept <= SMALL_RECORD, "scratch kept {kept} bytes after {len}");
+            assert!(
+                kept <= SMALL_RECORD,
+                "scratch kept {kept} bytes after {len}"
+            );
         }
         // Too large for a record: refused, and the scratch is not kept big.
         assert!(encode_record(&put(1 << 20)).is_err());

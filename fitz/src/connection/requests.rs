@@ -665,7 +665,10 @@ mod tests {
         let (mut book, mut out, mut finished) = (Book::default(), BytesMut::new(), Vec::new());
         let (tx, mut rx) = oneshot::channel();
         let item = request(7, b"\x68\x00\x01x", Reply::Once(tx));
-        assert!(book.send_now(item, &CORRELATED, &mut out, &mut finished).is_none());
+        assert!(
+            book.send_now(item, &CORRELATED, &mut out, &mut finished)
+                .is_none()
+        );
         assert!(!out.is_empty(), "written");
         assert_eq!(book.counts(), (1, 0, 0));
         assert!(book.entries.get(&7).is_some_and(Entry::written));
@@ -691,7 +694,10 @@ mod tests {
         let (tx, rx) = oneshot::channel();
         drop(rx);
         let item = request(1, b"\x68\x00\x00", Reply::Once(tx));
-        assert!(book.send_now(item, &CORRELATED, &mut out, &mut finished).is_none());
+        assert!(
+            book.send_now(item, &CORRELATED, &mut out, &mut finished)
+                .is_none()
+        );
         assert!(out.is_empty());
         assert_eq!(book.counts(), (0, 0, 0));
         // Larger than a frame: answered with the encoding error, unwritten.
@@ -700,8 +706,15 @@ mod tests {
             ..CORRELATED
         };
         let (tx, mut rx) = oneshot::channel();
-        let item = request(2, &[0x68, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0], Reply::Once(tx));
-        assert!(book.send_now(item, &tiny, &mut out, &mut finished).is_none());
+        let item = request(
+            2,
+            &[0x68, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Reply::Once(tx),
+        );
+        assert!(
+            book.send_now(item, &tiny, &mut out, &mut finished)
+                .is_none()
+        );
         let err = rx.try_recv().expect("answered").expect_err("too large");
         assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
         assert!(out.is_empty());
@@ -716,7 +729,10 @@ mod tests {
         let back = book.send_now(item, &legacy, &mut out, &mut finished);
         let mut item = back.expect("given back");
         item.generation = 2;
-        assert!(book.send_now(item, &CORRELATED, &mut out, &mut finished).is_some());
+        assert!(
+            book.send_now(item, &CORRELATED, &mut out, &mut finished)
+                .is_some()
+        );
         assert!(out.is_empty());
     }
 }

@@ -481,12 +481,18 @@ mod tests {
             assert_eq!(l.record.ty, 100 + id as u16);
             assert_eq!(&l.record.payload[..], &[id as u8; 5]);
         }
-        assert_eq!((got[3].correlation, &got[3].record.payload[..]), (None, &b"plain"[..]));
+        assert_eq!(
+            (got[3].correlation, &got[3].record.payload[..]),
+            (None, &b"plain"[..])
+        );
         // A label whose record is cut short: one error, then nothing.
         put_label(&mut b, types::CORRELATED, 4);
         b.extend_from_slice(&[100, 0, 9, 1]);
         let mut it = LabelledRecords::new(b.freeze(), Side::Client).skip(4);
-        assert!(matches!(it.next(), Some(Err(DecodeError::Truncated { .. }))));
+        assert!(matches!(
+            it.next(),
+            Some(Err(DecodeError::Truncated { .. }))
+        ));
         assert!(it.next().is_none());
         // A label of the wrong length, or a wrong-direction one, on the client.
         for f in [
