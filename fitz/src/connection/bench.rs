@@ -73,7 +73,7 @@ impl CorrelationMap {
         let filed = self.book.file(Outbound {
             id,
             ty: types::KV_GET,
-            record: self.record.clone(),
+            record: self.record.clone().into(),
             deadline: Instant::now() + Duration::from_secs(30),
             generation: 0,
             pinned: false,

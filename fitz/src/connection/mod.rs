@@ -138,7 +138,7 @@ use crate::options::SubscriptionOptions;
 use crate::telemetry;
 
 use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
-pub(crate) use command::{encode_record, encode_record_sized};
+pub(crate) use command::{RecordBuf, encode_record, encode_record_sized, encode_request};
 pub(crate) use mailbox::{MailboxRx, mailbox};
 #[cfg(test)]
 pub(crate) use shared::domain_bit;
@@ -378,7 +378,7 @@ impl Connection {
     }
 
     pub async fn request_with<M: Message>(&self, msg: &M, opts: RequestOptions) -> Result<Bytes> {
-        let record = encode_record(msg)?;
+        let record = encode_request(msg)?;
         self.traced_request(M::TYPE, msg.route(), record, opts)
             .await
     }
@@ -400,7 +400,7 @@ impl Connection {
         &self,
         ty: u16,
         route: Option<&str>,
-        record: Bytes,
+        record: impl Into<RecordBuf>,
         opts: RequestOptions,
     ) -> Result<Bytes> {
         // The span is not entered: nothing in this task logs inside it, and
@@ -421,7 +421,7 @@ impl Connection {
         &self,
         wrap: fn(Outbound) -> Command,
         ty: u16,
-        record: Bytes,
+        record: impl Into<RecordBuf>,
         opts: RequestOptions,
         reply: fn(oneshot::Sender<Result<T>>) -> Reply,
         span: &Span,
@@ -619,7 +619,7 @@ impl Connection {
             slot.send(wrap(Outbound {
                 id,
                 ty,
-                record,
+                record: record.into(),
                 deadline,
                 generation: generation.0,
                 pinned: true,
@@ -650,7 +650,7 @@ impl Connection {
         let out = Outbound {
             id: self.shared.next_id(),
             ty,
-            record,
+            record: record.into(),
             deadline: Instant::now(),
             generation: generation.0,
             pinned: true,
@@ -675,7 +675,7 @@ impl Connection {
             Some(g) => g.0,
             None => self.shared.generation(),
         };
-        let Ok(record) = encode_record(msg) else {
+        let Ok(record) = encode_request(msg) else {
             return false;
         };
         let Ok(permit) = self.shared.inflight.clone().try_acquire_owned() else {
@@ -700,7 +700,7 @@ impl Connection {
         &self,
         wrap: fn(Outbound) -> Command,
         ty: u16,
-        record: Bytes,
+        record: impl Into<RecordBuf>,
         opts: RequestOptions,
         reply: Reply,
         span: &Span,
@@ -741,7 +741,7 @@ impl Connection {
         let out = Outbound {
             id,
             ty,
-            record,
+            record: record.into(),
             deadline,
             generation,
             pinned: opts.generation.is_some(),

@@ -173,7 +173,7 @@ impl Book {
             Entry {
                 ty: out.ty,
                 waiter: Waiter::from_reply(out.reply),
-                record: Some(out.record),
+                record: Some(out.record.into_bytes()),
                 deadline,
                 generation: out.generation,
                 pinned: out.pinned,
@@ -184,10 +184,13 @@ impl Book {
         out.id
     }
 
-    /// The fast path of a send (publish, RPC chunk, cancellation) that may
-    /// be written right now: encoded straight into `out` and acknowledged,
-    /// without filing it (no map entry, no deadline to insert and remove).
-    /// Gives it back when it must be filed: a request, or a send issued for
+    /// The fast path of an item that may be written right now. A send
+    /// (publish, RPC chunk, cancellation) is encoded straight into `out` and
+    /// acknowledged, without filing it (no map entry, no deadline to insert
+    /// and remove). A request on a correlated session is encoded straight
+    /// from its command (an inline record needs no allocation) and filed as
+    /// written. Gives the item back when it must be filed first: a request
+    /// on a legacy broker (its type's lane decides), or an item issued for
     /// another session. The caller checks the admission conditions first
     /// (session ready, no backlog, output below the high-water mark), so the
     /// wire order is the one filing and admitting would give.
@@ -198,10 +201,15 @@ impl Book {
         out: &mut BytesMut,
         finished: &mut Vec<Finished>,
     ) -> Option<Outbound> {
-        if item.generation != session.generation
-            || !matches!(item.reply, Reply::Written(_) | Reply::Committed(_))
-        {
+        if item.generation != session.generation {
             return Some(item);
+        }
+        if !matches!(item.reply, Reply::Written(_) | Reply::Committed(_)) {
+            return if session.correlated {
+                self.request_now(item, session, out, finished)
+            } else {
+                Some(item)
+            };
         }
         let Outbound { record, reply, .. } = item;
         let waiter = Waiter::from_reply(reply);
@@ -209,11 +217,61 @@ impl Book {
             return None; // as `admit` drops an abandoned send unwritten
         }
         let encoded = encode_frame_with(out, session.max_frame, |b| {
-            b.extend_from_slice(&record);
+            b.extend_from_slice(record.as_slice());
             Ok::<_, fitz_protocol::EncodeError>(())
         });
         let result = encoded.map(|()| Bytes::new()).map_err(Error::encode);
         deliver_final(waiter, result, finished);
+        None
+    }
+
+    /// [`Book::send_now`] for a request on a correlated session of its
+    /// generation: what `file` + `admit` + `write` would do, in that order,
+    /// without the record ever waiting in the book.
+    fn request_now(
+        &mut self,
+        item: Outbound,
+        session: &Session,
+        out: &mut BytesMut,
+        finished: &mut Vec<Finished>,
+    ) -> Option<Outbound> {
+        let Outbound {
+            id,
+            ty,
+            record,
+            deadline,
+            generation,
+            pinned,
+            reply,
+            permit,
+        } = item;
+        let waiter = Waiter::from_reply(reply);
+        if waiter.abandoned() {
+            return None; // as `admit` drops an abandoned request unwritten
+        }
+        let encoded = encode_frame_with(out, session.max_frame, |b| {
+            put_label(b, types::CORRELATE, id);
+            b.extend_from_slice(record.as_slice());
+            Ok::<_, fitz_protocol::EncodeError>(())
+        });
+        if let Err(e) = encoded {
+            // Nothing was written (the buffer was restored), as in `write`.
+            deliver_final(waiter, Err(Error::encode(e)), finished);
+            return None;
+        }
+        self.insert(
+            id,
+            Entry {
+                ty,
+                waiter,
+                record: None,
+                deadline: Some(deadline),
+                generation,
+                pinned,
+                send: false,
+                _permit: Some(permit),
+            },
+        );
         None
     }
 
@@ -570,4 +628,111 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
 /// test for a dead entry: ids are never reused).
 fn is_waiting(entries: &IdMap<u64, Entry>, id: u64, at: Instant) -> bool {
     entries.get(&id).is_some_and(|e| e.deadline == Some(at))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use tokio::sync::Semaphore;
+
+    use super::*;
+    use crate::connection::command::RecordBuf;
+    use crate::error::ErrorKind;
+
+    const CORRELATED: Session = Session {
+        correlated: true,
+        generation: 1,
+        max_frame: 1 << 20,
+    };
+
+    fn request(id: u64, record: &[u8], reply: Reply) -> Outbound {
+        let permits = Arc::new(Semaphore::new(1));
+        Outbound {
+            id,
+            ty: types::KV_GET,
+            record: RecordBuf::from(Bytes::copy_from_slice(record)),
+            deadline: Instant::now() + std::time::Duration::from_secs(30),
+            generation: 1,
+            pinned: false,
+            reply,
+            permit: permits.try_acquire_owned().expect("a permit"),
+        }
+    }
+
+    #[test]
+    fn a_request_written_at_once_is_filed_as_written_and_answered_by_id() {
+        let (mut book, mut out, mut finished) = (Book::default(), BytesMut::new(), Vec::new());
+        let (tx, mut rx) = oneshot::channel();
+        let item = request(7, b"\x68\x00\x01x", Reply::Once(tx));
+        assert!(
+            book.send_now(item, &CORRELATED, &mut out, &mut finished)
+                .is_none()
+        );
+        assert!(!out.is_empty(), "written");
+        assert_eq!(book.counts(), (1, 0, 0));
+        assert!(book.entries.get(&7).is_some_and(Entry::written));
+        assert!(book.next_deadline().is_some(), "its deadline is kept");
+        let answer = Bytes::from_static(b"\x00ok");
+        let unclaimed = book.on_record(
+            Some(7),
+            types::KV_GET,
+            answer.clone(),
+            &CORRELATED,
+            &mut out,
+            &mut finished,
+        );
+        assert!(unclaimed.is_none());
+        assert_eq!(rx.try_recv().expect("answered").expect("ok"), answer);
+        assert_eq!(book.counts(), (0, 0, 0));
+    }
+
+    #[test]
+    fn an_abandoned_or_unencodable_request_is_not_filed_and_a_legacy_one_is_given_back() {
+        let (mut book, mut out, mut finished) = (Book::default(), BytesMut::new(), Vec::new());
+        // The caller gave up before the actor saw it: nothing is written.
+        let (tx, rx) = oneshot::channel();
+        drop(rx);
+        let item = request(1, b"\x68\x00\x00", Reply::Once(tx));
+        assert!(
+            book.send_now(item, &CORRELATED, &mut out, &mut finished)
+                .is_none()
+        );
+        assert!(out.is_empty());
+        assert_eq!(book.counts(), (0, 0, 0));
+        // Larger than a frame: answered with the encoding error, unwritten.
+        let tiny = Session {
+            max_frame: 8,
+            ..CORRELATED
+        };
+        let (tx, mut rx) = oneshot::channel();
+        let item = request(
+            2,
+            &[0x68, 0, 20, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            Reply::Once(tx),
+        );
+        assert!(
+            book.send_now(item, &tiny, &mut out, &mut finished)
+                .is_none()
+        );
+        let err = rx.try_recv().expect("answered").expect_err("too large");
+        assert_eq!(err.kind(), ErrorKind::InvalidArgument, "{err}");
+        assert!(out.is_empty());
+        assert_eq!(book.counts(), (0, 0, 0));
+        // A legacy broker's lane, or another generation: filed by the caller.
+        let legacy = Session {
+            correlated: false,
+            ..CORRELATED
+        };
+        let (tx, _rx) = oneshot::channel();
+        let item = request(3, b"\x68\x00\x00", Reply::Once(tx));
+        let back = book.send_now(item, &legacy, &mut out, &mut finished);
+        let mut item = back.expect("given back");
+        item.generation = 2;
+        assert!(
+            book.send_now(item, &CORRELATED, &mut out, &mut finished)
+                .is_some()
+        );
+        assert!(out.is_empty());
+    }
 }

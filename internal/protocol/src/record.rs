@@ -4,7 +4,7 @@
 //!
 //! A type ≤ 254 is one byte; larger types are `0xFF` followed by a `u16 BE`.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::{DecodeError, EncodeError, types};
 
@@ -126,7 +126,8 @@ impl Records {
         }
     }
 
-    fn read_one(&mut self) -> Result<Record, DecodeError> {
+    /// Type, header length and total length of the record at the front.
+    fn front(&self) -> Result<(u16, usize, usize), DecodeError> {
         let b = &self.rest[..];
         let (ty, header) = match b.first() {
             None => {
@@ -164,10 +165,43 @@ impl Records {
                 remaining: b.len(),
             });
         }
-        let mut rec = self.rest.split_to(total);
-        let payload = rec.split_off(header + 2);
+        Ok((ty, header, total))
+    }
+
+    fn read_one(&mut self) -> Result<Record, DecodeError> {
+        let (ty, header, total) = self.front()?;
+        // One reference-count increment for the payload (no intermediate
+        // record slice to make and drop).
+        let payload = self.rest.slice(header + 2..total);
+        self.rest.advance(total);
         Ok(Record { ty, payload })
     }
+
+    /// The next record, except that a record of type `label` is consumed
+    /// without a payload slice: its id is read in place.
+    fn next_or_label(&mut self, label: u16) -> Option<Result<Front, DecodeError>> {
+        if self.failed || self.rest.is_empty() {
+            return None;
+        }
+        let r = match self.front() {
+            Ok((ty, header, total)) if ty == label => {
+                let id = label_id(&self.rest[header + 2..total]);
+                self.rest.advance(total);
+                Ok(Front::Label(id))
+            }
+            Ok(_) => self.read_one().map(Front::Record),
+            Err(e) => Err(e),
+        };
+        self.failed = r.is_err();
+        Some(r)
+    }
+}
+
+/// What [`Records::next_or_label`] found at the front of the frame.
+enum Front {
+    Record(Record),
+    /// A label record's id (or why its payload is not one).
+    Label(Result<u64, DecodeError>),
 }
 
 impl Iterator for Records {
@@ -264,24 +298,30 @@ impl LabelledRecords {
         Ok(())
     }
 
-    fn read(&mut self, first: Record) -> Result<Labelled, DecodeError> {
-        let (own_label, foreign_label) = match self.side {
-            Side::Broker => (types::CORRELATE, types::CORRELATED),
-            Side::Client => (types::CORRELATED, types::CORRELATE),
+    fn read(&mut self, first: Front, own_label: u16) -> Result<Labelled, DecodeError> {
+        let foreign_label = match self.side {
+            Side::Broker => types::CORRELATED,
+            Side::Client => types::CORRELATE,
         };
-        self.note_type(first.ty)?;
-        if first.ty == foreign_label {
+        let first_ty = match &first {
+            Front::Record(r) => r.ty,
+            Front::Label(_) => own_label,
+        };
+        self.note_type(first_ty)?;
+        if first_ty == foreign_label {
             return Err(DecodeError::Malformed(
                 "correlation label of the wrong direction",
             ));
         }
-        if first.ty != own_label {
-            return Ok(Labelled {
-                correlation: None,
-                record: first,
-            });
-        }
-        let id = label_id(&first.payload)?;
+        let id = match first {
+            Front::Record(record) => {
+                return Ok(Labelled {
+                    correlation: None,
+                    record,
+                });
+            }
+            Front::Label(id) => id?,
+        };
         let record = match self.records.next() {
             Some(r) => r?,
             None => return Err(DecodeError::Malformed("correlation label ends the frame")),
@@ -322,14 +362,18 @@ impl Iterator for LabelledRecords {
         if self.failed {
             return None;
         }
-        let first = match self.records.next()? {
+        let own_label = match self.side {
+            Side::Broker => types::CORRELATE,
+            Side::Client => types::CORRELATED,
+        };
+        let first = match self.records.next_or_label(own_label)? {
             Ok(r) => r,
             Err(e) => {
                 self.failed = true;
                 return Some(Err(e));
             }
         };
-        let r = self.read(first);
+        let r = self.read(first, own_label);
         self.failed = r.is_err();
         Some(r)
     }
@@ -415,6 +459,50 @@ mod tests {
                 .collect::<Result<Vec<_>, _>>()
                 .is_err()
         );
+    }
+
+    #[test]
+    fn client_side_labels_read_in_place_and_errors_end_the_frame() {
+        // Several labelled replies in one frame (the client's common case):
+        // ids and payloads as written, then a truncated record fails once.
+        let mut b = BytesMut::new();
+        for id in 1..=3u64 {
+            put_label(&mut b, types::CORRELATED, id);
+            encode_raw_record(&mut b, 100 + id as u16, &[id as u8; 5]).unwrap();
+        }
+        encode_raw_record(&mut b, 300, b"plain").unwrap();
+        let got: Vec<_> = LabelledRecords::new(b.clone().freeze(), Side::Client)
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(got.len(), 4);
+        for (i, l) in got[..3].iter().enumerate() {
+            let id = i as u64 + 1;
+            assert_eq!(l.correlation, Some(id));
+            assert_eq!(l.record.ty, 100 + id as u16);
+            assert_eq!(&l.record.payload[..], &[id as u8; 5]);
+        }
+        assert_eq!(
+            (got[3].correlation, &got[3].record.payload[..]),
+            (None, &b"plain"[..])
+        );
+        // A label whose record is cut short: one error, then nothing.
+        put_label(&mut b, types::CORRELATED, 4);
+        b.extend_from_slice(&[100, 0, 9, 1]);
+        let mut it = LabelledRecords::new(b.freeze(), Side::Client).skip(4);
+        assert!(matches!(
+            it.next(),
+            Some(Err(DecodeError::Truncated { .. }))
+        ));
+        assert!(it.next().is_none());
+        // A label of the wrong length, or a wrong-direction one, on the client.
+        for f in [
+            frame(&[(3, &[0; 9]), (100, b"")]),
+            frame(&[(2, &[0, 0, 0, 0, 0, 0, 0, 1]), (100, b"")]),
+        ] {
+            let mut it = LabelledRecords::new(f, Side::Client);
+            assert!(matches!(it.next(), Some(Err(DecodeError::Malformed(_)))));
+            assert!(it.next().is_none());
+        }
     }
 
     #[test]
