@@ -1,5 +1,6 @@
-//! Group commit on local storage: KV write transactions (BEGIN, PUT,
-//! COMMIT with `Durability::Sync`) against a broker with
+//! Group commit on local storage: KV write transactions (BEGIN, then PUT and
+//! COMMIT with `Durability::Sync` written together, two round trips, as
+//! `fitz::kv::Kv::put` sends them) against a broker with
 //! `FITZ_STORAGE_MODE=local`, over loopback TCP with the raw client.
 //!
 //! * `group_commit/serial`: one connection, one transaction at a time: every
@@ -9,7 +10,7 @@
 //!   fsync runs share the next one;
 //! * `group_commit/concurrent_64_buffered`: the same with
 //!   `Durability::Buffered` (no fsync to wait for): the ceiling the CPU
-//!   path (three round trips per transaction) sets on this machine.
+//!   path (two round trips per transaction) sets on this machine.
 //!
 //! Throughput is commits per second; the ratio concurrent ÷ serial is what
 //! group commit buys (docs/PERF.md, "Group commit").
@@ -27,7 +28,7 @@ use fitz_protocol::kv::{self, BeginOk, Durability, TxMode};
 /// Concurrent writers, one resource and one connection each.
 const WRITERS: usize = 64;
 
-/// One Sync write transaction on `route`.
+/// One write transaction on `route`.
 async fn write_tx(
     conn: &mut Raw,
     route: &fitz_protocol::Str,
@@ -48,13 +49,17 @@ async fn write_tx(
         key: Bytes::from_static(b"key"),
         value: value.clone(),
     };
-    assert_eq!(conn.call(&put).await[0], 0);
     let commit = kv::Commit {
         tx_id,
         route: route.clone(),
         durability,
     };
-    assert_eq!(conn.call(&commit).await[0], 0, "commit ok");
+    // PUT and COMMIT written together, as `fitz::kv::Kv::put` sends them.
+    let put = conn.queue_correlated(&put);
+    let commit = conn.queue_correlated(&commit);
+    conn.flush().await;
+    assert_eq!(conn.reply(put).await[0], 0, "put ok");
+    assert_eq!(conn.reply(commit).await[0], 0, "commit ok");
 }
 
 fn group_commit(c: &mut Criterion) {
