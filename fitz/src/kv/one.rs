@@ -2,7 +2,7 @@
 //! of its own, with the write and the COMMIT sent together.
 
 use bytes::Bytes;
-use fitz_protocol::{Message, ReplyBody, kv};
+use fitz_protocol::{Message, ReplyBody, Str, kv};
 
 use super::{Durability, Kv, Transaction, TxMode, open_after_finish};
 use crate::connection::RequestOptions;
@@ -36,14 +36,14 @@ impl Kv {
         value: impl Into<Bytes>,
         durability: Durability,
     ) -> Result<()> {
-        let tx = self.begin(route, TxMode::ReadWrite).await?;
-        let msg = kv::Put {
-            tx_id: tx.tx_id,
-            route: tx.route.clone(),
-            key: Bytes::copy_from_slice(key.as_ref()),
-            value: value.into(),
+        let (key, value) = (Bytes::copy_from_slice(key.as_ref()), value.into());
+        let put = |tx_id, route| kv::Put {
+            tx_id,
+            route,
+            key,
+            value,
         };
-        tx.write_and_commit::<_, kv::PutOk>(&msg, durability).await
+        self.write_one::<_, kv::PutOk>(route, durability, put).await
     }
 
     /// [`Kv::put`], only if `key` is absent: an existing key fails with
@@ -56,14 +56,14 @@ impl Kv {
         value: impl Into<Bytes>,
         durability: Durability,
     ) -> Result<()> {
-        let tx = self.begin(route, TxMode::ReadWrite).await?;
-        let msg = kv::Insert {
-            tx_id: tx.tx_id,
-            route: tx.route.clone(),
-            key: Bytes::copy_from_slice(key.as_ref()),
-            value: value.into(),
+        let (key, value) = (Bytes::copy_from_slice(key.as_ref()), value.into());
+        let insert = |tx_id, route| kv::Insert {
+            tx_id,
+            route,
+            key,
+            value,
         };
-        tx.write_and_commit::<_, kv::InsertOk>(&msg, durability)
+        self.write_one::<_, kv::InsertOk>(route, durability, insert)
             .await
     }
 
@@ -75,14 +75,23 @@ impl Kv {
         key: impl AsRef<[u8]>,
         durability: Durability,
     ) -> Result<()> {
-        let tx = self.begin(route, TxMode::ReadWrite).await?;
-        let msg = kv::Delete {
-            tx_id: tx.tx_id,
-            route: tx.route.clone(),
-            key: Bytes::copy_from_slice(key.as_ref()),
-        };
-        tx.write_and_commit::<_, kv::DeleteOk>(&msg, durability)
+        let key = Bytes::copy_from_slice(key.as_ref());
+        let delete = |tx_id, route| kv::Delete { tx_id, route, key };
+        self.write_one::<_, kv::DeleteOk>(route, durability, delete)
             .await
+    }
+
+    /// BEGIN on `route`, then the write `write` builds for the
+    /// transaction, sent with the COMMIT.
+    async fn write_one<M: Message, R: ReplyBody>(
+        &self,
+        route: &str,
+        durability: Durability,
+        write: impl FnOnce(u64, Str) -> M,
+    ) -> Result<()> {
+        let tx = self.begin(route, TxMode::ReadWrite).await?;
+        let msg = write(tx.tx_id, tx.route.clone());
+        tx.write_and_commit::<_, R>(&msg, durability).await
     }
 }
 

@@ -303,17 +303,7 @@ impl KvEngine {
     /// is returned as `Err`.
     fn commit(&self, session: &Session, c: &kv::Commit, reply: &Reply) -> Result<(), WireError> {
         let mut s = self.state.lock();
-        match s.txs.get(&c.tx_id) {
-            Some(t) if t.session == session.id() => {
-                if *t.route != *c.route {
-                    return Err(err(
-                        codes::KV_INVALID_ROUTE,
-                        "route does not match the transaction's resource",
-                    ));
-                }
-            }
-            _ => return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found")),
-        }
+        s.check_owned(session, c.tx_id, &c.route)?;
         let Some(mut tx) = s.txs.remove(&c.tx_id) else {
             return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found"));
         };
@@ -338,17 +328,7 @@ impl KvEngine {
 
     fn rollback(&self, session: &Session, r: &kv::Rollback) -> Result<(), WireError> {
         let mut s = self.state.lock();
-        match s.txs.get(&r.tx_id) {
-            Some(t) if t.session == session.id() => {
-                if *t.route != *r.route {
-                    return Err(err(
-                        codes::KV_INVALID_ROUTE,
-                        "route does not match the transaction's resource",
-                    ));
-                }
-            }
-            _ => return Err(err(codes::KV_TX_NOT_FOUND, "transaction not found")),
-        }
+        s.check_owned(session, r.tx_id, &r.route)?;
         if let Some(tx) = s.take_tx(r.tx_id) {
             s.release(&tx, r.tx_id);
         }
@@ -534,6 +514,23 @@ impl From<WireError> for Staging {
 }
 
 impl State {
+    /// Transaction `tx_id` is `session`'s and on `route`: the check every
+    /// request that ends a transaction passes first.
+    fn check_owned(&self, session: &Session, tx_id: u64, route: &str) -> Result<(), WireError> {
+        match self.txs.get(&tx_id) {
+            Some(t) if t.session == session.id() => {
+                if *t.route != *route {
+                    return Err(err(
+                        codes::KV_INVALID_ROUTE,
+                        "route does not match the transaction's resource",
+                    ));
+                }
+                Ok(())
+            }
+            _ => Err(err(codes::KV_TX_NOT_FOUND, "transaction not found")),
+        }
+    }
+
     /// Removes a transaction, returning its staged bytes to the budget.
     fn take_tx(&mut self, tx_id: u64) -> Option<Tx> {
         let tx = self.txs.remove(&tx_id)?;
