@@ -2,7 +2,7 @@
 
 use bytes::Bytes;
 
-use super::command::{Command, PushCmd};
+use super::command::{Command, Confirm, PushCmd, Reply};
 use super::{Connection, Generation, PushKey, PushStream, mailbox};
 use crate::error::{Error, Result};
 use crate::options::SubscriptionOptions;
@@ -15,8 +15,11 @@ impl Connection {
     /// installed only if the record was filed in a session; its stream ends
     /// when it never is.
     ///
-    /// Resolves, with the handler's stream, once the record is in the
-    /// outbound buffer; errors as `send_committed`.
+    /// Resolves, with the handler's stream, as soon as the command is
+    /// queued (no confirmation to wait for); errors before that as
+    /// `send_committed`. A failure to write the record afterwards (the
+    /// errors `send_committed` would report then: stale session, session
+    /// lost, closed, not connected) ends the stream with that error instead.
     pub(crate) async fn send_committed_with_handler<G>(
         &self,
         ty: u16,
@@ -29,6 +32,7 @@ impl Connection {
         }
         let (handler_ty, key, options) = handler;
         let (mailbox_tx, mailbox_rx) = mailbox(options);
+        let confirm = Confirm::Stream(mailbox_tx.failer());
         let sink = self.shared.next_handle();
         let push = PushCmd {
             ty: handler_ty,
@@ -39,8 +43,11 @@ impl Connection {
         };
         // Built now: dropped at any await below, it removes the handler.
         let stream = PushStream::new(self.clone(), sink, mailbox_rx);
-        let wrap = move |out| Command::Call { push, out };
-        self.send_committed_traced(ty, generation, build, wrap, true)
+        let wrap = move |mut out: super::Outbound| {
+            out.reply = Reply::Committed(confirm);
+            Command::Call { out, push }
+        };
+        self.send_committed_traced(ty, generation, build, wrap, false)
             .await
             .map(|()| stream)
     }

@@ -17,7 +17,7 @@ use tokio::sync::{OwnedSemaphorePermit, mpsc, oneshot};
 use tokio::time::Instant;
 
 use super::Push;
-use super::mailbox::MailboxTx;
+use super::mailbox::{MailboxFail, MailboxTx};
 use super::{PushKey, RegistrationSpec};
 use crate::error::{Error, Result};
 use crate::events::SubscriptionId;
@@ -32,7 +32,9 @@ pub(crate) enum Command {
     /// An RPC request and its response handler in one command: the handler
     /// is installed (in a session) just before the request is handled like
     /// a `Send`, so no response can arrive unclaimed.
-    Call { push: PushCmd, out: Outbound },
+    /// (`out` first: dropped unhandled, its confirmation ends the handler's
+    /// stream with an error before the handler itself is dropped.)
+    Call { out: Outbound, push: PushCmd },
     /// Register (or join) a restorable subscription.
     Register(RegisterCmd),
     /// Install a raw push handler.
@@ -66,9 +68,40 @@ pub(crate) enum Reply {
     Detached,
     /// A send that stays queued even when nobody waits for it: once filed it
     /// is written, in order, unless its session ends first. It never times
-    /// out. The sender, if any, learns the outcome. (RPC chunks and
+    /// out. The [`Confirm`] says who learns the outcome. (RPC chunks and
     /// cancellations: dropping a waiter must not leave a gap on the wire.)
-    Committed(Option<oneshot::Sender<Result<()>>>),
+    Committed(Confirm),
+}
+
+/// Who learns the outcome of a committed send.
+pub(crate) enum Confirm {
+    /// Nobody.
+    None,
+    /// The sender, who waits for it.
+    Wait(oneshot::Sender<Result<()>>),
+    /// An RPC call's response stream, and only of a failure: the call was
+    /// returned as soon as its request was queued.
+    Stream(MailboxFail<Push>),
+}
+
+impl From<Option<oneshot::Sender<Result<()>>>> for Confirm {
+    fn from(tx: Option<oneshot::Sender<Result<()>>>) -> Self {
+        tx.map_or(Self::None, Self::Wait)
+    }
+}
+
+impl Confirm {
+    /// Delivers the outcome.
+    pub fn deliver(self, result: Result<()>) {
+        match (self, result) {
+            (Self::None, _) => {}
+            (Self::Wait(tx), result) => {
+                let _ = tx.send(result);
+            }
+            (Self::Stream(fail), Ok(())) => fail.written(),
+            (Self::Stream(fail), Err(e)) => fail.fail(e),
+        }
+    }
 }
 
 /// A request or send on its way to the wire.
@@ -128,10 +161,10 @@ pub(super) fn reject(out: Outbound, error: Error) {
         Reply::Frames { tx, .. } => {
             let _ = tx.try_send(Err(error));
         }
-        Reply::Written(tx) | Reply::Committed(Some(tx)) => {
+        Reply::Written(tx) => {
             let _ = tx.send(Err(error));
         }
-        Reply::Committed(None) => {}
+        Reply::Committed(confirm) => confirm.deliver(Err(error)),
         Reply::Detached => {}
     }
 }

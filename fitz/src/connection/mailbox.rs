@@ -20,7 +20,7 @@
 //! the slot's item too: never more than `buffer` items are held.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -248,6 +248,52 @@ impl<T> MailboxTx<T> {
     }
 }
 
+/// A second way to end a mailbox's stream, with an error, held apart from
+/// its producer (an RPC request's write outcome: the call's response
+/// handler is installed with the request, and a request that is never
+/// written ends the call's stream with the error the write met). It does
+/// not count as a producer ([`MailboxRx::is_sender_gone`]). Dropped without
+/// [`MailboxFail::written`] or [`MailboxFail::fail`] (the actor is gone with
+/// the command), it ends the stream as closed, as a lost confirmation did.
+pub(crate) struct MailboxFail<T> {
+    shared: Option<Weak<Shared<T>>>,
+}
+
+impl<T> MailboxTx<T> {
+    /// A [`MailboxFail`] for this mailbox.
+    pub fn failer(&self) -> MailboxFail<T> {
+        MailboxFail {
+            shared: Some(Arc::downgrade(&self.shared)),
+        }
+    }
+}
+
+impl<T> MailboxFail<T> {
+    /// The record was written: the stream is the producer's business.
+    pub fn written(mut self) {
+        self.shared = None;
+    }
+
+    /// Ends the stream with `error` (first terminal error wins).
+    pub fn fail(mut self, error: Error) {
+        self.end(error);
+    }
+
+    fn end(&mut self, error: Error) {
+        if let Some(shared) = self.shared.take().and_then(|w| w.upgrade()) {
+            let _ = shared.terminal.set(error);
+            shared.closed.store(true, Ordering::Release);
+            shared.waker.wake();
+        }
+    }
+}
+
+impl<T> Drop for MailboxFail<T> {
+    fn drop(&mut self) {
+        self.end(Error::closed());
+    }
+}
+
 impl<T> Drop for MailboxTx<T> {
     fn drop(&mut self) {
         // A producer that vanishes without a reason ends the stream cleanly.
@@ -332,6 +378,37 @@ mod tests {
         drop(tx);
         assert!(rx.is_sender_gone());
     }
+
+    /// A write failure ends the stream with its error, before the producer
+    /// is dropped; a written record leaves the stream to the producer; a
+    /// failer dropped unanswered (the actor is gone) ends it as closed.
+    #[test]
+    fn a_failer_ends_the_stream_with_the_write_error() {
+        use crate::error::ErrorKind;
+        let (tx, mut rx) = mailbox::<Bytes>(SubscriptionOptions::default());
+        tx.failer().fail(Error::stale());
+        drop(tx);
+        let e = recv(&mut rx);
+        assert!(matches!(e, Poll::Ready(Some(Err(ref e))) if e.kind() == ErrorKind::Stale));
+        assert!(matches!(recv(&mut rx), Poll::Ready(None)));
+
+        let (tx, mut rx) = mailbox::<Bytes>(SubscriptionOptions::default());
+        let fail = tx.failer();
+        assert!(!rx.is_sender_gone(), "a failer is not a producer");
+        fail.written();
+        assert!(recv(&mut rx).is_pending());
+        tx.push(Bytes::from_static(b"a"));
+        tx.close(Some(Error::closed()));
+        assert!(matches!(recv(&mut rx), Poll::Ready(Some(Ok(_)))));
+        let e = recv(&mut rx);
+        assert!(matches!(e, Poll::Ready(Some(Err(ref e))) if e.kind() == ErrorKind::Closed));
+
+        let (tx, mut rx) = mailbox::<Bytes>(SubscriptionOptions::default());
+        drop(tx.failer());
+        let e = recv(&mut rx);
+        assert!(matches!(e, Poll::Ready(Some(Err(ref e))) if e.kind() == ErrorKind::Closed));
+    }
+
     use futures_util::task::noop_waker_ref;
 
     fn recv(rx: &mut MailboxRx) -> Poll<Option<Result<Bytes, Error>>> {

@@ -137,7 +137,7 @@ use crate::events::{Event, State, SubscriptionId};
 use crate::options::SubscriptionOptions;
 use crate::telemetry;
 
-use command::{Command, Control, Outbound, PushCmd, RegisterCmd, Reply};
+use command::{Command, Confirm, Control, Outbound, PushCmd, RegisterCmd, Reply};
 pub(crate) use command::{RecordBuf, encode_record, encode_record_sized, encode_request};
 pub(crate) use mailbox::{MailboxRx, mailbox};
 #[cfg(test)]
@@ -623,7 +623,7 @@ impl Connection {
                 deadline,
                 generation: generation.0,
                 pinned: true,
-                reply: Reply::Committed(tx),
+                reply: Reply::Committed(tx.into()),
                 permit,
             }));
             drop(guard);
@@ -654,7 +654,7 @@ impl Connection {
             deadline: Instant::now(),
             generation: generation.0,
             pinned: true,
-            reply: Reply::Committed(None),
+            reply: Reply::Committed(Confirm::None),
             permit,
         };
         self.commands.try_send(Command::Send(out)).is_ok()

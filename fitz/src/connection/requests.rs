@@ -25,7 +25,7 @@ use fitz_protocol::types;
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use super::command::{Outbound, Reply};
+use super::command::{Confirm, Outbound, Reply};
 use crate::error::{Error, Result};
 
 mod deadlines;
@@ -85,7 +85,7 @@ enum Waiter {
     },
     Written(oneshot::Sender<Result<()>>),
     /// A committed send (see `Reply::Committed`).
-    Committed(Option<oneshot::Sender<Result<()>>>),
+    Committed(Confirm),
     Internal(Internal),
     /// Written, but nobody waits: swallow the answer.
     Tombstone,
@@ -615,10 +615,10 @@ fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finis
                 let _ = tx.try_send(Err(e));
             }
         }
-        Waiter::Written(tx) | Waiter::Committed(Some(tx)) => {
+        Waiter::Written(tx) => {
             let _ = tx.send(result.map(drop));
         }
-        Waiter::Committed(None) => {}
+        Waiter::Committed(confirm) => confirm.deliver(result.map(drop)),
         Waiter::Internal(i) => finished.push((i, result)),
         Waiter::Tombstone | Waiter::Detached => {}
     }

@@ -436,8 +436,13 @@ impl Stream for RpcCall {
                     .applied_if(true);
                     return Poll::Ready(this.fail(error));
                 }
-                // The session ended (or the client closed): the broker drops
-                // the call with it.
+                // The request was filed for a session that ended before it
+                // was written: it never left.
+                Poll::Ready(Some(Err(e))) if e.kind() == ErrorKind::Stale => {
+                    return Poll::Ready(this.fail(Error::connection_lost(false)));
+                }
+                // The session ended (or the client closed), or the request
+                // was never written: the broker drops the call with it.
                 Poll::Ready(Some(Err(e))) => return Poll::Ready(this.fail(e)),
                 Poll::Ready(None) => {
                     return Poll::Ready(this.fail(Error::connection_lost(true)));
@@ -514,8 +519,8 @@ pub(super) async fn start(
     let id = RpcId(random_uuid());
     let buffer = options.buffer();
     // The call exists before anything is sent, so that dropping this future
-    // at any await below cancels a request that already left: the worker
-    // may see it before the write is confirmed here.
+    // at any await below cancels a request that may have left (`sent` is
+    // set once the record is built, right before it is queued).
     let mut call = RpcCall {
         conn: conn.clone(),
         id,
@@ -535,7 +540,10 @@ pub(super) async fn start(
     let route = Str::from(route);
     // The response handler travels in the request's own command: the actor
     // installs it just before the request is written, so no response can
-    // arrive unclaimed, and nothing waits for its installation.
+    // arrive unclaimed, and nothing waits for its installation. Nor does
+    // anything wait for the write: the call is returned once the request is
+    // queued, and a write that fails later (stale or lost session, closed
+    // client) ends the response stream with that error (see `poll_next`).
     let handler = (
         types::RPC_RESPONSE,
         PushKey::Uuid(id.0),
@@ -565,7 +573,7 @@ pub(super) async fn start(
         call.sent = true;
         Ok((record, ()))
     });
-    // On failure the call is dropped here, which cancels what was sent.
+    // On failure (before the request was queued) the call is dropped here.
     match send.await {
         Ok(responses) => {
             call.responses = Some(responses);

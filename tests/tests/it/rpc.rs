@@ -176,6 +176,61 @@ async fn a_call_streams_chunks_in_order_and_carries_its_budget() {
     s.expect_quiet().await;
 }
 
+/// Calls whose requests wait behind a full outbound buffer (the broker
+/// reads nothing): each call is returned as soon as it is queued, and a
+/// request the session never wrote fails its call through the response
+/// stream with the error the write met: connection lost, not applied (a
+/// written one: maybe applied), or closed when the client closes.
+#[tokio::test]
+async fn calls_queued_behind_a_full_buffer_fail_with_their_write_error() {
+    let body = Bytes::from(vec![7u8; 60 * 1024]);
+    for close in [false, true] {
+        let mut s = scripted(CANCEL_CAPS).await;
+        let rpc = s.client.rpc();
+        let mut calls = Vec::new();
+        // 4.7 MiB: past the transport's 1 MiB and the client's high-water
+        // mark, so the later requests stay queued in the client.
+        for _ in 0..80 {
+            let call = within("a call that does not wait for its write", async {
+                rpc.call("rpc://a/b", body.clone()).await
+            })
+            .await
+            .unwrap();
+            calls.push(call);
+        }
+        // The client is writing: the first request reaches the broker.
+        s.next(types::RPC_REQUEST).await;
+        if close {
+            s.client.close().await;
+        } else {
+            s.reconnect(CANCEL_CAPS).await;
+        }
+        let (mut applied, mut not_applied) = (0, 0);
+        for mut call in calls {
+            let e = within("the call's failure", call.next())
+                .await
+                .expect("an error item")
+                .unwrap_err();
+            if close {
+                assert_eq!(e.kind(), ErrorKind::Closed, "{e}");
+                continue;
+            }
+            assert_eq!(e.kind(), ErrorKind::Connection, "{e}");
+            assert!(e.is_retryable(), "{e}");
+            if e.maybe_applied() {
+                applied += 1;
+            } else {
+                not_applied += 1;
+            }
+            assert!(call.next().await.is_none(), "the error is the last item");
+        }
+        if !close {
+            assert!(applied > 0, "the first requests were written");
+            assert!(not_applied > 0, "the later ones never left");
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_legacy_broker_sees_legacy_bytes_and_cancel_is_unsupported() {
     let mut s = scripted(CAP_CORRELATION).await;
