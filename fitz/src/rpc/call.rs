@@ -184,7 +184,8 @@ impl CancelOutcome {
 /// parent request was cancelled, [`Backpressure`](ErrorKind::Backpressure)
 /// when the consumer fell more than the buffer behind, a
 /// [`Connection`](ErrorKind::Connection) error when the session ended
-/// (`maybe_applied()` true: the request was written), or a
+/// (`maybe_applied()` true when the request was written, false when it
+/// never left), [`Closed`](ErrorKind::Closed) when the client closed, or a
 /// [`Protocol`](ErrorKind::Protocol) error for a malformed or out-of-order
 /// chunk. A worker's empty final chunk after others only marks the end and is
 /// not yielded.

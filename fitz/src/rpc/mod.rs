@@ -116,7 +116,8 @@ impl Rpc {
     }
 
     /// Calls `route` (concrete, `rpc://…`, any depth) and returns the
-    /// response stream once the request is on its way to the broker. No
+    /// response stream once the request is queued for the broker (a write
+    /// that fails after that ends the stream with the error). No
     /// local deadline: the broker's own timeout (30 s by default, code
     /// `6001`) bounds the call.
     ///
