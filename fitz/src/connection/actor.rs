@@ -670,33 +670,23 @@ impl Actor {
                     reject(out, Error::not_connected());
                     return;
                 }
-                let out = match mode {
-                    Mode::Session {
-                        session,
-                        ready: true,
-                        transport,
-                    } if !self.book.has_backlog() && transport.pending_out() < HIGH_WATER => {
-                        let session = *session;
-                        match self
-                            .book
-                            .send_now(out, &session, transport.out(), &mut self.finished)
-                        {
-                            Some(out) => out,
-                            None => return,
-                        }
-                    }
-                    _ => out,
-                };
-                let id = self.book.file(out);
                 match mode {
+                    // Writable now: straight out, or filed and admitted
+                    // when it must be filed first (see `Book::send_now`).
                     Mode::Session {
                         session,
                         ready: true,
                         transport,
                     } if !self.book.has_backlog() && transport.pending_out() < HIGH_WATER => {
                         let session = *session;
-                        self.book
-                            .admit(id, &session, transport.out(), &mut self.finished);
+                        let sent =
+                            self.book
+                                .send_now(out, &session, transport.out(), &mut self.finished);
+                        if let Some(out) = sent {
+                            let id = self.book.file(out);
+                            self.book
+                                .admit(id, &session, transport.out(), &mut self.finished);
+                        }
                     }
                     Mode::Session {
                         ready: true,
@@ -704,9 +694,13 @@ impl Actor {
                         ..
                     } if transport.pending_out() >= HIGH_WATER => {
                         crate::telemetry::outbound_backpressured();
+                        let id = self.book.file(out);
                         self.book.defer(id);
                     }
-                    _ => self.book.defer(id),
+                    _ => {
+                        let id = self.book.file(out);
+                        self.book.defer(id);
+                    }
                 }
             }
             Command::Register(reg) => {

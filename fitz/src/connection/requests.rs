@@ -77,6 +77,23 @@ pub(super) enum Internal {
     Unsubscribe(Option<oneshot::Sender<Result<()>>>),
 }
 
+/// Appends one frame holding `record`, labelled with CORRELATE `label`
+/// when given; on error nothing is appended (the buffer is restored).
+fn frame_record(
+    out: &mut BytesMut,
+    max_frame: usize,
+    label: Option<u64>,
+    record: &[u8],
+) -> Result<(), fitz_protocol::EncodeError> {
+    encode_frame_with(out, max_frame, |b| {
+        if let Some(id) = label {
+            put_label(b, types::CORRELATE, id);
+        }
+        b.extend_from_slice(record);
+        Ok(())
+    })
+}
+
 enum Waiter {
     Once(oneshot::Sender<Result<Bytes>>),
     Frames {
@@ -216,10 +233,7 @@ impl Book {
         if waiter.abandoned() {
             return None; // as `admit` drops an abandoned send unwritten
         }
-        let encoded = encode_frame_with(out, session.max_frame, |b| {
-            b.extend_from_slice(record.as_slice());
-            Ok::<_, fitz_protocol::EncodeError>(())
-        });
+        let encoded = frame_record(out, session.max_frame, None, record.as_slice());
         let result = encoded.map(|()| Bytes::new()).map_err(Error::encode);
         deliver_final(waiter, result, finished);
         None
@@ -249,11 +263,7 @@ impl Book {
         if waiter.abandoned() {
             return None; // as `admit` drops an abandoned request unwritten
         }
-        let encoded = encode_frame_with(out, session.max_frame, |b| {
-            put_label(b, types::CORRELATE, id);
-            b.extend_from_slice(record.as_slice());
-            Ok::<_, fitz_protocol::EncodeError>(())
-        });
+        let encoded = frame_record(out, session.max_frame, Some(id), record.as_slice());
         if let Err(e) = encoded {
             // Nothing was written (the buffer was restored), as in `write`.
             deliver_final(waiter, Err(Error::encode(e)), finished);
@@ -383,13 +393,7 @@ impl Book {
             return;
         };
         let label = (session.correlated && !entry.send).then_some(id);
-        let encoded = encode_frame_with(out, session.max_frame, |b| {
-            if let Some(id) = label {
-                put_label(b, types::CORRELATE, id);
-            }
-            b.extend_from_slice(&record);
-            Ok::<_, fitz_protocol::EncodeError>(())
-        });
+        let encoded = frame_record(out, session.max_frame, label, &record);
         if let Err(e) = encoded {
             // Nothing was written: the buffer was restored.
             entry.record = Some(record);
