@@ -10,7 +10,12 @@
 //!   fsync runs share the next one;
 //! * `group_commit/concurrent_64_buffered`: the same with
 //!   `Durability::Buffered` (no fsync to wait for): the ceiling the CPU
-//!   path (two round trips per transaction) sets on this machine.
+//!   path (two round trips per transaction) sets on this machine;
+//! * `group_commit/client_serial` and `group_commit/client_concurrent_64`:
+//!   the SDK as an application uses it: one `fitz::Client`, `Kv::put` with
+//!   `Durability::Sync`, one writer at a time, then 64 writers (tasks) on
+//!   64 resources sharing the client's one connection, so their requests
+//!   travel together instead of one connection's syscalls each.
 //!
 //! Throughput is commits per second; the ratio concurrent ÷ serial is what
 //! group commit buys (docs/PERF.md, "Group commit").
@@ -60,6 +65,13 @@ async fn write_tx(
     conn.flush().await;
     assert_eq!(conn.reply(put).await[0], 0, "put ok");
     assert_eq!(conn.reply(commit).await[0], 0, "commit ok");
+}
+
+/// One `Kv::put` with `Durability::Sync` through the SDK.
+async fn put_sync(kv: &fitz::kv::Kv, route: &str, value: &Bytes) {
+    kv.put(route, b"key", value.clone(), fitz::kv::Durability::Sync)
+        .await
+        .expect("put");
 }
 
 fn group_commit(c: &mut Criterion) {
@@ -143,7 +155,47 @@ fn group_commit(c: &mut Criterion) {
             });
         });
     }
+    let client = rt.block_on(async {
+        let c = fitz::Client::builder(broker.tcp_url(), fitz::StaticToken::anonymous())
+            .max_in_flight(4096)
+            .request_timeout(Duration::from_secs(30))
+            .build()
+            .expect("client builds");
+        c.connect().await.expect("client connects");
+        c
+    });
+    let kv = client.kv();
+    let names: Vec<String> = routes.iter().map(|r| r.to_string()).collect();
+    let put = |route| put_sync(&kv, route, &value);
+    g.bench_function("client_serial", |b| {
+        b.iter_custom(|iters| {
+            rt.block_on(async {
+                let started = Instant::now();
+                for _ in 0..iters {
+                    put(&names[0]).await;
+                }
+                started.elapsed()
+            })
+        });
+    });
+    g.bench_function("client_concurrent_64", |b| {
+        b.iter_custom(|iters| {
+            let per = iters.div_ceil(WRITERS as u64);
+            let elapsed = rt.block_on(async {
+                let started = Instant::now();
+                futures_util::future::join_all(names.iter().map(|route| async move {
+                    for _ in 0..per {
+                        put(route).await;
+                    }
+                }))
+                .await;
+                started.elapsed()
+            });
+            elapsed.mul_f64(iters as f64 / (per * WRITERS as u64) as f64)
+        });
+    });
     g.finish();
+    rt.block_on(client.close());
     drop(conns);
     brt.block_on(broker.shutdown());
     let _ = std::fs::remove_dir_all(&dir);

@@ -378,6 +378,13 @@ impl Broker {
         self.shared.input.available()
     }
 
+    /// Write transactions local storage has made since start: concurrent
+    /// commits share one (group commit), so this counts fsyncs for Sync
+    /// commits; 0 in memory mode.
+    pub fn storage_writes(&self) -> u64 {
+        self.shared.storage.writes()
+    }
+
     /// Sessions opened since start.
     pub fn sessions_opened(&self) -> u64 {
         self.shared.stats.sessions_opened.load(Ordering::Relaxed)

@@ -90,7 +90,7 @@ pub(crate) async fn serve(
     if let Err(reason) = handle_records(&shared, &session, rest) {
         session.close(reason);
     }
-    flush_inline(&session, &writer);
+    end_batch(&shared, &session, &writer);
     // Frames handled since the last inline flush: the replies to frames
     // that arrived together go out in one write (at most INLINE_BATCH).
     let mut unflushed = 0usize;
@@ -125,7 +125,7 @@ pub(crate) async fn serve(
                 }
                 unflushed += 1;
                 if unflushed >= INLINE_BATCH || !reader.has_buffered_frame() {
-                    flush_inline(&session, &writer);
+                    end_batch(&shared, &session, &writer);
                     unflushed = 0;
                 }
             }
@@ -134,6 +134,9 @@ pub(crate) async fn serve(
         }
     }
     drop(reader);
+    // A batch cut short by a close still owes its held commits an outcome
+    // (their resources stay locked until storage answers).
+    commit_deferred(&shared, &session);
     shared.sessions.lock().remove(&session.id());
     shared.engines.session_closed(&session);
     let _ = writer_task.await;
@@ -264,6 +267,22 @@ fn handle_record(
     match ClientMessage::decode(ty, payload.clone()) {
         Ok(message) => shared.engines.dispatch(session, message, reply),
         Err(error) => shared.engines.malformed(session, &payload, &error, reply),
+    }
+}
+
+/// The end of a reader's batch of frames: the commits its frames held back
+/// go to storage together ([`Session::defer_commit`]; their replies join
+/// this flush when written at once), then the replies are flushed.
+fn end_batch(shared: &Shared, session: &Session, writer: &SharedWriter) {
+    commit_deferred(shared, session);
+    flush_inline(session, writer);
+}
+
+/// Hands the commits `session`'s current batch held back to storage.
+pub(crate) fn commit_deferred(shared: &Shared, session: &Session) {
+    let held = session.take_deferred();
+    if !held.is_empty() {
+        shared.storage.commit_all_then(held);
     }
 }
 

@@ -141,6 +141,7 @@ impl Harness {
             if let Err(reason) = connection::handle_records(&self.shared, &live.session, records) {
                 live.session.close(reason);
             }
+            connection::commit_deferred(&self.shared, &live.session);
             let _ = live.session.end_inline();
             out.sent += drain(&live.session);
             if live.session.is_closed() {
@@ -173,6 +174,7 @@ impl Harness {
         if connection::handle_records(&self.shared, &self.bystander, records).is_err() {
             return false;
         }
+        connection::commit_deferred(&self.shared, &self.bystander);
         let _ = self.bystander.end_inline();
         let (batch, _) = self.bystander.take_batch();
         replies(&batch).any(|correlation| correlation == Some(id))

@@ -147,6 +147,8 @@ pub(crate) enum FrameReader {
     Ws {
         stream: SplitStream<Ws>,
         meter: Arc<Meter>,
+        /// What [`FrameReader::has_buffered_frame`] found already there.
+        ready: Option<ReadEvent>,
     },
 }
 
@@ -162,9 +164,13 @@ impl FrameReader {
         }
     }
 
-    /// Whether a whole length-prefixed frame is already buffered, so [`FrameReader::next`]
-    /// returns without reading (always false on WebSocket).
-    pub(crate) fn has_buffered_frame(&self) -> bool {
+    /// Whether a whole frame is already there, so [`FrameReader::next`]
+    /// returns without waiting: on a stream, a whole length-prefixed frame
+    /// in the buffer; on WebSocket, a message the socket yields at once
+    /// (polled once without a waker and kept for `next`). The reader
+    /// handles such frames as one batch: their replies share a flush and
+    /// their held commits a storage write.
+    pub(crate) fn has_buffered_frame(&mut self) -> bool {
         match self {
             FrameReader::Stream { buf, .. } => match buf.first_chunk::<4>() {
                 Some(head) => {
@@ -173,7 +179,25 @@ impl FrameReader {
                 }
                 None => false,
             },
-            FrameReader::Ws { .. } => false,
+            FrameReader::Ws {
+                stream,
+                meter,
+                ready,
+            } => {
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                while ready.is_none() {
+                    match stream.poll_next_unpin(&mut cx) {
+                        Poll::Pending => return false,
+                        Poll::Ready(next) => {
+                            if next.is_some() {
+                                meter.settle(0);
+                            }
+                            *ready = ws_event(next);
+                        }
+                    }
+                }
+                true
+            }
         }
     }
 
@@ -213,7 +237,14 @@ impl FrameReader {
                     Ok(n) => meter.read(n),
                 }
             },
-            FrameReader::Ws { stream, meter } => loop {
+            FrameReader::Ws {
+                stream,
+                meter,
+                ready,
+            } => loop {
+                if let Some(event) = ready.take() {
+                    return event;
+                }
                 // Bytes may start arriving during the wait: with no frame
                 // under way yet, look again after one timeout's length.
                 let check = meter
@@ -233,28 +264,31 @@ impl FrameReader {
                     // tungstenite holds beyond it is at most one read ahead.
                     meter.settle(0);
                 }
-                match next {
-                    Some(Ok(Message::Binary(b))) => {
-                        if b.is_empty() {
-                            return ReadEvent::Violation("frame error: zero-length frame".into());
-                        }
-                        return ReadEvent::Frame(b);
-                    }
-                    Some(Ok(Message::Text(_))) => {
-                        return ReadEvent::Violation(
-                            "text frames are not supported: send binary frames".into(),
-                        );
-                    }
-                    // Pings are answered by tungstenite itself.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => return ReadEvent::Closed,
-                    Some(Err(e)) => {
-                        return ReadEvent::Violation(format!("websocket error: {e}").into());
-                    }
+                if let Some(event) = ws_event(next) {
+                    return event;
                 }
             },
         }
     }
+}
+
+/// What one WebSocket message means to the reader; `None` for the control
+/// frames tungstenite handles itself (pings are answered by it).
+fn ws_event(
+    next: Option<Result<Message, tokio_tungstenite::tungstenite::Error>>,
+) -> Option<ReadEvent> {
+    Some(match next {
+        Some(Ok(Message::Binary(b))) if b.is_empty() => {
+            ReadEvent::Violation("frame error: zero-length frame".into())
+        }
+        Some(Ok(Message::Binary(b))) => ReadEvent::Frame(b),
+        Some(Ok(Message::Text(_))) => {
+            ReadEvent::Violation("text frames are not supported: send binary frames".into())
+        }
+        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => return None,
+        Some(Ok(Message::Close(_))) | None => ReadEvent::Closed,
+        Some(Err(e)) => ReadEvent::Violation(format!("websocket error: {e}").into()),
+    })
 }
 
 /// Sleeps until `deadline`, or forever without one.

@@ -290,7 +290,11 @@ async fn http_connection(
             let (sink, stream) = ws.split();
             connection::serve(
                 shared,
-                FrameReader::Ws { stream, meter },
+                FrameReader::Ws {
+                    stream,
+                    meter,
+                    ready: None,
+                },
                 FrameWriter::Ws(sink),
                 Transport::WebSocket,
                 Some(peer),

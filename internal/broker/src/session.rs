@@ -60,6 +60,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Family, Grant};
+use crate::storage::Pending;
 
 /// Broker-unique id of a session (never sent on the wire).
 pub type SessionId = u64;
@@ -184,6 +185,9 @@ struct OutState {
     /// The session's reader is handling a frame and flushes right after it,
     /// so pushes need not wake the writer task.
     inline: bool,
+    /// Commits held back until the end of the reader's batch of frames
+    /// ([`Session::defer_commit`]): at most what the batch's frames carry.
+    deferred: Vec<Pending>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -449,6 +453,24 @@ impl Session {
     /// writer task's wake-up on the request/reply path.
     pub(crate) fn begin_inline(&self) {
         self.inner.out.lock().inline = true;
+    }
+
+    /// Holds a commit back until the reader's batch of frames ends, when
+    /// the reader is inside one (else gives it back): the batch's held
+    /// commits then go to storage together
+    /// ([`crate::storage::Backend::commit_all_then`]), sharing one write.
+    pub(crate) fn defer_commit(&self, commit: Pending) -> Result<(), Pending> {
+        let mut out = self.inner.out.lock();
+        if !out.inline {
+            return Err(commit);
+        }
+        out.deferred.push(commit);
+        Ok(())
+    }
+
+    /// The commits held back in this batch ([`Session::defer_commit`]).
+    pub(crate) fn take_deferred(&self) -> Vec<Pending> {
+        std::mem::take(&mut self.inner.out.lock().deferred)
     }
 
     /// The reader finished a frame; true when something waits to be written.

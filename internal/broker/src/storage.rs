@@ -82,6 +82,26 @@ impl std::error::Error for StorageError {}
 /// Told the outcome of a [`Backend::commit_then`], once.
 pub type CommitDone = Box<dyn FnOnce(Result<(), StorageError>) + Send>;
 
+/// A commit held back until the end of its reader's batch
+/// ([`Backend::defers`], [`Backend::commit_all_then`]).
+pub struct Pending {
+    /// What to write.
+    pub batch: Batch,
+    /// How durable it must be before `done` is told.
+    pub durability: Durability,
+    /// Told the outcome, once.
+    pub done: CommitDone,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("ops", &self.batch.ops.len())
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
 /// A place committed data survives in.
 pub trait Backend: Send + Sync + 'static {
     /// False for the memory backend: engines skip building batches.
@@ -100,6 +120,33 @@ pub trait Backend: Send + Sync + 'static {
     /// batch for its writer thread, so no caller thread waits for an fsync.
     fn commit_then(&self, batch: Batch, durability: Durability, done: CommitDone) {
         done(self.commit(batch, durability));
+    }
+
+    /// True when a commit of `durability` made now would be written alone
+    /// on the caller's thread. A session's reader then holds it back
+    /// ([`Pending`]) until the end of its batch of frames and hands the
+    /// batch's held commits to [`Backend::commit_all_then`] together, so
+    /// the Sync commits that arrived together share one write instead of
+    /// one fsync each. The default (nothing is written inline) never
+    /// defers.
+    fn defers(&self, durability: Durability) -> bool {
+        let _ = durability;
+        false
+    }
+
+    /// [`Backend::commit_then`] for every commit of `commits`, as one group
+    /// where the backend groups commits.
+    fn commit_all_then(&self, commits: Vec<Pending>) {
+        for p in commits {
+            self.commit_then(p.batch, p.durability, p.done);
+        }
+    }
+
+    /// Write transactions this backend has made so far, each covering one
+    /// group of commits (for a group with a Sync member, one fsync); 0 for
+    /// a backend that writes nothing.
+    fn writes(&self) -> u64 {
+        0
     }
 
     /// Every stored pair of `keyspace`, in key order (startup recovery).

@@ -113,16 +113,24 @@ impl<J> GroupCommit<J> {
         job: J,
         write: impl FnOnce(&[J]) -> Result<(), StorageError>,
     ) -> Result<Result<(), StorageError>, J> {
+        self.try_inline_all([job], write).map_err(|[job]| job)
+    }
+
+    /// [`GroupCommit::try_inline`] for several jobs written as one group.
+    pub(crate) fn try_inline_all<B: AsRef<[J]>>(
+        &self,
+        jobs: B,
+        write: impl FnOnce(&[J]) -> Result<(), StorageError>,
+    ) -> Result<Result<(), StorageError>, B> {
         let mut s = self.state.lock();
         if let Some(e) = refused(&s) {
             return Ok(Err(e));
         }
         if s.writing || !s.queue.is_empty() {
-            return Err(job);
+            return Err(jobs);
         }
         s.writing = true;
-        let result =
-            parking_lot::MutexGuard::unlocked(&mut s, || write(std::slice::from_ref(&job)));
+        let result = parking_lot::MutexGuard::unlocked(&mut s, || write(jobs.as_ref()));
         s.writing = false;
         s.groups += 1;
         if let Err(e) = &result
@@ -210,7 +218,6 @@ impl<J> GroupCommit<J> {
     }
 
     /// Groups written so far.
-    #[cfg(test)]
     pub(crate) fn groups(&self) -> u64 {
         self.state.lock().groups
     }
@@ -346,8 +353,23 @@ mod tests {
         until(|| written.lock().unwrap().len() == 1);
         // The writer is writing job 0: an inline write would overlap it.
         assert_eq!(g.try_inline(8, |_| panic!("overlapping write")), Err(8));
+        assert_eq!(
+            g.try_inline_all(vec![10, 11], |_| panic!("overlapping write")),
+            Err(vec![10, 11])
+        );
         release.send(Ok(())).unwrap();
         assert_eq!(out.recv().unwrap(), (0, Ok(())));
+        // Idle again: several jobs are one group.
+        until(|| g.is_idle());
+        let groups = g.groups();
+        assert_eq!(
+            g.try_inline_all(vec![12, 13, 14], |j| {
+                assert_eq!(j, [12, 13, 14]);
+                Ok(())
+            }),
+            Ok(Ok(()))
+        );
+        assert_eq!(g.groups(), groups + 1);
         g.close();
         assert_eq!(g.commit(9), Err(StorageError("storage is closed".into())));
     }

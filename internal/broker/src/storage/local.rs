@@ -52,6 +52,15 @@
 //! (64 writers: 7.6–9.0 k/s inline vs 15–18.5 k/s queued). [`Backend::commit`] (the other engines) is the
 //! blocking form: it waits for the completion under `block_in_place`.
 //!
+//! One connection's concurrent commits would defeat the inline path: its
+//! reader handles them one after another, each would find the writer idle
+//! and be written alone, one fsync each. So a Sync commit that would be
+//! written inline is held by its session ([`Backend::defers`]) until the
+//! end of the reader's batch of frames (the frames that arrived together,
+//! at most 64), and the batch's held commits are handed over together
+//! ([`Backend::commit_all_then`]): written here as one group when the
+//! writer is still idle, else queued together for its next group.
+//!
 //! # Lifetime
 //!
 //! redb locks the file, so one broker at a time may open a path (a second
@@ -73,7 +82,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, TableDefinition};
 
 use super::group::GroupCommit;
-use super::{Backend, Batch, CommitDone, Durability, Keyspace, Op, StorageError};
+use super::{Backend, Batch, CommitDone, Durability, Keyspace, Op, Pending, StorageError};
 
 /// Longest time a Buffered commit stays without fsync.
 pub const BUFFERED_FLUSH_INTERVAL: Duration = Duration::from_millis(100);
@@ -326,6 +335,10 @@ impl Backend for LocalBackend {
         true
     }
 
+    fn writes(&self) -> u64 {
+        self.shared.group.groups()
+    }
+
     fn commit(&self, batch: Batch, durability: Durability) -> Result<(), StorageError> {
         if batch.is_empty() {
             return Ok(());
@@ -363,6 +376,50 @@ impl Backend for LocalBackend {
             job
         };
         self.shared.group.submit(job, done);
+    }
+
+    fn defers(&self, durability: Durability) -> bool {
+        // The case `commit_then` would write inline.
+        durability == Durability::Sync && self.shared.group.is_idle()
+    }
+
+    fn commit_all_then(&self, commits: Vec<Pending>) {
+        if commits.len() <= 1 {
+            for p in commits {
+                self.commit_then(p.batch, p.durability, p.done);
+            }
+            return;
+        }
+        // The batch's held commits: one group, written here when the writer
+        // is still idle (one fsync for all of them, no hand-off), else
+        // queued together for the writer's next group.
+        let (jobs, dones): (Vec<Job>, Vec<CommitDone>) = commits
+            .into_iter()
+            .map(|p| {
+                let job = Job {
+                    batch: p.batch,
+                    durability: p.durability,
+                };
+                (job, p.done)
+            })
+            .unzip();
+        let written = blocking(|| {
+            self.shared
+                .group
+                .try_inline_all(jobs, |g| self.shared.write_open(g))
+        });
+        match written {
+            Ok(result) => {
+                for done in dones {
+                    done(result.clone());
+                }
+            }
+            Err(jobs) => {
+                for (job, done) in jobs.into_iter().zip(dones) {
+                    self.shared.group.submit(job, done);
+                }
+            }
+        }
     }
 
     fn load(&self, keyspace: Keyspace) -> Result<Vec<(Bytes, Bytes)>, StorageError> {
@@ -598,6 +655,60 @@ mod tests {
         drop(b);
         let b = LocalBackend::open(&d).unwrap();
         assert_eq!(b.load(Keyspace::Kv).unwrap().len(), 128);
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    /// Held Sync commits handed over together.
+    fn held(
+        n: usize,
+        tag: &str,
+        out: &std::sync::mpsc::Sender<Result<(), StorageError>>,
+    ) -> Vec<Pending> {
+        (0..n)
+            .map(|i| {
+                let out = out.clone();
+                Pending {
+                    batch: Batch {
+                        ops: vec![put(Keyspace::Kv, &format!("{tag}-{i}"), "v")],
+                    },
+                    durability: Durability::Sync,
+                    done: Box::new(move |r| out.send(r).unwrap()),
+                }
+            })
+            .collect()
+    }
+
+    #[test]
+    fn held_commits_handed_over_together_are_one_write_and_all_survive() {
+        let d = dir("held");
+        let b = LocalBackend::open(&d).unwrap();
+        assert!(b.defers(Durability::Sync), "an idle writer: Sync is held");
+        assert!(!b.defers(Durability::Buffered));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let before = b.writes();
+        b.commit_all_then(held(32, "h", &tx));
+        let answers: Vec<_> = rx.try_iter().collect();
+        assert_eq!(answers, vec![Ok(()); 32], "answered before returning");
+        assert_eq!(b.writes() - before, 1);
+        b.close();
+        drop(b);
+        let b = LocalBackend::open(&d).unwrap();
+        assert_eq!(b.load(Keyspace::Kv).unwrap().len(), 32);
+        drop(b);
+        let _ = std::fs::remove_dir_all(&d);
+    }
+
+    #[test]
+    fn held_commits_all_fail_when_their_write_fails() {
+        let d = dir("held-fails");
+        let b = LocalBackend::open(&d).unwrap();
+        b.shared.fail_syncs.store(true, Ordering::Release);
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.commit_all_then(held(8, "f", &tx));
+        let answers: Vec<_> = rx.try_iter().collect();
+        assert_eq!(answers.len(), 8);
+        assert!(answers.iter().all(Result::is_err), "{answers:?}");
         drop(b);
         let _ = std::fs::remove_dir_all(&d);
     }

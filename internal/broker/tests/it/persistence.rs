@@ -809,3 +809,75 @@ async fn committed_stream_records_survive_restart_with_their_offsets() {
     drop(broker);
     let _ = std::fs::remove_dir_all(dir);
 }
+
+/// One connection's Sync commits that arrive together (here: 32 COMMIT
+/// frames in one write, as a client with 32 concurrent writers sends them)
+/// share one storage write, i.e. one fsync, instead of one each; every one
+/// is answered and survives a restart. TCP and WebSocket.
+#[tokio::test]
+async fn one_connections_sync_commits_arriving_together_share_one_write() {
+    for kind in [Kind::Tcp, Kind::Ws] {
+        let dir = temp_dir("one-conn-group");
+        let broker = local(&dir).await;
+        let mut c = RawClient::anon(&broker, kind).await;
+        let route = |i: usize| format!("kv://group/a/r{i}");
+        let mut txs = Vec::new();
+        for i in 0..32 {
+            let tx_id = c
+                .ok::<_, BeginOk>(&kv::Begin {
+                    route: route(i).into(),
+                    mode: TxMode::ReadWrite,
+                })
+                .await
+                .tx_id;
+            c.ok::<_, kv::PutOk>(&kv::Put {
+                tx_id,
+                route: route(i).into(),
+                key: Bytes::from_static(b"k"),
+                value: Bytes::from(format!("v{i}")),
+            })
+            .await;
+            txs.push(tx_id);
+        }
+        let before = broker.storage_writes();
+        let mut frames = Vec::new();
+        let mut ids = Vec::new();
+        for (i, &tx_id) in txs.iter().enumerate() {
+            let id = c.id();
+            let mut frame = bytes::BytesMut::new();
+            fitz_protocol::record::put_label(&mut frame, types::CORRELATE, id);
+            kv::Commit {
+                tx_id,
+                route: route(i).into(),
+                durability: Durability::Sync,
+            }
+            .encode_record(&mut frame)
+            .unwrap();
+            frames.push(frame);
+            ids.push(id);
+        }
+        c.send_frames(&frames).await;
+        for id in ids {
+            let reply = fitz_protocol::decode_reply::<kv::CommitOk>(c.reply_to(id).await);
+            assert!(
+                matches!(reply, Ok(Ok(_))),
+                "{kind:?}: commit {id}: {reply:?}"
+            );
+        }
+        assert_eq!(
+            broker.storage_writes() - before,
+            1,
+            "{kind:?}: 32 Sync commits that arrived together"
+        );
+        broker.shutdown().await;
+        drop(broker);
+        let broker = local(&dir).await;
+        let mut c = RawClient::anon(&broker, kind).await;
+        for i in 0..32 {
+            assert_eq!(read(&mut c, &route(i), "k").await, b(&format!("v{i}")));
+        }
+        broker.shutdown().await;
+        drop(broker);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}

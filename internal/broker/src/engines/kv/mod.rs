@@ -52,7 +52,7 @@ use crate::clock::{Clock, Timers};
 use crate::hash::Seeded;
 use crate::registry::Registry;
 use crate::session::{CloseReason, Reply, Session, SessionId};
-use crate::storage::{self, Backend, Batch, Keyspace, Op, StorageError};
+use crate::storage::{self, Backend, Batch, Keyspace, Op, Pending, StorageError};
 use fitz_protocol::route::Scheme;
 
 mod tx;
@@ -299,8 +299,11 @@ impl KvEngine {
     /// thread once the commit's group is written (group commit,
     /// `storage::group`): no runtime thread waits for an fsync, and a Sync
     /// commit is acknowledged only once durable. The transaction's staged
-    /// bytes stay charged to the budget until then. An immediate refusal
-    /// is returned as `Err`.
+    /// bytes stay charged to the budget until then. A commit storage would
+    /// write alone on this thread is held until the end of the session's
+    /// batch of frames, to share a write with the batch's other commits
+    /// ([`Session::defer_commit`]). An immediate refusal is returned as
+    /// `Err`.
     fn commit(&self, session: &Session, c: &kv::Commit, reply: &Reply) -> Result<(), WireError> {
         let mut s = self.state.lock();
         s.check_owned(session, c.tx_id, &c.route)?;
@@ -319,10 +322,23 @@ impl KvEngine {
         let finish = move |stored| finish_commit(&state, &watches, tx, stored, &reply);
         if ops.is_empty() {
             finish(Ok(()));
-        } else {
-            self.storage
-                .commit_then(Batch { ops }, c.durability, Box::new(finish));
+            return Ok(());
         }
+        let commit = Pending {
+            batch: Batch { ops },
+            durability: c.durability,
+            done: Box::new(finish),
+        };
+        let commit = if self.storage.defers(c.durability) {
+            match session.defer_commit(commit) {
+                Ok(()) => return Ok(()),
+                Err(commit) => commit,
+            }
+        } else {
+            commit
+        };
+        self.storage
+            .commit_then(commit.batch, commit.durability, commit.done);
         Ok(())
     }
 

@@ -204,6 +204,29 @@ impl RawClient {
         }
     }
 
+    /// Sends several frames of raw records in one write (TCP) or one flush
+    /// (WebSocket), so they arrive together.
+    pub async fn send_frames(&mut self, frames: &[BytesMut]) {
+        match &mut self.conn {
+            Conn::Tcp { stream, .. } => {
+                let mut b = BytesMut::new();
+                for f in frames {
+                    b.put_u32(f.len() as u32);
+                    b.put_slice(f);
+                }
+                stream.write_all(&b).await.unwrap();
+            }
+            Conn::Ws(ws) => {
+                for f in frames {
+                    ws.feed(WsMessage::Binary(Bytes::copy_from_slice(f)))
+                        .await
+                        .unwrap();
+                }
+                ws.flush().await.unwrap();
+            }
+        }
+    }
+
     /// Sends raw bytes on TCP (no framing added).
     pub async fn send_raw_tcp(&mut self, bytes: &[u8]) {
         match &mut self.conn {
