@@ -494,9 +494,12 @@ pub(super) async fn start(
     options: CallOptions,
 ) -> Result<RpcCall> {
     route::validate_concrete(route, Scheme::Rpc).map_err(Error::route)?;
-    let deadline = options.deadline_from(Instant::now());
-    if let Some(d) = deadline {
-        let budget = d.saturating_duration_since(Instant::now());
+    // The clock is read only for a call with a timeout or a deadline.
+    let timed = options.timeout.is_some() || options.deadline.is_some();
+    let now = timed.then(Instant::now);
+    let deadline = now.and_then(|now| options.deadline_from(now));
+    if let (Some(d), Some(now)) = (deadline, now) {
+        let budget = d.saturating_duration_since(now);
         if budget > MAX_BUDGET {
             return Err(Error::invalid(
                 "an RPC deadline may be at most one day away",
@@ -555,14 +558,16 @@ pub(super) async fn start(
     );
     let send = conn.send_committed_with_handler(types::RPC_REQUEST, generation, handler, || {
         // The budget is what remains right now, rounded down.
-        let now = Instant::now();
-        let budget_ms = deadline.filter(|_| cancellable).map(|d| {
+        let budget = deadline.filter(|_| cancellable).map(|d| {
+            let now = Instant::now();
             let ms = d.saturating_duration_since(now).as_millis();
-            u32::try_from(ms)
+            let ms = u32::try_from(ms)
                 .unwrap_or(rpc::MAX_BUDGET_MS)
-                .min(rpc::MAX_BUDGET_MS)
+                .min(rpc::MAX_BUDGET_MS);
+            (ms, now + Duration::from_millis(u64::from(ms)))
         });
-        call.budget_end = budget_ms.map(|ms| now + Duration::from_millis(u64::from(ms)));
+        let budget_ms = budget.map(|(ms, _)| ms);
+        call.budget_end = budget.map(|(_, end)| end);
         let variable = route.len() + body.len();
         let request = rpc::Request {
             id,
