@@ -9,6 +9,7 @@
 //! |---|---|
 //! | `tput_notice_{32,1024}` | up to 10,000 publishes of 32 B / 1 KiB delivered to one subscriber on a second client; at most 16 publishes awaiting their acknowledgement and 48 published and not yet delivered (both clients buffer 64 notifications per subscription by default, so neither drops) |
 //! | `tput_rpc_{1,16,256,1024}` | up to 20,000 calls with 1 / 16 / 256 / 1,024 in flight from one client; the worker on a second client echoes 16 B (the official client only up to 16: see `fitz_bench::scenarios::OFFICIAL_RPC_WINDOW`) |
+//! | `tput_rpc_256_split` | as `tput_rpc_256`, ours only, with the worker's client on its own thread and runtime (`fitz_bench::ThreadWorker`), so the bench thread runs the caller's client alone |
 //! | `tput_queue_enqueue` | up to 20,000 enqueues of 16 B with 256 in flight (the official client over WS only: see `fitz_bench::scenarios::official_skipped`) |
 //! | `tput_stream_append_100` | BEGIN, 100 appends of 16 B, COMMIT (the append API of both clients awaits each append; the official client over WS only) |
 
@@ -212,6 +213,39 @@ fn rpc(c: &mut Criterion, env: &Env) {
     }
 }
 
+/// [`scenarios::TPUT_RPC_SPLIT`]: the caller's client alone on the bench
+/// thread, the worker's on a thread of its own (ours only: the official
+/// client cannot keep 256 calls in flight).
+fn rpc_split(c: &mut Criterion, env: &Env) {
+    const N: u64 = 20_000;
+    let s = scenarios::TPUT_RPC_SPLIT;
+    if !selected(s.group, &PAIR_IDS) {
+        return;
+    }
+    let mut g = c.benchmark_group(s.group);
+    g.sampling_mode(SamplingMode::Flat);
+    g.sample_size(10);
+    for t in Transport::ALL {
+        let route = format!("rpc://bench/tsplit{}/echo", t.name());
+        let worker = fitz_bench::ThreadWorker::start(t.url(&env.broker), &route, 1024);
+        let caller = env.ours(t);
+        let rpc = caller.rpc();
+        bench_batches(&mut g, id("ours", t), s.param as u64 * 2, N, |n| {
+            env.rt.block_on(async {
+                let started = Instant::now();
+                windowed(n, s.param, |_| async {
+                    rpc.request(&route, Bytes::from_static(BODY)).await.unwrap();
+                })
+                .await;
+                started.elapsed()
+            })
+        });
+        env.rt.block_on(caller.close());
+        drop(worker);
+    }
+    g.finish();
+}
+
 fn queue(c: &mut Criterion, env: &Env) {
     const N: u64 = 20_000;
     const WINDOW: usize = 256;
@@ -330,6 +364,7 @@ fn throughput(c: &mut Criterion) {
     let env = Env::start();
     notices(c, &env);
     rpc(c, &env);
+    rpc_split(c, &env);
     queue(c, &env);
     stream(c, &env);
     env.shutdown();

@@ -31,24 +31,7 @@ fn main() {
     let route = "rpc://bench/probe/echo";
     let caller = env.ours(t);
     let (worker, _h, _worker_thread) = if split {
-        let url = t.url(&env.broker);
-        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            let rt = fitz_bench::client_runtime();
-            rt.block_on(async move {
-                let c = fitz::Client::builder(url, fitz::StaticToken::anonymous())
-                    .max_in_flight(4096)
-                    .build()
-                    .unwrap();
-                c.connect().await.unwrap();
-                let h = fitz_bench::ours_echo_worker(&c, route, max).await;
-                ready_tx.send(()).unwrap();
-                // Serve until the process exits.
-                std::future::pending::<()>().await;
-                drop((h, c));
-            })
-        });
-        ready_rx.recv().unwrap();
+        let thread = fitz_bench::ThreadWorker::start(t.url(&env.broker), route, max);
         (None, None, Some(thread))
     } else {
         let worker = env.ours(t);

@@ -339,6 +339,55 @@ pub async fn ours_echo_worker(
         .expect("serve")
 }
 
+/// An echo worker ([`ours_echo_worker`]) on a client of its own, on its own
+/// current-thread runtime on a second thread: a pipelined RPC run then
+/// measures the caller's client alone on the bench thread. Stopped (worker
+/// and client closed, thread joined) when dropped.
+pub struct ThreadWorker {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl ThreadWorker {
+    /// Connects a client to `url` on a new thread and serves `route` with
+    /// at most `max` calls at once; returns once the worker is registered.
+    pub fn start(url: String, route: &str, max: u32) -> Self {
+        let route = route.to_owned();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            client_runtime().block_on(async move {
+                let c = fitz::Client::builder(url, fitz::StaticToken::anonymous())
+                    .max_in_flight(4096)
+                    .build()
+                    .expect("worker client builds");
+                c.connect().await.expect("worker client connects");
+                let worker = ours_echo_worker(&c, &route, max).await;
+                ready_tx.send(()).expect("bench thread waits");
+                let _ = stopped.await;
+                let _ = worker.shutdown().await;
+                c.close().await;
+            });
+        });
+        ready_rx.recv().expect("worker thread starts");
+        ThreadWorker {
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for ThreadWorker {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
 /// Runs `n` operations made by `make` with at most `window` in flight, all
 /// polled by the calling task.
 pub async fn windowed<F, Fut>(n: u64, window: usize, mut make: F)

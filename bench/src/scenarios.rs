@@ -87,6 +87,13 @@ pub const TPUT_RPC: [Scenario; 4] = [
     tput("tput_rpc_256", "RPC calls, 256 in flight", 256),
     tput("tput_rpc_1024", "RPC calls, 1 K in flight", 1024),
 ];
+/// RPC calls with 256 in flight, the worker's client on a thread of its
+/// own, so the bench thread runs the caller's client alone.
+pub const TPUT_RPC_SPLIT: Scenario = tput(
+    "tput_rpc_256_split",
+    "RPC calls, 256 in flight, worker client on its own thread",
+    256,
+);
 /// Queue enqueues, 256 in flight.
 pub const TPUT_QUEUE: Scenario = tput("tput_queue_enqueue", "Queue enqueue, 256 in flight", 256);
 /// Stream BEGIN, 100 appends, COMMIT.
@@ -109,13 +116,14 @@ pub const LATENCY: [Scenario; 8] = [
 ];
 
 /// Every throughput scenario, in report order.
-pub const THROUGHPUT: [Scenario; 8] = [
+pub const THROUGHPUT: [Scenario; 9] = [
     TPUT_NOTICE[0],
     TPUT_NOTICE[1],
     TPUT_RPC[0],
     TPUT_RPC[1],
     TPUT_RPC[2],
     TPUT_RPC[3],
+    TPUT_RPC_SPLIT,
     TPUT_QUEUE,
     TPUT_STREAM,
 ];
