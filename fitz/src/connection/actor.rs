@@ -776,6 +776,7 @@ impl Actor {
                             let _ = r.send(outcome);
                         }
                     }
+                    Internal::Then(then) => then.run(result, &mut wire),
                 }
             }
             std::mem::swap(&mut work, &mut self.finished);

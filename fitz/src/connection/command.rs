@@ -71,6 +71,13 @@ pub(crate) enum Reply {
     /// out. The [`Confirm`] says who learns the outcome. (RPC chunks and
     /// cancellations: dropping a waiter must not leave a gap on the wire.)
     Committed(Confirm),
+    /// One reply frame, from which the actor makes the requests that follow
+    /// (see [`super::pair::Then`]).
+    Then(Box<super::pair::Then>),
+    /// Exactly one reply frame, and written even once nobody waits for it:
+    /// a `Then` follow-up, which ends the transaction its first request
+    /// opened.
+    Kept(oneshot::Sender<Result<Bytes>>),
 }
 
 /// Who learns the outcome of a committed send.
@@ -155,7 +162,7 @@ pub(crate) enum Control {
 /// Answers an item that will never be written.
 pub(super) fn reject(out: Outbound, error: Error) {
     match out.reply {
-        Reply::Once(tx) => {
+        Reply::Once(tx) | Reply::Kept(tx) => {
             let _ = tx.send(Err(error));
         }
         Reply::Frames { tx, .. } => {
@@ -165,6 +172,7 @@ pub(super) fn reject(out: Outbound, error: Error) {
             let _ = tx.send(Err(error));
         }
         Reply::Committed(confirm) => confirm.deliver(Err(error)),
+        Reply::Then(then) => then.reject(error),
         Reply::Detached => {}
     }
 }

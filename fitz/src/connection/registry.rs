@@ -90,6 +90,19 @@ pub(super) struct Wire<'a> {
 }
 
 impl Wire<'_> {
+    /// Files a caller's request the actor made itself (a `Then` follow-up):
+    /// admitted at once on a ready session with nothing queued before it,
+    /// else queued behind what is.
+    pub fn file_request(&mut self, out: super::command::Outbound) {
+        let id = self.book.file(out);
+        match (&self.session, self.out.as_deref_mut()) {
+            (Some(s), Some(out)) if self.ready && !self.book.has_backlog() => {
+                self.book.admit(id, s, out, self.finished);
+            }
+            _ => self.book.defer(id),
+        }
+    }
+
     fn file(&mut self, ty: u16, record: Bytes, internal: Internal) {
         let id = self.shared.next_id();
         let deadline = Instant::now() + self.shared.config.request_timeout;

@@ -75,6 +75,11 @@ pub(super) enum Internal {
     Restore(u64),
     /// UNSUBSCRIBE; `Some` when a caller waits for the acknowledgement.
     Unsubscribe(Option<oneshot::Sender<Result<()>>>),
+    /// A caller's request whose answer makes the requests that follow it
+    /// (`Reply::Then`). Never abandoned: once its first request is written
+    /// the follow-ups go out too, so a transaction it opens is always
+    /// ended.
+    Then(Box<super::pair::Then>),
 }
 
 /// Appends one frame holding `record`, labelled with CORRELATE `label`
@@ -96,6 +101,8 @@ fn frame_record(
 
 enum Waiter {
     Once(oneshot::Sender<Result<Bytes>>),
+    /// As `Once`, but never abandoned (`Reply::Kept`).
+    Kept(oneshot::Sender<Result<Bytes>>),
     Frames {
         tx: tokio::sync::mpsc::Sender<Result<Bytes>>,
         is_final: fn(&Bytes) -> bool,
@@ -114,10 +121,12 @@ impl Waiter {
     fn from_reply(reply: Reply) -> Self {
         match reply {
             Reply::Once(tx) => Self::Once(tx),
+            Reply::Kept(tx) => Self::Kept(tx),
             Reply::Frames { tx, is_final } => Self::Frames { tx, is_final },
             Reply::Written(tx) => Self::Written(tx),
             Reply::Detached => Self::Detached,
             Reply::Committed(tx) => Self::Committed(tx),
+            Reply::Then(then) => Self::Internal(Internal::Then(then)),
         }
     }
 
@@ -128,8 +137,9 @@ impl Waiter {
             Self::Frames { tx, .. } => tx.is_closed(),
             Self::Written(tx) => tx.is_closed(),
             // The actor's own work is never abandoned, nor is a detached
-            // request or a committed send: being unobserved is their point.
-            Self::Internal(_) | Self::Detached | Self::Committed(_) => false,
+            // request, a committed send or a kept follow-up: being
+            // unobserved is their point.
+            Self::Internal(_) | Self::Detached | Self::Committed(_) | Self::Kept(_) => false,
             Self::Tombstone => true,
         }
     }
@@ -611,7 +621,7 @@ impl Book {
 
 fn deliver_final(waiter: Waiter, result: Result<Bytes>, finished: &mut Vec<Finished>) {
     match waiter {
-        Waiter::Once(tx) => {
+        Waiter::Once(tx) | Waiter::Kept(tx) => {
             let _ = tx.send(result);
         }
         Waiter::Frames { tx, .. } => {

@@ -4,9 +4,9 @@
 use bytes::Bytes;
 use fitz_protocol::{Message, ReplyBody, Str, kv};
 
-use super::{Durability, Kv, Transaction, TxMode, open_after_finish};
+use super::{Durability, Kv, Transaction, TxMode, open_after_finish, validate_resource};
 use crate::connection::RequestOptions;
-use crate::error::Result;
+use crate::error::{Error, Result};
 
 impl Kv {
     /// Writes `value` under `key` in `route` in a transaction of its own:
@@ -26,9 +26,13 @@ impl Kv {
     ///
     /// # Cancel safety
     ///
-    /// As [`Transaction::commit`]: dropped before the PUT and COMMIT were
-    /// queued, the transaction is rolled back in the background; dropped
-    /// after, the write is committed whole or not at all.
+    /// Dropped before its BEGIN is queued, nothing is sent. Dropped after,
+    /// the write is committed whole or not at all: the PUT and the COMMIT
+    /// usually travel with the BEGIN and are written once it is answered,
+    /// whether or not anyone still waits; when the client had fewer than
+    /// three in-flight slots free they are sent from here, and a drop before
+    /// they are queued rolls the transaction back in the background (as
+    /// [`Transaction::commit`]).
     pub async fn put(
         &self,
         route: &str,
@@ -83,15 +87,62 @@ impl Kv {
 
     /// BEGIN on `route`, then the write `write` builds for the
     /// transaction, sent with the COMMIT.
-    async fn write_one<M: Message, R: ReplyBody>(
+    ///
+    /// When two in-flight slots are free besides the BEGIN's, the write and
+    /// the COMMIT ride in the BEGIN's command and the connection's actor
+    /// writes them as soon as it reads the BEGIN's answer (`call_then`):
+    /// no trip back through this task in between. Otherwise the transaction
+    /// is begun first and the two follow as a pair.
+    async fn write_one<M, R>(
         &self,
         route: &str,
         durability: Durability,
-        write: impl FnOnce(u64, Str) -> M,
-    ) -> Result<()> {
-        let tx = self.begin(route, TxMode::ReadWrite).await?;
-        let msg = write(tx.tx_id, tx.route.clone());
-        tx.write_and_commit::<_, R>(&msg, durability).await
+        write: impl FnOnce(u64, Str) -> M + Send + 'static,
+    ) -> Result<()>
+    where
+        M: Message + 'static,
+        R: ReplyBody,
+    {
+        let Some(spare) = self.conn.spare_two() else {
+            let tx = self.begin(route, TxMode::ReadWrite).await?;
+            let msg = write(tx.tx_id, tx.route.clone());
+            return tx.write_and_commit::<_, R>(&msg, durability).await;
+        };
+        validate_resource(route)?;
+        let route = Str::from(route);
+        let generation = self.conn.generation();
+        let begin = kv::Begin {
+            route: route.clone(),
+            mode: TxMode::ReadWrite,
+        };
+        let resource = route.clone();
+        let then = move |ok: kv::BeginOk| {
+            let commit = kv::Commit {
+                tx_id: ok.tx_id,
+                route: resource.clone(),
+                durability,
+            };
+            (write(ok.tx_id, resource), commit)
+        };
+        let (begun, written, committed) = self
+            .conn
+            .call_then::<_, kv::BeginOk, M, R, _, kv::CommitOk>(&begin, then, generation, spare)
+            .await
+            .map_err(Error::stale_as_not_sent)?;
+        let begun = begun.map_err(Error::stale_as_not_sent)?;
+        // The one case that leaves the transaction open: a COMMIT that was
+        // never written while the session lives on; its Drop rolls it back.
+        drop(Transaction {
+            conn: self.conn.clone(),
+            route,
+            mode: TxMode::ReadWrite,
+            tx_id: begun.tx_id,
+            generation,
+            open: open_after_finish(&committed),
+            retry: self.retry,
+        });
+        written?;
+        committed.map(drop)
     }
 }
 

@@ -436,3 +436,69 @@ async fn a_one_key_delete_works_on_a_legacy_broker() {
     deleting.await.unwrap().unwrap();
     client.close().await;
 }
+
+#[tokio::test]
+async fn a_one_key_put_dropped_after_its_begin_was_queued_still_ends_its_transaction() {
+    // The PUT and the COMMIT ride in the BEGIN's command: the actor writes
+    // them when the BEGIN's answer arrives, even though the caller is gone,
+    // so the resource's lock is released instead of held until the broker's
+    // idle timeout.
+    let (client, mut peer) = start(CAP_CORRELATION).await;
+    let c = client.clone();
+    let putting =
+        tokio::spawn(async move { c.kv().put("kv://t/one/r", "k", "v", Durability::Sync).await });
+    let begin = peer.read_request().await.unwrap();
+    assert_eq!(begin.ty, types::KV_BEGIN);
+    putting.abort();
+    assert!(putting.await.unwrap_err().is_cancelled());
+    peer.reply(&begin, &ok(&kv::BeginOk { tx_id: 11 }))
+        .await
+        .unwrap();
+    let wait = std::time::Duration::from_secs(5);
+    let write = tokio::time::timeout(wait, peer.read_request())
+        .await
+        .expect("no PUT after the BEGIN")
+        .unwrap();
+    assert_eq!(write.ty, types::KV_PUT);
+    let commit = tokio::time::timeout(wait, peer.read_request())
+        .await
+        .expect("no COMMIT after the PUT")
+        .unwrap();
+    assert_eq!(commit.ty, types::KV_COMMIT);
+    assert_eq!(
+        kv::Commit::decode(commit.payload.clone()).unwrap().tx_id,
+        11
+    );
+    peer.reply(&write, &[0]).await.unwrap();
+    peer.reply(&commit, &[0]).await.unwrap();
+    client.close().await;
+}
+
+#[tokio::test]
+async fn a_one_key_put_whose_begin_fails_sends_nothing_more() {
+    let (client, mut peer) = start(CAP_CORRELATION).await;
+    let c = client.clone();
+    let putting =
+        tokio::spawn(async move { c.kv().put("kv://t/one/r", "k", "v", Durability::Sync).await });
+    let begin = peer.read_request().await.unwrap();
+    let mut conflict = BytesMut::new();
+    fitz_protocol::WireError::coded(fitz_protocol::codes::KV_ISOLATION_CONFLICT, "locked")
+        .encode(&mut conflict);
+    peer.reply(&begin, &conflict).await.unwrap();
+    let e = putting.await.unwrap().unwrap_err();
+    assert_eq!(e.code(), Some(fitz_protocol::codes::KV_ISOLATION_CONFLICT));
+    // The next request on the wire is this marker, not a PUT or COMMIT.
+    let c = client.clone();
+    let marker = tokio::spawn(async move { c.kv().begin("kv://t/one/m", TxMode::ReadOnly).await });
+    let next = peer.read_request().await.unwrap();
+    assert_eq!(next.ty, types::KV_BEGIN);
+    assert_eq!(
+        &*kv::Begin::decode(next.payload.clone()).unwrap().route,
+        "kv://t/one/m"
+    );
+    peer.reply(&next, &ok(&kv::BeginOk { tx_id: 12 }))
+        .await
+        .unwrap();
+    drop(marker.await.unwrap().unwrap());
+    client.close().await;
+}

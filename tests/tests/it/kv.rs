@@ -154,6 +154,47 @@ async fn one_key_writes_commit_alone_and_leave_the_resource_free() {
     }
 }
 
+/// One-key writes set two in-flight slots aside for the write and the
+/// COMMIT that follow their BEGIN; with a limit below three they take the
+/// begin-then-pair path. Either way, many at once under a small limit all
+/// complete (none waits for a slot another one holds idle). TCP and WS.
+#[tokio::test]
+async fn one_key_writes_complete_under_a_small_in_flight_limit() {
+    let brokers = Brokers::start().await.unwrap();
+    for t in Transport::BOTH {
+        for limit in [1, 2, 3, 4] {
+            let client = fitz_tests::anon_builder(brokers.anon_url(t))
+                .max_in_flight(limit)
+                .build()
+                .unwrap();
+            client.connect().await.unwrap();
+            let kv = client.kv();
+            let test = realm("kv");
+            let routes: Vec<String> = (0..12).map(|i| format!("kv://{test}/lim/r{i}")).collect();
+            let writes = routes
+                .iter()
+                .map(|route| kv.put(route, "k", "v", Durability::Buffered));
+            let done = tokio::time::timeout(
+                Duration::from_secs(20),
+                futures_util::future::join_all(writes),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{t:?}, limit {limit}: writes stalled"));
+            assert!(
+                done.iter().all(Result::is_ok),
+                "{t:?}, limit {limit}: {done:?}"
+            );
+            for route in &routes {
+                assert_eq!(
+                    read_one(&client, route, "k").await.as_deref(),
+                    Some(&b"v"[..])
+                );
+            }
+            client.close().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn broker_errors_are_typed_and_bad_routes_never_leave() {
     let brokers = Brokers::start().await.unwrap();
