@@ -244,9 +244,21 @@ impl<'a> Request<'a> {
     /// Opens the span and starts the clock for a request of record type `ty`.
     #[inline]
     pub fn start(ty: u16, route: Option<&'a str>) -> Self {
+        Self::start_at(ty, route, Instant::now())
+    }
+
+    /// [`Request::start`] with the clock started at `at` (requests issued
+    /// together share one clock read).
+    #[inline]
+    pub fn start_at(ty: u16, route: Option<&'a str>, at: Instant) -> Self {
         let mut r = Self::start_send(ty, route);
-        r.start = Some(Instant::now());
+        r.start = Some(at);
         r
+    }
+
+    /// When the clock started (`None` for a send).
+    pub fn started(&self) -> Option<Instant> {
+        self.start
     }
 
     /// Opens the span of a fire-and-forget send: it finishes when the record
@@ -288,6 +300,12 @@ impl<'a> Request<'a> {
     /// Records the outcome: span fields, duration histogram, error counter,
     /// and the slow-request warning when it took `slow` or longer.
     pub fn finish<T>(self, result: &Result<T, Error>, slow: Duration) {
+        self.finish_at(result, slow, None);
+    }
+
+    /// [`Request::finish`] with the clock read at `now` when given
+    /// (requests answered together share one clock read).
+    pub fn finish_at<T>(self, result: &Result<T, Error>, slow: Duration, now: Option<Instant>) {
         match result {
             Ok(_) => {
                 if !self.span.is_disabled() {
@@ -299,7 +317,10 @@ impl<'a> Request<'a> {
         let Some(start) = self.start else {
             return;
         };
-        let elapsed = start.elapsed();
+        let elapsed = now.map_or_else(
+            || start.elapsed(),
+            |now| now.saturating_duration_since(start),
+        );
         let key = if result.is_ok() {
             &self.op.ok
         } else {
@@ -324,14 +345,24 @@ impl<'a> Request<'a> {
     /// [`Request::finish`] for a raw reply payload: a payload holding the
     /// broker's error envelope counts as an error with its code.
     pub fn finish_reply(self, result: &Result<Bytes, Error>, slow: Duration) {
+        self.finish_reply_at(result, slow, None);
+    }
+
+    /// [`Request::finish_reply`] with the clock read at `now` when given.
+    pub fn finish_reply_at(
+        self,
+        result: &Result<Bytes, Error>,
+        slow: Duration,
+        now: Option<Instant>,
+    ) {
         match result {
             Ok(payload) if payload.first().is_some_and(|&status| status != 0) => {
                 match WireError::decode(payload.clone()) {
-                    Ok(wire) => self.finish::<()>(&Err(Error::broker(&wire)), slow),
-                    Err(_) => self.finish(result, slow),
+                    Ok(wire) => self.finish_at::<()>(&Err(Error::broker(&wire)), slow, now),
+                    Err(_) => self.finish_at(result, slow, now),
                 }
             }
-            _ => self.finish(result, slow),
+            _ => self.finish_at(result, slow, now),
         }
     }
 

@@ -8,7 +8,7 @@ use fitz_protocol::{Message, ReplyBody};
 use tokio::sync::{OwnedSemaphorePermit, oneshot};
 use tokio::time::Instant;
 
-use super::command::{Command, Outbound, Reply};
+use super::command::{Command, Outbound, Reply, encode_request};
 use super::registry::Wire;
 use super::{Connection, Generation, RequestOptions, decode_body, encode_record};
 use crate::error::{Error, Result};
@@ -51,17 +51,22 @@ impl Connection {
                 return Err(e);
             }
         };
-        let t2 = telemetry::Request::start(B::TYPE, second.route());
+        let t2 = match t1.started() {
+            Some(at) => telemetry::Request::start_at(B::TYPE, second.route(), at),
+            None => telemetry::Request::start(B::TYPE, second.route()),
+        };
         let rx2 = self
             .queue_request(encode_record(second), B::TYPE, opts, &t2)
             .await;
         let r1 = rx1.await.unwrap_or_else(|_| Err(Error::closed()));
-        t1.finish_reply(&r1, slow);
         let r2 = match rx2 {
             Ok(rx) => rx.await.unwrap_or_else(|_| Err(Error::closed())),
             Err(e) => Err(e),
         };
-        t2.finish_reply(&r2, slow);
+        // Answered together (in one frame, usually): one clock read.
+        let now = Some(Instant::now());
+        t1.finish_reply_at(&r1, slow, now);
+        t2.finish_reply_at(&r2, slow, now);
         self.note_in_flight();
         Ok((
             r1.and_then(decode_body::<RA>),
@@ -220,7 +225,7 @@ impl Connection {
             permits: spare,
             generation: generation.0,
         }));
-        let queued = match encode_record(first) {
+        let queued = match encode_request(first) {
             Ok(record) => {
                 let opts = RequestOptions::pinned(generation);
                 self.submit(Command::Request, A::TYPE, record, opts, reply, t1.span())
@@ -232,17 +237,19 @@ impl Connection {
             t1.finish::<()>(&Err(e.clone()), slow);
             return Err(e);
         }
-        let t2 = telemetry::Request::start(B::TYPE, first.route());
-        let t3 = telemetry::Request::start(C::TYPE, first.route());
+        let at = t1.started().unwrap_or_else(Instant::now);
+        let t2 = telemetry::Request::start_at(B::TYPE, first.route(), at);
+        let t3 = telemetry::Request::start_at(C::TYPE, first.route(), at);
         // Answered in order: once the last is in (or dropped unsent), the
         // others are too.
         let unsent = || Err(Error::connection_lost(false));
         let r3 = c_rx.await.unwrap_or_else(|_| unsent());
         let r1 = first_rx.await.unwrap_or_else(|_| Err(Error::closed()));
         let r2 = b_rx.await.unwrap_or_else(|_| unsent());
-        t1.finish_reply(&r1, slow);
-        t2.finish_reply(&r2, slow);
-        t3.finish_reply(&r3, slow);
+        let now = Some(Instant::now());
+        t1.finish_reply_at(&r1, slow, now);
+        t2.finish_reply_at(&r2, slow, now);
+        t3.finish_reply_at(&r3, slow, now);
         self.note_in_flight();
         Ok((
             r1.and_then(decode_body::<RA>),
