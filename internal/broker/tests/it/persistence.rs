@@ -881,3 +881,77 @@ async fn one_connections_sync_commits_arriving_together_share_one_write() {
         let _ = std::fs::remove_dir_all(dir);
     }
 }
+
+/// Sync commits held for the end of their batch are still written when a
+/// later frame of the same batch closes the session (here an unknown
+/// message type, with one more frame buffered behind it): each resource is
+/// unlocked and its value durable, nothing is left half done.
+#[tokio::test]
+async fn held_commits_survive_a_batch_cut_short_by_a_close() {
+    let dir = temp_dir("held-close");
+    let broker = local(&dir).await;
+    let mut c = RawClient::anon(&broker, Kind::Tcp).await;
+    let route = |i: usize| format!("kv://held/a/r{i}");
+    let mut frames = Vec::new();
+    for i in 0..8 {
+        let tx_id = c
+            .ok::<_, BeginOk>(&kv::Begin {
+                route: route(i).into(),
+                mode: TxMode::ReadWrite,
+            })
+            .await
+            .tx_id;
+        c.ok::<_, kv::PutOk>(&kv::Put {
+            tx_id,
+            route: route(i).into(),
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(format!("v{i}")),
+        })
+        .await;
+        let mut frame = bytes::BytesMut::new();
+        fitz_protocol::record::put_label(&mut frame, types::CORRELATE, c.id());
+        kv::Commit {
+            tx_id,
+            route: route(i).into(),
+            durability: Durability::Sync,
+        }
+        .encode_record(&mut frame)
+        .unwrap();
+        frames.push(frame);
+    }
+    // An unknown message type, then one more frame that is never handled.
+    let mut unknown = bytes::BytesMut::new();
+    fitz_protocol::record::encode_raw_record(&mut unknown, 900, &[]).unwrap();
+    frames.push(unknown);
+    frames.push(frames[0].clone());
+    c.send_frames(&frames).await;
+    c.expect_closed_with(Kind::Tcp, "unknown message type 900")
+        .await;
+    let mut c = RawClient::anon(&broker, Kind::Tcp).await;
+    for i in 0..8 {
+        // A read-write BEGIN fails with 1004 while a commit holds the lock.
+        let tx_id = c
+            .ok::<_, BeginOk>(&kv::Begin {
+                route: route(i).into(),
+                mode: TxMode::ReadWrite,
+            })
+            .await
+            .tx_id;
+        c.ok::<_, kv::CommitOk>(&kv::Commit {
+            tx_id,
+            route: route(i).into(),
+            durability: Durability::Buffered,
+        })
+        .await;
+    }
+    broker.shutdown().await;
+    drop(broker);
+    let broker = local(&dir).await;
+    let mut c = RawClient::anon(&broker, Kind::Tcp).await;
+    for i in 0..8 {
+        assert_eq!(read(&mut c, &route(i), "k").await, b(&format!("v{i}")));
+    }
+    broker.shutdown().await;
+    drop(broker);
+    let _ = std::fs::remove_dir_all(dir);
+}
