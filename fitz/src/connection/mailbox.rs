@@ -37,8 +37,10 @@ struct Shared<T> {
     slot: Mutex<Option<T>>,
     /// `slot` holds an item (a hint read without the lock; exact under it).
     slot_full: AtomicBool,
-    /// Allocated on the first push that finds the slot occupied.
-    queue: OnceLock<ArrayQueue<T>>,
+    /// Allocated on the first push that finds the slot occupied. Boxed: its
+    /// cache-padded ends would make every mailbox (one per RPC call) a
+    /// 768-byte, 128-aligned allocation.
+    queue: OnceLock<Box<ArrayQueue<T>>>,
     /// Items held at most (slot and queue together).
     capacity: usize,
     waker: AtomicWaker,
@@ -72,12 +74,12 @@ impl<T> Shared<T> {
     /// The oldest item: the slot's, then the queue's.
     fn pop(&self) -> Option<T> {
         self.take_slot()
-            .or_else(|| self.queue.get().and_then(ArrayQueue::pop))
+            .or_else(|| self.queue.get().and_then(|q| q.pop()))
     }
 
     fn len(&self) -> usize {
         usize::from(self.slot_full.load(Ordering::Acquire))
-            + self.queue.get().map_or(0, ArrayQueue::len)
+            + self.queue.get().map_or(0, |q| q.len())
     }
 }
 
@@ -185,7 +187,8 @@ impl<T> MailboxTx<T> {
                 }
                 drop(slot);
                 // From now on the slot only drains: its item stays the oldest.
-                s.queue.get_or_init(|| ArrayQueue::new(s.capacity))
+                s.queue
+                    .get_or_init(|| Box::new(ArrayQueue::new(s.capacity)))
             }
         };
         // Only this producer adds items and the consumer only removes them,
@@ -290,7 +293,11 @@ impl<T> MailboxFail<T> {
 
 impl<T> Drop for MailboxFail<T> {
     fn drop(&mut self) {
-        self.end(Error::closed());
+        // Checked first: building the error allocates, and a written
+        // record (every call's case) has nothing to end.
+        if self.shared.is_some() {
+            self.end(Error::closed());
+        }
     }
 }
 

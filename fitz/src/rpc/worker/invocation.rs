@@ -52,7 +52,9 @@ impl CancelReason {
 
 /// A request's cancellation: shared with the worker task, which fires it.
 pub(super) struct Cancellation {
-    pub(super) token: CancellationToken,
+    /// Made when first asked for ([`Cancellation::token`]) or fired: most
+    /// calls never look at it, and a token is an allocation per call.
+    token: OnceLock<CancellationToken>,
     /// The first reason wins.
     pub(super) reason: OnceLock<CancelReason>,
     /// The broker cancelled the call (RPC_LIFECYCLE kind 2), whatever was
@@ -63,15 +65,28 @@ pub(super) struct Cancellation {
 impl Cancellation {
     pub(super) fn new() -> Self {
         Self {
-            token: CancellationToken::new(),
+            token: OnceLock::new(),
             reason: OnceLock::new(),
             by_broker: AtomicBool::new(false),
         }
     }
 
+    /// The call's token, cancelled once the call is. (`fire` sets the
+    /// reason before it makes or cancels the token, so a token made
+    /// concurrently is cancelled by `fire` if not already born cancelled.)
+    pub(super) fn token(&self) -> &CancellationToken {
+        self.token.get_or_init(|| {
+            let token = CancellationToken::new();
+            if self.reason.get().is_some() {
+                token.cancel();
+            }
+            token
+        })
+    }
+
     pub(super) fn fire(&self, reason: CancelReason) {
         let _ = self.reason.set(reason);
-        self.token.cancel();
+        self.token().cancel();
     }
 
     /// Marks the call cancelled by the broker. Called with the worker's

@@ -67,7 +67,7 @@ impl RpcRequest {
 
     /// True once the call was cancelled (see [`RpcRequest::cancel_reason`]).
     pub fn is_cancelled(&self) -> bool {
-        self.inv.cancellation.token.is_cancelled()
+        self.inv.cancellation.token().is_cancelled()
     }
 
     /// Resolves when the call is cancelled: by the broker (the caller
@@ -79,7 +79,7 @@ impl RpcRequest {
     ///
     /// Cancel-safe: it only waits for a signal.
     pub async fn cancelled(&self) {
-        self.inv.cancellation.token.cancelled().await;
+        self.inv.cancellation.token().cancelled().await;
     }
 
     /// Why the call was cancelled; `None` while it is not.
@@ -90,11 +90,11 @@ impl RpcRequest {
     /// A token cancelled with the call, for APIs that take one. Cancelling
     /// it does not cancel the call.
     pub fn cancellation_token(&self) -> CancellationToken {
-        self.inv.cancellation.token.child_token()
+        self.inv.cancellation.token().child_token()
     }
 
     pub(crate) fn token(&self) -> CancellationToken {
-        self.inv.cancellation.token.clone()
+        self.inv.cancellation.token().clone()
     }
 
     /// Answers with one final chunk. Fails with
@@ -210,7 +210,7 @@ impl Responder {
 
     /// True once the call was cancelled.
     pub fn is_cancelled(&self) -> bool {
-        self.inv.cancellation.token.is_cancelled()
+        self.inv.cancellation.token().is_cancelled()
     }
 
     /// Resolves when the call is cancelled.
@@ -219,7 +219,7 @@ impl Responder {
     ///
     /// Cancel-safe: it only waits for a signal.
     pub async fn cancelled(&self) {
-        self.inv.cancellation.token.cancelled().await;
+        self.inv.cancellation.token().cancelled().await;
     }
 }
 
