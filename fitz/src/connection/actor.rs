@@ -781,8 +781,11 @@ impl Actor {
             }
             std::mem::swap(&mut work, &mut self.finished);
         }
-        // Keep the allocation.
-        self.finished = work;
+        // Keep an allocation: after a pass the drained list is in
+        // `self.finished` and `work` is the fresh, empty one.
+        if work.capacity() > self.finished.capacity() {
+            self.finished = work;
+        }
     }
 
     /// Ends everything: the client is closed.

@@ -73,7 +73,7 @@ pub(crate) enum Reply {
     Committed(Confirm),
     /// One reply frame, from which the actor makes the requests that follow
     /// (see [`super::pair::Then`]).
-    Then(Box<super::pair::Then>),
+    Then(Box<dyn super::pair::FollowUp>),
     /// Exactly one reply frame, and written even once nobody waits for it:
     /// a `Then` follow-up, which ends the transaction its first request
     /// opened.

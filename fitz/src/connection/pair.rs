@@ -104,17 +104,15 @@ pub(crate) struct Spare([OwnedSemaphorePermit; 2], Option<OwnedSemaphorePermit>)
 /// Two records with their types, in the order they are written.
 type FollowUps = [(u16, Bytes); 2];
 
-/// Makes a [`Then`]'s follow-ups from its first request's answer.
-type Build = Box<dyn FnOnce(&Bytes) -> Result<FollowUps> + Send>;
-
 /// A request whose answer makes, in the actor, the two requests that follow
 /// it: they are written in the turn that reads the answer, with no trip
-/// through the caller's task in between (`Reply::Then`).
-pub(crate) struct Then {
+/// through the caller's task in between (`Reply::Then`). `F` makes the
+/// follow-up records from a successful answer's payload; the request
+/// travels as a `Box<dyn FollowUp>`, one allocation with `F` inside.
+pub(crate) struct Then<F> {
     /// The first request's answer, as `Reply::Once` delivers it.
     first: oneshot::Sender<Result<Bytes>>,
-    /// The two follow-up records, from a successful first answer's payload.
-    build: Build,
+    build: F,
     /// Each follow-up's answer.
     next: [oneshot::Sender<Result<Bytes>>; 2],
     permits: Spare,
@@ -122,32 +120,40 @@ pub(crate) struct Then {
     generation: u64,
 }
 
-impl std::fmt::Debug for Then {
+/// What the actor does with a [`Then`] once its first request ends.
+pub(crate) trait FollowUp: Send {
+    /// The first request will never be written: its answer is `error`, the
+    /// follow-ups are dropped unsent.
+    fn reject(self: Box<Self>, error: Error);
+
+    /// The first request ended with `result`. The follow-ups are filed (and
+    /// written at once when the session is ready) only when they can be
+    /// built from it; otherwise their answers are dropped unsent.
+    fn run(self: Box<Self>, result: Result<Bytes>, wire: &mut Wire<'_>);
+}
+
+impl std::fmt::Debug for dyn FollowUp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Then")
-            .field("generation", &self.generation)
-            .finish_non_exhaustive()
+        f.write_str("FollowUp")
     }
 }
 
-impl Then {
-    /// The first request will never be written: its answer is `error`, the
-    /// follow-ups are dropped unsent.
-    pub(super) fn reject(self, error: Error) {
+impl<F> FollowUp for Then<F>
+where
+    F: FnOnce(&Bytes) -> Result<FollowUps> + Send,
+{
+    fn reject(self: Box<Self>, error: Error) {
         let _ = self.first.send(Err(error));
     }
 
-    /// In the actor: the first request ended with `result`. The follow-ups
-    /// are filed (and written at once when the session is ready) only when
-    /// `build` accepts it; otherwise their answers are dropped unsent.
-    pub(super) fn run(self, result: Result<Bytes>, wire: &mut Wire<'_>) {
+    fn run(self: Box<Self>, result: Result<Bytes>, wire: &mut Wire<'_>) {
         let Then {
             first,
             build,
             next,
             permits: Spare(permits, _),
             generation,
-        } = self;
+        } = *self;
         let records = result.as_ref().ok().map(build);
         let _ = first.send(result);
         let Some(Ok(records)) = records else {
@@ -220,7 +226,7 @@ impl Connection {
         };
         let reply = Reply::Then(Box::new(Then {
             first: first_tx,
-            build: Box::new(build),
+            build,
             next: [b_tx, c_tx],
             permits: spare,
             generation: generation.0,

@@ -79,7 +79,7 @@ pub(super) enum Internal {
     /// (`Reply::Then`). Never abandoned: once its first request is written
     /// the follow-ups go out too, so a transaction it opens is always
     /// ended.
-    Then(Box<super::pair::Then>),
+    Then(Box<dyn super::pair::FollowUp>),
 }
 
 /// Appends one frame holding `record`, labelled with CORRELATE `label`

@@ -107,7 +107,7 @@ struct Tx {
     /// The committed state at BEGIN, plus the writes once flattened.
     view: Map,
     /// Writes not yet applied to `view` (see `Tx::write`), in order.
-    pending: Vec<(Bytes, Option<Bytes>)>,
+    pending: smallvec::SmallVec<[(Bytes, Option<Bytes>); 1]>,
     /// `view` holds writes: it is no longer the BEGIN snapshot.
     flattened: bool,
     /// Storage writes, recorded only for a durable backend.
@@ -192,7 +192,7 @@ impl KvEngine {
                 route,
                 mode: b.mode,
                 view,
-                pending: Vec::new(),
+                pending: smallvec::SmallVec::new(),
                 flattened: false,
                 ops: Vec::new(),
                 mutations: 0,
@@ -504,11 +504,13 @@ fn finish_commit(
     drop(s);
     reply.ack();
     if tx.mutations > 0 {
-        let route: fitz_protocol::Str = (*tx.route).into();
-        watches.for_each_match(tx.family, &route, |reg| {
+        // Copied into a wire string only when a watch matches.
+        let mut route: Option<fitz_protocol::Str> = None;
+        watches.for_each_match(tx.family, &tx.route, |reg| {
+            let route = route.get_or_insert_with(|| (*tx.route).into()).clone();
             reg.session.notify(&Notify {
                 sub_id: reg.id,
-                route: route.clone(),
+                route,
                 mutation_count: tx.mutations,
             });
         });

@@ -97,7 +97,7 @@ mod tests {
             route: "kv://a/b/c".into(),
             mode: TxMode::ReadWrite,
             view,
-            pending: Vec::new(),
+            pending: smallvec::SmallVec::new(),
             flattened: false,
             ops: Vec::new(),
             mutations: 0,
