@@ -810,6 +810,47 @@ async fn committed_stream_records_survive_restart_with_their_offsets() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Opens `n` read-write transactions on `{prefix}0` … and writes `k` =
+/// `v{i}` in each; returns one correlated Sync COMMIT frame per transaction
+/// (not sent) and their correlation ids.
+async fn sync_commits_of_open_writes(
+    c: &mut RawClient,
+    prefix: &str,
+    n: usize,
+) -> (Vec<bytes::BytesMut>, Vec<u64>) {
+    let (mut frames, mut ids) = (Vec::new(), Vec::new());
+    for i in 0..n {
+        let route = format!("{prefix}{i}");
+        let tx_id = c
+            .ok::<_, BeginOk>(&kv::Begin {
+                route: route.as_str().into(),
+                mode: TxMode::ReadWrite,
+            })
+            .await
+            .tx_id;
+        c.ok::<_, kv::PutOk>(&kv::Put {
+            tx_id,
+            route: route.as_str().into(),
+            key: Bytes::from_static(b"k"),
+            value: Bytes::from(format!("v{i}")),
+        })
+        .await;
+        let id = c.id();
+        let mut frame = bytes::BytesMut::new();
+        fitz_protocol::record::put_label(&mut frame, types::CORRELATE, id);
+        kv::Commit {
+            tx_id,
+            route: route.as_str().into(),
+            durability: Durability::Sync,
+        }
+        .encode_record(&mut frame)
+        .unwrap();
+        frames.push(frame);
+        ids.push(id);
+    }
+    (frames, ids)
+}
+
 /// One connection's Sync commits that arrive together (here: 32 COMMIT
 /// frames in one write, as a client with 32 concurrent writers sends them)
 /// share one storage write, i.e. one fsync, instead of one each; every one
@@ -821,41 +862,8 @@ async fn one_connections_sync_commits_arriving_together_share_one_write() {
         let broker = local(&dir).await;
         let mut c = RawClient::anon(&broker, kind).await;
         let route = |i: usize| format!("kv://group/a/r{i}");
-        let mut txs = Vec::new();
-        for i in 0..32 {
-            let tx_id = c
-                .ok::<_, BeginOk>(&kv::Begin {
-                    route: route(i).into(),
-                    mode: TxMode::ReadWrite,
-                })
-                .await
-                .tx_id;
-            c.ok::<_, kv::PutOk>(&kv::Put {
-                tx_id,
-                route: route(i).into(),
-                key: Bytes::from_static(b"k"),
-                value: Bytes::from(format!("v{i}")),
-            })
-            .await;
-            txs.push(tx_id);
-        }
+        let (frames, ids) = sync_commits_of_open_writes(&mut c, "kv://group/a/r", 32).await;
         let before = broker.storage_writes();
-        let mut frames = Vec::new();
-        let mut ids = Vec::new();
-        for (i, &tx_id) in txs.iter().enumerate() {
-            let id = c.id();
-            let mut frame = bytes::BytesMut::new();
-            fitz_protocol::record::put_label(&mut frame, types::CORRELATE, id);
-            kv::Commit {
-                tx_id,
-                route: route(i).into(),
-                durability: Durability::Sync,
-            }
-            .encode_record(&mut frame)
-            .unwrap();
-            frames.push(frame);
-            ids.push(id);
-        }
         c.send_frames(&frames).await;
         for id in ids {
             let reply = fitz_protocol::decode_reply::<kv::CommitOk>(c.reply_to(id).await);
@@ -892,33 +900,7 @@ async fn held_commits_survive_a_batch_cut_short_by_a_close() {
     let broker = local(&dir).await;
     let mut c = RawClient::anon(&broker, Kind::Tcp).await;
     let route = |i: usize| format!("kv://held/a/r{i}");
-    let mut frames = Vec::new();
-    for i in 0..8 {
-        let tx_id = c
-            .ok::<_, BeginOk>(&kv::Begin {
-                route: route(i).into(),
-                mode: TxMode::ReadWrite,
-            })
-            .await
-            .tx_id;
-        c.ok::<_, kv::PutOk>(&kv::Put {
-            tx_id,
-            route: route(i).into(),
-            key: Bytes::from_static(b"k"),
-            value: Bytes::from(format!("v{i}")),
-        })
-        .await;
-        let mut frame = bytes::BytesMut::new();
-        fitz_protocol::record::put_label(&mut frame, types::CORRELATE, c.id());
-        kv::Commit {
-            tx_id,
-            route: route(i).into(),
-            durability: Durability::Sync,
-        }
-        .encode_record(&mut frame)
-        .unwrap();
-        frames.push(frame);
-    }
+    let (mut frames, _) = sync_commits_of_open_writes(&mut c, "kv://held/a/r", 8).await;
     // An unknown message type, then one more frame that is never handled.
     let mut unknown = bytes::BytesMut::new();
     fitz_protocol::record::encode_raw_record(&mut unknown, 900, &[]).unwrap();
