@@ -128,7 +128,8 @@ pub(crate) trait FollowUp: Send {
 
     /// The first request ended with `result`. The follow-ups are filed (and
     /// written at once when the session is ready) only when they can be
-    /// built from it; otherwise their answers are dropped unsent.
+    /// built from it: after a failed first request they are dropped unsent,
+    /// and when building fails each is answered with that error.
     fn run(self: Box<Self>, result: Result<Bytes>, wire: &mut Wire<'_>);
 }
 
@@ -156,8 +157,17 @@ where
         } = *self;
         let records = result.as_ref().ok().map(build);
         let _ = first.send(result);
-        let Some(Ok(records)) = records else {
-            return;
+        let records = match records {
+            Some(Ok(records)) => records,
+            // Not buildable (a record too large to encode): each follow-up
+            // fails with that error, unsent.
+            Some(Err(e)) => {
+                for reply in next {
+                    let _ = reply.send(Err(e.clone()));
+                }
+                return;
+            }
+            None => return,
         };
         let deadline = Instant::now() + wire.shared.config.request_timeout;
         for (((ty, record), reply), permit) in records.into_iter().zip(next).zip(permits) {

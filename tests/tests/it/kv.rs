@@ -195,6 +195,35 @@ async fn one_key_writes_complete_under_a_small_in_flight_limit() {
     }
 }
 
+/// A one-key write too large for one record fails with the encoding error
+/// (invalid argument, nothing written) and leaves its resource free: the
+/// transaction its BEGIN opened is rolled back. TCP and WS.
+#[tokio::test]
+async fn a_one_key_write_too_large_for_a_record_fails_as_invalid_and_frees_the_resource() {
+    let brokers = Brokers::start().await.unwrap();
+    for t in Transport::BOTH {
+        let client = connected(brokers.anon_url(t)).await;
+        let kv = client.kv();
+        let route = format!("kv://{}/big/r", realm("kv"));
+        let e = kv
+            .put(&route, "k", vec![7u8; 70_000], Durability::Sync)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidArgument, "{t:?}: {e}");
+        assert!(!e.maybe_applied());
+        // Free again: the ROLLBACK was queued before the failed write
+        // returned, so it reaches the broker before the next BEGIN.
+        kv.put(&route, "k", "small", Durability::Sync)
+            .await
+            .unwrap_or_else(|e| panic!("{t:?}: {e}"));
+        assert_eq!(
+            read_one(&client, &route, "k").await.as_deref(),
+            Some(&b"small"[..])
+        );
+        client.close().await;
+    }
+}
+
 #[tokio::test]
 async fn broker_errors_are_typed_and_bad_routes_never_leave() {
     let brokers = Brokers::start().await.unwrap();
