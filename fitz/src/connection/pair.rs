@@ -51,10 +51,8 @@ impl Connection {
                 return Err(e);
             }
         };
-        let t2 = match t1.started() {
-            Some(at) => telemetry::Request::start_at(B::TYPE, second.route(), at),
-            None => telemetry::Request::start(B::TYPE, second.route()),
-        };
+        let at = t1.started().unwrap_or_else(Instant::now);
+        let t2 = telemetry::Request::start_at(B::TYPE, second.route(), at);
         let rx2 = self
             .queue_request(encode_record(second), B::TYPE, opts, &t2)
             .await;

@@ -104,29 +104,38 @@ impl Kv {
     /// resource's lock until the broker's idle timeout or the end of the
     /// connection session. Dropped before it was written, nothing is sent.
     pub async fn begin(&self, route: &str, mode: TxMode) -> Result<Transaction> {
-        validate_resource(route)?;
-        let route = Str::from(route);
-        // Pinned, so the transaction is known to live in exactly this
-        // session; a reconnect racing the call surfaces as "not sent".
-        let generation = self.conn.generation();
-        let msg = kv::Begin {
-            route: route.clone(),
-            mode,
-        };
+        let (msg, generation) = self.begin_request(route, mode)?;
         let ok: kv::BeginOk = self
             .conn
             .call_with(&msg, RequestOptions::pinned(generation))
             .await
             .map_err(Error::stale_as_not_sent)?;
-        Ok(Transaction {
-            conn: self.conn.clone(),
-            route,
+        Ok(self.opened(msg, ok.tx_id, generation))
+    }
+
+    /// A checked BEGIN of `route`, and the session it is pinned to (so the
+    /// transaction is known to live in exactly this session; a reconnect
+    /// racing the call surfaces as "not sent").
+    fn begin_request(&self, route: &str, mode: TxMode) -> Result<(kv::Begin, Generation)> {
+        validate_resource(route)?;
+        let msg = kv::Begin {
+            route: Str::from(route),
             mode,
-            tx_id: ok.tx_id,
+        };
+        Ok((msg, self.conn.generation()))
+    }
+
+    /// The open transaction `tx_id` that `begin` started.
+    fn opened(&self, begin: kv::Begin, tx_id: u64, generation: Generation) -> Transaction {
+        Transaction {
+            conn: self.conn.clone(),
+            route: begin.route,
+            mode: begin.mode,
+            tx_id,
             generation,
             open: true,
             retry: self.retry,
-        })
+        }
     }
 
     /// Subscribes to commits to every resource matching `pattern` (exact, or

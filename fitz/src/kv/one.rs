@@ -2,9 +2,9 @@
 //! of its own, with the write and the COMMIT sent together.
 
 use bytes::Bytes;
-use fitz_protocol::{Message, ReplyBody, Str, kv};
+use fitz_protocol::{Message, ReplyBody, Str, kv, types};
 
-use super::{Durability, Kv, Transaction, TxMode, open_after_finish, validate_resource};
+use super::{Durability, Kv, Transaction, TxMode, open_after_finish};
 use crate::connection::RequestOptions;
 use crate::error::{Error, Result};
 
@@ -40,14 +40,8 @@ impl Kv {
         value: impl Into<Bytes>,
         durability: Durability,
     ) -> Result<()> {
-        let (key, value) = (Bytes::copy_from_slice(key.as_ref()), value.into());
-        let put = |tx_id, route| kv::Put {
-            tx_id,
-            route,
-            key,
-            value,
-        };
-        self.write_one::<_, kv::PutOk>(route, durability, put).await
+        self.write_value::<{ types::KV_PUT }>(route, key.as_ref(), value.into(), durability)
+            .await
     }
 
     /// [`Kv::put`], only if `key` is absent: an existing key fails with
@@ -60,14 +54,7 @@ impl Kv {
         value: impl Into<Bytes>,
         durability: Durability,
     ) -> Result<()> {
-        let (key, value) = (Bytes::copy_from_slice(key.as_ref()), value.into());
-        let insert = |tx_id, route| kv::Insert {
-            tx_id,
-            route,
-            key,
-            value,
-        };
-        self.write_one::<_, kv::InsertOk>(route, durability, insert)
+        self.write_value::<{ types::KV_INSERT }>(route, key.as_ref(), value.into(), durability)
             .await
     }
 
@@ -82,6 +69,29 @@ impl Kv {
         let key = Bytes::copy_from_slice(key.as_ref());
         let delete = |tx_id, route| kv::Delete { tx_id, route, key };
         self.write_one::<_, kv::DeleteOk>(route, durability, delete)
+            .await
+    }
+
+    /// [`Kv::put`] or [`Kv::insert`]: the one-key write of record type `T`.
+    async fn write_value<const T: u16>(
+        &self,
+        route: &str,
+        key: &[u8],
+        value: Bytes,
+        durability: Durability,
+    ) -> Result<()>
+    where
+        kv::Write<T>: Message,
+        fitz_protocol::Ack<T>: ReplyBody,
+    {
+        let key = Bytes::copy_from_slice(key);
+        let write = |tx_id, route| kv::Write::<T> {
+            tx_id,
+            route,
+            key,
+            value,
+        };
+        self.write_one::<_, fitz_protocol::Ack<T>>(route, durability, write)
             .await
     }
 
@@ -108,14 +118,8 @@ impl Kv {
             let msg = write(tx.tx_id, tx.route.clone());
             return tx.write_and_commit::<_, R>(&msg, durability).await;
         };
-        validate_resource(route)?;
-        let route = Str::from(route);
-        let generation = self.conn.generation();
-        let begin = kv::Begin {
-            route: route.clone(),
-            mode: TxMode::ReadWrite,
-        };
-        let resource = route.clone();
+        let (begin, generation) = self.begin_request(route, TxMode::ReadWrite)?;
+        let resource = begin.route.clone();
         let then = move |ok: kv::BeginOk| {
             let commit = kv::Commit {
                 tx_id: ok.tx_id,
@@ -132,15 +136,9 @@ impl Kv {
         let begun = begun.map_err(Error::stale_as_not_sent)?;
         // The one case that leaves the transaction open: a COMMIT that was
         // never written while the session lives on; its Drop rolls it back.
-        drop(Transaction {
-            conn: self.conn.clone(),
-            route,
-            mode: TxMode::ReadWrite,
-            tx_id: begun.tx_id,
-            generation,
-            open: open_after_finish(&committed),
-            retry: self.retry,
-        });
+        let mut tx = self.opened(begin, begun.tx_id, generation);
+        tx.open = open_after_finish(&committed);
+        drop(tx);
         written?;
         committed.map(drop)
     }
